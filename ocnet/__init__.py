@@ -1,0 +1,1 @@
+"""ocnet: layer-parallel training of residual networks as optimal control."""

@@ -1,0 +1,86 @@
+"""Layer-time grids and the partition of layers over ranks.
+
+A residual network with N blocks of one shape is forward Euler on ``t_n = n h``,
+``h = T / N``.  :class:`TimeGrid` is that grid with its multigrid hierarchy (C-points every
+``c`` steps); :class:`Partition` assigns contiguous, balanced slices of layers to ranks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """``N`` steps of size ``h = T / N`` on ``[0, T]``; points ``0 … N``."""
+
+    N: int
+    T: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.N < 1:
+            raise ValueError(f"a time grid needs at least one step, got N = {self.N}")
+        if not self.T > 0:
+            raise ValueError(f"final time T must be positive, got {self.T}")
+
+    @property
+    def h(self) -> float:
+        return self.T / self.N
+
+    def t(self, n: int) -> float:
+        return n * self.h
+
+    def c_points(self, c: int) -> list[int]:
+        """Indices of the C-points for coarsening factor ``c`` (0, c, 2c, …, ≤ N)."""
+        return list(range(0, self.N + 1, c))
+
+    def f_points(self, c: int) -> list[int]:
+        return [n for n in range(self.N + 1) if n % c]
+
+    def coarsen(self, c: int) -> "TimeGrid":
+        """The grid of the C-points: ``N / c`` steps of size ``c h``."""
+        if c < 2 or self.N % c:
+            raise ValueError(f"cannot coarsen N = {self.N} steps by a factor c = {c}")
+        return TimeGrid(self.N // c, self.T)
+
+    def levels(self, c: int, max_levels: int, min_steps: int = 2) -> list["TimeGrid"]:
+        """The multigrid hierarchy: this grid, then coarser ones while they divide evenly
+        and keep at least ``min_steps`` steps, at most ``max_levels`` grids in all."""
+        grids = [self]
+        while len(grids) < max_levels and grids[-1].N % c == 0 and grids[-1].N // c >= min_steps:
+            grids.append(grids[-1].coarsen(c))
+        return grids
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Contiguous, balanced slices of ``n_layers`` layers over ``n_ranks`` ranks.
+
+    The first ``n_layers % n_ranks`` ranks hold one layer more than the others.
+    """
+
+    n_layers: int
+    n_ranks: int
+
+    def __post_init__(self) -> None:
+        if self.n_ranks < 1:
+            raise ValueError(f"need at least one rank, got {self.n_ranks}")
+        if self.n_ranks > self.n_layers:
+            raise ValueError(
+                f"{self.n_ranks} ranks but only {self.n_layers} layers: every rank needs at "
+                f"least one layer; use at most {self.n_layers} ranks or more layers")
+
+    def bounds(self, rank: int) -> tuple[int, int]:
+        """``(start, stop)``: rank ``rank`` holds layers ``start … stop-1``."""
+        q, r = divmod(self.n_layers, self.n_ranks)
+        start = rank * q + min(rank, r)
+        return start, start + q + (rank < r)
+
+    def owner(self, layer: int) -> int:
+        """The rank that holds ``layer``."""
+        for rank in range(self.n_ranks):
+            if layer < self.bounds(rank)[1]:
+                return rank
+        raise IndexError(f"layer {layer} out of range 0 … {self.n_layers - 1}")
+
+    def sizes(self) -> list[int]:
+        return [b - a for a, b in map(self.bounds, range(self.n_ranks))]

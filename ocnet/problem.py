@@ -1,0 +1,185 @@
+"""The optimal-control problem: opening layer, state equation, classifier, loss.
+
+    u_0 = O(x; θ_O),   u_{n+1} = Φ_n(u_n) = u_n + h F(u_n; θ_n),   J = mean ℓ(C(u_N), y)
+
+:class:`Problem` holds the whole network (every rank builds the same one from the same
+seed); :meth:`Problem.local` cuts out the slice a rank owns, sharing its parameters.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as Fn
+
+from .grid import Partition, TimeGrid
+from .steps import ConvStep, DenseStep, Residual, Transition, activation, normalisation
+
+
+class Problem(nn.Module):
+    """The whole network as an optimal-control problem.
+
+    Parameters
+    ----------
+    opening : nn.Module
+        ``x ↦ u_0``.
+    layers : sequence of nn.Module
+        The layer maps in order: :class:`~ocnet.steps.Residual` steps, with a
+        :class:`~ocnet.steps.Transition` between stages.
+    classifier : nn.Module
+        ``u_N ↦ logits``, shape ``(batch, n_classes)``.
+    stages : sequence of TimeGrid
+        One time grid per stage (stages are separated by transitions).
+    """
+
+    def __init__(self, opening: nn.Module, layers: Sequence[nn.Module], classifier: nn.Module,
+                 stages: Sequence[TimeGrid]) -> None:
+        super().__init__()
+        self.opening = opening
+        self.layers = nn.ModuleList(layers)
+        self.classifier = classifier
+        self.stages = list(stages)
+        n_steps = sum(isinstance(layer, Residual) for layer in self.layers)
+        if n_steps != sum(g.N for g in self.stages):
+            raise ValueError("the stages' time grids do not match the residual layers")
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.opening(x)
+        for layer in self.layers:
+            u = layer(u)
+        return self.classifier(u)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """ℓ: cross-entropy, averaged over the batch unless ``reduction='sum'``."""
+        return Fn.cross_entropy(logits, y, reduction=reduction)
+
+    def local(self, partition: Partition, rank: int) -> "LocalNetwork":
+        """The slice of the network that ``rank`` owns (sharing parameters with ``self``)."""
+        if partition.n_layers != self.n_layers:
+            raise ValueError(f"partition of {partition.n_layers} layers for a network of {self.n_layers}")
+        return LocalNetwork(self, partition, rank)
+
+    def to_torch(self) -> nn.Sequential:
+        """A plain ``torch.nn.Sequential`` with a copy of the parameters and the same outputs."""
+        return nn.Sequential(copy.deepcopy(self.opening), *copy.deepcopy(list(self.layers)),
+                             copy.deepcopy(self.classifier))
+
+
+class LocalNetwork(nn.Module):
+    """The part of a :class:`Problem` held by one rank: layers ``start … stop-1``, plus the
+    opening on the first rank and the classifier on the last."""
+
+    def __init__(self, problem: Problem, partition: Partition, rank: int) -> None:
+        super().__init__()
+        self.rank, self.size = rank, partition.n_ranks
+        self.start, self.stop = partition.bounds(rank)
+        self.partition = partition
+        self.stages = problem.stages
+        self.opening = problem.opening if rank == 0 else None
+        self.layers = nn.ModuleList(problem.layers[self.start:self.stop])
+        self.classifier = problem.classifier if rank == self.size - 1 else None
+        self.loss = problem.loss
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.size - 1
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """The block map ``B_k``: the opening (first rank) then the local layers.
+
+        ``u`` is the input ``x`` on the first rank, the incoming boundary state elsewhere.
+        """
+        if self.opening is not None:
+            u = self.opening(u)
+        for layer in self.layers:
+            u = layer(u)
+        return u
+
+    def head(self, u: torch.Tensor) -> torch.Tensor:
+        """The classifier (last rank only): ``(batch, …) → (batch, n_classes)``."""
+        return self.classifier(u)
+
+    def problem_state(self) -> dict[str, torch.Tensor]:
+        """This rank's parameters and buffers under the whole problem's names."""
+        out = {}
+        if self.opening is not None:
+            out.update({f"opening.{k}": v for k, v in self.opening.state_dict().items()})
+        for i, layer in enumerate(self.layers, start=self.start):
+            out.update({f"layers.{i}.{k}": v for k, v in layer.state_dict().items()})
+        if self.classifier is not None:
+            out.update({f"classifier.{k}": v for k, v in self.classifier.state_dict().items()})
+        return out
+
+
+# -- builders ---------------------------------------------------------------------------------
+def dense_problem(in_features: int, n_classes: int, width: int = 32, n_layers: int = 16,
+                  T: float = 1.0, act: str = "tanh") -> Problem:
+    """Vector data ``(batch, in_features)``: a linear opening to ``width``, ``n_layers`` dense
+    residual steps on ``[0, T]``, a linear classifier."""
+    grid = TimeGrid(n_layers, T)
+    opening = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), activation(act))
+    layers = [Residual(DenseStep(width, act), grid.h) for _ in range(n_layers)]
+    return Problem(opening, layers, nn.Linear(width, n_classes), [grid])
+
+
+def conv_problem(in_channels: int, n_classes: int, channels: Sequence[int] = (16,),
+                 layers_per_stage: Sequence[int] = (8,), T: float = 1.0, act: str = "relu",
+                 norm: str = "group") -> Problem:
+    """Images ``(batch, in_channels, H, W)``: a 3×3 convolutional opening, then one stage of
+    convolutional residual steps per entry of ``channels`` (each stage on ``[0, T]``), a
+    strided :class:`Transition` between stages, global average pooling and a linear
+    classifier."""
+    if len(channels) != len(layers_per_stage):
+        raise ValueError("give one layer count per stage")
+    opening = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1),
+                            normalisation(norm, channels[0]), activation(act))
+    layers, grids = [], []
+    for s, (c, n) in enumerate(zip(channels, layers_per_stage)):
+        if s:
+            layers.append(Transition(channels[s - 1], c, act, norm))
+        grid = TimeGrid(n, T)
+        grids.append(grid)
+        layers += [Residual(ConvStep(c, act, norm), grid.h) for _ in range(n)]
+    classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], n_classes))
+    return Problem(opening, layers, classifier, grids)
+
+
+def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, width: int = 32,
+          channels: Sequence[int] = (16,), T: float = 1.0, activation: str | None = None,
+          norm: str = "group", seed: int = 0, dtype: torch.dtype = torch.float32) -> Problem:
+    """Build the network for data of ``input_shape`` (without the batch dimension).
+
+    ``net='dense'`` flattens the input; ``net='conv'`` needs images ``(C, H, W)`` and splits
+    ``layers`` residual steps evenly over the stages given by ``channels``.  Parameters are
+    initialised from ``seed`` alone, so every rank builds the same network.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if net == "dense":
+            in_features = 1
+            for s in input_shape:
+                in_features *= s
+            problem = dense_problem(in_features, n_classes, width, layers, T, activation or "tanh")
+        elif net == "conv":
+            if len(input_shape) != 3:
+                raise ValueError(f"net 'conv' needs image data (C, H, W), got shape {tuple(input_shape)}")
+            n_stages = len(channels)
+            if layers < n_stages:
+                raise ValueError(f"{layers} layers cannot fill {n_stages} stages")
+            per_stage = [layers // n_stages + (s < layers % n_stages) for s in range(n_stages)]
+            problem = conv_problem(input_shape[0], n_classes, channels, per_stage, T,
+                                   activation or "relu", norm)
+        else:
+            raise ValueError(f"unknown net {net!r}; choose dense or conv")
+    return problem.to(dtype)

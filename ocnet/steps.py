@@ -1,0 +1,86 @@
+"""Residual step functions ``F(u; θ)`` and the layers built from them.
+
+A :class:`Step` is any ``nn.Module`` mapping a state to a state of the same shape; the
+layer ``Residual(F, h)`` is one forward-Euler step ``u + h F(u; θ)``.  Solvers that change
+the step size (MGRIT's coarse levels) call ``layer(u, h=...)``.  :class:`Transition` joins
+two stages of different shapes (a strided convolution); it is not a time step.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}") from None
+
+
+def normalisation(kind: str, channels: int) -> nn.Module:
+    """A normalisation that does not couple samples (unlike batch norm), so that a
+    micro-batch or a single sample gives the same result as the whole batch."""
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown normalisation {kind!r}; choose from group, instance, none")
+
+
+class DenseStep(nn.Module):
+    """``F(u) = σ(W u + b)`` for states of shape ``(batch, width)``."""
+
+    def __init__(self, width: int, act: str = "tanh") -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+        self.act = activation(act)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(u))
+
+
+class ConvStep(nn.Module):
+    """``F(u) = σ(N(K * u + b))`` for states of shape ``(batch, channels, height, width)``."""
+
+    def __init__(self, channels: int, act: str = "relu", norm: str = "group", kernel: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.norm = normalisation(norm, channels)
+        self.act = activation(act)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(u)))
+
+
+class Residual(nn.Module):
+    """One forward-Euler step ``Φ(u) = u + h F(u; θ)`` of the state equation."""
+
+    def __init__(self, F: nn.Module, h: float) -> None:
+        super().__init__()
+        self.F = F
+        self.h = h
+
+    def forward(self, u: torch.Tensor, h: float | None = None) -> torch.Tensor:
+        return u + (self.h if h is None else h) * self.F(u)
+
+    def extra_repr(self) -> str:
+        return f"h={self.h:g}"
+
+
+class Transition(nn.Module):
+    """Strided convolution between stages: ``(b, c_in, H, W) → (b, c_out, H/s, W/s)``."""
+
+    def __init__(self, c_in: int, c_out: int, act: str = "relu", norm: str = "group",
+                 stride: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+        self.norm = normalisation(norm, c_out)
+        self.act = activation(act)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(u)))
