@@ -102,6 +102,10 @@ class Comm:
     # -- point to point -------------------------------------------------------------------
     def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> Request:
         """Start sending ``tensor`` (any shape, dtype and device) to ``dest``."""
+        self.bytes_sent += tensor.numel() * tensor.element_size()
+        return self._isend(tensor, dest, tag)
+
+    def _isend(self, tensor: torch.Tensor, dest: int, tag: int) -> Request:
         from mpi4py import MPI
         t = tensor.detach()
         if t.dim() > _HEADER_LEN - 2:
@@ -116,7 +120,6 @@ class Comm:
             buf.copy_(t)
         reqs = [self.mpi.Isend([header, MPI.INT64_T], dest=dest, tag=tag),
                 self.mpi.Isend(_as_mpi(buf), dest=dest, tag=tag)]
-        self.bytes_sent += t.numel() * t.element_size()
         return Request(reqs, keep=(header, buf), release=release)
 
     def irecv(self, source: int, tag: int = 0, device: torch.device | str = "cpu") -> Request:
@@ -181,16 +184,19 @@ class Comm:
         return obj if self.rank == root else pickle.loads(buf.tobytes())
 
     def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
-        """Gather picklable objects to ``root`` (a list there, ``None`` elsewhere)."""
-        if self.rank == root:
-            out = [None] * self.size
-            out[root] = obj
-            reqs = {r: self.mpi.irecv(source=r, tag=_GATHER_TAG) for r in range(self.size) if r != root}
-            for r, req in reqs.items():
-                out[r] = _wait_value(req)
-            return out
-        _wait_value(self.mpi.isend(obj, dest=root, tag=_GATHER_TAG))
-        return None
+        """Gather picklable objects to ``root`` (a list there, ``None`` elsewhere).
+
+        Bookkeeping traffic: not counted in :attr:`bytes_sent`.
+        """
+        if self.rank != root:
+            data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+            self._isend(data, root, _GATHER_TAG).wait()
+            return None
+        reqs = {r: self.irecv(r, _GATHER_TAG) for r in range(self.size) if r != root}
+        out = [obj if r == root else None for r in range(self.size)]
+        for r, req in reqs.items():
+            out[r] = pickle.loads(req.wait().numpy().tobytes())
+        return out
 
     def barrier(self) -> None:
         _wait(self.mpi.Ibarrier().Test)
@@ -208,15 +214,6 @@ class Comm:
 
 
 _GATHER_TAG = 32_000
-
-
-def _wait_value(req: Any) -> Any:
-    """Wait politely on an mpi4py lowercase (pickle) request and return its value."""
-    while True:
-        done, value = req.test()
-        if done:
-            return value
-        time.sleep(_MIN_SLEEP * 10)
 
 
 class _SelfRequest(Request):

@@ -1,0 +1,51 @@
+"""A pipeline of compute across all ranks: rank r works, then passes a token to r + 1.
+
+Writes {"total": wall seconds of the chain, "compute": sum of the ranks' compute} to argv[1].
+Waiting ranks must not steal the cores of the working one (polite waits).
+"""
+import json
+import sys
+import time
+
+import torch
+
+from ocnet.comm import world
+
+torch.set_num_threads(1)
+comm = world()
+a = torch.randn(128, 128, dtype=torch.float64)
+
+
+def work(n: int) -> None:
+    b = a
+    for _ in range(n):
+        b = torch.tanh(a @ b)
+
+
+# Calibrate the work to ~0.1 s on rank 0 while the others are parked politely.
+n = 0
+if comm.rank == 0:
+    t = time.perf_counter()
+    work(50)
+    n = max(1, int(50 * 0.1 / (time.perf_counter() - t)))
+n = comm.bcast(n)
+comm.barrier()
+
+start = time.perf_counter()
+token = torch.zeros(1)
+if comm.rank > 0:
+    token = comm.recv(comm.rank - 1, tag=5)
+t = time.perf_counter()
+work(n)
+mine = time.perf_counter() - t
+if comm.rank < comm.size - 1:
+    comm.send(token + 1, comm.rank + 1, tag=5)
+compute = comm.allreduce(mine)
+total = comm.bcast(time.perf_counter() - start, root=comm.size - 1)
+if comm.rank == 0:
+    # the work measured alone, for reference
+    t = time.perf_counter()
+    work(n)
+    alone = time.perf_counter() - t
+    with open(sys.argv[1], "w") as f:
+        json.dump({"total": total, "compute": compute, "alone": alone, "ranks": comm.size}, f)
