@@ -1,0 +1,52 @@
+"""Shared pieces of the benchmarks: timing, the allocator setting, JSON output."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's mmap and trim thresholds (DESIGN.md §4: freed activations otherwise
+    go back to the kernel and page-fault again).  Returns whether it took effect."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 256 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+
+
+def allocator() -> str:
+    return "tuned" if "GLIBC_TUNABLES" in os.environ or os.environ.get("OCNET_MALLOC") == "tuned" else "default"
+
+
+def median_time(fn: Callable[[], None], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def write(name: str, result: dict, out: str | None = None) -> Path:
+    result = {"benchmark": name, "machine": platform.machine(), "cores": os.cpu_count(),
+              "torch": torch.__version__, **result}
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
