@@ -36,6 +36,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 try:  # Python >= 3.11; the config is read only for labels and layer counts
     import tomllib
@@ -79,7 +80,7 @@ class Run:
         solver = self.summary.get("solver") or self.config.get("solver")
         ranks = self.summary.get("ranks", self.config.get("ranks"))
         if not solver:
-            return self.path.name
+            return self.path.resolve().name  # resolve: Path(".").name is empty
         return f"{solver} P={ranks}" if ranks is not None else str(solver)
 
     @property
@@ -88,14 +89,9 @@ class Run:
         return f"{self.base_label} ({self.suffix})" if self.suffix else self.base_label
 
     @property
-    def records(self) -> list:
-        """All records, iterations first then epochs."""
-        return self.iters + self.epochs
-
-    @property
     def n_layers(self) -> int | None:
         """Number of layers N: from the records, else the summary, else the config."""
-        for rec in reversed(self.records):
+        for rec in reversed(self.iters + self.epochs):
             if _num(rec.get("n_layers")) is not None:
                 return int(rec["n_layers"])
         for src in (self.summary, self.config):
@@ -121,10 +117,6 @@ def load_run(run_dir: str | Path) -> Run:
     run_dir : str or Path
         Directory holding ``history.jsonl`` (required), ``summary.json``, ``config.toml``.
 
-    Returns
-    -------
-    Run
-
     Raises
     ------
     FileNotFoundError
@@ -144,12 +136,8 @@ def load_run(run_dir: str | Path) -> Run:
             if i != len(lines) - 1:  # a torn last line is a run still writing; anything else is not
                 warnings.warn(f"{hist}: skipping unparsable line {i + 1}", stacklevel=2)
             continue
-        if not isinstance(rec, dict):
-            continue
-        if rec.get("kind") == "iter":
-            run.iters.append(rec)
-        elif rec.get("kind") == "epoch":
-            run.epochs.append(rec)
+        kind = rec.get("kind") if isinstance(rec, dict) else None
+        {"iter": run.iters, "epoch": run.epochs}.get(kind, []).append(rec)
     try:
         summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
         run.summary = summary if isinstance(summary, dict) else {}
@@ -171,10 +159,11 @@ def load_runs(run_dirs: Iterable[str | Path | Run]) -> list[Run]:
     """
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
     base = Counter(r.base_label for r in runs)
-    names = Counter(r.path.name for r in runs)
+    names = Counter(r.path.resolve().name for r in runs)
     for r in runs:
+        name = r.path.resolve().name
         if base[r.base_label] > 1:
-            r.suffix = r.path.name if names[r.path.name] == 1 else str(r.path)
+            r.suffix = name if names[name] == 1 else str(r.path)
     return runs
 
 
@@ -200,11 +189,12 @@ def _phases(value: Any) -> dict:
 
 
 def _factor(res: Any) -> float | None:
-    """Mean convergence factor ``(r_K / r_0) ** (1 / K)`` of a residual history."""
-    r = [x for x in (_num(v) for v in res) if x is not None] if isinstance(res, list) else []
-    if len(r) < 2 or r[0] <= 0 or r[-1] <= 0:
+    """Mean convergence factor ``(r_K / r_0) ** (1 / K)`` of a residual history ``r_0..r_K``."""
+    vals = enumerate(map(_num, res)) if isinstance(res, list) else ()
+    r = [(k, x) for k, x in vals if x is not None]
+    if len(r) < 2 or r[0][0] != 0 or r[0][1] <= 0 or r[-1][1] < 0:
         return None
-    return (r[-1] / r[0]) ** (1.0 / (len(r) - 1))
+    return (r[-1][1] / r[0][1]) ** (1.0 / r[-1][0])
 
 
 def _factors(run: Run) -> dict:
@@ -224,14 +214,24 @@ def _factors(run: Run) -> dict:
     return out
 
 
-def _new_figure(nrows: int, ncols: int, w: float = 5.0, h: float = 3.6):
+def _new_figure(n: int, ncols: int, w: float = 5.0, h: float = 3.6):
+    """A figure of ``n`` panels in ``ncols`` columns; returns it and the flat list of panels."""
+    nrows = max(1, math.ceil(n / ncols))
     fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
     FigureCanvasAgg(fig)  # Agg, without pyplot and its global figure registry
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
     return fig, axes
 
 
-def _finish(ax, xlabel: str, ylabel: str, legend: bool = True) -> None:
+def _finish(ax, xlabel: str, ylabel: str, legend: bool = True, logy: bool = False) -> None:
+    """Label a panel; log y when asked and all its values are positive; "no data" if empty."""
+    ys = [y for ln in ax.lines for y in ln.get_ydata()]
+    if logy and ys and min(ys) > 0:
+        ax.set_yscale("log")
+    if xlabel in ("epoch", "MGRIT iteration"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -243,37 +243,25 @@ def _finish(ax, xlabel: str, ylabel: str, legend: bool = True) -> None:
                 color="grey")
 
 
-def _logy_if_positive(ax) -> None:
-    ys = [y for ln in ax.lines for y in ln.get_ydata()]
-    if ys and min(ys) > 0:
-        ax.set_yscale("log")
-
-
-def _colour(i: int) -> str:
-    return f"C{i % 10}"
-
-
 def _plot_convergence(runs: list[Run], path: Path) -> Path:
-    fig, axes = _new_figure(2, 2)
+    fig, axes = _new_figure(4, 2)
     for i, run in enumerate(runs):
-        kw = dict(color=_colour(i), label=run.label)
+        kw = dict(color=f"C{i % 10}", label=run.label)
         loss_recs = [r for r in run.epochs if _num(r.get("loss")) is not None]
         mark = "o" if loss_recs or len(run.iters) < 30 else None
         loss_recs = loss_recs or run.iters  # a run still in its first epoch has only iterations
         for ax, recs, x, y, scale, m in (
-                (axes[0, 0], loss_recs, "epoch", "loss", 1.0, mark),
-                (axes[1, 0], loss_recs, "wall_time", "loss", 1.0, mark),
-                (axes[0, 1], run.epochs, "epoch", "test_acc", 100.0, "o"),
-                (axes[1, 1], run.epochs, "wall_time", "test_acc", 100.0, "o")):
+                (axes[0], loss_recs, "epoch", "loss", 1.0, mark),
+                (axes[2], loss_recs, "wall_time", "loss", 1.0, mark),
+                (axes[1], run.epochs, "epoch", "test_acc", 100.0, "o"),
+                (axes[3], run.epochs, "wall_time", "test_acc", 100.0, "o")):
             xs, ys = _xy(recs, x, y, scale)
             if xs.size:  # a run without this series gets no legend entry here
                 ax.plot(xs, ys, marker=m, ms=3, **kw)
-    _logy_if_positive(axes[0, 0])
-    _logy_if_positive(axes[1, 0])
-    _finish(axes[0, 0], "epoch", "loss")
-    _finish(axes[0, 1], "epoch", "test accuracy (%)")
-    _finish(axes[1, 0], "wall time (s)", "loss")
-    _finish(axes[1, 1], "wall time (s)", "test accuracy (%)")
+    _finish(axes[0], "epoch", "loss", logy=True)
+    _finish(axes[1], "epoch", "test accuracy (%)")
+    _finish(axes[2], "wall time (s)", "loss", logy=True)
+    _finish(axes[3], "wall time (s)", "test accuracy (%)")
     fig.suptitle("convergence")
     return _save(fig, path)
 
@@ -289,10 +277,8 @@ def _plot_residuals(runs: list[Run], path: Path) -> Path:
                 if step is not None and r.size:
                     per_phase.setdefault(phase, []).append((step, r))
         rows += [(run, phase, lines) for phase, lines in per_phase.items()]
-    ncols = max(1, min(len(rows), 2))
-    nrows = max(1, math.ceil(len(rows) / ncols))
-    fig, axes = _new_figure(nrows, ncols)
-    for ax, (run, phase, lines) in zip(axes.flat, rows):
+    fig, axes = _new_figure(len(rows), max(1, min(len(rows), 2)))
+    for ax, (run, phase, lines) in zip(axes, rows):
         segs, steps = [], []
         for step, r in lines:
             k = np.arange(r.size)
@@ -310,8 +296,6 @@ def _plot_residuals(runs: list[Run], path: Path) -> Path:
             fig.colorbar(lc, ax=ax, label="optimiser step")
         ax.set_title(f"{run.label} {phase}".strip(), fontsize="medium")
         _finish(ax, "MGRIT iteration", "residual norm", legend=False)
-    for ax in list(axes.flat)[len(rows):]:
-        ax.set_visible(False)
     fig.suptitle("MGRIT residual per optimiser step")
     return _save(fig, path)
 
@@ -320,20 +304,20 @@ def _plot_mgrit_convergence(runs: list[Run], path: Path) -> Path:
     factors = [(run, _factors(run)) for run in runs]
     by_n = [(run.n_layers, f) for run, f in factors if f and run.n_layers]
     vs_n = len({n for n, _ in by_n}) > 1
-    fig, axes = _new_figure(1, 2 if vs_n else 1)
-    ax = axes[0, 0]
+    fig, axes = _new_figure(2 if vs_n else 1, 2 if vs_n else 1)
+    ax = axes[0]
     for i, (run, per_phase) in enumerate(factors):
         for phase, (steps, f) in per_phase.items():
-            ax.plot(steps, f, PHASE_STYLES.get(phase, "-"), color=_colour(i), lw=1,
+            ax.plot(steps, f, PHASE_STYLES.get(phase, "-"), color=f"C{i % 10}", lw=1,
                     label=f"{run.label} {phase}".strip())
     _finish(ax, "optimiser step", "MGRIT convergence factor")
     if vs_n:
-        ax = axes[0, 1]
+        ax = axes[1]
         phases = sorted({p for _, f in by_n for p in f})
         for j, phase in enumerate(phases):
             pts = sorted((n, float(np.mean(f[phase][1]))) for n, f in by_n if phase in f)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], PHASE_STYLES.get(phase, "-"),
-                    marker="o", color=_colour(j), label=phase or "mean factor")
+                    marker="o", color=f"C{j % 10}", label=phase or "mean factor")
         ax.set_xscale("log", base=2)
         _finish(ax, "layers N", "mean convergence factor")
     fig.suptitle("MGRIT convergence factor")
@@ -341,19 +325,18 @@ def _plot_mgrit_convergence(runs: list[Run], path: Path) -> Path:
 
 
 def _plot_constraints(runs: list[Run], path: Path) -> Path:
-    keys = [("constraint_violation", "constraint violation"), ("rho", "penalty rho")]
-    keys += [(k, t) for k, t in (("mu_norm", "multiplier norm |mu|"),
-                                 ("penalized_objective", "penalised objective"))
-             if any(_with_key(r, k) for r in runs)]
-    fig, axes = _new_figure(1, len(keys))
-    for ax, (key, title) in zip(axes.flat, keys):
+    keys = [(k, t) for k, t in (("constraint_violation", "constraint violation"),
+                                ("rho", "penalty rho"), ("mu_norm", "multiplier norm |mu|"),
+                                ("penalized_objective", "penalised objective"))
+            if any(_with_key(r, k) for r in runs)]
+    fig, axes = _new_figure(len(keys), min(len(keys), 2))
+    for ax, (key, title) in zip(axes, keys):
         for i, run in enumerate(runs):
             x, y = _xy(_with_key(run, key), "step", key)
             if x.size:
-                ax.plot(x, y, color=_colour(i), label=run.label, marker="o" if x.size < 30 else None,
-                        ms=3)
-        _logy_if_positive(ax)
-        _finish(ax, "optimiser step", title)
+                ax.plot(x, y, color=f"C{i % 10}", label=run.label, ms=3,
+                        marker="o" if x.size < 30 else None)
+        _finish(ax, "optimiser step", title, logy=True)
     fig.suptitle("constraints")
     return _save(fig, path)
 
@@ -374,11 +357,12 @@ def _plot_bytes(runs: list[Run], path: Path) -> Path:
     peak = max((float(y.max()) for _, y in series if y.size), default=1.0)
     unit, scale = next(((u, s) for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
                         if peak >= s), ("B", 1))
-    fig, axes = _new_figure(1, 1)
+    fig, (ax,) = _new_figure(1, 1)
     for i, (run, (x, y)) in enumerate(zip(runs, series)):
         if x.size:
-            axes[0, 0].plot(x, y / scale, marker="o", ms=3, color=_colour(i), label=run.label)
-    _finish(axes[0, 0], "epoch", f"{unit} sent per epoch (all ranks)")
+            ax.plot(x, y / scale, marker="o", ms=3, color=f"C{i % 10}", label=run.label)
+    ax.set_ylim(bottom=0)
+    _finish(ax, "epoch", f"{unit} sent per epoch (all ranks)")
     fig.suptitle("communication")
     return _save(fig, path)
 
@@ -387,10 +371,6 @@ def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
-
-
-def _any(runs: list[Run], key: str) -> bool:
-    return any(_with_key(r, key) for r in runs)
 
 
 def plot_runs(run_dirs: Sequence[str | Path | Run], out_dir: str | Path | None = None
@@ -413,23 +393,23 @@ def plot_runs(run_dirs: Sequence[str | Path | Run], out_dir: str | Path | None =
     runs = load_runs(run_dirs)
     if not runs:
         raise ValueError("plot_runs needs at least one run directory")
-    if len(runs) == 1:
-        out = Path(out_dir) if out_dir is not None else runs[0].path
-        name = {"convergence": "convergence.png"}
-    else:
-        out = Path(out_dir) if out_dir is not None else Path.cwd()
-        name = {"convergence": "comparison.png"}
-    prefix = "" if len(runs) == 1 else "comparison_"
+    single = len(runs) == 1
+    out = Path(out_dir) if out_dir is not None else runs[0].path if single else Path.cwd()
 
     def target(kind: str) -> Path:
-        return out / name.get(kind, f"{prefix}{kind}.png")
+        if single:
+            return out / f"{kind}.png"
+        return out / ("comparison.png" if kind == "convergence" else f"comparison_{kind}.png")
+
+    def has(key: str) -> bool:
+        return any(_with_key(r, key) for r in runs)
 
     written = [_plot_convergence(runs, target("convergence"))]
-    if _any(runs, "residual"):
+    if has("residual"):
         written.append(_plot_residuals(runs, target("mgrit_residuals")))
-    if _any(runs, "residual") or _any(runs, "conv_factor"):
+    if has("residual") or has("conv_factor"):
         written.append(_plot_mgrit_convergence(runs, target("mgrit_convergence")))
-    if _any(runs, "constraint_violation"):
+    if has("constraint_violation"):
         written.append(_plot_constraints(runs, target("constraints")))
     if any(_bytes_per_epoch(r)[1].sum() > 0 for r in runs):
         written.append(_plot_bytes(runs, target("bytes")))
@@ -437,7 +417,11 @@ def plot_runs(run_dirs: Sequence[str | Path | Run], out_dir: str | Path | None =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit status (0 success, 2 bad run directory)."""
+    """Command line entry point; returns the exit status.
+
+    0 on success (the paths written are printed, one a line), 1 when a file cannot be read or
+    written, 2 when an argument is not a run directory (nothing is drawn then).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m ocnet.plot",
         description="Draw convergence plots from ocnet run directories.",
@@ -454,7 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ocnet.plot: error: {d} is not a run directory (no history.jsonl)",
                   file=sys.stderr)
             return 2
-    for path in plot_runs(args.run_dirs, args.out):
+    try:
+        written = plot_runs(args.run_dirs, args.out)
+    except OSError as e:
+        print(f"ocnet.plot: error: {e}", file=sys.stderr)
+        return 1
+    for path in written:
         print(path)
     return 0
 
