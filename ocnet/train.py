@@ -111,18 +111,15 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         extra = solver.begin_epoch(epoch, data.x_train, data.y_train)
         generator = torch.Generator().manual_seed(1_000_003 * seed + epoch)
         do_augment = augment_images and data.is_image and solver.augments(epoch)
-        iters = []
+        iters, wall = [], []  # this rank's fields and rank 0's clock, per step
         for idx in batches(n, batch_size, seed, epoch):
             x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
             if do_augment:
                 x = augment(x.cpu(), generator).to(x.device)
             sent = comm.bytes_sent
-            rec = solver.step(x, y, idx)
-            step += 1
-            rec.update(kind="iter", epoch=epoch, step=step, bytes_sent=comm.bytes_sent - sent)
-            if comm.rank == 0:
-                rec["wall_time"] = time.perf_counter() - t0
-            iters.append(rec)
+            fields = solver.step(x, y, idx)
+            iters.append({**fields, "bytes_sent": comm.bytes_sent - sent})
+            wall.append(time.perf_counter() - t0)
             if bar is not None:
                 bar.update(1)
         train_acc, _ = evaluate(solver, comm, data.x_train[:_TRAIN_EVAL_MAX], data.y_train[:_TRAIN_EVAL_MAX])
@@ -130,11 +127,13 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         mine = {"iters": iters, "extra": extra, "bytes": comm.bytes_sent - bytes_epoch}
         gathered = comm.gather(mine)
         if comm.rank == 0:
-            records = [combine(r) for r in zip(*(g["iters"] for g in gathered))]
+            records = [{"kind": "iter", "epoch": epoch, "step": step + i + 1, **combine(r), "wall_time": w}
+                       for i, (r, w) in enumerate(zip(zip(*(g["iters"] for g in gathered)), wall))]
+            step += len(records)
             losses = [r["loss"] for r in records if "loss" in r]
-            last = combine([g["extra"] for g in gathered])
-            last.update(kind="epoch", epoch=epoch, step=step,
-                        loss=sum(losses) / len(losses) if losses else float("nan"),
+            last = {"kind": "epoch", "epoch": epoch, "step": step,
+                    **combine([g["extra"] for g in gathered])}
+            last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
                         wall_time=time.perf_counter() - t0,
                         bytes_sent=sum(g["bytes"] for g in gathered),
                         train_acc=train_acc, test_acc=test_acc, test_loss=test_loss, lr=lr(epoch))

@@ -31,11 +31,12 @@ def mpiexec() -> str:
 
 
 def run_mpi(n: int, *args: str, timeout: float = 120, env: dict | None = None,
-            module: bool = False) -> subprocess.CompletedProcess:
+            module: bool = False, plain: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m mpi4py SCRIPT args`` (or ``-m MODULE`` with ``module=True``) on ``n``
     ranks.  ``-m mpi4py`` turns an exception on one rank into MPI_Abort, and the timeout
-    turns a deadlock into a failed test instead of a hung suite."""
-    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py"]
+    turns a deadlock into a failed test instead of a hung suite.  ``plain=True`` leaves
+    ``-m mpi4py`` out, as a user's ``mpirun -n P python -m ocnet.run`` does."""
+    cmd = [mpiexec(), "-n", str(n), sys.executable] + ([] if plain else ["-m", "mpi4py"])
     cmd += ["-m", *args] if module else [str(MPI_SCRIPTS / args[0]), *args[1:]]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     # A session of its own, so that a timeout kills every rank, not only mpiexec.

@@ -1,0 +1,439 @@
+"""Datasets, batching and augmentation.
+
+Five classification problems, all returned as one :class:`Dataset` of torch tensors:
+
+``peaks``     2-D points in ``[-3, 3]^2``, 5 level-set classes of MATLAB's ``peaks``
+              (Günther et al., SIMODS 2020); generated, no files.
+``digits``    scikit-learn's shipped 8×8 digits; no download.
+``mnist``     IDX files (plain or ``.gz``) in ``--data-dir`` or ``--data-dir/MNIST/raw``.
+``cifar10``   the python pickle batches in ``--data-dir/cifar-10-batches-py`` (or directly).
+``cifar100``  ``train`` / ``test`` pickles in ``--data-dir/cifar-100-python`` (or directly).
+
+Inputs are normalised per channel with the mean and standard deviation of the *training*
+set, applied to both splits. Every rank calls these functions independently, so everything
+random here is driven by explicit seeds and generators, never by global RNG state.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib
+import os
+import pickle
+import zlib
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+__all__ = ["DataError", "Dataset", "DATASETS", "load", "batches", "augment"]
+
+DATASETS = ("peaks", "digits", "mnist", "cifar10", "cifar100")
+
+
+class DataError(ValueError):
+    """A data set could not be loaded: a missing or malformed file, or a bad name."""
+
+
+@dataclass
+class Dataset:
+    """A classification data set, normalised, ready for training.
+
+    ``x_train`` float32 ``(n_train, *input_shape)``, per-channel mean 0 / std 1;
+    ``y_train`` int64 ``(n_train,)`` in ``0 … n_classes-1``; ``x_test`` / ``y_test`` likewise
+    with ``n_test`` rows, normalised with the *training* statistics. ``is_image``: ``x`` is
+    ``(n, C, H, W)``; otherwise feature vectors ``(n, d)``.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+    is_image: bool
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(C, H, W)`` for images, ``(d,)`` otherwise."""
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Dataset":
+        """The same data with inputs in ``dtype`` and everything on ``device``."""
+        return dataclasses.replace(
+            self, x_train=self.x_train.to(device, dtype), y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device, dtype), y_test=self.y_test.to(device))
+
+
+# A loader returns raw numpy arrays (x_train, y_train, x_test, y_test, n_classes);
+# :func:`load` does the common conversion and normalisation.
+_Raw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
+
+
+# --------------------------------------------------------------------------- peaks
+
+_PEAKS_N_TRAIN, _PEAKS_N_TEST = 5000, 1000
+# The class boundaries must not depend on the user's seed (otherwise "class 3" would mean
+# different regions for different seeds), so they come from a reference sample of its own.
+_PEAKS_REFERENCE_SEED, _PEAKS_REFERENCE_SIZE = 20200101, 200_000
+
+
+def _peaks_z(xy: np.ndarray) -> np.ndarray:
+    """MATLAB's ``peaks`` function at points ``xy`` of shape ``(n, 2)``; returns ``(n,)``."""
+    x, y = xy[:, 0], xy[:, 1]
+    return (3 * (1 - x) ** 2 * np.exp(-x**2 - (y + 1) ** 2)
+            - 10 * (x / 5 - x**3 - y**5) * np.exp(-x**2 - y**2)
+            - np.exp(-(x + 1) ** 2 - y**2) / 3)
+
+
+@lru_cache(maxsize=1)
+def _peaks_thresholds() -> np.ndarray:
+    """The 4 level-set thresholds: quintiles of z over a fixed uniform sample of [-3, 3]^2,
+    so the 5 classes hold about 20 % of the square each."""
+    rng = np.random.default_rng(_PEAKS_REFERENCE_SEED)
+    z = _peaks_z(rng.uniform(-3.0, 3.0, size=(_PEAKS_REFERENCE_SIZE, 2)))
+    return np.quantile(z, [0.2, 0.4, 0.6, 0.8])
+
+
+def _load_peaks(data_dir: Path | None, seed: int) -> _Raw:
+    rng = np.random.default_rng(seed)
+    x_train = rng.uniform(-3.0, 3.0, size=(_PEAKS_N_TRAIN, 2))
+    x_test = rng.uniform(-3.0, 3.0, size=(_PEAKS_N_TEST, 2))
+    thresholds = _peaks_thresholds()
+    label = lambda x: np.searchsorted(thresholds, _peaks_z(x), side="right")  # noqa: E731
+    return x_train, label(x_train), x_test, label(x_test), 5
+
+
+# -------------------------------------------------------------------------- digits
+
+def _load_digits(data_dir: Path | None, seed: int) -> _Raw:
+    from sklearn.datasets import load_digits  # imported lazily: only this loader needs it
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.reshape(-1, 1, 8, 8) / 16.0  # pixel values are 0 … 16
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, digits.target, test_size=0.2, random_state=seed, stratify=digits.target)
+    return x_tr, y_tr, x_te, y_te, 10
+
+
+# ------------------------------------------------------------------ file look-up
+
+def _require_dir(data_dir: Path | None, name: str) -> Path:
+    if data_dir is None:
+        raise DataError(f"data set {name!r} is read from files: pass --data-dir DIR "
+                        f"(the directory that holds them); nothing is downloaded")
+    return data_dir
+
+
+def _find(candidates: list[Path], what: str) -> Path:
+    """The first existing file among ``candidates``; a DataError listing them all if none."""
+    for path in candidates:
+        if path.is_file():
+            return path
+    looked = "\n  ".join(str(p) for p in candidates)
+    raise DataError(f"missing {what}; looked at:\n  {looked}")
+
+
+# --------------------------------------------------------------------------- MNIST
+
+_IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801  # unsigned bytes, 3 dims / 1 dim
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse an IDX file (plain or gzip) whose header must carry ``magic``.
+
+    Returns a uint8 array of the dimensions in the header, e.g. ``(n, 28, 28)``.
+    """
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                buf = f.read()
+        else:
+            buf = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:  # gzip reports truncation as EOFError
+        raise DataError(f"{path}: could not read ({e})") from e
+
+    kind = "images" if magic == _IDX_IMAGES else "labels"
+    if len(buf) < 4:
+        raise DataError(f"{path}: truncated: {len(buf)} bytes, expected an IDX header "
+                        f"with magic 0x{magic:08x} ({kind})")
+    found = int.from_bytes(buf[:4], "big")
+    if found != magic:
+        raise DataError(f"{path}: expected IDX magic 0x{magic:08x} ({kind}, unsigned bytes, "
+                        f"{magic & 0xFF} dimension(s)), found 0x{found:08x}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(buf) < header:
+        raise DataError(f"{path}: truncated header: {len(buf)} bytes, expected {header}")
+    dims = tuple(int(d) for d in np.frombuffer(buf, ">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(dims))
+    if len(buf) != expected:
+        state = "truncated" if len(buf) < expected else "has trailing bytes"
+        raise DataError(f"{path}: {state}: header says dimensions {dims}, so "
+                        f"{expected} bytes expected, found {len(buf)}")
+    return np.frombuffer(buf, np.uint8, offset=header).reshape(dims)
+
+
+def _mnist_split(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    arrays = []
+    for stem, magic in ((f"{prefix}-images-idx3-ubyte", _IDX_IMAGES),
+                        (f"{prefix}-labels-idx1-ubyte", _IDX_LABELS)):
+        # Plain before .gz (no decompression); then torchvision's MNIST/raw layout.
+        candidates = [d / f"{stem}{ext}" for d in (root, root / "MNIST" / "raw")
+                      for ext in ("", ".gz")]
+        arrays.append(_read_idx(_find(candidates, f"MNIST file {stem}[.gz]"), magic))
+    images, labels = arrays
+    if len(images) != len(labels):
+        raise DataError(f"MNIST {prefix}: {len(images)} images but {len(labels)} labels "
+                        f"in {root}")
+    if labels.size and labels.max() > 9:
+        raise DataError(f"MNIST {prefix}: labels must be 0 … 9, found {labels.max()}")
+    return images[:, None].astype(np.float32) / 255.0, labels.astype(np.int64)
+
+
+def _load_mnist(data_dir: Path | None, seed: int) -> _Raw:
+    # The split is the official one; ``seed`` has nothing to choose here.
+    root = _require_dir(data_dir, "mnist")
+    x_tr, y_tr = _mnist_split(root, "train")
+    x_te, y_te = _mnist_split(root, "t10k")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(f"MNIST: train images are {x_tr.shape[2:]}, test images "
+                        f"{x_te.shape[2:]}; expected the same size")
+    return x_tr, y_tr, x_te, y_te, 10
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+def _numpy_global(submodule: str, name: str) -> Any:
+    """``numpy._core.<submodule>.<name>`` (numpy 2), else ``numpy.core…`` (numpy 1).
+    Resolved directly so that numpy 2 does not warn about the deprecated ``numpy.core``."""
+    for package in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{package}.{submodule}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has no {submodule}.{name}")
+
+
+@lru_cache(maxsize=1)
+def _pickle_allowlist() -> dict[tuple[str, str], Any]:
+    """The only globals a data pickle may name: what numpy arrays, dtypes and scalars need
+    to be rebuilt (as pickled by numpy 1 and 2, protocols 2–5), and ``_codecs.encode``,
+    which Python 3 uses to pickle ``bytes`` at protocol 2. None of them runs arbitrary code."""
+    import codecs
+
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray,
+                                           ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): codecs.encode}
+    for sub, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                      ("numeric", "_frombuffer")):
+        obj = _numpy_global(sub, name)
+        for package in ("numpy._core", "numpy.core"):
+            allowed[(f"{package}.{sub}", name)] = obj
+    return allowed
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickling calls whatever the file names, so a pickle from a user's directory could
+    run any code (e.g. ``os.system``). This one refuses every global outside the allowlist."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _pickle_allowlist()[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: only numpy arrays are allowed") from None
+
+
+def _read_cifar_pickle(path: Path, label_key: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR batch file -> images uint8 ``(n, 3, 32, 32)`` and labels int64 ``(n,)``."""
+    try:
+        with open(path, "rb") as f:
+            # encoding="bytes": the files were written by Python 2 (keys are bytes).
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # a malformed pickle can fail in any of many ways
+        raise DataError(f"{path}: not a readable CIFAR pickle "
+                        f"({type(e).__name__}: {e})") from e
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: expected a pickled dict, found {type(batch).__name__}")
+    # Accept str keys too, for batches re-pickled by Python 3.
+    get = lambda k: batch.get(k.encode(), batch.get(k))  # noqa: E731
+    data, labels = get("data"), get(label_key)
+    if data is None or labels is None:
+        keys = sorted(str(k) for k in batch)
+        raise DataError(f"{path}: expected keys b'data' and b'{label_key}', found {keys}")
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: expected b'data' as uint8 of shape (n, 3072), "
+                        f"found {data.dtype} of shape {data.shape}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: b'{label_key}' is not a list of integers") from e
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DataError(f"{path}: labels must lie in 0 … {n_classes - 1}, "
+                        f"found {labels.min()} … {labels.max()}")
+    # Each row is the red plane, then green, then blue, each row-major 32×32.
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar(root: Path, folder: str, train: list[str], test: str, label_key: str,
+           n_classes: int) -> _Raw:
+    def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        parts = [_read_cifar_pickle(_find([root / folder / f, root / f], f"{folder} file {f}"),
+                                    label_key, n_classes) for f in files]
+        images = np.concatenate([p[0] for p in parts])
+        return images.astype(np.float32) / 255.0, np.concatenate([p[1] for p in parts])
+
+    x_tr, y_tr = read(train)
+    x_te, y_te = read([test])
+    return x_tr, y_tr, x_te, y_te, n_classes
+
+
+def _load_cifar10(data_dir: Path | None, seed: int) -> _Raw:
+    root = _require_dir(data_dir, "cifar10")
+    return _cifar(root, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+                  "test_batch", "labels", 10)
+
+
+def _load_cifar100(data_dir: Path | None, seed: int) -> _Raw:
+    root = _require_dir(data_dir, "cifar100")
+    return _cifar(root, "cifar-100-python", ["train"], "test", "fine_labels", 100)
+
+
+_LOADERS: dict[str, Callable[[Path | None, int], _Raw]] = {
+    "peaks": _load_peaks,
+    "digits": _load_digits,
+    "mnist": _load_mnist,
+    "cifar10": _load_cifar10,
+    "cifar100": _load_cifar100,
+}
+
+
+# ---------------------------------------------------------------------- public API
+
+def _normalise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (dimension 1) standardisation with the training statistics."""
+    dims = [d for d in range(x_train.dim()) if d != 1]
+    std, mean = torch.std_mean(x_train, dim=dims, keepdim=True, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays finite
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
+    """Load a data set by name.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS`.
+    data_dir : path, optional
+        Directory holding the files of ``mnist``, ``cifar10`` and ``cifar100``.
+    seed : int
+        Generates ``peaks`` and chooses the ``digits`` split; the file data sets have
+        fixed official splits.
+
+    Raises
+    ------
+    DataError
+        Unknown name, missing ``data_dir``, or a missing or malformed file.
+    """
+    key = str(name).strip().lower()
+    if key not in _LOADERS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    root = None if data_dir is None else Path(data_dir).expanduser()
+    x_tr, y_tr, x_te, y_te, n_classes = _LOADERS[key](root, seed)
+    x_train, x_test = _normalise(torch.as_tensor(np.asarray(x_tr, np.float32)),
+                                 torch.as_tensor(np.asarray(x_te, np.float32)))
+    return Dataset(name=key, x_train=x_train.contiguous(),
+                   y_train=torch.as_tensor(np.asarray(y_tr, np.int64)),
+                   x_test=x_test.contiguous(),
+                   y_test=torch.as_tensor(np.asarray(y_te, np.int64)),
+                   n_classes=n_classes, is_image=x_train.dim() == 4)
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    # A cryptographic hash, not Python's hash(), so every process derives the same 63-bit
+    # seed, and neighbouring (seed, epoch) pairs give unrelated streams.
+    digest = hashlib.sha256(f"ocnet.batches:{int(seed)}:{int(epoch)}".encode()).digest()
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return g
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int,
+            shuffle: bool = True) -> list[torch.Tensor]:
+    """Mini-batch indices for one epoch.
+
+    Parameters
+    ----------
+    n, batch_size : int
+        Number of samples, samples per batch.
+    seed, epoch : int
+        Fix the permutation: every rank computing it independently gets the same batches.
+    shuffle : bool
+        False gives ``0 … n-1`` in order.
+
+    Returns
+    -------
+    list of torch.Tensor
+        int64 (CPU) index tensors of length ``batch_size`` (the last may be shorter) that
+        together cover ``range(n)`` exactly once.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = (torch.randperm(n, generator=_generator(seed, epoch), dtype=torch.int64)
+             if shuffle else torch.arange(n, dtype=torch.int64))
+    return list(torch.split(order, batch_size)) if n else []  # split() of empty gives [empty]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, crop_padding: int = 4,
+            flip: bool = True) -> torch.Tensor:
+    """Random crop (after zero padding) and random horizontal flip, per sample.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Images ``(n, C, H, W)`` on any device.
+    generator : torch.Generator
+        CPU generator; draws, in order, the crop offsets ``(2, n)`` then the flips ``(n,)``.
+    crop_padding : int
+        ``p``: each image is padded by ``p`` zeros on every side and a window ``H × W`` is
+        taken at an offset uniform in ``0 … 2p`` in each direction (shift of ``-p … p``).
+    flip : bool
+        Mirror each image left-right with probability 1/2.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, C, H, W)``, same dtype and device; ``x`` itself when nothing is enabled.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"augment expects images (n, C, H, W), got shape {tuple(x.shape)}")
+    if crop_padding < 0:
+        raise ValueError(f"crop_padding must be non-negative, got {crop_padding}")
+    n, _, H, W = x.shape
+    out = x
+    if crop_padding > 0:
+        p = crop_padding
+        offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator).to(x.device)
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        # One gather: sample i takes rows dy_i … dy_i+H-1 and columns dx_i … dx_i+W-1.
+        rows = (offsets[0, :, None] + torch.arange(H, device=x.device))[:, None, :, None]
+        cols = (offsets[1, :, None] + torch.arange(W, device=x.device))[:, None, None, :]
+        idx_n = torch.arange(n, device=x.device)[:, None, None, None]
+        idx_c = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        out = padded[idx_n, idx_c, rows, cols]
+    if flip:
+        mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
+    return out

@@ -1,0 +1,97 @@
+"""python -m ocnet.run end to end: the default run, the run directory, errors, resuming."""
+import json
+import time
+
+import pytest
+import torch
+
+from ocnet.run import main
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def test_default_run_on_eight_ranks(mpi, tmp_path):
+    """The built-in default (digits, serial) on 8 ranks: >= 95 % test accuracy, about a minute."""
+    out = tmp_path / "default"
+    t = time.perf_counter()
+    proc = mpi(8, "ocnet.run", "--out", str(out), module=True, plain=True, timeout=240)
+    wall = time.perf_counter() - t
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_test_acc"] >= 0.95, summary
+    assert summary["ranks"] == 8 and summary["solver"] == "serial"
+    assert wall < 150, f"the default run took {wall:.0f} s"
+    for name in ("config.toml", "history.jsonl", "summary.json", "model.pt", "convergence.png"):
+        assert (out / name).exists(), name
+    records = _records(out)
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    iters = [r for r in records if r["kind"] == "iter"]
+    assert [r["epoch"] for r in epochs] == list(range(20))
+    assert [r["step"] for r in iters] == list(range(1, len(iters) + 1))
+    for r in records:
+        assert {"kind", "epoch", "step", "loss", "wall_time", "bytes_sent"} <= r.keys()
+    # forward states and adjoints cross 7 boundaries each step: (batch, width) float32 each way
+    width, boundaries = 32, 7
+    first = iters[0]
+    assert first["bytes_sent"] == 2 * boundaries * 64 * width * 4
+    assert proc.stdout.count("ocnet: serial P=8") == 1
+
+
+def test_exported_model_reproduces_test_accuracy(tmp_path):
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--epochs", "2", "--quiet", "--layers", "4"]) == 0
+    from ocnet.data import load
+    from ocnet.problem import build
+    data = load("digits")
+    problem = build(data.input_shape, data.n_classes, net="dense", layers=4)
+    problem.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    with torch.no_grad():
+        acc = (problem.to_torch()(data.x_test).argmax(1) == data.y_test).double().mean().item()
+    assert acc == pytest.approx(json.loads((out / "summary.json").read_text())["final_test_acc"], abs=1e-9)
+
+
+@pytest.mark.parametrize("ranks,flags,message", [
+    (2, ["--epochz", "3"], "unknown key 'epochz'; did you mean 'epochs'?"),
+    (2, ["--lr", "-1"], "lr must be positive"),
+    (4, ["--layers", "2"], "4 ranks but only 2 layers"),
+    (2, ["--problem", "mnist", "--data-dir", "{tmp}"], "train-images-idx3-ubyte"),
+])
+def test_bad_input_stops_every_rank_with_one_message(mpi, tmp_path, ranks, flags, message):
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    t = time.perf_counter()
+    proc = mpi(ranks, "ocnet.run", *flags, "--out", str(tmp_path / "run"), module=True, plain=True, timeout=60)
+    assert proc.returncode != 0
+    assert time.perf_counter() - t < 30
+    assert proc.stderr.count("ocnet: error:") == 1, proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "run" / "history.jsonl").exists()
+
+
+def test_a_crash_on_one_rank_ends_the_job(mpi, tmp_path):
+    t = time.perf_counter()
+    proc = mpi(4, "crash.py", "--solver", "crashing", "--out", str(tmp_path / "run"), "--quiet",
+               plain=True, timeout=60)
+    assert proc.returncode != 0
+    assert time.perf_counter() - t < 30
+    assert "injected failure on rank 1" in proc.stderr
+
+
+def test_resume_continues_exactly(tmp_path):
+    flags = ["--layers", "4", "--quiet", "--dtype", "float64"]
+    assert main(["--out", str(tmp_path / "full"), "--epochs", "4", *flags]) == 0
+    assert main(["--out", str(tmp_path / "part"), "--epochs", "2", "--checkpoint-every", "1", *flags]) == 0
+    assert main(["--out", str(tmp_path / "rest"), "--epochs", "4", "--resume", str(tmp_path / "part"), *flags]) == 0
+    full, rest = _records(tmp_path / "full"), _records(tmp_path / "rest")
+    assert [r["epoch"] for r in rest] == [r["epoch"] for r in full]
+    assert [r["loss"] for r in rest] == [r["loss"] for r in full]
+    a = torch.load(tmp_path / "full" / "model.pt")
+    b = torch.load(tmp_path / "rest" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_help_lists_solver_options(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--batch-size" in text and "--micro-batches" in text
