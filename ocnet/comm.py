@@ -25,7 +25,7 @@ import torch
 # steps that grow to ``_MAX_SLEEP``.
 _SPIN = 50
 _MIN_SLEEP = 2e-5
-_MAX_SLEEP = 1e-3
+_MAX_SLEEP = 2e-4
 
 _HEADER_LEN = 10  # [dtype code, ndim, dims...]: tensors of up to 8 dimensions
 _DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,

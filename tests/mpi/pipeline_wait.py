@@ -22,13 +22,16 @@ def work(n: int) -> None:
         b = torch.tanh(a @ b)
 
 
-# Calibrate the work to ~0.1 s on rank 0 while the others are parked politely.
-n = 0
+# Calibrate the work to ~0.1 s on rank 0 and time it alone, while the others wait politely.
+n = alone = 0
 if comm.rank == 0:
     t = time.perf_counter()
     work(50)
     n = max(1, int(50 * 0.1 / (time.perf_counter() - t)))
-n = comm.bcast(n)
+    t = time.perf_counter()
+    work(n)
+    alone = time.perf_counter() - t
+n, alone = comm.bcast((n, alone))
 comm.barrier()
 
 start = time.perf_counter()
@@ -43,9 +46,5 @@ if comm.rank < comm.size - 1:
 compute = comm.allreduce(mine)
 total = comm.bcast(time.perf_counter() - start, root=comm.size - 1)
 if comm.rank == 0:
-    # the work measured alone, for reference
-    t = time.perf_counter()
-    work(n)
-    alone = time.perf_counter() - t
     with open(sys.argv[1], "w") as f:
         json.dump({"total": total, "compute": compute, "alone": alone, "ranks": comm.size}, f)
