@@ -164,11 +164,11 @@ class Comm:
         from mpi4py import MPI
         mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
         if isinstance(value, torch.Tensor):
-            send = value.detach().to("cpu", copy=True).contiguous()
-            recv = torch.empty_like(send)
-            req = self.mpi.Iallreduce(_as_mpi(send), _as_mpi(recv), op=mpi_op)
-            _wait(req.Test)
-            return recv.to(value.device)
+            # numpy arrays carry their MPI datatype, which the reduction needs
+            send = value.detach().to("cpu", copy=True).contiguous().numpy()
+            recv = np.empty_like(send)
+            _wait(self.mpi.Iallreduce(send, recv, op=mpi_op).Test)
+            return torch.from_numpy(recv).to(value.device)
         send = np.array([value], dtype=np.float64)
         recv = np.empty_like(send)
         _wait(self.mpi.Iallreduce(send, recv, op=mpi_op).Test)

@@ -29,3 +29,21 @@ def test_self_comm_counts_bytes_and_round_trips():
     with pytest.raises(RuntimeError, match="never complete"):
         comm.recv(0, tag=3)
     assert comm.allreduce(2.5) == 2.5 and comm.gather("a") == ["a"] and comm.bcast(7) == 7
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_operations_on_several_ranks(mpi, tmp_path, ranks):
+    out = tmp_path / "ops.json"
+    proc = mpi(ranks, "comm_ops.py", str(out), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    reports = json.loads(out.read_text())
+    for r, rep in enumerate(reports):
+        assert rep["ring_ok"], rep
+        # bytes counted are the payload bytes, exactly: 48 + 20 + 16 + 1 + 0 + 96
+        assert rep["bytes"] == rep["bytes_expected"] == 181
+        assert rep["allreduce_sum"] == ranks * (ranks + 1) / 2
+        assert rep["allreduce_max"] == ranks - 1
+        assert rep["allreduce_tensor"] == [ranks, sum(range(ranks))]
+        assert rep["bcast"] == ranks - 1
+    assert reports[0]["gather"] == list(range(ranks))
+    assert reports[0]["gather_sizes"] == [100_000 * r for r in range(ranks)]
