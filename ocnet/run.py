@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     last = fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
                seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
                augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
-               start_epoch=s["start"], history=history, progress=not config["quiet"], device=device)
+               start_epoch=s["start"], history=history, progress=not config["quiet"])
     wall = time.perf_counter() - t0
     bytes_sent = comm.allreduce(comm.bytes_sent)
     model = comm.gather(network.problem_state())

@@ -84,13 +84,13 @@ def evaluate(solver: Solver, comm: Comm, x: torch.Tensor, y: torch.Tensor) -> tu
 def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: int, seed: int,
         lr: Callable[[int], float], augment_images: bool, run_dir: Path | None = None,
         checkpoint_every: int = 0, start_epoch: int = 0, history: History | None = None,
-        progress: bool = False, device: torch.device | str = "cpu") -> dict[str, Any]:
+        progress: bool = False) -> dict[str, Any]:
     """Train for epochs ``start_epoch … epochs-1``; returns the last epoch record (every rank).
 
     Parameters
     ----------
     data : Dataset
-        Already on ``device`` and in the training dtype.
+        On the training device and in the training dtype.
     lr : callable
         ``epoch ↦ learning rate``.
     augment_images : bool
@@ -115,7 +115,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         for idx in batches(n, batch_size, seed, epoch):
             x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
             if do_augment:
-                x = augment(x.cpu(), generator).to(x.device)
+                x = augment(x, generator)  # a CPU generator drives it on any device
             sent = comm.bytes_sent
             fields = solver.step(x, y, idx)
             iters.append({**fields, "bytes_sent": comm.bytes_sent - sent})
