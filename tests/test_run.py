@@ -95,3 +95,18 @@ def test_help_lists_solver_options(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
     assert "--batch-size" in text and "--micro-batches" in text
+
+
+def test_multistage_cifar_run_with_augmentation(tmp_path):
+    """A format-faithful CIFAR-10 directory, three stages, augmentation on, micro-batches."""
+    from fixtures_data import write_cifar10
+    write_cifar10(tmp_path / "data", per_batch=6, n_test=8)
+    out = tmp_path / "run"
+    assert main(["--problem", "cifar10", "--data-dir", str(tmp_path / "data"), "--channels", "4,8,8",
+                 "--layers", "3", "--epochs", "2", "--batch-size", "8", "--micro-batches", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    config = (out / "config.toml").read_text()
+    assert 'augment = "auto"' in config and "channels = [4, 8, 8]" in config
+    records = _records(out)
+    assert len([r for r in records if r["kind"] == "iter"]) == 2 * 4  # 30 samples, batches of 8
+    assert 0.0 <= records[-1]["test_acc"] <= 1.0
