@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from .base import Solver
 from .serial import Serial
+from .penalty import Penalty
+from .al import AugmentedLagrangian
+from .hybrid import Hybrid
 
 SOLVERS: dict[str, type[Solver]] = {}
 
@@ -33,5 +36,8 @@ def get(name: str) -> type[Solver]:
 
 
 register(Serial)
+register(Penalty)
+register(AugmentedLagrangian)
+register(Hybrid)
 
 __all__ = ["SOLVERS", "Solver", "get", "register"]

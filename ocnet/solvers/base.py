@@ -95,6 +95,11 @@ class Solver:
         """Whether this epoch's batches may be augmented (per-sample state forbids it)."""
         return True
 
+    def network_changed(self) -> None:
+        """Someone else (the hybrid's serial correction) has changed the parameters: state
+        derived from them (auxiliary states, warm starts) is stale.  Solvers that carry such
+        state rebuild it at their next :meth:`begin_epoch`; the default does nothing."""
+
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
