@@ -294,26 +294,15 @@ def world(cuda_aware: bool | None = None) -> Comm:
     return Comm(MPI.COMM_WORLD, cuda_aware)
 
 
-def local_size(comm: Comm) -> int:
-    """How many ranks of ``comm`` share this node (for sharing cores and GPUs)."""
+def node_rank_and_size(comm: Comm) -> tuple[int, int]:
+    """This rank's index among the ranks of ``comm`` on its node, and their number (for
+    sharing the node's cores and GPUs)."""
     if comm.mpi is None:
-        return 1
+        return 0, 1
     from mpi4py import MPI
     node = comm.mpi.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        return node.Get_size()
-    finally:
-        node.Free()
-
-
-def local_rank(comm: Comm) -> int:
-    """This rank's index among the ranks on its node."""
-    if comm.mpi is None:
-        return 0
-    from mpi4py import MPI
-    node = comm.mpi.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        return node.Get_rank()
+        return node.Get_rank(), node.Get_size()
     finally:
         node.Free()
 

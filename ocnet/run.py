@@ -60,13 +60,13 @@ def pick_device(kind: str, comm: comm_mod.Comm) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for, but torch sees no CUDA device")
-    return torch.device("cuda", comm_mod.local_rank(comm) % torch.cuda.device_count())
+    return torch.device("cuda", comm_mod.node_rank_and_size(comm)[0] % torch.cuda.device_count())
 
 
 def default_threads(comm: comm_mod.Comm) -> int:
     """The cores of this node shared among its ranks (oversubscribed threads fight)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // comm_mod.local_size(comm))
+    return max(1, cores // comm_mod.node_rank_and_size(comm)[1])
 
 
 def make_optimizer_factory(config: dict[str, Any]):
