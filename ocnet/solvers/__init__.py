@@ -16,6 +16,7 @@ from .serial import Serial
 from .penalty import Penalty
 from .al import AugmentedLagrangian
 from .hybrid import Hybrid
+from .mgrit import MGRIT
 
 SOLVERS: dict[str, type[Solver]] = {}
 
@@ -39,5 +40,6 @@ register(Serial)
 register(Penalty)
 register(AugmentedLagrangian)
 register(Hybrid)
+register(MGRIT)
 
 __all__ = ["SOLVERS", "Solver", "get", "register"]

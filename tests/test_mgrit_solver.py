@@ -1,0 +1,108 @@
+"""The mgrit solver: gradients against the serial solver, rank-count invariance, the solver
+contract, clear errors, and one-shot training on digits against serial training."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import MPI_SCRIPTS, run_mpi
+from ocnet.comm import SelfComm
+from ocnet.grid import Partition
+from ocnet.problem import build
+from ocnet.solvers.mgrit import MGRIT
+from ocnet.testing import check_solver
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: threads only contend (several times slower on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("mgrit_network", MPI_SCRIPTS / "mgrit_network.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    return _script().run(SelfComm())
+
+
+def test_exact_gradients_match_serial(one_rank):
+    # 32 layers, float64, three levels, tolerance 1e-10 relative to |u_0| and |λ_N|
+    assert one_rank["grad_rel_err"] < 1e-6
+    res = one_rank["exact"]["residual"]
+    assert res["forward"][-1] <= 1e-10 * res["forward"][0] * 10 and len(res["forward"]) <= 16
+    assert one_rank["exact"]["n_layers"] == 32
+
+
+def test_four_ranks_same_gradients_and_one_shot_history(one_rank, tmp_path):
+    path = tmp_path / "p4.json"
+    proc = run_mpi(4, "mgrit_network.py", str(path), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    four = json.loads(path.read_text())
+    assert four["grad_rel_err"] < 1e-6
+    for a, b in zip(four["one_shot_loss"], one_rank["one_shot_loss"]):
+        assert a == pytest.approx(b, rel=1e-12)
+    for ra, rb in zip(four["one_shot"], one_rank["one_shot"]):
+        for phase in ("forward", "adjoint"):
+            assert len(ra["residual"][phase]) == 2  # one iteration: r_0, r_1
+            assert ra["residual"][phase] == pytest.approx(rb["residual"][phase], rel=1e-12)
+
+
+def test_solver_contract():
+    check_solver(MGRIT, exact=True, rtol=1e-9, mgrit_tol=1e-13, coarsening=2)
+    check_solver(MGRIT, mgrit_mode="one_shot", coarsening=2)
+    check_solver(MGRIT, mgrit_mode="one_shot", coarsening=2, mgrit_warm_start="sample")
+
+
+def test_state_dict_carries_warm_starts():
+    problem = build((8,), 3, net="dense", layers=8, width=4, seed=0, dtype=torch.float64)
+    solver = MGRIT(problem.local(Partition(8, 1), 0), SelfComm(), lambda p: torch.optim.SGD(p, lr=0.1),
+                   mgrit_mode="one_shot", coarsening=2, mgrit_warm_start="sample")
+    x, y = torch.randn(6, 8, dtype=torch.float64), torch.arange(6) % 3
+    rec = solver.step(x, y, torch.arange(10, 16))
+    warm = solver.state_dict()["warm"]
+    assert sorted(warm["u"]) == list(range(9)) and sorted(warm["lam"]) == list(range(9))
+    assert warm["u"][8].shape == (16, 4)  # rows for samples 0 … 15
+    assert set(rec) == {"loss", "residual", "conv_factor", "n_layers"}
+    assert 0 < rec["conv_factor"]["forward"] < 1
+
+
+def test_unaligned_partition_and_several_stages_fail_clearly():
+    problem = build((8,), 3, net="dense", layers=10, width=4, seed=0)
+    network = problem.local(Partition(10, 3), 2)  # layers 7…9: coarse point 8 needs layer 6
+    with pytest.raises(ValueError, match="multiple of c\\^\\(levels-1\\)"):
+        MGRIT(network, SelfComm(), lambda p: torch.optim.SGD(p, lr=0.1), coarsening=2, mgrit_levels=2)
+    staged = build((3, 8, 8), 3, net="conv", layers=4, channels=[4, 8], seed=0)
+    with pytest.raises(ValueError, match="single-stage"):
+        MGRIT(staged.local(Partition(staged.n_layers, 1), 0), SelfComm(), lambda p: torch.optim.SGD(p, lr=0.1))
+
+
+def test_one_shot_training_on_digits_matches_serial_accuracy(tmp_path):
+    common = ["--epochs", "10", "--layers", "16", "--quiet"]
+    serial = run_mpi(1, "ocnet.run", "--solver", "serial", "--out", str(tmp_path / "serial"), *common,
+                     module=True, timeout=240)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    mgrit = run_mpi(4, "ocnet.run", "--solver", "mgrit", "--mgrit-mode", "one_shot", "--out",
+                    str(tmp_path / "mgrit"), *common, module=True, timeout=240)
+    assert mgrit.returncode == 0, mgrit.stderr[-3000:]
+    acc = {k: json.loads((tmp_path / k / "summary.json").read_text())["final_test_acc"] for k in ("serial", "mgrit")}
+    assert acc["serial"] > 0.9
+    assert abs(acc["mgrit"] - acc["serial"]) <= 0.02, acc
+    records = [json.loads(line) for line in (tmp_path / "mgrit" / "history.jsonl").read_text().splitlines()]
+    iters = [r for r in records if r["kind"] == "iter"]
+    assert all(len(r["residual"]["forward"]) == 2 and r["n_layers"] == 16 for r in iters)
+    factors = [r["conv_factor"]["forward"] for r in iters]
+    assert all(f is not None and math.isfinite(f) for f in factors)
+    assert sum(factors) / len(factors) < 0.5  # one V-cycle with FCF contracts well
