@@ -135,3 +135,17 @@ def test_bad_options_fail_clearly():
     with pytest.raises(ValueError, match="cycle"):
         solve(prop, torch.ones(()), 8, cycle="W")
     assert math.isnan(solve(prop, torch.ones(()), 8, levels=1).conv_factor)
+
+
+def test_the_documented_example_runs_as_documented():
+    """docs/mgrit.rst's first example: the iteration count and final state it states."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "mgrit.rst").read_text()
+    code = text.split(".. code-block:: python\n", 1)[1].split("\n    result.residual", 1)[0]
+    namespace: dict = {}
+    exec("\n".join(line[4:] for line in code.splitlines()), namespace)
+    result = namespace["result"]
+    assert result.iterations == 5
+    assert abs(float(result.u[-1]) - (1 - 1 / 64) ** 64) < 1e-12
+    assert result.residual[-1] < 1e-10
