@@ -22,8 +22,12 @@ run: setup
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
 
+# Each benchmark prints its figures and writes JSON to benchmarks/results/.
 bench: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_serial.py
+	$(BIN)/python benchmarks/bench_serial.py
+	$(BIN)/python benchmarks/bench_mgrit.py
+	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_mgrit.py
+	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_layer_parallel.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
