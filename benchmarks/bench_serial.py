@@ -5,7 +5,8 @@
 (a) Time per epoch of ocnet's serial solver at P = 1 against a plain PyTorch training loop
     of the exported network on the same batches and the same threads (target ratio ≤ 1.05).
 (b) One training step of the pipeline at P = 2 (one thread per rank, micro-batches)
-    against P = 1 with 1 thread and with all cores.  Image-sized states (CIFAR shapes,
+    against P = 1 with 1 thread and with all cores, and against
+    ``torch.distributed.pipelining``'s 1F1B schedule on the same ranks (gloo).  Image-sized states (CIFAR shapes,
     synthetic values): on 8×8 digits Python overhead, not arithmetic, would dominate.
 
 Set ``OCNET_MALLOC=tuned`` to raise glibc's allocator thresholds for both sides.
@@ -91,11 +92,50 @@ def pipeline_step(args) -> dict | None:
             "step_s": med, "times": times} if comm.rank == 0 else None
 
 
-def launch(ranks: int, threads: int, micro: int, args) -> dict:
-    """Run :func:`pipeline_step` in a fresh job of ``ranks`` processes."""
+def torch_pipeline_step(args) -> dict | None:
+    """The baseline: the same network and batch through ``torch.distributed.pipelining``'s
+    1F1B schedule (gloo), one stage per rank."""
+    import torch.distributed as dist
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+
+    comm = world()
+    dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size,
+                            init_method=f"tcp://127.0.0.1:{args.port}")
+    x, y = data(args.batch)
+    problem = network(args.layers, args.channels)
+    local = problem.local(Partition(problem.n_layers, comm.size), comm.rank)
+    stage_module = torch.nn.Sequential(*[m for m in (local.opening, *local.layers, local.classifier)
+                                         if m is not None])
+    stage = PipelineStage(stage_module, comm.rank, comm.size, torch.device("cpu"))
+    schedule = Schedule1F1B(stage, n_microbatches=args.micro,
+                            loss_fn=lambda out, target: torch.nn.functional.cross_entropy(out, target))
+    opt = torch.optim.SGD(stage_module.parameters(), lr=1e-3)
+
+    def step():
+        dist.barrier()
+        opt.zero_grad(set_to_none=True)
+        if comm.rank == 0:
+            schedule.step(x)
+        elif comm.rank == comm.size - 1:
+            schedule.step(target=y, losses=[])
+        else:
+            schedule.step()
+        opt.step()
+        dist.barrier()
+
+    med, times = median_time(step, args.repeats, warmup=2)
+    dist.destroy_process_group()
+    return {"ranks": comm.size, "threads": torch.get_num_threads(), "micro_batches": args.micro,
+            "step_s": med, "times": times, "baseline": "torch.distributed.pipelining 1F1B"} \
+        if comm.rank == 0 else None
+
+
+def launch(ranks: int, threads: int, micro: int, args, baseline: bool = False) -> dict:
+    """Run :func:`pipeline_step` (or the torch baseline) in a fresh job of ``ranks`` processes."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    out = Path(args.tmp) / f"p{ranks}t{threads}m{micro}.json"
+    out = Path(args.tmp) / f"p{ranks}t{threads}m{micro}{'torch' if baseline else ''}.json"
     cmd = [str(mpiexec), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--worker",
+           *(["--torch-baseline"] if baseline else []),
            "--threads", str(threads), "--micro", str(micro), "--layers", str(args.layers),
            "--channels", str(args.channels), "--batch", str(args.batch), "--repeats", str(args.repeats),
            "--out", str(out)]
@@ -113,6 +153,8 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--torch-baseline", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=29517, help="TCP port of the torch baseline's gloo group")
     ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -121,7 +163,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        result = pipeline_step(args)
+        result = torch_pipeline_step(args) if args.torch_baseline else pipeline_step(args)
         if result is not None:
             Path(args.out).write_text(json.dumps(result))
         return
@@ -131,7 +173,8 @@ def main() -> None:
     print(f"(a) serial P=1 vs plain torch, {a['threads']} threads: epoch {a['epoch_s']['ocnet']:.3f} s vs "
           f"{a['epoch_s']['torch']:.3f} s, ratio {a['ratio']:.3f} (target <= 1.05)")
     runs = {"P1_1thread": launch(1, 1, 1, args), f"P1_{cores}threads": launch(1, cores, 1, args),
-            "P2_1thread_1micro": launch(2, 1, 1, args), f"P2_1thread_{args.micro}micro": launch(2, 1, args.micro, args)}
+            "P2_1thread_1micro": launch(2, 1, 1, args), f"P2_1thread_{args.micro}micro": launch(2, 1, args.micro, args),
+            f"P2_torch_pipelining_{args.micro}micro": launch(2, 1, args.micro, args, baseline=True)}
     base = runs[f"P1_{cores}threads"]["step_s"]
     for name, r in runs.items():
         print(f"(b) {name:>20}: step {r['step_s'] * 1e3:7.1f} ms, speed vs P=1 with {cores} threads "
