@@ -82,7 +82,7 @@ def _parse_string(key: str, text: str, kind: type) -> Any:
 # -- the keys every run accepts -----------------------------------------------------------------
 COMMON: dict[str, Option] = {
     "problem": Option(str, "digits", "data set", choices=("peaks", "digits", "mnist", "cifar10", "cifar100")),
-    "solver": Option(str, "serial", "training algorithm (see --help for the registered ones)"),
+    "solver": Option(str, "serial", "training algorithm: a registered solver (those with options are listed below)"),
     "net": Option(str, "auto", "residual step: dense, conv, or auto (conv for images but digits, dense otherwise)",
                   choices=("auto", "dense", "conv")),
     "layers": Option(int, 16, "number of residual layers N (all stages together)", min=1),
@@ -249,6 +249,7 @@ def help_text() -> str:
     lines = ["usage: [mpirun -n P] python -m ocnet.run [--config FILE.toml] [--key value ...]", "",
              "  --config FILE          a TOML file of keys (flags override it)"]
     lines += block(COMMON)
+    lines += ["", f"solvers: {', '.join(sorted(SOLVERS))}"]
     for name, cls in sorted(SOLVERS.items()):
         if cls.options:
             lines += ["", f"solver {name}:"] + block(cls.options)
