@@ -108,3 +108,15 @@ def test_blocks_must_fit():
 @pytest.mark.parametrize("cls", [Penalty, AugmentedLagrangian])
 def test_solver_contract(cls):
     check_solver(cls, blocks=2)
+
+
+def test_rho_continuation_restarts_when_the_network_changes(device):
+    problem, solver, x, y = _setup("dense", Penalty, 2, device)  # defaults: ρ = 1·3^epoch
+    assert solver.begin_epoch(0, x, y)["rho"] == 1.0
+    assert solver.begin_epoch(2, x, y)["rho"] == 9.0
+    solver.network_changed()  # the hybrid's serial correction
+    assert solver.begin_epoch(3, x, y)["rho"] == 1.0
+    assert solver.begin_epoch(4, x, y)["rho"] == 3.0
+    _, again, _, _ = _setup("dense", Penalty, 2, device)
+    again.load_state_dict(solver.state_dict())  # the start of the continuation is checkpointed
+    assert again.begin_epoch(5, x, y)["rho"] == 9.0

@@ -63,7 +63,8 @@ class Penalty(Solver):
     multipliers = False
     options = {
         "rho": Option(float, 1.0, "penalty parameter rho (first epoch)", positive=True),
-        "rho_growth": Option(float, 1.0, "rho is multiplied by this every epoch (1: constant)", min=1.0),
+        "rho_growth": Option(float, 3.0, "rho is multiplied by this every epoch (1: constant); the "
+                             "continuation restarts when the network is changed from outside", min=1.0),
         "rho_max": Option(float, 1e4, "upper bound for a growing rho", positive=True),
         "aux_lr": Option(float, 0.5, "auxiliary step eta*rho: z -= (aux_lr/rho) * per-sample gradient",
                          positive=True),
@@ -97,12 +98,19 @@ class Penalty(Solver):
         self.eta = self.config["aux_lr"] / self.rho
         self._initialized = False
         self._stale = False
+        self._epoch0 = 0  # the epoch the continuation ρ = rho·rho_growth^(epoch − epoch0) started
 
     # -- the schedule and the auxiliary states ----------------------------------------------
     def schedule(self, epoch: int) -> tuple[float, float]:
-        """``(ρ, η)`` of ``epoch``: ρ grows geometrically up to ``rho_max``; the auxiliary
-        step is ``η = aux_lr·aux_decay^epoch / ρ``, so that ηρ — which decides whether the
-        residual part of the z-update is stable (ηρ < 2) — does not grow with ρ."""
+        """``(ρ, η)`` of ``epoch`` (counted from the start of the continuation): ρ grows
+        geometrically up to ``rho_max``; the auxiliary step is ``η = aux_lr·aux_decay^epoch / ρ``,
+        so that ηρ — which decides whether the residual part of the z-update is stable
+        (ηρ < 2) — does not grow with ρ.
+
+        A growing ρ is what lets the method train: each sample's states move once per epoch
+        while every θ step moves the block maps, so with a fixed ρ the last block fits
+        auxiliary states the forward pass never produces (docs/layer_parallel.rst,
+        "Accuracy").  The growing penalty pulls them back to the forward states."""
         c = self.config
         rho = min(c["rho_max"], c["rho"] * c["rho_growth"] ** epoch)
         return rho, c["aux_lr"] * c["aux_decay"] ** epoch / rho
@@ -111,7 +119,11 @@ class Penalty(Solver):
         self._stale = True
 
     def begin_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        self.rho, self.eta = self.schedule(epoch)
+        if self._stale:
+            # a new continuation: the states are rebuilt from a network someone else has
+            # trained (the hybrid's serial correction), so ρ starts again from rho
+            self._epoch0 = epoch
+        self.rho, self.eta = self.schedule(epoch - self._epoch0)
         every = self.config["reinit_every"]
         if not self._initialized or self._stale or (every and epoch % every == 0):
             self.initialize(x)
@@ -266,7 +278,8 @@ class Penalty(Solver):
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "z": self.z.state_dict(), "mu": self.mu.state_dict(),
-                "rho": self.rho, "eta": self.eta, "initialized": self._initialized, "stale": self._stale}
+                "rho": self.rho, "eta": self.eta, "initialized": self._initialized, "stale": self._stale,
+                "epoch0": self._epoch0}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -274,3 +287,4 @@ class Penalty(Solver):
         self.mu.load_state_dict(state["mu"])
         self.rho, self.eta = state["rho"], state["eta"]
         self._initialized, self._stale = state["initialized"], state["stale"]
+        self._epoch0 = state.get("epoch0", 0)
