@@ -2,10 +2,9 @@
 
 A sweep visits the block boundaries in order, rank after rank, carrying the boundary state
 forward (or the adjoint backward); each rank applies its own block in between.  With the
-exact block maps this *is* layer-serial forward/backward propagation; with a cheaper coarse
-map carried across ranks and the exact map applied afterwards (``refine``), it is an
-approximate correction.  The serial solver, MGRIT's coarsest level, the hybrid correction
-and the initialisation of auxiliary states all run through here.
+exact block maps this *is* layer-serial forward/backward propagation.  The serial solver,
+MGRIT's coarsest level, the hybrid correction and the initialisation of auxiliary states
+all run through here.
 
 Conventions: rank ``r`` receives its input from ``r - 1`` and sends its output to ``r + 1``;
 the first rank's input is given, the last rank's output stays.  Every send is nonblocking;
@@ -27,33 +26,26 @@ Map = Callable[[torch.Tensor], torch.Tensor]
 
 
 def forward(comm: Comm, block: Map, u_first: torch.Tensor | None = None, *,
-            refine: Map | None = None, filter: Filter = IDENTITY, device: torch.device | str = "cpu",
+            filter: Filter = IDENTITY, device: torch.device | str = "cpu",
             tag: int = FORWARD_TAG) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward sweep.
 
     Parameters
     ----------
     block : callable
-        This rank's map carried across the ranks (the coarse propagator).
+        This rank's map, carried across the ranks.
     u_first : Tensor, optional
         The first rank's input (ignored elsewhere).
-    refine : callable, optional
-        This rank's fine map, applied after the sweep has moved on (in parallel over
-        ranks) to the received input; defaults to ``block`` itself.
 
     Returns
     -------
     u_in, u_out : Tensor
-        The state this rank received (``u_first`` on the first rank) and its block's output
-        (``refine(u_in)`` when given).
+        The state this rank received (``u_first`` on the first rank) and its block's output.
     """
     u_in = u_first if comm.rank == 0 else filter.decode(comm.recv(comm.rank - 1, tag, device))
     u_out = block(u_in)
-    send = comm.isend(filter.encode(u_out), comm.rank + 1, tag) if comm.rank < comm.size - 1 else None
-    if refine is not None:
-        u_out = refine(u_in)
-    if send is not None:
-        send.wait()
+    if comm.rank < comm.size - 1:
+        comm.send(filter.encode(u_out), comm.rank + 1, tag)
     return u_in, u_out
 
 
