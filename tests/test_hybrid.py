@@ -74,3 +74,45 @@ def test_rejects_a_serial_parallel_solver():
 
 def test_solver_contract():
     check_solver(Hybrid, blocks=2, parallel_epochs=1, serial_epochs=1)
+
+
+class Scripted(Serial):
+    """A stand-in parallel solver whose records follow a script per epoch."""
+    name = "scripted"
+    script: dict = {}
+
+    def begin_epoch(self, epoch, x, y):
+        self.epoch = epoch
+        return {}
+
+    def step(self, x, y, index):
+        return {"loss": 1.0, **self.script[self.epoch]}
+
+
+@pytest.mark.parametrize("script,phases", [
+    # the violation halves, then stalls (-2 %): one serial epoch, then parallel again
+    ({0: {"constraint_violation": 1.0}, 1: {"constraint_violation": 0.5},
+      2: {"constraint_violation": 0.49}, 4: {"constraint_violation": 0.3},
+      5: {"constraint_violation": 0.1}},
+     ["parallel", "parallel", "parallel", "serial", "parallel", "parallel"]),
+    # MGRIT's factor passes 1 in epoch 1
+    ({0: {"conv_factor": {"forward": 0.3, "adjoint": 0.2}}, 1: {"conv_factor": {"forward": 1.4}},
+      3: {"conv_factor": 0.5}},
+     ["parallel", "parallel", "serial", "parallel"]),
+])
+def test_adaptive_switch_reads_the_parallel_records(monkeypatch, script, phases):
+    from ocnet.solvers import SOLVERS
+    monkeypatch.setitem(SOLVERS, "scripted", Scripted)
+    monkeypatch.setattr(Scripted, "script", script)
+    x, y = _data()
+    _, hybrid = _solver(Hybrid, parallel="scripted", switch="adaptive", serial_epochs=1, stall_tol=0.05)
+    seen = []
+    for epoch in range(len(phases)):
+        seen.append(hybrid.begin_epoch(epoch, x, y)["phase"])
+        assert hybrid.augments(epoch) == (seen[-1] == "serial")
+        hybrid.step(x[:8], y[:8], torch.arange(8))
+    assert seen == phases
+    state = hybrid.state_dict()
+    _, twin = _solver(Hybrid, parallel="scripted", switch="adaptive", serial_epochs=1)
+    twin.load_state_dict(state)
+    assert twin._phase == hybrid._phase and twin._last_violation == hybrid._last_violation
