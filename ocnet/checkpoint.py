@@ -62,8 +62,8 @@ def latest(run_dir: str | Path) -> dict[str, int] | None:
     return json.loads(marker.read_text())
 
 
-def load(comm: Comm, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[int, dict[str, Any]]:
-    """This rank's shard of the newest complete checkpoint: ``(epoch, state)``.
+def complete_epoch(run_dir: str | Path, ranks: int) -> int:
+    """The epoch of the newest complete checkpoint in ``run_dir`` written by ``ranks`` ranks.
 
     Raises
     ------
@@ -73,8 +73,15 @@ def load(comm: Comm, run_dir: str | Path, device: torch.device | str = "cpu") ->
     info = latest(run_dir)
     if info is None:
         raise FileNotFoundError(f"no complete checkpoint in {Path(run_dir) / 'checkpoints'}")
-    if info["ranks"] != comm.size:
+    if info["ranks"] != ranks:
         raise FileNotFoundError(f"the checkpoint in {run_dir} was written by {info['ranks']} ranks, "
-                                f"this job has {comm.size}: resume with the same number of ranks")
-    path = shard_path(run_dir, info["epoch"], comm.rank)
-    return info["epoch"], torch.load(path, map_location=device, weights_only=True)
+                                f"this job has {ranks}: resume with the same number of ranks")
+    return info["epoch"]
+
+
+def load(comm: Comm, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[int, dict[str, Any]]:
+    """This rank's shard of the newest complete checkpoint: ``(epoch, state)``
+    (raises as :func:`complete_epoch`)."""
+    epoch = complete_epoch(run_dir, comm.size)
+    path = shard_path(run_dir, epoch, comm.rank)
+    return epoch, torch.load(path, map_location=device, weights_only=True)

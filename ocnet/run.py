@@ -104,15 +104,7 @@ def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
 
 
 def _resume_epoch(resume: Path | None, comm: comm_mod.Comm) -> int:
-    if resume is None:
-        return 0
-    info = checkpoint.latest(resume)
-    if info is None:
-        raise ConfigError(f"resume: no complete checkpoint in {resume / 'checkpoints'}")
-    if info["ranks"] != comm.size:
-        raise ConfigError(f"resume: the checkpoint in {resume} was written by {info['ranks']} ranks; "
-                          f"run with -n {info['ranks']}")
-    return info["epoch"] + 1
+    return 0 if resume is None else checkpoint.complete_epoch(resume, comm.size) + 1
 
 
 def main(argv: list[str] | None = None) -> int:

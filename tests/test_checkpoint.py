@@ -38,3 +38,12 @@ def test_load_refuses_code_in_a_checkpoint(tmp_path):
     torch.save({"evil": os.system}, checkpoint.shard_path(tmp_path, 0, 0))
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         checkpoint.load(comm, tmp_path)
+
+
+def test_resume_needs_a_complete_checkpoint_of_as_many_ranks(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        checkpoint.complete_epoch(tmp_path, 1)
+    checkpoint.save(SelfComm(), tmp_path, 3, {"x": 1})
+    assert checkpoint.complete_epoch(tmp_path, 1) == 3
+    with pytest.raises(FileNotFoundError, match="written by 1 ranks, this job has 4"):
+        checkpoint.complete_epoch(tmp_path, 4)
