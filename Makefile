@@ -19,7 +19,10 @@ $(VENV)/.installed: setup.py pyproject.toml
 run: setup
 	$(BIN)/mpirun -n $(NP) $(BIN)/python -m ocnet.run
 
+# Lint and types first (seconds), then the suite.
 test: setup
+	$(BIN)/ruff check ocnet tests benchmarks
+	$(BIN)/mypy
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
 
 # Each benchmark prints its figures and writes JSON to benchmarks/results/.

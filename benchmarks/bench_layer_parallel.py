@@ -2,7 +2,7 @@
 
 * time per parallel-phase iteration at P = 2 (one thread per rank) against P = 1 running
   the same algorithm with the same K = 2 blocks (1 thread, and 2 threads), on image-sized
-  states (CIFAR shapes, synthetic values: DESIGN.md §4);
+  states (CIFAR shapes, synthetic values: on 8×8 digits Python overhead dominates);
 * bytes per iteration with the identity and the 2×2 downsampling filter;
 * memory of the auxiliary states (plain and stored through the filter);
 * time to accuracy for serial, penalty, al, hybrid at P = 2 on digits.

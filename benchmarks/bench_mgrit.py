@@ -61,10 +61,10 @@ def sequential_time(prop, u0, N, repeats=3) -> float:
 
 
 class Timed:
-    """A propagator that clocks the time spent inside its steps."""
+    """A propagator that clocks the time spent inside its steps (coarsening as ``prop``'s)."""
 
     def __init__(self, prop) -> None:
-        self.prop, self.seconds = prop, 0.0
+        self.prop, self.c, self.seconds = prop, prop.c, 0.0
 
     def step(self, level, i, u):
         t = time.perf_counter()
@@ -84,7 +84,7 @@ def overhead(comm, repeats: int = 3) -> dict:
             for _ in range(repeats):  # interleaved, so that load from elsewhere hits both alike
                 seqs.append(sequential_time(prop, u0, N, repeats=1) / N)
                 timed = Timed(prop)
-                res = solve(timed, u0, N, comm, c=c, levels=levels, relaxation=relaxation, tol=0.0,
+                res = solve(timed, u0, N, comm, levels=levels, relaxation=relaxation, tol=0.0,
                             max_iter=4, layout=layout)
                 walls.append(res.wall_time[-1])
                 inside.append(res.wall_time[-1] / timed.seconds)
@@ -107,7 +107,7 @@ def iterations(comm) -> dict:
             prop, u0, layout, _ = network("dense", N, comm, c)
             tol = 1e-6 * float(torch.linalg.vector_norm(u0))
             for levels in (2, n_levels(N, c, 99)):
-                res = solve(prop, u0, N, comm, c=c, levels=levels, relaxation="FCF", tol=tol, max_iter=60,
+                res = solve(prop, u0, N, comm, levels=levels, relaxation="FCF", tol=tol, max_iter=60,
                             layout=layout)
                 rows.append({"N": N, "c": c, "levels": res.levels, "iterations": res.iterations,
                              "converged": res.converged, "conv_factor": res.conv_factor})
@@ -133,7 +133,7 @@ def speedup(comm) -> dict:
         scale = comm.allreduce(float(torch.linalg.vector_norm(u0)) if u0 is not None else 0.0)
         comm.barrier()
         t = time.perf_counter()
-        res = solve(prop, u0, N, comm, c=c, levels=levels, relaxation=relaxation, tol=tol * scale,
+        res = solve(prop, u0, N, comm, levels=levels, relaxation=relaxation, tol=tol * scale,
                     max_iter=max_iter, layout=layout)
         comm.barrier()
         wall = time.perf_counter() - t

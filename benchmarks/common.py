@@ -16,7 +16,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def tune_malloc() -> bool:
-    """Raise glibc's mmap and trim thresholds (DESIGN.md §4: freed activations otherwise
+    """Raise glibc's mmap and trim thresholds (docs/guide.rst, "Performance": freed activations otherwise
     go back to the kernel and page-fault again).  Returns whether it took effect."""
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -1,1 +1,16 @@
-"""ocnet: layer-parallel training of residual networks as optimal control."""
+"""ocnet: layer-parallel training of residual networks, posed as an optimal-control problem.
+
+The names a solver author needs::
+
+    from ocnet import Option, Solver, ParallelSolver, register, sweep, check_solver
+"""
+from . import sweep
+from .mgrit import solve
+from .options import ConfigError, Option
+from .problem import LocalNetwork, Problem
+from .records import Field
+from .solvers import ParallelSolver, Solver, SolverError, register
+from .testing import check_solver
+
+__all__ = ["ConfigError", "Field", "LocalNetwork", "Option", "ParallelSolver", "Problem", "Solver",
+           "SolverError", "check_solver", "register", "solve", "sweep"]

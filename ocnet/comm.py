@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from . import tags
+
 # Polling: spin briefly (a message that is already there costs no sleep), then sleep in
 # steps that grow to ``_MAX_SLEEP``.
 _SPIN = 50
@@ -213,7 +215,7 @@ class Comm:
         return buf, lambda: free.append(buf)
 
 
-_GATHER_TAG = 32_000
+_GATHER_TAG = tags.GATHER
 
 
 class _SelfRequest(Request):

@@ -9,9 +9,10 @@ every rank with the same single message.
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import json
-import math
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -20,76 +21,24 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
+from . import solvers
+from .filters import FILTERS
+from .options import ConfigError, Option
 
-class ConfigError(ValueError):
-    """A bad configuration: the message says what and how to fix it."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One configuration key: its type, default, help and admissible values."""
-
-    type: type
-    default: Any
-    help: str
-    choices: Sequence[Any] | None = None
-    min: float | None = None
-    max: float | None = None
-    positive: bool = False  # strictly greater than 0
-
-    def convert(self, key: str, value: Any) -> Any:
-        """Check ``value`` (from TOML, or a string from the command line) and convert it."""
-        if isinstance(value, str) and self.type is not str:
-            value = _parse_string(key, value, self.type)
-        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if self.type is list:
-            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise ConfigError(f"{key} must be a list of integers, got {value!r}")
-        elif not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise ConfigError(f"{key} must be {_TYPE_NAMES[self.type]}, got {value!r}")
-        if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{key} must be finite, got {v}")
-            if self.positive and not v > 0:
-                raise ConfigError(f"{key} must be positive, got {value!r}")
-            if self.min is not None and v < self.min:
-                raise ConfigError(f"{key} must be at least {self.min}, got {value!r}")
-            if self.max is not None and v > self.max:
-                raise ConfigError(f"{key} must be at most {self.max}, got {value!r}")
-        return value
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-               list: "a list of integers"}
-
-
-def _parse_string(key: str, text: str, kind: type) -> Any:
-    try:
-        if kind is bool:
-            return {"true": True, "1": True, "yes": True, "on": True,
-                    "false": False, "0": False, "no": False, "off": False}[text.lower()]
-        if kind is list:
-            return [int(part) for part in text.replace(" ", "").strip("[]").split(",") if part]
-        return kind(text)
-    except (KeyError, ValueError):
-        raise ConfigError(f"{key} must be {_TYPE_NAMES[kind]}, got {text!r}") from None
-
+__all__ = ["COMMON", "ConfigError", "Option", "dump_toml", "given", "help_text", "load_plugins", "parse_argv",
+           "read_toml", "resolve"]
 
 # -- the keys every run accepts -----------------------------------------------------------------
 COMMON: dict[str, Option] = {
     "problem": Option(str, "digits", "data set", choices=("peaks", "digits", "mnist", "cifar10", "cifar100")),
     "solver": Option(str, "serial", "training algorithm: a registered solver (those with options are listed below)"),
-    "net": Option(str, "auto", "residual step: dense, conv, or auto (conv for images but digits, dense otherwise)",
+    "net": Option(str, "auto", "residual step (auto: conv for images but digits, dense otherwise)",
                   choices=("auto", "dense", "conv")),
     "layers": Option(int, 16, "number of residual layers N (all stages together)", min=1),
     "width": Option(int, 32, "state width of a dense network", min=1),
     "channels": Option(list, [16], "channels per stage of a convolutional network, e.g. 16,32,64", min=1),
     "final_time": Option(float, 1.0, "final layer-time T (step h = T/N per stage)", positive=True),
-    "activation": Option(str, "auto", "activation: auto (tanh dense, relu conv), tanh, relu, gelu",
+    "activation": Option(str, "auto", "activation (auto: tanh for dense, relu for conv)",
                          choices=("auto", "tanh", "relu", "gelu")),
     "norm": Option(str, "group", "normalisation in convolutional steps (never couples samples)",
                    choices=("group", "instance", "none")),
@@ -100,39 +49,79 @@ COMMON: dict[str, Option] = {
     "momentum": Option(float, 0.9, "SGD momentum", min=0.0, max=1.0),
     "weight_decay": Option(float, 0.0, "weight decay (L2 regularisation R(θ))", min=0.0),
     "schedule": Option(str, "constant", "learning-rate schedule over epochs", choices=("constant", "cosine", "step")),
-    "augment": Option(str, "auto", "data augmentation (crop + flip): auto (on for cifar), on, off",
+    "augment": Option(str, "auto", "data augmentation by crop and flip (auto: on for cifar)",
                       choices=("auto", "on", "off")),
     "filter": Option(str, "identity", "communication filter at rank boundaries"),
     "seed": Option(int, 0, "random seed (parameters, data split, batches)", min=0),
     "dtype": Option(str, "float32", "floating-point precision", choices=("float32", "float64")),
     "out": Option(str, "", "run directory (default runs/<problem>-<solver>-P<ranks>)"),
     "data_dir": Option(str, "", "directory holding mnist / cifar files"),
-    "device": Option(str, "auto", "auto (cuda:local_rank when CUDA is present), cpu, cuda",
+    "device": Option(str, "auto", "where each rank computes (auto: cuda:local_rank when CUDA is present)",
                      choices=("auto", "cpu", "cuda")),
-    "cuda_aware": Option(str, "auto", "whether MPI takes GPU buffers: auto (detect), on, off",
+    "cuda_aware": Option(str, "auto", "whether MPI takes GPU buffers (auto: detect)",
                          choices=("auto", "on", "off")),
     "threads": Option(int, 0, "torch threads per rank (0: the cores shared among the ranks of a node)", min=0),
-    "checkpoint_every": Option(int, 0, "write a checkpoint every this many epochs (0: only at the end if resume is used)",
-                               min=0),
+    "checkpoint_every": Option(int, 0, "write a checkpoint every this many epochs and after the last one "
+                               "(0: no checkpoints)", min=0),
     "resume": Option(str, "", "resume from this run directory's latest checkpoint"),
     "quiet": Option(bool, False, "no progress bar"),
+    "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: solvers that "
+                     "register themselves there become choices of --solver"),
 }
 CLI_ONLY = {"config": "a TOML file of keys (flags override it)"}
 
 
-def solver_options(solver: str) -> dict[str, Option]:
-    from .solvers import get
-    return get(solver).options
+def solver_options(values: Mapping[str, Any]) -> dict[str, Option]:
+    """The options of the solver ``values`` name (a composite solver's depend on its partner's)."""
+    return solvers.get(values.get("solver", COMMON["solver"].default)).options_for(values)
 
 
 def all_solver_keys() -> dict[str, list[str]]:
-    """key ↦ the solvers that accept it."""
-    from .solvers import SOLVERS
+    """key ↦ the solvers that declare it."""
     owners: dict[str, list[str]] = {}
-    for name, cls in SOLVERS.items():
+    for name, cls in solvers.available().items():
         for key in cls.options:
             owners.setdefault(key, []).append(name)
     return owners
+
+
+def load_plugins(spec: str) -> list[str]:
+    """Import the modules of ``spec`` (comma-separated module names or ``.py`` paths) so that
+    the solvers they register become available; returns the module names.
+
+    Raises
+    ------
+    ConfigError
+        For a module that cannot be found or fails while importing.
+    """
+    names = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            if item.endswith(".py"):
+                path = Path(item).resolve()
+                name = f"ocnet_plugin_{path.stem}"
+                if name not in sys.modules:
+                    loader_spec = importlib.util.spec_from_file_location(name, path)
+                    if loader_spec is None or loader_spec.loader is None or not path.exists():
+                        raise ConfigError(f"plugin file {item!r} not found")
+                    module = importlib.util.module_from_spec(loader_spec)
+                    sys.modules[name] = module
+                    try:
+                        loader_spec.loader.exec_module(module)
+                    except BaseException:
+                        del sys.modules[name]
+                        raise
+            else:
+                name = item
+                importlib.import_module(item)
+        except ConfigError:
+            raise
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"plugin {item!r} cannot be imported: {e}") from None
+        except Exception as e:
+            raise ConfigError(f"plugin {item!r} failed while importing: {type(e).__name__}: {e}") from None
+        names.append(name)
+    return names
 
 
 def parse_argv(argv: Sequence[str]) -> dict[str, Any]:
@@ -175,18 +164,13 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
         For an unknown key (with a did-you-mean), a value of the wrong type or range, an
         unknown solver or filter, or an unreadable file.
     """
-    flags = parse_argv(argv)
-    path = flags.pop("config", None)
-    values = dict(file_values or {})
-    if path is not None:
-        values.update(read_toml(path))
-    values.update(flags)
+    values = given(argv, file_values)
+    registered = solvers.available()
     solver = values.get("solver", COMMON["solver"].default)
-    from .solvers import SOLVERS
-    if solver not in SOLVERS:
-        raise ConfigError(f"unknown solver {solver!r}; registered: {', '.join(sorted(SOLVERS))}"
-                          + _did_you_mean(str(solver), SOLVERS))
-    schema = {**COMMON, **solver_options(solver)}
+    if solver not in registered:
+        raise ConfigError(f"unknown solver {solver!r}; registered: {', '.join(sorted(registered))}"
+                          + _did_you_mean(str(solver), registered))
+    schema = {**COMMON, **solver_options(values)}
     owners = all_solver_keys()
     for key in values:
         if key not in schema:
@@ -196,10 +180,22 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
     config = {key: opt.default for key, opt in schema.items()}
     for key, value in values.items():
         config[key] = schema[key].convert(key, value)
-    from .filters import FILTERS
     if config["filter"] not in FILTERS:
         raise ConfigError(f"unknown filter {config['filter']!r}; choose from {', '.join(FILTERS)}")
     return config
+
+
+def given(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keys the file (``--config``) and the flags give, unconverted, after importing the
+    plug-ins they name (so that their solvers are known)."""
+    flags = parse_argv(argv)
+    path = flags.pop("config", None)
+    values = dict(file_values or {})
+    if path is not None:
+        values.update(read_toml(path))
+    values.update(flags)
+    load_plugins(COMMON["plugin"].convert("plugin", values.get("plugin", "")))
+    return values
 
 
 def _did_you_mean(word: str, candidates) -> str:
@@ -236,21 +232,30 @@ def dump_toml(config: Mapping[str, Any]) -> str:
 
 
 def help_text() -> str:
-    """``--help``: every key with its default, common ones first, then each solver's."""
-    from .solvers import SOLVERS
+    """``--help``: every key with its default and choices, the common ones first, then each
+    solver's own (an option a solver shares with one listed before it is named, not repeated)."""
 
-    def block(options: Mapping[str, Option]) -> list[str]:
-        rows = []
-        for key, opt in options.items():
-            default = ",".join(map(str, opt.default)) if isinstance(opt.default, list) else opt.default
-            rows.append(f"  --{key.replace('_', '-'):<20} {opt.help} [default: {default}]")
-        return rows
+    def row(key: str, opt: Option) -> str:
+        default = ",".join(map(str, opt.default)) if isinstance(opt.default, list) else opt.default
+        choices = f" {{{','.join(map(str, opt.choices))}}}" if opt.choices else ""
+        return f"  --{key.replace('_', '-'):<22} {opt.help}{choices} [default: {default}]"
 
+    registered = solvers.available()
     lines = ["usage: [mpirun -n P] python -m ocnet.run [--config FILE.toml] [--key value ...]", "",
-             "  --config FILE          a TOML file of keys (flags override it)"]
-    lines += block(COMMON)
-    lines += ["", f"solvers: {', '.join(sorted(SOLVERS))}"]
-    for name, cls in sorted(SOLVERS.items()):
-        if cls.options:
-            lines += ["", f"solver {name}:"] + block(cls.options)
+             f"  --{'config FILE':<22} {CLI_ONLY['config']}"]
+    lines += [row(key, opt) for key, opt in COMMON.items()]
+    lines += ["", f"solvers: {', '.join(registered)}"]
+    shown: dict[str, str] = {}  # key ↦ the solver under which it was listed
+    for name, cls in registered.items():
+        shared = sorted({shown[k] for k in cls.options if k in shown})
+        own = [row(k, opt) for k, opt in cls.options.items() if k not in shown]
+        shown.update({k: name for k in cls.options if k not in shown})
+        if not own and not shared and not cls.help_extra():
+            continue
+        lines += ["", f"solver {name}:"]
+        if shared:
+            lines.append(f"  (and the options of {', '.join(shared)})")
+        if cls.help_extra():
+            lines.append(f"  ({cls.help_extra()})")
+        lines += own
     return "\n".join(lines)

@@ -15,13 +15,13 @@ random here is driven by explicit seeds and generators, never by global RNG stat
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import importlib
 import os
 import pickle
 import zlib
-import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path

@@ -53,13 +53,17 @@ class TimeGrid:
 
 @dataclass(frozen=True)
 class Partition:
-    """Contiguous, balanced slices of ``n_layers`` layers over ``n_ranks`` ranks.
+    """Contiguous slices of ``n_layers`` layers over ``n_ranks`` ranks.
 
-    The first ``n_layers % n_ranks`` ranks hold one layer more than the others.
+    By default the slices are balanced: the first ``n_layers % n_ranks`` ranks hold one layer
+    more than the others.  ``starts`` gives them explicitly instead: rank ``r`` holds layers
+    ``starts[r] … starts[r+1]-1`` (a solver that needs its cuts at particular layers, see
+    :meth:`aligned`).
     """
 
     n_layers: int
     n_ranks: int
+    starts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_ranks < 1:
@@ -68,9 +72,24 @@ class Partition:
             raise ValueError(
                 f"{self.n_ranks} ranks but only {self.n_layers} layers: every rank needs at "
                 f"least one layer; use at most {self.n_layers} ranks or more layers")
+        if self.starts:
+            s = (*self.starts, self.n_layers)
+            if len(self.starts) != self.n_ranks or s[0] != 0 or any(a >= b for a, b in zip(s, s[1:])):
+                raise ValueError(f"starts {self.starts} do not cut {self.n_layers} layers into "
+                                 f"{self.n_ranks} non-empty slices")
+
+    @classmethod
+    def aligned(cls, cuts: list[int], n_ranks: int) -> "Partition":
+        """Slices that start only at ``cuts`` (``0 = cuts[0] < … < cuts[-1] = n_layers``): the
+        ``len(cuts) - 1`` pieces between them are dealt to the ranks as evenly as
+        :class:`Partition` deals layers, e.g. the blocks of the penalty methods."""
+        pieces = cls(len(cuts) - 1, n_ranks)
+        return cls(cuts[-1], n_ranks, tuple(cuts[pieces.bounds(r)[0]] for r in range(n_ranks)))
 
     def bounds(self, rank: int) -> tuple[int, int]:
         """``(start, stop)``: rank ``rank`` holds layers ``start … stop-1``."""
+        if self.starts:
+            return self.starts[rank], (self.starts[rank + 1] if rank + 1 < self.n_ranks else self.n_layers)
         q, r = divmod(self.n_layers, self.n_ranks)
         start = rank * q + min(rank, r)
         return start, start + q + (rank < r)

@@ -5,7 +5,7 @@ Usage::
     python -m ocnet.plot RUN_DIR [RUN_DIR ...] [--out DIR]
 
 A run directory holds ``history.jsonl`` (one JSON record per line), ``summary.json`` and
-``config.toml`` (see DESIGN.md, section 3). Where the figures go:
+``config.toml`` (see docs/guide.rst). Where the figures go:
 
 * one run directory and no ``--out``: into that run directory, named ``convergence.png``,
   ``mgrit_residuals.png``, ``mgrit_convergence.png``, ``constraints.png``, ``bytes.png``;
@@ -38,10 +38,12 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .records import FIELDS
+
 try:  # Python >= 3.11; the config is read only for labels and layer counts
     import tomllib
 except ImportError:  # pragma: no cover
-    tomllib = None  # type: ignore[assignment]
+    tomllib = None
 
 __all__ = ["Run", "load_run", "load_runs", "plot_runs", "main"]
 
@@ -137,7 +139,7 @@ def load_run(run_dir: str | Path) -> Run:
                 warnings.warn(f"{hist}: skipping unparsable line {i + 1}", stacklevel=2)
             continue
         kind = rec.get("kind") if isinstance(rec, dict) else None
-        {"iter": run.iters, "epoch": run.epochs}.get(kind, []).append(rec)
+        {"iter": run.iters, "epoch": run.epochs}.get(str(kind), []).append(rec)
     try:
         summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
         run.summary = summary if isinstance(summary, dict) else {}
@@ -258,9 +260,10 @@ def _plot_convergence(runs: list[Run], path: Path) -> Path:
             xs, ys = _xy(recs, x, y, scale)
             if xs.size:  # a run without this series gets no legend entry here
                 ax.plot(xs, ys, marker=m, ms=3, **kw)
-    _finish(axes[0], "epoch", "loss", logy=True)
+    loss = FIELDS["loss"]
+    _finish(axes[0], "epoch", loss.label, logy=loss.log)
     _finish(axes[1], "epoch", "test accuracy (%)")
-    _finish(axes[2], "wall time (s)", "loss", logy=True)
+    _finish(axes[2], "wall time (s)", loss.label, logy=loss.log)
     _finish(axes[3], "wall time (s)", "test accuracy (%)")
     fig.suptitle("convergence")
     return _save(fig, path)
@@ -295,7 +298,7 @@ def _plot_residuals(runs: list[Run], path: Path) -> Path:
             ax.autoscale_view()
             fig.colorbar(lc, ax=ax, label="optimiser step")
         ax.set_title(f"{run.label} {phase}".strip(), fontsize="medium")
-        _finish(ax, "MGRIT iteration", "residual norm", legend=False)
+        _finish(ax, "MGRIT iteration", FIELDS["residual"].label, legend=False)
     fig.suptitle("MGRIT residual per optimiser step")
     return _save(fig, path)
 
@@ -325,18 +328,16 @@ def _plot_mgrit_convergence(runs: list[Run], path: Path) -> Path:
 
 
 def _plot_constraints(runs: list[Run], path: Path) -> Path:
-    keys = [(k, t) for k, t in (("constraint_violation", "constraint violation"),
-                                ("rho", "penalty rho"), ("mu_norm", "multiplier norm |mu|"),
-                                ("penalized_objective", "penalised objective"))
+    keys = [k for k in ("constraint_violation", "rho", "mu_norm", "penalized_objective")
             if any(_with_key(r, k) for r in runs)]
     fig, axes = _new_figure(len(keys), min(len(keys), 2))
-    for ax, (key, title) in zip(axes, keys):
+    for ax, key in zip(axes, keys):
         for i, run in enumerate(runs):
             x, y = _xy(_with_key(run, key), "step", key)
             if x.size:
                 ax.plot(x, y, color=f"C{i % 10}", label=run.label, ms=3,
                         marker="o" if x.size < 30 else None)
-        _finish(ax, "optimiser step", title, logy=True)
+        _finish(ax, "optimiser step", FIELDS[key].label, logy=FIELDS[key].log)
     fig.suptitle("constraints")
     return _save(fig, path)
 

@@ -8,6 +8,7 @@ seed); :meth:`Problem.local` cuts out the slice a rank owns, sharing its paramet
 from __future__ import annotations
 
 import copy
+import math
 from typing import Sequence
 
 import torch
@@ -32,11 +33,17 @@ class Problem(nn.Module):
         ``u_N ↦ logits``, shape ``(batch, n_classes)``.
     stages : sequence of TimeGrid
         One time grid per stage (stages are separated by transitions).
+    input_shape : sequence of int
+        Shape of one input sample, e.g. ``(1, 28, 28)``.
+    n_classes : int
+        Number of classes (the classifier's output width).
     """
 
     def __init__(self, opening: nn.Module, layers: Sequence[nn.Module], classifier: nn.Module,
-                 stages: Sequence[TimeGrid]) -> None:
+                 stages: Sequence[TimeGrid], input_shape: Sequence[int], n_classes: int) -> None:
         super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.n_classes = n_classes
         self.opening = opening
         self.layers = nn.ModuleList(layers)
         self.classifier = classifier
@@ -48,6 +55,21 @@ class Problem(nn.Module):
     @property
     def n_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        """Shape of one sample's state entering layer ``n`` (``n = n_layers``: the output),
+        found by passing one zero sample through the network."""
+        if getattr(self, "_state_shapes", None) is None:
+            p = next(self.parameters())
+            with torch.no_grad():
+                u = self.opening(torch.zeros((1, *self.input_shape), dtype=p.dtype, device=p.device))
+                shapes = [tuple(u.shape[1:])]
+                for layer in self.layers:
+                    u = layer(u)
+                    shapes.append(tuple(u.shape[1:]))
+            self._state_shapes = shapes
+        return self._state_shapes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.opening(x)
@@ -82,6 +104,8 @@ class LocalNetwork(nn.Module):
         self.start, self.stop = partition.bounds(rank)
         self.partition = partition
         self.stages = problem.stages
+        self.n_classes, self.input_shape = problem.n_classes, problem.input_shape
+        self.state_shapes = problem.state_shapes
         self.opening = problem.opening if rank == 0 else None
         self.layers = nn.ModuleList(problem.layers[self.start:self.stop])
         self.classifier = problem.classifier if rank == self.size - 1 else None
@@ -108,6 +132,8 @@ class LocalNetwork(nn.Module):
 
     def head(self, u: torch.Tensor) -> torch.Tensor:
         """The classifier (last rank only): ``(batch, …) → (batch, n_classes)``."""
+        if self.classifier is None:
+            raise RuntimeError(f"rank {self.rank} holds no classifier; only the last rank does")
         return self.classifier(u)
 
     def problem_state(self) -> dict[str, torch.Tensor]:
@@ -123,17 +149,18 @@ class LocalNetwork(nn.Module):
 
 
 # -- builders ---------------------------------------------------------------------------------
-def dense_problem(in_features: int, n_classes: int, width: int = 32, n_layers: int = 16,
+def dense_problem(in_features: int | Sequence[int], n_classes: int, width: int = 32, n_layers: int = 16,
                   T: float = 1.0, act: str = "tanh") -> Problem:
     """Vector data ``(batch, in_features)``: a linear opening to ``width``, ``n_layers`` dense
     residual steps on ``[0, T]``, a linear classifier."""
+    shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
     grid = TimeGrid(n_layers, T)
-    opening = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), activation(act))
+    opening = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), width), activation(act))
     layers = [Residual(DenseStep(width, act), grid.h) for _ in range(n_layers)]
-    return Problem(opening, layers, nn.Linear(width, n_classes), [grid])
+    return Problem(opening, layers, nn.Linear(width, n_classes), [grid], shape, n_classes)
 
 
-def conv_problem(in_channels: int, n_classes: int, channels: Sequence[int] = (16,),
+def conv_problem(input_shape: Sequence[int], n_classes: int, channels: Sequence[int] = (16,),
                  layers_per_stage: Sequence[int] = (8,), T: float = 1.0, act: str = "relu",
                  norm: str = "group") -> Problem:
     """Images ``(batch, in_channels, H, W)``: a 3×3 convolutional opening, then one stage of
@@ -142,9 +169,10 @@ def conv_problem(in_channels: int, n_classes: int, channels: Sequence[int] = (16
     classifier."""
     if len(channels) != len(layers_per_stage):
         raise ValueError("give one layer count per stage")
-    opening = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, padding=1),
+    opening = nn.Sequential(nn.Conv2d(input_shape[0], channels[0], 3, padding=1),
                             normalisation(norm, channels[0]), activation(act))
-    layers, grids = [], []
+    layers: list[nn.Module] = []
+    grids = []
     for s, (c, n) in enumerate(zip(channels, layers_per_stage)):
         if s:
             layers.append(Transition(channels[s - 1], c, act, norm))
@@ -152,7 +180,7 @@ def conv_problem(in_channels: int, n_classes: int, channels: Sequence[int] = (16
         grids.append(grid)
         layers += [Residual(ConvStep(c, act, norm), grid.h) for _ in range(n)]
     classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], n_classes))
-    return Problem(opening, layers, classifier, grids)
+    return Problem(opening, layers, classifier, grids, input_shape, n_classes)
 
 
 def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, width: int = 32,
@@ -167,10 +195,7 @@ def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if net == "dense":
-            in_features = 1
-            for s in input_shape:
-                in_features *= s
-            problem = dense_problem(in_features, n_classes, width, layers, T, activation or "tanh")
+            problem = dense_problem(input_shape, n_classes, width, layers, T, activation or "tanh")
         elif net == "conv":
             if len(input_shape) != 3:
                 raise ValueError(f"net 'conv' needs image data (C, H, W), got shape {tuple(input_shape)}")
@@ -178,7 +203,7 @@ def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, 
             if layers < n_stages:
                 raise ValueError(f"{layers} layers cannot fill {n_stages} stages")
             per_stage = [layers // n_stages + (s < layers % n_stages) for s in range(n_stages)]
-            problem = conv_problem(input_shape[0], n_classes, channels, per_stage, T,
+            problem = conv_problem(input_shape, n_classes, channels, per_stage, T,
                                    activation or "relu", norm)
         else:
             raise ValueError(f"unknown net {net!r}; choose dense or conv")

@@ -4,9 +4,11 @@ Builds everything from the configuration — communicator, device, data, network
 solver — trains, and writes the run directory (config.toml, history.jsonl, summary.json,
 plots, checkpoints).  This is the only module that reaches for ``COMM_WORLD``.
 
-Set-up errors (configuration, data, network, partition) are checked on every rank and
-agreed on with one collective, so every rank exits with status 2 and the job prints one
-message; an exception during training aborts the whole job (no rank is left waiting).
+Set-up errors (configuration, plug-ins, data, network, partition, building the solver) are
+checked on every rank and agreed on with one collective, so every rank exits with status 2
+and the job prints one message.  A :class:`~ocnet.solvers.SolverError` during training (a
+diverged MGRIT solve), which every rank raises together, prints one message and exits with
+status 3; any other exception during training aborts the whole job (no rank is left waiting).
 """
 from __future__ import annotations
 
@@ -18,17 +20,20 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from . import checkpoint, comm as comm_mod
-from .config import ConfigError, dump_toml, help_text, resolve
+from . import checkpoint
+from . import comm as comm_mod
+from .config import ConfigError, dump_toml, given, help_text, resolve
 from .data import DataError, load
 from .filters import FILTERS
-from .grid import Partition
 from .problem import build
+from .solvers import Solver, SolverError
 from .solvers import get as get_solver
+from .tags import Tags
 from .train import History, fit, lr_schedule
 
 T = TypeVar("T")
 EXIT_SETUP = 2
+EXIT_SOLVER = 3
 
 
 class SetupError(Exception):
@@ -40,18 +45,27 @@ def agree(comm: comm_mod.Comm, what: Callable[[], T]) -> T:
 
     The lowest failing rank prints the one message; all ranks raise :class:`SetupError`.
     """
-    error = None
+    error: Exception | None = None
     try:
         result = what()
-    except (ConfigError, DataError, ValueError, OSError, KeyError) as e:
+    except Exception as e:  # a user's plug-in may raise anything while it is built
         error = e
     first = comm.allreduce(comm.rank if error is not None else comm.size, op="min")
     if first < comm.size:
         if comm.rank == first:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            print(f"ocnet: error: {message}", file=sys.stderr, flush=True)
+            print(f"ocnet: error: {_message(error)}", file=sys.stderr, flush=True)
         raise SetupError
     return result
+
+
+def _message(error: Exception | None) -> str:
+    """The one line that reports a set-up error: the message, with the exception's type
+    where the type is not one of the expected kinds of bad input."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    if isinstance(error, (ConfigError, DataError, ValueError, OSError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def pick_device(kind: str, comm: comm_mod.Comm) -> torch.device:
@@ -93,14 +107,25 @@ def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
         width=config["width"], channels=config["channels"], T=config["final_time"],
         activation=None if config["activation"] == "auto" else config["activation"],
         norm=config["norm"], seed=config["seed"], dtype=dtype))
-    partition = agree(comm, lambda: Partition(problem.n_layers, comm.size))
+    solver_cls = get_solver(config["solver"])
+    partition = agree(comm, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
     out = Path(config["out"] or f"runs/{config['problem']}-{config['solver']}-P{comm.size}")
     config["out"] = str(out)
     resume = Path(config["resume"]) if config["resume"] else None
     start = agree(comm, lambda: _resume_epoch(resume, comm))
     agree(comm, lambda: out.mkdir(parents=True, exist_ok=True))
+    network = problem.local(partition, comm.rank).to(device)
+    solver = agree(comm, lambda: build_solver(solver_cls, network, comm, config, device))
     return dict(config=config, dtype=dtype, device=device, data=data, problem=problem,
-                partition=partition, out=out, resume=resume, start=start)
+                network=network, solver=solver, out=out, resume=resume, start=start)
+
+
+def build_solver(cls: type[Solver], network: Any, comm: comm_mod.Comm, config: dict[str, Any],
+                 device: torch.device) -> Solver:
+    """The solver of the configuration, on this rank's slice (no communication: every rank
+    builds its own, and :func:`agree` collects the errors)."""
+    return cls(network, comm, make_optimizer_factory(config), device=device, filter=FILTERS[config["filter"]],
+               seed=config["seed"], tags=Tags(), **{k: config[k] for k in cls.options_for(config)})
 
 
 def _resume_epoch(resume: Path | None, comm: comm_mod.Comm) -> int:
@@ -111,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = comm_mod.world()
     if "--help" in argv or "-h" in argv:
+        try:
+            given([a for a in argv if a not in ("--help", "-h")])  # the plug-ins' solvers join the list
+        except ConfigError as e:
+            print(f"ocnet: error: {e}", file=sys.stderr)
+            return EXIT_SETUP
         if comm.rank == 0:
             print(help_text())
         return 0
@@ -125,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(config["threads"] or default_threads(comm))
 
     data = s["data"].to(device, s["dtype"])
-    network = s["problem"].local(s["partition"], comm.rank).to(device)
-    solver_cls = get_solver(config["solver"])
-    solver = solver_cls(network, comm, make_optimizer_factory(config), device=device,
-                        filter=FILTERS[config["filter"]],
-                        **{k: config[k] for k in solver_cls.options})
+    network, solver = s["network"], s["solver"]
     history = None
     if s["resume"] is not None:
         epoch, state = checkpoint.load(comm, s["resume"], device)
@@ -141,14 +167,19 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     augment = config["augment"] == "on" or (config["augment"] == "auto" and config["problem"].startswith("cifar"))
-    last = fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
-               seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
-               augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
-               start_epoch=s["start"], history=history, progress=not config["quiet"])
+    try:
+        last = fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
+                   seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
+                   augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
+                   start_epoch=s["start"], history=history, progress=not config["quiet"])
+    except SolverError as e:  # raised by every rank together: one message, every rank exits
+        if comm.rank == 0:
+            print(f"ocnet: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_SOLVER
     wall = time.perf_counter() - t0
     bytes_sent = comm.allreduce(comm.bytes_sent)
     model = comm.gather(network.problem_state())
-    if comm.rank == 0:
+    if model is not None:  # rank 0
         _finish(out, config, comm.size, last, wall, bytes_sent, model)
     return 0
 

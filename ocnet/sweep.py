@@ -1,4 +1,4 @@
-"""The coarse-to-fine sweep across ranks (DESIGN.md §1).
+"""The coarse-to-fine sweep across ranks (docs/theory.rst).
 
 A sweep visits the block boundaries in order, rank after rank, carrying the boundary state
 forward (or the adjoint backward); each rank applies its own block in between.  With the
@@ -18,9 +18,9 @@ import torch
 
 from .comm import Comm, Request
 from .filters import IDENTITY, Filter
-
-FORWARD_TAG = 11
-BACKWARD_TAG = 12
+from .problem import LocalNetwork
+from .tags import SWEEP_BACKWARD as BACKWARD_TAG
+from .tags import SWEEP_FORWARD as FORWARD_TAG
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
@@ -42,7 +42,7 @@ def forward(comm: Comm, block: Map, u_first: torch.Tensor | None = None, *,
     u_in, u_out : Tensor
         The state this rank received (``u_first`` on the first rank) and its block's output.
     """
-    u_in = u_first if comm.rank == 0 else filter.decode(comm.recv(comm.rank - 1, tag, device))
+    u_in = _given(u_first, "u_first") if comm.rank == 0 else filter.decode(comm.recv(comm.rank - 1, tag, device))
     u_out = block(u_in)
     if comm.rank < comm.size - 1:
         comm.send(filter.encode(u_out), comm.rank + 1, tag)
@@ -57,11 +57,17 @@ def backward(comm: Comm, vjp: Map, g_last: torch.Tensor | None = None, *,
     rank's output adjoint is ``g_last``.  Returns ``(g_out, g_in)``.
     """
     last = comm.size - 1
-    g_out = g_last if comm.rank == last else comm.recv(comm.rank + 1, tag, device)
+    g_out = _given(g_last, "g_last") if comm.rank == last else comm.recv(comm.rank + 1, tag, device)
     g_in = vjp(g_out)
     if comm.rank > 0:
         comm.send(g_in, comm.rank - 1, tag)
     return g_out, g_in
+
+
+def _given(value: torch.Tensor | None, name: str) -> torch.Tensor:
+    if value is None:
+        raise ValueError(f"{name} is needed on the rank where the sweep starts")
+    return value
 
 
 def one_f_one_b(rank: int, size: int, micro_batches: int) -> list[tuple[str, int]]:
@@ -79,9 +85,10 @@ def one_f_one_b(rank: int, size: int, micro_batches: int) -> list[tuple[str, int
     return ops
 
 
-def train(comm: Comm, network: torch.nn.Module, x: torch.Tensor | None, y: torch.Tensor | None,
+def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Tensor | None,
           batch_size: int, *, micro_batches: int = 1, filter: Filter = IDENTITY,
-          device: torch.device | str = "cpu") -> float | None:
+          device: torch.device | str = "cpu",
+          tags: Sequence[int] = (FORWARD_TAG, BACKWARD_TAG)) -> float | None:
     """Exact forward and backward propagation of the mean loss over one mini-batch.
 
     Accumulates ``∂J/∂θ`` into the ``.grad`` of this rank's parameters.  The batch is cut into
@@ -98,6 +105,8 @@ def train(comm: Comm, network: torch.nn.Module, x: torch.Tensor | None, y: torch
         The labels ``(batch,)`` (read on the last rank only).
     batch_size : int
         The number of samples in the batch (every rank knows it).
+    tags : (int, int)
+        The tags of the forward and the backward messages.
 
     Returns
     -------
@@ -106,8 +115,9 @@ def train(comm: Comm, network: torch.nn.Module, x: torch.Tensor | None, y: torch
     """
     first, last = comm.rank == 0, comm.rank == comm.size - 1
     micro_batches = min(micro_batches, batch_size)
-    xs = x.tensor_split(micro_batches) if first else None
-    ys = y.tensor_split(micro_batches) if last else None
+    xs = _given(x, "x").tensor_split(micro_batches) if first else ()
+    ys = _given(y, "y").tensor_split(micro_batches) if last else ()
+    forward_tag, backward_tag = tags
     live: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
     sends: list[Request] = []
     total = 0.0
@@ -118,7 +128,7 @@ def train(comm: Comm, network: torch.nn.Module, x: torch.Tensor | None, y: torch
                 v = None
                 u_in = xs[m]
             else:
-                v = comm.recv(comm.rank - 1, FORWARD_TAG, device).requires_grad_(True)
+                v = comm.recv(comm.rank - 1, forward_tag, device).requires_grad_(True)
                 u_in = filter.decode(v)
             u_out = network(u_in)
             if last:
@@ -128,24 +138,25 @@ def train(comm: Comm, network: torch.nn.Module, x: torch.Tensor | None, y: torch
                 total += float(out.detach())
             else:
                 out = filter.encode(u_out)
-                sends.append(comm.isend(out, comm.rank + 1, FORWARD_TAG))
+                sends.append(comm.isend(out, comm.rank + 1, forward_tag))
             live[m] = (v, out)
         else:
             v, out = live.pop(m)
             if last:
                 out.backward()
             else:
-                out.backward(comm.recv(comm.rank + 1, BACKWARD_TAG, device))
-            if not first:
-                sends.append(comm.isend(v.grad, comm.rank - 1, BACKWARD_TAG))
+                out.backward(comm.recv(comm.rank + 1, backward_tag, device))
+            if v is not None:  # not the first rank: the adjoint of what came in goes back
+                sends.append(comm.isend(_given(v.grad, "v.grad"), comm.rank - 1, backward_tag))
     for s in sends:
         s.wait()
     return total if last else None
 
 
 @torch.no_grad()
-def predict(comm: Comm, network: torch.nn.Module, x: torch.Tensor | None, *,
-            filter: Filter = IDENTITY, device: torch.device | str = "cpu") -> torch.Tensor | None:
+def predict(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, *,
+            filter: Filter = IDENTITY, device: torch.device | str = "cpu",
+            tag: int = FORWARD_TAG) -> torch.Tensor | None:
     """The logits ``(batch, n_classes)`` on the last rank (``None`` elsewhere)."""
-    _, u = forward(comm, network, x, filter=filter, device=device)
+    _, u = forward(comm, network, x, filter=filter, device=device, tag=tag)
     return network.head(u) if comm.rank == comm.size - 1 else None

@@ -2,9 +2,9 @@
 
 The loop owns everything a solver does not: it hands each solver mini-batches (augmented
 when the solver allows it), evaluates after each epoch, and on rank 0 writes the history.
-Per-step record fields come back from every rank and are combined once per epoch — summed
-for numbers, taken from the first rank that has them otherwise — so that no collective
-interrupts the pipeline between steps.
+Per-step record fields come back from every rank and are combined once per epoch, each by
+the rule its schema declares (:mod:`ocnet.records`), so that no collective interrupts the
+pipeline between steps.
 """
 from __future__ import annotations
 
@@ -20,22 +20,11 @@ import torch
 from . import checkpoint
 from .comm import Comm
 from .data import Dataset, augment, batches
+from .records import combine
 from .solvers.base import Solver
 
 _EVAL_BATCH = 1000
 _TRAIN_EVAL_MAX = 10_000  # train accuracy is measured on at most this many samples
-
-
-def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One rank-combined record from the ranks' records of the same step (rank order)."""
-    out: dict[str, Any] = {}
-    for rec in records:
-        for key, value in rec.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key in out:
-                out[key] += value
-            else:
-                out.setdefault(key, value)
-    return out
 
 
 def lr_schedule(kind: str, lr: float, epochs: int) -> Callable[[int], float]:
@@ -111,28 +100,32 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         extra = solver.begin_epoch(epoch, data.x_train, data.y_train)
         generator = torch.Generator().manual_seed(1_000_003 * seed + epoch)
         do_augment = augment_images and data.is_image and solver.augments(epoch)
-        iters, wall = [], []  # this rank's fields and rank 0's clock, per step
+        iters: list[dict[str, Any]] = []  # this rank's fields, per step
+        wall: list[float] = []  # rank 0's clock, per step
         for idx in batches(n, batch_size, seed, epoch):
             x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
             if do_augment:
                 x = augment(x, generator)  # a CPU generator drives it on any device
             sent = comm.bytes_sent
-            fields = solver.step(x, y, idx)
-            iters.append({**fields, "bytes_sent": comm.bytes_sent - sent})
+            record = solver.step(x, y, idx)
+            iters.append({**record, "bytes_sent": comm.bytes_sent - sent})
             wall.append(time.perf_counter() - t0)
             if bar is not None:
                 bar.update(1)
+        extra = {**extra, **solver.end_epoch(epoch)}
         train_acc, _ = evaluate(solver, comm, data.x_train[:_TRAIN_EVAL_MAX], data.y_train[:_TRAIN_EVAL_MAX])
         test_acc, test_loss = evaluate(solver, comm, data.x_test, data.y_test)
         mine = {"iters": iters, "extra": extra, "bytes": comm.bytes_sent - bytes_epoch}
         gathered = comm.gather(mine)
-        if comm.rank == 0:
-            records = [{"kind": "iter", "epoch": epoch, "step": step + i + 1, **combine(r), "wall_time": w}
+        if gathered is not None:  # rank 0
+            fields = solver.record_fields()
+            records = [{"kind": "iter", "epoch": epoch, "step": step + i + 1, **combine(list(r), fields),
+                        "wall_time": w}
                        for i, (r, w) in enumerate(zip(zip(*(g["iters"] for g in gathered)), wall))]
             step += len(records)
-            losses = [r["loss"] for r in records if "loss" in r]
+            losses = [v for r in records if isinstance(v := r.get("loss"), (int, float))]
             last = {"kind": "epoch", "epoch": epoch, "step": step,
-                    **combine([g["extra"] for g in gathered])}
+                    **combine([g["extra"] for g in gathered], fields)}
             last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
                         wall_time=time.perf_counter() - t0,
                         bytes_sent=sum(g["bytes"] for g in gathered),

@@ -37,7 +37,7 @@ def test_operations_on_several_ranks(mpi, tmp_path, ranks):
     proc = mpi(ranks, "comm_ops.py", str(out), timeout=60)
     assert proc.returncode == 0, proc.stderr
     reports = json.loads(out.read_text())
-    for r, rep in enumerate(reports):
+    for rep in reports:
         assert rep["ring_ok"], rep
         # bytes counted are the payload bytes, exactly: 48 + 20 + 16 + 1 + 0 + 96
         assert rep["bytes"] == rep["bytes_expected"] == 181

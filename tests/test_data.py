@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fixtures_data import MNIST_N_TEST, MNIST_N_TRAIN, idx_bytes, write_cifar10, write_cifar100, write_mnist
 
-from fixtures_data import (MNIST_N_TEST, MNIST_N_TRAIN, idx_bytes, write_cifar10,
-                           write_cifar100, write_mnist)
 from ocnet import data
 from ocnet.data import DATASETS, DataError, augment, batches, load
 

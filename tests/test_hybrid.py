@@ -5,6 +5,7 @@ import torch
 from ocnet.comm import SelfComm
 from ocnet.grid import Partition
 from ocnet.problem import build
+from ocnet.solvers.base import ParallelSolver
 from ocnet.solvers.hybrid import Hybrid
 from ocnet.solvers.serial import Serial
 from ocnet.testing import check_solver
@@ -76,7 +77,7 @@ def test_solver_contract():
     check_solver(Hybrid, blocks=2, parallel_epochs=1, serial_epochs=1)
 
 
-class Scripted(Serial):
+class Scripted(Serial, ParallelSolver):
     """A stand-in parallel solver whose records follow a script per epoch."""
     name = "scripted"
     script: dict = {}

@@ -29,7 +29,7 @@ def test_converged_solution_is_the_sequential_sweep(relaxation, cycle, levels):
     N, c = 64, 2
     prop = LinearODE(-1.5, 1.0 / N, c)
     u0 = torch.tensor([1.0, -2.0, 0.5], dtype=D)
-    res = solve(prop, u0, N, c=c, levels=levels, relaxation=relaxation, cycle=cycle, tol=1e-14, max_iter=60)
+    res = solve(prop, u0, N, levels=levels, relaxation=relaxation, cycle=cycle, tol=1e-14, max_iter=60)
     assert res.converged and res.levels == levels
     assert max_diff(res.u, sequential(prop, u0, N)) < 1e-12
     assert res.residual[-1] <= 1e-14 < res.residual[0]
@@ -42,7 +42,7 @@ def test_two_level_f_relaxation_is_exact_after_N_over_c_iterations():
     N, c = 32, 4
     prop = LinearODE(-1.9 * N, 1.0 / N, c)
     u0 = torch.ones((), dtype=D)
-    res = solve(prop, u0, N, c=c, levels=2, relaxation="F", tol=0.0, max_iter=N // c)
+    res = solve(prop, u0, N, levels=2, relaxation="F", tol=0.0, max_iter=N // c)
     r = res.residual
     assert len(r) == N // c + 1
     assert r[N // c - 2] > 1e-3 * r[0]  # not converged one iteration before
@@ -55,7 +55,7 @@ def test_fcf_v_cycle_iterations_do_not_grow_with_N():
     for N in (64, 256, 1024):
         c = 4
         prop = LinearODE(-1.0, 1.0 / N, c)
-        res = solve(prop, torch.ones(4, dtype=D), N, c=c, levels=n_levels(N, c, 99), relaxation="FCF",
+        res = solve(prop, torch.ones(4, dtype=D), N, levels=n_levels(N, c, 99), relaxation="FCF",
                     cycle="V", tol=1e-10, max_iter=50)
         assert res.converged
         counts[N] = res.iterations
@@ -65,7 +65,7 @@ def test_fcf_v_cycle_iterations_do_not_grow_with_N():
 
 def test_history_fields_count_work():
     N, c = 64, 4
-    res = solve(LinearODE(-1.0, 1.0 / N, c), torch.ones((), dtype=D), N, c=c, levels=2, relaxation="F",
+    res = solve(LinearODE(-1.0, 1.0 / N, c), torch.ones((), dtype=D), N, levels=2, relaxation="F",
                 tol=0.0, max_iter=3)
     # per iteration: F-relax (48 steps), 16 C-point residual steps, 16 coarse right-hand-side
     # steps (counted when the residual is), a 16-step coarsest solve; the last iteration only
@@ -82,7 +82,7 @@ def test_warm_start_from_the_solution_is_converged_at_once():
     prop = LinearODE(-1.0, 1.0 / N, c)
     u0 = torch.ones(2, dtype=D)
     exact = sequential(prop, u0, N)
-    res = solve(prop, u0, N, c=c, levels=3, guess=exact, tol=1e-12, max_iter=10)
+    res = solve(prop, u0, N, levels=3, guess=exact, tol=1e-12, max_iter=10)
     assert res.iterations == 0 and res.residual[0] < 1e-14
 
 
@@ -98,7 +98,7 @@ def test_heat_equation_converges():
     N, m = 64, 15
     prop = Heat1D(m, 1.0, 1.0 / 4096, 2)
     u0 = torch.sin(torch.pi * torch.linspace(0, 1, m + 2, dtype=D)[1:-1])
-    res = solve(prop, u0, N, c=2, levels=3, tol=1e-12, max_iter=30)
+    res = solve(prop, u0, N, levels=3, tol=1e-12, max_iter=30)
     assert res.converged and res.iterations <= 10
     assert max_diff(res.u, sequential(prop, u0, N)) < 1e-12
 
@@ -106,9 +106,9 @@ def test_heat_equation_converges():
 def test_adjoint_matches_the_backward_recursion():
     N, c = 64, 4
     prop = LinearODE(-1.0, 1.0 / N, c)
-    fwd = solve(prop, torch.ones(3, dtype=D), N, c=c, levels=3, tol=1e-13)
+    fwd = solve(prop, torch.ones(3, dtype=D), N, levels=3, tol=1e-13)
     lam_N = torch.tensor([1.0, 2.0, -1.0], dtype=D)
-    adj = solve_adjoint(prop, fwd.u, lam_N, N, c=c, levels=3, tol=1e-13)
+    adj = solve_adjoint(prop, fwd.u, lam_N, N, levels=3, tol=1e-13)
     assert adj.mgrit.converged and adj.mgrit.iterations <= 10
     assert sorted(adj.lam) == list(range(N + 1))
     for n in range(N + 1):
@@ -149,3 +149,159 @@ def test_the_documented_example_runs_as_documented():
     assert result.iterations == 5
     assert abs(float(result.u[-1]) - (1 - 1 / 64) ** 64) < 1e-12
     assert result.residual[-1] < 1e-10
+
+
+# -- the F-cycle ------------------------------------------------------------------------------
+
+class CountingODE(LinearODE):
+    """``LinearODE`` that counts its steps per level."""
+
+    def __init__(self, lam, h, c):
+        super().__init__(lam, h, c)
+        self.steps = {}
+
+    def step(self, level, i, u):
+        self.steps[level] = self.steps.get(level, 0) + 1
+        return super().step(level, i, u)
+
+
+@pytest.mark.parametrize("levels", [3, 4, 5])
+def test_f_cycle_visits_level_l_l_times_per_iteration(levels):
+    # textbook F-cycle from level 1: F(l) = relax, restrict, F(l+1), correct, relax, restrict,
+    # V(l+1), correct; level l >= 1 is visited l times, the coarsest levels - 1 times.  Each
+    # visit of the coarsest level costs its n steps for the right-hand side and n to solve.
+    N, c = 64, 2
+    n = N // c ** (levels - 1)
+    for cycle, visits in (("V", 1), ("F", levels - 1)):
+        prop = CountingODE(-1.0, 1.0 / N, c)
+        res = solve(prop, torch.ones((), dtype=D), N, levels=levels, cycle=cycle, tol=0.0, max_iter=1)
+        assert res.levels == levels and res.iterations == 1
+        assert prop.steps[levels - 1] == 2 * n * visits, (cycle, prop.steps)
+
+
+@pytest.mark.parametrize("problem", ["ode", "heat"])
+def test_f_and_v_cycles_differ_at_three_levels(problem):
+    N, c = 64, 2
+    if problem == "ode":
+        prop, u0 = LinearODE(-1.0, 1.0 / N, c), torch.ones(3, dtype=D)
+    else:  # stable on every level: c^2 h κ / Δx² = 1/4
+        prop = Heat1D(15, 1.0, 1.0 / 4096, c)
+        u0 = torch.sin(torch.pi * torch.linspace(0, 1, 17, dtype=D)[1:-1])
+    runs = {cycle: solve(prop, u0, N, levels=3, cycle=cycle, tol=1e-13, max_iter=30) for cycle in "VF"}
+    v, f = runs["V"].residual, runs["F"].residual
+    assert v[0] == f[0]  # the same relaxed initial guess
+    assert abs(f[1] - v[1]) > 1e-3 * v[1], (v, f)
+    assert f[1] < v[1]  # two coarse-grid corrections on level 1 instead of one
+    for res in runs.values():
+        assert res.converged and max_diff(res.u, sequential(prop, u0, N)) < 1e-12
+
+
+@pytest.mark.parametrize("N", [64, 256])
+@pytest.mark.parametrize("c", [2, 4])
+@pytest.mark.parametrize("levels", [3, 4])
+def test_f_cycle_needs_no_more_iterations_than_v(N, c, levels):
+    prop = LinearODE(-1.0, 1.0 / N, c)
+    u0 = torch.ones(2, dtype=D)
+    tol = 1e-10 * float(torch.linalg.vector_norm(u0))
+    its = {}
+    for cycle in "VF":
+        res = solve(prop, u0, N, levels=levels, cycle=cycle, tol=tol, max_iter=50)
+        assert res.converged and res.levels == levels
+        its[cycle] = res.iterations
+    assert its["F"] <= its["V"], its
+
+
+# -- divergence -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("N,levels,cycle,iteration,level", [
+    (1024, 2, "V", 1, 1),  # one coarse sweep over 256 points: 6.6^256 ≈ 1e210, squared inf
+    (4096, 3, "F", 1, 2),  # level 2 (factor 1 - 1.9 · 16 = -29.4) overflows in the first cycle
+    (1024, 3, "F", 8, 0),  # slower growth: the fine residual's sum of squares overflows first
+])
+def test_overflow_raises_with_iteration_and_level(N, levels, cycle, iteration, level):
+    import ocnet.mgrit as mgrit
+
+    # fine factor 1 - 1.9 = -0.9, stable; coarse factor 1 - 1.9 · 4^l, unstable
+    c = 4
+    prop = LinearODE(-1.9 * N, 1.0 / N, c)
+    with pytest.raises(ArithmeticError) as info:
+        solve(prop, torch.ones((), dtype=D), N, levels=levels, cycle=cycle, tol=1e-10, max_iter=20)
+    err = info.value
+    assert isinstance(err, mgrit.MGRITDivergence) and not err.adjoint
+    assert (err.iteration, err.level) == (iteration, level)
+    r = err.residual
+    assert len(r) == iteration + 1 and all(map(math.isfinite, r[:-1])) and not math.isfinite(r[-1])
+    assert f"iteration {iteration} " in str(err) and f"level {level})" in str(err) and "unstable" in str(err)
+
+
+def test_nan_initial_value_raises_at_iteration_zero():
+    import ocnet.mgrit as mgrit
+
+    prop = LinearODE(-1.0, 1.0 / 64, 4)
+    with pytest.raises(ArithmeticError) as info:
+        solve(prop, torch.tensor([1.0, math.nan], dtype=D), 64, levels=3, max_iter=20)
+    err = info.value
+    assert isinstance(err, mgrit.MGRITDivergence)
+    assert (err.iteration, err.level) == (0, 0) and len(err.residual) == 1
+    assert "nan at iteration 0" in str(err)
+
+
+def test_adjoint_divergence_says_adjoint():
+    import ocnet.mgrit as mgrit
+
+    N = 64
+    prop = LinearODE(-1.0, 1.0 / N, 4)
+    fwd = solve(prop, torch.ones((), dtype=D), N, levels=3, tol=1e-12)
+    with pytest.raises(ArithmeticError) as info:
+        solve_adjoint(prop, fwd.u, torch.tensor(math.inf, dtype=D), N, levels=3)
+    assert isinstance(info.value, mgrit.MGRITDivergence) and info.value.adjoint
+    assert "adjoint" in str(info.value) and info.value.iteration == 0
+
+
+# -- the coarsening factor is the propagator's ------------------------------------------------
+
+def test_coarsening_is_not_an_option_of_solve():
+    prop = LinearODE(-1.0, 1.0 / 64, 2)
+    with pytest.raises(TypeError):
+        solve(prop, torch.ones((), dtype=D), 64, c=4, levels=3)
+    with pytest.raises(TypeError):
+        solve_adjoint(prop, [torch.ones((), dtype=D)] * 65, torch.ones((), dtype=D), 64, c=4)
+
+
+def test_propagator_without_coarsening_is_rejected():
+    class Plain:  # step only: no c
+        def step(self, level, i, u):
+            return 0.5 * u
+
+    with pytest.raises(TypeError, match="coarsening factor"):
+        solve(Plain(), torch.ones((), dtype=D), 16, levels=2)
+
+
+def test_adjoint_uses_the_propagators_coarsening():
+    # the adjoint of u' = λu from λ_N = u_0 is the forward solve in reversed time: the same
+    # iterations and work, when both coarsen by the propagator's c = 4
+    N, c = 64, 4
+    prop = LinearODE(-1.0, 1.0 / N, c)
+    u0 = torch.tensor([1.0, 2.0, -1.0], dtype=D)
+    fwd = solve(prop, u0, N, levels=99, tol=1e-13)
+    adj = solve_adjoint(prop, fwd.u, u0, N, levels=99, tol=1e-13)
+    assert fwd.levels == adj.mgrit.levels == n_levels(N, c, 99) == 4  # c = 2 would afford 7
+    assert adj.mgrit.iterations == fwd.iterations
+    assert adj.mgrit.step_evals == fwd.step_evals
+    for n in range(N + 1):
+        torch.testing.assert_close(adj.lam[n], prop.factor(0) ** (N - n) * u0, rtol=1e-12, atol=1e-14)
+
+
+# -- layouts with empty ranks -----------------------------------------------------------------
+
+def test_layout_first_rank_is_the_first_nonempty_one():
+    last_empty = Layout(10, ((0, 10), (1, 0)))
+    assert last_empty.first_rank == 0
+    mir = last_empty.mirror()  # reversed time starts on the empty rank 1
+    assert mir.bounds == ((0, 10), (1, 0)) and mir.reverse and mir.first_rank == 0
+    assert mir.mirror() == last_empty
+    middle = Layout(10, ((0, 4), (1, 0), (5, 10)))
+    assert middle.mirror().first_rank == 2 and middle.mirror().bounds == ((7, 10), (1, 0), (0, 6))
+    assert Layout(10, ((1, 0), (0, 10))).first_rank == 1
+    with pytest.raises(ValueError, match="start at 0"):
+        Layout(10, ((1, 0), (1, 10)))

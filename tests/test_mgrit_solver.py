@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import MPI_SCRIPTS, run_mpi
+
 from ocnet.comm import SelfComm
 from ocnet.grid import Partition
 from ocnet.problem import build
@@ -72,9 +72,9 @@ def test_state_dict_carries_warm_starts():
                    mgrit_mode="one_shot", coarsening=2, mgrit_warm_start="sample")
     x, y = torch.randn(6, 8, dtype=torch.float64), torch.arange(6) % 3
     rec = solver.step(x, y, torch.arange(10, 16))
-    warm = solver.state_dict()["warm"]
-    assert sorted(warm["u"]) == list(range(9)) and sorted(warm["lam"]) == list(range(9))
-    assert warm["u"][8].shape == (16, 4)  # rows for samples 0 … 15
+    warm = solver.state_dict()["warm_start"]  # a SampleStore per solve: rows per time point
+    assert sorted(map(int, warm["u"])) == list(range(9)) and sorted(map(int, warm["lam"])) == list(range(9))
+    assert warm["u"]["8"].shape == (16, 4)  # rows for samples 0 … 15
     assert set(rec) == {"loss", "residual", "conv_factor", "n_layers"}
     assert 0 < rec["conv_factor"]["forward"] < 1
 

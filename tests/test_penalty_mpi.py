@@ -3,7 +3,6 @@ whole objective, bytes with and without the downsampling filter, accuracy on dig
 import json
 
 import pytest
-
 from conftest import run_mpi
 
 # net, channels (2 input, 4 state), 8×8 states, batch 8, float64

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
+from ocnet import sweep
 from ocnet.comm import SelfComm
 from ocnet.grid import Partition
 from ocnet.problem import build
 from ocnet.solvers.serial import Serial
-from ocnet import sweep
 
 NETS = {
     "dense": dict(input_shape=(1, 8, 8), net="dense", layers=6, width=16),

@@ -38,23 +38,3 @@ class Forgetful(Serial):
 def test_contract_catches_broken_solvers(cls, message):
     with pytest.raises(AssertionError, match=message):
         check_solver(cls)
-
-
-def test_the_documented_example_solver_works():
-    """docs/own_solver.rst's example registers, validates its option and passes the contract."""
-    from pathlib import Path
-
-    from ocnet.config import resolve
-    from ocnet.solvers import SOLVERS
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "own_solver.rst").read_text()
-    block = text.split("with one\noption of its own::\n", 1)[1].split("\nOnce the module", 1)[0]
-    namespace: dict = {}
-    exec("\n".join(line[4:] for line in block.splitlines()), namespace)
-    try:
-        cls = SOLVERS["clipped"]
-        assert resolve(["--solver", "clipped", "--clip", "0.5"])["clip"] == 0.5
-        check_solver(cls, clip=10.0)
-        check_solver(cls, clip=1e9, exact=True)
-    finally:
-        SOLVERS.pop("clipped", None)

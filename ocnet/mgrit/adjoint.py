@@ -21,10 +21,11 @@ from typing import Any, Sequence
 
 import torch
 
+from .. import tags as tag_blocks
 from ..comm import Comm, SelfComm
-from .core import MGRITResult, solve
+from .core import MGRITDivergence, MGRITResult, solve
 from .layout import Layout
-from .levels import GHOST, GHOST_ADJOINT, Propagator, tag
+from .levels import GHOST, GHOST_ADJOINT, Differentiable, coarsening, tag
 
 
 class Reversed:
@@ -32,16 +33,17 @@ class Reversed:
 
     Parameters
     ----------
-    forward : Propagator
-        Must provide ``vjp``.
-    N, c : int
-        Steps and coarsening factor.
+    forward : Differentiable
+        Must provide ``vjp``; its coarsening factor is this propagator's ``c`` too (the
+        reversed coarse step is the transpose of the forward one).
+    N : int
+        Steps.
     states : dict of int to Tensor
         ``n ↦ u_n`` for the inputs of the forward steps this rank computes.
     """
 
-    def __init__(self, forward: Propagator, N: int, c: int, states: dict[int, torch.Tensor]) -> None:
-        self.forward, self.N, self.c, self.states = forward, N, c, states
+    def __init__(self, forward: Differentiable, N: int, states: dict[int, torch.Tensor]) -> None:
+        self.forward, self.N, self.c, self.states = forward, N, coarsening(forward), states
 
     def step(self, level: int, m: int, mu: torch.Tensor) -> torch.Tensor:
         n = self.N - m - self.c ** level  # the forward step n → n + c^ℓ, transposed
@@ -73,7 +75,7 @@ def _shift_right(comm: Comm, layout: Layout, lo: int, hi: int, value: torch.Tens
     """Send ``value`` (at the last point ``hi``) to the owner of ``hi + 1`` in time, receive
     the value at ``lo − 1`` from its owner; returns the received value (or ``None``)."""
     send = None
-    if lo <= hi and hi < layout.N:
+    if value is not None and lo <= hi and hi < layout.N:
         send = comm.isend(value, layout.owner(0, hi + 1, 2), kind_tag)
     got = comm.recv(layout.owner(0, lo - 1, 2), kind_tag, device) if lo <= hi and lo > 0 else None
     if send is not None:
@@ -81,15 +83,15 @@ def _shift_right(comm: Comm, layout: Layout, lo: int, hi: int, value: torch.Tens
     return got
 
 
-def solve_adjoint(propagator: Propagator, states: Sequence[torch.Tensor], lam_N: torch.Tensor | None,
+def solve_adjoint(propagator: Differentiable, states: Sequence[torch.Tensor], lam_N: torch.Tensor | None,
                   N: int, comm: Comm | None = None, *, layout: Layout | None = None,
                   guess: Sequence[torch.Tensor] | None = None, **options: Any) -> AdjointResult:
     """Solve the adjoint equation backward in time by MGRIT.
 
     Parameters
     ----------
-    propagator : Propagator
-        The forward propagator, with ``vjp``.
+    propagator : Differentiable
+        The forward propagator, with ``vjp``; its ``c`` is the coarsening factor.
     states : sequence of Tensor
         This rank's forward states at its points of ``layout`` (``MGRITResult.u``).
     lam_N : Tensor or None
@@ -101,39 +103,49 @@ def solve_adjoint(propagator: Propagator, states: Sequence[torch.Tensor], lam_N:
     guess : sequence of Tensor, optional
         Warm start in reversed time, e.g. the previous ``AdjointResult.mgrit.u``.
     **options
-        Passed to :func:`~ocnet.mgrit.core.solve` (``c``, ``levels``, ``relaxation``, …).
+        Passed to :func:`~ocnet.mgrit.core.solve` (``levels``, ``relaxation``, ``tol``, …).
 
     Returns
     -------
     AdjointResult
+
+    Raises
+    ------
+    MGRITDivergence
+        With ``adjoint=True``, on every rank, when the adjoint's residual is nan or inf.
     """
+    if "c" in options:
+        raise TypeError("solve_adjoint() takes no c: the coarsening factor is the propagator's c")
     comm = comm if comm is not None else SelfComm()
     layout = layout if layout is not None else Layout.balanced(N, comm.size)
-    c = options.get("c", 2)
     lo, hi = layout.bounds[comm.rank]
     device = options.pop("device", None)
     if device is None:
         ref = states[0] if len(states) else lam_N
         device = ref.device if ref is not None else torch.device("cpu")
     device = torch.device(device)
+    tags = options.get("tags", tag_blocks.MGRIT)
 
     # the input of this rank's first step is its left neighbour's last state
     u = {n: states[n - lo] for n in range(lo, hi + 1)}
-    ghost = _shift_right(comm, layout, lo, hi, states[-1] if len(states) else None, tag(0, GHOST), device)
+    ghost = _shift_right(comm, layout, lo, hi, states[-1] if len(states) else None, tag(0, GHOST, tags), device)
     if ghost is not None:
         u[lo - 1] = ghost
     inputs = {n: v for n, v in u.items() if n < N}
 
     mirror = layout.mirror()
     first = comm.rank == mirror.first_rank
-    res = solve(Reversed(propagator, N, c, inputs), lam_N if first else None, N, comm, layout=mirror,
-                guess=guess, device=device, **options)
+    try:
+        res = solve(Reversed(propagator, N, inputs), lam_N if first else None, N, comm, layout=mirror,
+                    guess=guess, device=device, **options)
+    except MGRITDivergence as err:  # raised on every rank alike: say which solve diverged
+        raise MGRITDivergence(err.iteration, err.level, err.residual, adjoint=True) from None
 
     lam = {N - m: v for m, v in zip(res.points, res.u)}
     # λ at the output of this rank's last step lives with the right neighbour (reversed time:
     # the point before this rank's first)
     mlo, mhi = mirror.bounds[comm.rank]
-    got = _shift_right(comm, mirror, mlo, mhi, res.u[-1] if res.u else None, tag(0, GHOST_ADJOINT), device)
+    got = _shift_right(comm, mirror, mlo, mhi, res.u[-1] if res.u else None, tag(0, GHOST_ADJOINT, tags), device)
     if got is not None:
         lam[N - (mlo - 1)] = got
     return AdjointResult(lam=lam, mgrit=res, states=inputs)

@@ -3,7 +3,8 @@
 An iteration on the fine level: relax; restrict, which also measures the residual; stop if
 it is below ``tol``; otherwise solve the coarse FAS problem approximately by a V- or F-cycle
 and correct the C-points.  The last of ``max_iter`` iterations relaxes with F only: it is
-the interpolation of the last correction to the F-points, not a smoother.
+the interpolation of the last correction to the F-points, not a smoother.  A residual that
+is nan or inf ends the solve with :class:`MGRITDivergence` on every rank.
 """
 from __future__ import annotations
 
@@ -14,13 +15,49 @@ from typing import Sequence
 
 import torch
 
+from .. import tags as tag_blocks
 from ..comm import Comm, SelfComm
 from .fas import correct, restrict
 from .layout import Layout
-from .levels import Context, Level, Propagator
+from .levels import Context, Level, Propagator, coarsening
 from .relax import RELAXATIONS, coarsest, relax
 
 CYCLES = ("V", "F")
+
+
+class MGRITDivergence(ArithmeticError):
+    """The residual of an MGRIT solve became nan or inf.
+
+    :func:`solve` raises it on every rank at the same iteration (the residual is the same
+    everywhere), so no rank is left waiting for another.
+
+    Attributes
+    ----------
+    iteration : int
+        The iteration ``k`` whose residual ``r_k`` is not finite.
+    level : int
+        The level on which a non-finite value (or one whose square overflows) turned up first
+        during the iteration that produced ``r_k``: 0 for a nan initial value; the coarsest
+        level when unstable coarse steps overflow within one cycle; after a slow divergence
+        often 0 too, the fine residual summing the most squares.
+    residual : list of float
+        ``r_0 … r_k``.
+    adjoint : bool
+        Whether it was the adjoint solve (:func:`~ocnet.mgrit.adjoint.solve_adjoint`).
+    """
+
+    def __init__(self, iteration: int, level: int, residual: Sequence[float], adjoint: bool = False) -> None:
+        self.iteration, self.level, self.residual, self.adjoint = iteration, level, list(residual), adjoint
+        if iteration == 0 and level == 0:
+            hint = "the initial value, the guess or a fine step is not finite"
+        else:
+            hint = ("coarse steps c^l h may be unstable; try fewer levels, a smaller coarsening or more "
+                    "coarse substeps")
+        super().__init__(f"MGRIT{' (adjoint)' if adjoint else ''}: the residual is {self.residual[-1]} at "
+                         f"iteration {iteration} (first non-finite on level {level}): {hint}")
+
+    def __reduce__(self):  # pickle by the constructor's arguments, not by the message
+        return type(self), (self.iteration, self.level, self.residual, self.adjoint)
 
 
 @dataclass
@@ -88,15 +125,17 @@ def n_levels(N: int, c: int, levels: int) -> int:
 
 
 def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | None = None, *,
-          c: int = 2, levels: int = 2, relaxation: str = "FCF", cf_sweeps: int = 1, cycle: str = "V",
+          levels: int = 2, relaxation: str = "FCF", cf_sweeps: int = 1, cycle: str = "V",
           tol: float = 1e-10, max_iter: int = 100, layout: Layout | None = None,
-          guess: Sequence[torch.Tensor] | None = None, device: torch.device | str | None = None) -> MGRITResult:
+          guess: Sequence[torch.Tensor] | None = None, device: torch.device | str | None = None,
+          tags: range = tag_blocks.MGRIT) -> MGRITResult:
     """Solve ``u_{i+1} = Φ_i(u_i)``, ``i = 0 … N-1``, from ``u0`` by MGRIT.
 
     Parameters
     ----------
     propagator : Propagator
-        ``step(level, i, u)`` (see :class:`~ocnet.mgrit.levels.Propagator`).
+        ``step(level, i, u)`` and the coarsening factor ``c`` that its coarse steps are built
+        for (see :class:`~ocnet.mgrit.levels.Propagator`): level ℓ keeps every ``c^ℓ``-th point.
     u0 : Tensor or None
         The initial state, any shape (e.g. ``(batch, width)``); read on the rank that owns
         point 0 (``None`` elsewhere is fine).
@@ -104,14 +143,12 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
         Number of fine steps.
     comm : Comm, optional
         The ranks that share the time points (default: one process).
-    c : int
-        Coarsening factor.
     levels : int
         Number of levels (1: a plain sequential sweep); capped so each level keeps a step.
     relaxation : {"F", "FCF"}
         F-relaxation, or F followed by ``cf_sweeps`` rounds of C- and F-relaxation.
     cycle : {"V", "F"}
-        The multigrid cycle.
+        The multigrid cycle on the coarse levels (see :func:`_cycle`).
     tol : float
         Stop when the residual norm (absolute, over fine C-points) is at most ``tol``.
     max_iter : int
@@ -123,11 +160,22 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
         ``u0``).  Default: ``u0`` at point 0, zero elsewhere.  Give it on all ranks or none.
     device : device, optional
         Where received states go (default: that of ``u0`` or ``guess``, else cpu).
+    tags : range
+        The message tags the solve may use, ten per level (default :data:`ocnet.tags.MGRIT`;
+        a solver passes a block of its own, see :class:`ocnet.tags.Tags`).
 
     Returns
     -------
     MGRITResult
+
+    Raises
+    ------
+    MGRITDivergence
+        On every rank, at the first iteration whose residual is nan or inf.
+    TypeError
+        For a propagator without an integer coarsening factor ``c``.
     """
+    c = coarsening(propagator)
     comm = comm if comm is not None else SelfComm()
     layout = layout if layout is not None else Layout.balanced(N, comm.size)
     if layout.N != N or layout.size != comm.size:
@@ -136,8 +184,6 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
         raise ValueError(f"unknown relaxation {relaxation!r}; choose from {', '.join(RELAXATIONS)}")
     if cycle not in CYCLES:
         raise ValueError(f"unknown cycle {cycle!r}; choose from {', '.join(CYCLES)}")
-    if c < 2:
-        raise ValueError(f"the coarsening factor must be at least 2, got {c}")
     first = comm.rank == layout.first_rank
     if first and u0 is None:
         raise ValueError("u0 is needed on the rank that owns point 0")
@@ -148,7 +194,7 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
 
     t0 = time.perf_counter()
     bytes0 = comm.bytes_sent
-    ctx = Context(propagator, comm, layout, c, torch.device(device))
+    ctx = Context(propagator, comm, layout, c, torch.device(device), tags)
     fine = _initial_level(ctx, u0 if first else None, guess)
     res = MGRITResult(u=fine.u, points=fine.points() if not fine.empty else range(0), levels=L)
     if L == 1:
@@ -162,13 +208,27 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
         relax(ctx, fine, "F" if last and k > 0 else relaxation, cf_sweeps)
         coarse, res_sq = restrict(ctx, fine, build_coarse=not last)
         r = _record(ctx, res, res_sq, t0, bytes0)
+        if not math.isfinite(r):
+            # Every rank has the same r and raises here, after this one collective more.  The
+            # coarsest of the ranks' first levels: a rank without coarse points meets the blow-up
+            # only on the fine level.  -1 everywhere: only the sum over the ranks overflowed.
+            level = int(ctx.comm.allreduce(float(ctx.nonfinite), op="max"))
+            raise MGRITDivergence(k, max(level, 0), res.residual)
+        ctx.nonfinite = -1  # the next residual's window: this iteration's cycle, the next restriction
         if r <= tol or last:
             break
+        coarse = _coarse(coarse)
         _cycle(ctx, coarse, L, cycle, relaxation, cf_sweeps)
         correct(ctx, fine, coarse)
     res.converged = res.residual[-1] <= tol
     res.u = fine.u
     return res
+
+
+def _coarse(level: Level | None) -> Level:
+    """The coarse level :func:`~.fas.restrict` built (it builds one unless told not to)."""
+    assert level is not None
+    return level
 
 
 def _initial_level(ctx: Context, u0: torch.Tensor | None, guess: Sequence[torch.Tensor] | None) -> Level:
@@ -190,18 +250,32 @@ def _initial_level(ctx: Context, u0: torch.Tensor | None, guess: Sequence[torch.
 
 
 def _cycle(ctx: Context, lvl: Level, L: int, cycle: str, relaxation: str, sweeps: int) -> None:
-    """Approximately solve level ``lvl``'s FAS problem: exactly on the coarsest level, else
-    relax, restrict, recurse, correct (V); the F-cycle recurses as F, then once more as V."""
+    """Approximately solve the FAS problem of level ``lvl`` (ℓ ≥ 1) by a V- or F-cycle.
+
+    On the coarsest level both are the exact sequential solve.  Otherwise
+
+    * V(ℓ): relax, restrict, V(ℓ+1), correct;
+    * F(ℓ): relax, restrict, F(ℓ+1), correct; then relax, restrict, V(ℓ+1), correct —
+      also when ℓ+1 is the coarsest level, where the second half is one more exact solve.
+
+    This is the textbook F-cycle of XBraid (``braid_SetFMG``) and PyMGRIT (``cycle_type="F"``):
+    each coarse level ℓ is visited ℓ times per iteration, the coarsest ``L - 1`` times.  As
+    in both, the fine level takes no second half: :func:`solve`'s iteration (relax, restrict,
+    cycle from level 1, correct) is the F-cycle's first half there, and the next iteration
+    starts with the relaxation that the second half would begin with.  The second half
+    skips the leading F-relaxation: :func:`~ocnet.mgrit.fas.correct` has just done it.
+    """
     if lvl.index == L - 1:
         coarsest(ctx, lvl)
+        ctx.note_nonfinite(lvl.index, lvl.u)  # unstable coarse steps blow up here first
         return
     relax(ctx, lvl, relaxation, sweeps)
-    coarse, _ = restrict(ctx, lvl)
+    coarse = _coarse(restrict(ctx, lvl)[0])
     _cycle(ctx, coarse, L, cycle, relaxation, sweeps)
     correct(ctx, lvl, coarse)
-    if cycle == "F" and coarse.index < L - 1:
-        relax(ctx, lvl, relaxation, sweeps)
-        coarse, _ = restrict(ctx, lvl)
+    if cycle == "F":
+        relax(ctx, lvl, relaxation, sweeps, first_f=False)
+        coarse = _coarse(restrict(ctx, lvl)[0])
         _cycle(ctx, coarse, L, "V", relaxation, sweeps)
         correct(ctx, lvl, coarse)
 

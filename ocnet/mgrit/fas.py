@@ -54,6 +54,7 @@ def restrict(ctx: Context, fine: Level, build_coarse: bool = True) -> tuple[Leve
         r = (t - fine.get(j)).detach()
         res_sq += torch.sum(r.double() * r.double()).cpu()
         tau[j] = t
+    ctx.note_nonfinite(fine.index, res_sq)
 
     if coarse is not None and not coarse.empty:
         coarse.g = [None] * len(coarse.u)

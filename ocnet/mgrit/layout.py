@@ -33,7 +33,8 @@ class Layout:
     bounds : tuple of (int, int)
         ``bounds[r] = (lo, hi)``: rank ``r`` owns fine points ``lo … hi`` (inclusive; empty
         when ``lo > hi``).  The slices follow each other in time along ascending ranks, or
-        descending ranks when ``reverse``; the first rank in time owns point 0.
+        descending ranks when ``reverse``; the first rank in time that owns any point owns
+        point 0 (ranks before it, like any empty rank, own nothing).
     reverse : bool
         Time runs from the last rank to the first (the adjoint's layout).
     """
@@ -43,9 +44,10 @@ class Layout:
     reverse: bool = False
 
     def __post_init__(self) -> None:
-        order = self.time_order()
+        # in time order, the first non-empty slice starts at point 0 and each next one where
+        # the previous ends; empty slices may come anywhere, first and last included
         nxt = 0
-        for r in order:
+        for r in self.time_order():
             lo, hi = self.bounds[r]
             if lo > hi:
                 continue
@@ -55,9 +57,6 @@ class Layout:
             nxt = hi + 1
         if nxt != self.N + 1:
             raise ValueError(f"the slices cover points 0…{nxt - 1}, not 0…{self.N}")
-        first = order[0]
-        if self.bounds[first][0] != 0 or self.bounds[first][1] < 0:
-            raise ValueError(f"rank {first}, the first in time, must own point 0")
         starts = [(self.bounds[r][0], r) for r in range(self.size) if self.bounds[r][0] <= self.bounds[r][1]]
         object.__setattr__(self, "_starts", sorted(starts))
 
@@ -103,8 +102,9 @@ class Layout:
 
     @property
     def first_rank(self) -> int:
-        """The rank that owns point 0 (the initial condition)."""
-        return self.time_order()[0]
+        """The rank that owns point 0 (the initial condition): the first in time order that
+        owns any point, not necessarily the first in time order."""
+        return self.owner(0, 0, 2)
 
     def n_points(self, level: int, c: int) -> int:
         """The last index ``N_ℓ = ⌊N / c^ℓ⌋`` of level ``level`` (points ``0 … N_ℓ``)."""

@@ -11,22 +11,27 @@ restriction (:mod:`.fas`).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 
+from .. import tags as tag_blocks
 from ..comm import Comm, Request
 from .layout import Layout
 
 # Message tags: one block of ten per level (kinds below), so that no two kinds of message
-# between the same pair of ranks can be confused.
-TAG_BASE = 1000
+# between the same pair of ranks can be confused; the block of tags comes from the caller
+# (a solver's own, or :data:`ocnet.tags.MGRIT`).
 RELAX, PREV_FINE, PREV_COARSE, COARSEST, GHOST, GHOST_ADJOINT = 1, 2, 3, 4, 5, 6
 
 
-def tag(level: int, kind: int) -> int:
-    return TAG_BASE + 10 * level + kind
+def tag(level: int, kind: int, tags: range = tag_blocks.MGRIT) -> int:
+    """The tag of messages of ``kind`` on ``level``, from the block ``tags``."""
+    if 10 * level + kind >= len(tags):
+        raise ValueError(f"{len(tags)} message tags are too few for {level + 1} MGRIT levels")
+    return tags.start + 10 * level + kind
 
 
 class Propagator(Protocol):
@@ -35,13 +40,42 @@ class Propagator(Protocol):
     ``step(level, i, u)`` takes the state ``u`` at fine point ``i`` one step of size
     ``c^level · h`` forward (to fine point ``i + c^level``).  Coarse steps use whatever the
     propagator holds at fine index ``i`` (for a network: layer ``i``'s controls, injection).
-    For the adjoint, ``vjp(level, i, u, lam)`` returns ``(∂ step(level, i, u) / ∂u)^T lam``.
     States are tensors of any shape, e.g. ``(batch, width)``; a step keeps the shape.
+
+    The coarsening factor ``c`` is the propagator's: its coarse steps are built for it, so
+    the solvers read it here (:func:`coarsening`) rather than take it a second time.
     """
+
+    c: int
 
     def step(self, level: int, i: int, u: torch.Tensor) -> torch.Tensor: ...
 
+
+class Differentiable(Propagator, Protocol):
+    """A propagator whose adjoint MGRIT can solve (:func:`~ocnet.mgrit.solve_adjoint`):
+    ``vjp(level, i, u, lam)`` returns ``(∂ step(level, i, u) / ∂u)^T lam``."""
+
     def vjp(self, level: int, i: int, u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor: ...
+
+
+def coarsening(propagator: Propagator) -> int:
+    """The propagator's coarsening factor ``c`` (an integer of at least 2).
+
+    Raises
+    ------
+    TypeError
+        Without an integer attribute ``c``.
+    ValueError
+        For ``c < 2``.
+    """
+    c = getattr(propagator, "c", None)
+    if isinstance(c, bool) or not isinstance(c, numbers.Integral):
+        raise TypeError(f"the propagator {type(propagator).__name__} has no integer coarsening factor c "
+                        f"(got {c!r}): give it an attribute c, the factor its coarse steps c^level h are "
+                        "built for (see ocnet.mgrit.Propagator)")
+    if c < 2:
+        raise ValueError(f"the coarsening factor must be at least 2, got {c}")
+    return int(c)
 
 
 @dataclass
@@ -78,17 +112,36 @@ class Context:
     """What an MGRIT operation needs besides the level it works on.
 
     Counts the propagator's step evaluations (``steps``) so that the history can report
-    work, and wraps ``Φ^ℓ_j`` in level indices.
+    work, wraps ``Φ^ℓ_j`` in level indices, and keeps ``nonfinite``: the first level on
+    which a sum of squares (a residual's, or the coarsest level's values') was nan or inf
+    since the solver last reset it to -1, once per iteration — where a divergence began.
     """
 
     def __init__(self, propagator: Propagator, comm: Comm, layout: Layout, c: int,
-                 device: torch.device) -> None:
+                 device: torch.device, tags: range = tag_blocks.MGRIT) -> None:
         self.propagator = propagator
         self.comm = comm
         self.layout = layout
+        self.tags = tags
         self.c = c
         self.device = device
         self.steps = 0
+        self.nonfinite = -1
+
+    def note_nonfinite(self, level: int, sum_sq: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Note ``level`` unless a level was noted already or ``sum_sq`` is finite.
+
+        ``sum_sq`` is a sum of squares, or states whose float64 squares are summed: a value
+        that overflows the residual's measure counts as non-finite like a nan or an inf.
+        """
+        if self.nonfinite >= 0:
+            return
+        if not isinstance(sum_sq, torch.Tensor):
+            if not sum_sq:
+                return
+            sum_sq = torch.stack([torch.sum(v.double() * v.double()) for v in sum_sq]).sum()
+        if not bool(torch.isfinite(sum_sq)):
+            self.nonfinite = level
 
     def phi(self, level: int, j: int, u: torch.Tensor) -> torch.Tensor:
         """``Φ^ℓ_j(u)``: from level point ``j`` to ``j + 1`` on level ``level``."""
@@ -106,8 +159,8 @@ class Context:
     # -- the one kind of message MGRIT sends: a point value to the owner of the next point --
     def send_last(self, lvl: Level, value: torch.Tensor, kind: int) -> Request:
         """Start sending ``value`` (this rank's last point's) to the owner of point ``b + 1``."""
-        return self.comm.isend(value, self.owner(lvl.index, lvl.b + 1), tag(lvl.index, kind))
+        return self.comm.isend(value, self.owner(lvl.index, lvl.b + 1), tag(lvl.index, kind, self.tags))
 
     def recv_prev(self, lvl: Level, kind: int) -> torch.Tensor:
         """Receive the value of point ``a - 1`` from its owner."""
-        return self.comm.recv(self.owner(lvl.index, lvl.a - 1), tag(lvl.index, kind), self.device)
+        return self.comm.recv(self.owner(lvl.index, lvl.a - 1), tag(lvl.index, kind, self.tags), self.device)

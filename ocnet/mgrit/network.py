@@ -23,7 +23,8 @@ class NetworkPropagator:
     network : LocalNetwork
         A single-stage network: every layer a :class:`~ocnet.steps.Residual` of one shape.
     c : int
-        Coarsening factor (coarse step ``c^ℓ h``).
+        Coarsening factor (coarse step ``c^ℓ h``), the one :func:`~ocnet.mgrit.core.solve`
+        coarsens by.
     substeps : int
         Euler sub-steps per coarse step.
 
@@ -41,7 +42,8 @@ class NetworkPropagator:
                 f"dense net, or another solver")
         if substeps < 1:
             raise ValueError(f"substeps must be at least 1, got {substeps}")
-        self.layers = {network.start + k: layer for k, layer in enumerate(network.layers)}
+        self.layers: dict[int, Residual] = {network.start + k: layer for k, layer in enumerate(network.layers)
+                                            if isinstance(layer, Residual)}
         self.N = network.stages[0].N
         self.c, self.substeps = c, substeps
 

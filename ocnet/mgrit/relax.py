@@ -14,15 +14,15 @@ from typing import Callable
 
 import torch
 
-from .. import sweep
-from .levels import COARSEST, RELAX, Context, Level, tag
+from .levels import COARSEST, RELAX, Context, Level
 
 RELAXATIONS = ("F", "FCF")
 
 
-def update(ctx: Context, lvl: Level, which: Callable[[int], bool]) -> None:
+def update(ctx: Context, lvl: Level, which: Callable[[int], bool], kind: int = RELAX) -> None:
     """``u_j ← Φ^ℓ_{j-1}(u_{j-1}) + g_j`` for every owned ``j ≥ 1`` with ``which(j)``, in time
-    order along each run of consecutive such points; the new values are used at once."""
+    order along each run of consecutive such points; the new values are used at once.
+    ``kind`` tags the messages (:data:`~ocnet.mgrit.levels.RELAX` or ``COARSEST``)."""
     if lvl.empty:
         return  # owners of the neighbouring points skip this rank
     runs: list[list[int]] = []
@@ -39,7 +39,7 @@ def update(ctx: Context, lvl: Level, which: Callable[[int], bool]) -> None:
 
     def send() -> None:
         if to_send:
-            sends.append(ctx.send_last(lvl, lvl.get(lvl.b), RELAX))
+            sends.append(ctx.send_last(lvl, lvl.get(lvl.b), kind))
 
     def run(points: list[int], prev: torch.Tensor) -> None:
         for j in points:
@@ -55,7 +55,7 @@ def update(ctx: Context, lvl: Level, which: Callable[[int], bool]) -> None:
         if points is not head and points is not tail:
             run(points, lvl.get(points[0] - 1))
     if head is not None:
-        run(head, ctx.recv_prev(lvl, RELAX))
+        run(head, ctx.recv_prev(lvl, kind))
         if head is tail:
             send()
     for s in sends:
@@ -80,11 +80,16 @@ def c_relax(ctx: Context, lvl: Level) -> None:
     update(ctx, lvl, lambda j: j % c == 0)
 
 
-def relax(ctx: Context, lvl: Level, kind: str = "FCF", sweeps: int = 1) -> None:
-    """``"F"``: F-relaxation; ``"FCF"``: F, then ``sweeps`` times C and F."""
+def relax(ctx: Context, lvl: Level, kind: str = "FCF", sweeps: int = 1, first_f: bool = True) -> None:
+    """``"F"``: F-relaxation; ``"FCF"``: F, then ``sweeps`` times C and F.
+
+    ``first_f=False`` leaves out the leading F-relaxation, for a level whose F-points are
+    already relaxed from its current C-points (it would recompute the same values).
+    """
     if kind not in RELAXATIONS:
         raise ValueError(f"unknown relaxation {kind!r}; choose from {', '.join(RELAXATIONS)}")
-    f_relax(ctx, lvl)
+    if first_f:
+        f_relax(ctx, lvl)
     if kind == "FCF":
         for _ in range(sweeps):
             c_relax(ctx, lvl)
@@ -92,21 +97,10 @@ def relax(ctx: Context, lvl: Level, kind: str = "FCF", sweeps: int = 1) -> None:
 
 
 def coarsest(ctx: Context, lvl: Level) -> None:
-    """Solve the level exactly by one sequential sweep in time across the ranks
-    (:mod:`ocnet.sweep`); a rank that owns no point of the level passes the state on."""
+    """Solve the level exactly by one sequential sweep in time across the ranks.
 
-    def block(u_in: torch.Tensor) -> torch.Tensor:
-        if lvl.empty:
-            return u_in
-        prev = lvl.get(0) if lvl.a == 0 else u_in
-        for j in range(max(lvl.a, 1), lvl.b + 1):
-            prev = _next(ctx, lvl, j, prev)
-            lvl.set(j, prev)
-        return prev
-
-    first = lvl.get(0) if lvl.a == 0 and not lvl.empty else None
-    t = tag(lvl.index, COARSEST)
-    if ctx.layout.reverse:
-        sweep.backward(ctx.comm, block, first, device=ctx.device, tag=t)
-    else:
-        sweep.forward(ctx.comm, block, first, device=ctx.device, tag=t)
+    Each rank waits for the value before its first point, steps through its points and
+    sends its last value to the owner of the next point, in the layout's time order (either
+    direction); a rank that owns no point of the level takes no part, wherever it sits.
+    """
+    update(ctx, lvl, lambda j: True, COARSEST)

@@ -2,44 +2,29 @@
 
 Register your own without editing ocnet::
 
-    from ocnet.solvers import Solver, register
+    from ocnet import Solver, register
 
     @register
     class Mine(Solver):
         name = "mine"
         def step(self, x, y, index): ...
+
+and make it reachable from the command line by ``--plugin my_module`` (or a ``.py`` path), or
+by an entry point of your package in the group ``ocnet.solvers``
+(``mine = "my_package.solvers:Mine"``), which :func:`available` loads.
 """
 from __future__ import annotations
 
-from .base import Solver
-from .serial import Serial
-from .penalty import Penalty
 from .al import AugmentedLagrangian
+from .base import OptimizerFactory, ParallelSolver, Solver, SolverError
 from .hybrid import Hybrid
 from .mgrit import MGRIT
+from .penalty import Penalty
+from .registry import ENTRY_POINTS, SOLVERS, available, get, register
+from .serial import Serial
 
-SOLVERS: dict[str, type[Solver]] = {}
+for _cls in (Serial, Penalty, AugmentedLagrangian, Hybrid, MGRIT):
+    register(_cls)
 
-
-def register(cls: type[Solver]) -> type[Solver]:
-    """Add a solver class to the registry under ``cls.name`` (usable as a decorator)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a non-empty `name`")
-    SOLVERS[cls.name] = cls
-    return cls
-
-
-def get(name: str) -> type[Solver]:
-    try:
-        return SOLVERS[name]
-    except KeyError:
-        raise KeyError(f"unknown solver {name!r}; registered: {', '.join(sorted(SOLVERS))}") from None
-
-
-register(Serial)
-register(Penalty)
-register(AugmentedLagrangian)
-register(Hybrid)
-register(MGRIT)
-
-__all__ = ["SOLVERS", "Solver", "get", "register"]
+__all__ = ["ENTRY_POINTS", "SOLVERS", "OptimizerFactory", "ParallelSolver", "Solver", "SolverError",
+           "available", "get", "register"]

@@ -4,13 +4,13 @@ The objective adds ``Σ_b ⟨μ_b, r_b⟩`` per sample to the penalised one (:mo
 multipliers, one per training sample and boundary like the auxiliary states, take the
 damped step ``μ_b ← μ_b + β·ρ·r_b`` with the residual of the iteration.  Each sample's
 multipliers move once per epoch (when its batch comes).  The full step β = 1 diverged in
-the prototype (DESIGN.md §1); β = 0.01 trained.
+the prototype (docs/layer_parallel.rst); β = 0.01 trained.
 """
 from __future__ import annotations
 
 import torch
 
-from ..config import Option
+from ..options import Option
 from .penalty import Penalty
 
 

@@ -1,23 +1,36 @@
-"""The solver interface: what every solver of the training problem provides.
+"""The solver interface: what every solver of the training problem is given and provides.
 
-A solver receives its rank's slice of the problem, the communicator and an optimiser
-factory, and nothing else (``run.py`` builds it from the configuration).  It carries out
-optimiser steps on mini-batches; the training loop owns epochs, data, evaluation and output.
-A new solver is a subclass with one obligatory method, :meth:`Solver.step`.
+A solver receives its rank's slice of the problem, the communicator, an optimiser factory
+and a few declared facts (device, filter, seed, message tags), and nothing else: ``run.py``
+builds it from the configuration.  It carries out optimiser steps on mini-batches; the
+training loop owns epochs, data, evaluation and output.  A new solver is a subclass with one
+obligatory method, :meth:`Solver.step`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 
 from .. import sweep
 from ..comm import Comm
-from ..config import Option
 from ..filters import IDENTITY, Filter
+from ..grid import Partition
+from ..options import Option
 from ..problem import LocalNetwork
+from ..records import FIELDS, Field, Record
+from ..tags import Tags
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+class SolverError(RuntimeError):
+    """The method itself failed (an MGRIT solve diverged, say), not the configuration.
+
+    Raised on every rank at the same point of the computation (the condition is known
+    collectively), so ``python -m ocnet.run`` reports it in one line and every rank exits;
+    a failure that only one rank sees is an ordinary exception, which ends the whole job.
+    """
 
 
 class Solver:
@@ -35,6 +48,12 @@ class Solver:
         Where this rank's tensors live.
     filter : Filter
         Applied to everything that crosses a rank boundary.
+    seed : int
+        The run's seed: draw any random state the solver creates from it (not from torch's
+        global generator), so that a resumed run continues bit for bit.
+    tags : Tags, optional
+        Where the solver takes the message tags it sends with (:meth:`Tags.take`); every
+        rank builds its solvers in the same order, so the tags agree across ranks.
     **options
         The solver's own options, declared in :attr:`options`.
 
@@ -44,13 +63,29 @@ class Solver:
         The name under which the solver is registered (``--solver NAME``).
     options : dict of str to Option
         The solver's own configuration keys with types, defaults and help.
+    fields : dict of str to Field
+        How the record fields this solver adds combine over ranks (:mod:`ocnet.records`);
+        the common ones (``loss``, ``rho``, ``residual``, …) are declared already.
+    rank_invariant : bool
+        Whether the trained parameters are the same on any number of ranks (up to
+        floating-point reassociation); :func:`ocnet.testing.check_solver` holds it to it.
+    n_classes : int
+        Number of classes of the problem.
+    state_shape : tuple of int
+        Shape of one sample's state entering this rank's first layer (``network.state_shapes``
+        has it at every layer).
+    sweep_tags : range
+        Two tags for this solver's forward and backward sweeps (:mod:`ocnet.sweep`).
     """
 
     name: ClassVar[str] = ""
     options: ClassVar[dict[str, Option]] = {}
+    fields: ClassVar[dict[str, Field]] = {}
+    rank_invariant: ClassVar[bool] = False
 
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
-                 device: torch.device | str = "cpu", filter: Filter = IDENTITY, **options: Any) -> None:
+                 device: torch.device | str = "cpu", filter: Filter = IDENTITY, seed: int = 0,
+                 tags: Tags | None = None, **options: Any) -> None:
         unknown = set(options) - set(self.options)
         if unknown:
             raise TypeError(f"solver {self.name!r} has no option(s) {sorted(unknown)}")
@@ -58,12 +93,37 @@ class Solver:
         self.comm = comm
         self.device = torch.device(device)
         self.filter = filter
+        self.seed = seed
+        self.tags = tags if tags is not None else Tags()
+        self.sweep_tags = self.tags.take(2)
+        self.n_classes = network.n_classes
+        self.state_shape = network.state_shapes[network.start]
         self.make_optimizer = make_optimizer
         self.optimizer = make_optimizer(network.parameters())
         self.config = {k: options.get(k, o.default) for k, o in self.options.items()}
 
+    # -- what the configuration asks of a class ----------------------------------------------
+    @classmethod
+    def options_for(cls, values: Mapping[str, Any]) -> dict[str, Option]:
+        """The options this solver takes given the configuration ``values`` (raw, unconverted):
+        :attr:`options`, unless the solver is composite and takes its partner's too."""
+        return cls.options
+
+    @classmethod
+    def help_extra(cls) -> str:
+        """A line for ``--help`` beyond the options (e.g. whose options a composite takes)."""
+        return ""
+
+    @classmethod
+    def partition(cls, n_layers: int, n_ranks: int, config: Mapping[str, Any]) -> Partition:
+        """Which layers each rank holds, given the solver's resolved options ``config``.
+
+        The method must not depend on it (only who computes what does); the default is the
+        balanced partition.  Raises ``ValueError`` when the options admit none."""
+        return Partition(n_layers, n_ranks)
+
     # -- the one obligatory method ---------------------------------------------------------
-    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         """One optimiser step on the mini-batch ``(x, y)``.
 
         Parameters
@@ -79,16 +139,22 @@ class Solver:
         Returns
         -------
         dict
-            Record fields of this rank.  The training loop *sums* each field over ranks, so
-            a rank reports only its own share (the last rank reports ``loss``); a value every
-            rank knows is reported by rank 0 alone.
+            This rank's record fields: numbers, strings, or dicts of numbers (per phase).
+            Each field combines over ranks by its declared rule (:attr:`fields`,
+            :mod:`ocnet.records`): a rank reports its own share of a summed field (the last
+            rank the ``loss``), every rank the value of a ``"first"`` field.
         """
         raise NotImplementedError
 
     # -- hooks with defaults ---------------------------------------------------------------
-    def begin_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def begin_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> Record:
         """Called before each epoch with the whole un-augmented training set; returns
-        record fields for the epoch record (summed over ranks like :meth:`step`)."""
+        record fields for the epoch record (combined over ranks like :meth:`step`'s)."""
+        return {}
+
+    def end_epoch(self, epoch: int) -> Record:
+        """Called after the epoch's last step, before evaluation: finish what is in flight
+        (deferred updates, pending messages); returns fields for the epoch record."""
         return {}
 
     def augments(self, epoch: int) -> bool:
@@ -99,6 +165,10 @@ class Solver:
         """Someone else (the hybrid's serial correction) has changed the parameters: state
         derived from them (auxiliary states, warm starts) is stale.  Solvers that carry such
         state rebuild it at their next :meth:`begin_epoch`; the default does nothing."""
+
+    def record_fields(self) -> dict[str, Field]:
+        """The schema of this solver's records: the common fields and its own."""
+        return {**FIELDS, **self.fields}
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -111,7 +181,8 @@ class Solver:
 
     def predict(self, x: torch.Tensor | None) -> torch.Tensor | None:
         """Logits ``(batch, n_classes)`` on the last rank, ``None`` elsewhere."""
-        return sweep.predict(self.comm, self.network, x, filter=self.filter, device=self.device)
+        return sweep.predict(self.comm, self.network, x, filter=self.filter, device=self.device,
+                             tag=self.sweep_tags[0])
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -123,3 +194,9 @@ class Solver:
         self.network.load_state_dict(state["network"])
         for opt, s in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(s)
+
+
+class ParallelSolver(Solver):
+    """A solver whose ranks compute their layers concurrently (penalty, al, mgrit, a user's
+    time-parallel scheme): what the hybrid alternates with serial corrections.  Deriving from
+    it is the mark; it adds nothing else."""

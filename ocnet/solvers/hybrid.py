@@ -5,8 +5,9 @@ alternate with a serial correction — exact forward/backward passes through
 :func:`ocnet.sweep.train`, with data augmentation.  After a correction the parallel solver's
 auxiliary states are stale; it is told so (:meth:`Solver.network_changed`) and rebuilds them
 by a forward sweep at the start of its next epoch.  Written against the solver interface
-only, so any registered parallel solver gains a serial correction (Sun et al. 2020;
-DESIGN.md §1 "Hybrid is a schedule").
+only, so any registered parallel solver (:class:`~.base.ParallelSolver`) gains a serial
+correction (Sun et al. 2020): the hybrid is a schedule, not a new algorithm.  It takes its
+partner's options on the command line and in TOML (``--parallel mgrit --mgrit-levels 3``).
 
 The plan (``switch = "plan"``): ``parallel_epochs`` parallel epochs, then ``serial_epochs``
 serial ones, repeated (``--epochs 40 --parallel-epochs 30 --serial-epochs 10`` is the
@@ -21,18 +22,33 @@ from the parallel epoch before, or in which MGRIT's convergence factor exceeded 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from ..comm import Comm
-from ..config import Option
 from ..filters import IDENTITY, Filter
+from ..grid import Partition
+from ..options import ConfigError, Option
 from ..problem import LocalNetwork
-from .al import AugmentedLagrangian
-from .base import OptimizerFactory, Solver
-from .penalty import Penalty
+from ..records import Field, Record, reduce
+from ..tags import Tags
+from .base import OptimizerFactory, ParallelSolver, Solver
+from .registry import get
 from .serial import Serial
+
+_OWN = {
+    "parallel": Option(str, "penalty", "the solver of the parallel phases (a registered parallel solver; "
+                       "its options are taken too)"),
+    "parallel_epochs": Option(int, 3, "parallel epochs per cycle of the plan", min=0),
+    "serial_epochs": Option(int, 1, "serial-correction epochs per cycle (after the parallel ones)", min=0),
+    "serial_every": Option(int, 0, "in parallel epochs, make every this many steps a serial step "
+                           "(0: none)", min=0),
+    "switch": Option(str, "plan", "plan: the fixed plan; adaptive: serial epochs when the constraint "
+                     "violation stalls or MGRIT's convergence factor exceeds 1", choices=("plan", "adaptive")),
+    "stall_tol": Option(float, 0.05, "adaptive: the violation stalls when it falls by less than this "
+                        "fraction in a parallel epoch", min=0.0, max=1.0),
+}
 
 
 class Hybrid(Solver):
@@ -48,34 +64,24 @@ class Hybrid(Solver):
     """
 
     name = "hybrid"
-    options = {
-        **Penalty.options, **AugmentedLagrangian.options, **Serial.options,
-        "parallel": Option(str, "penalty", "the solver of the parallel phases (a registered solver)"),
-        "parallel_epochs": Option(int, 3, "parallel epochs per cycle of the plan", min=0),
-        "serial_epochs": Option(int, 1, "serial-correction epochs per cycle (after the parallel ones)", min=0),
-        "serial_every": Option(int, 0, "in parallel epochs, make every this many steps a serial step "
-                               "(0: none)", min=0),
-        "switch": Option(str, "plan", "plan: the fixed plan; adaptive: serial epochs when the constraint "
-                         "violation stalls or MGRIT's convergence factor exceeds 1", choices=("plan", "adaptive")),
-        "stall_tol": Option(float, 0.05, "adaptive: the violation stalls when it falls by less than this "
-                            "fraction in a parallel epoch", min=0.0, max=1.0),
-    }
+    rank_invariant = True  # when its partner is
+    options = {**_OWN, **Serial.options}  # and its partner's: :meth:`options_for`
 
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
-                 device: torch.device | str = "cpu", filter: Filter = IDENTITY, **options: Any) -> None:
-        super().__init__(network, comm, make_optimizer, device=device, filter=filter, **options)
-        from . import get  # the registry imports this module
-
-        cls = get(self.config["parallel"])
-        if cls is Hybrid or cls is Serial:
-            raise ValueError(f"hybrid: parallel solver {cls.name!r} is not a parallel solver")
+                 device: torch.device | str = "cpu", filter: Filter = IDENTITY, seed: int = 0,
+                 tags: Tags | None = None, **options: Any) -> None:
+        cls = self.partner(options.get("parallel", _OWN["parallel"].default))
+        partner_options = {k: options.pop(k) for k in list(options) if k in cls.options and k not in self.options}
+        super().__init__(network, comm, make_optimizer, device=device, filter=filter, seed=seed, tags=tags,
+                         **options)
         if self.config["parallel_epochs"] + self.config["serial_epochs"] == 0:
             raise ValueError("hybrid: parallel_epochs and serial_epochs cannot both be 0")
-        own = {k: self.config[k] for k in cls.options if k in self.config}
-        self.parallel = cls(network, comm, make_optimizer, device=device, filter=filter, **own)
+        shared = {k: self.config[k] for k in cls.options if k in self.config}
+        self.parallel = cls(network, comm, make_optimizer, device=device, filter=filter, seed=seed,
+                            tags=self.tags, **shared, **partner_options)
         self.optimizer = self.parallel.optimizer
         self.serial = Serial(network, comm, lambda params: self.parallel.optimizer, device=device,
-                             filter=filter, micro_batches=self.config["micro_batches"])
+                             filter=filter, seed=seed, tags=self.tags, micro_batches=self.config["micro_batches"])
         self._phase = "parallel"
         self._steps = 0
         # the adaptive rule's memory: this epoch's parallel records, the last epoch's violation
@@ -83,6 +89,37 @@ class Hybrid(Solver):
         self._last_violation: float | None = None
         self._serial_left = 0
 
+    # -- what the configuration asks of the class -------------------------------------------
+    @staticmethod
+    def partner(name: Any) -> type[Solver]:
+        """The registered parallel solver called ``name``."""
+        try:
+            cls = get(str(name))
+        except KeyError as e:
+            raise ConfigError(f"hybrid: {e.args[0]}") from None
+        if not issubclass(cls, ParallelSolver):
+            raise ConfigError(f"hybrid: {cls.name!r} is not a parallel solver; choose a parallel one "
+                              "(penalty, al, mgrit, or a plug-in derived from ParallelSolver)")
+        return cls
+
+    @classmethod
+    def options_for(cls, values: Mapping[str, Any]) -> dict[str, Option]:
+        partner = cls.partner(values.get("parallel", _OWN["parallel"].default))
+        return {**partner.options_for(values), **cls.options}
+
+    @classmethod
+    def help_extra(cls) -> str:
+        return "takes the options of its parallel solver too, e.g. --parallel mgrit --mgrit-levels 3"
+
+    @classmethod
+    def partition(cls, n_layers: int, n_ranks: int, config: Mapping[str, Any]) -> Partition:
+        """The partner's partition (the serial correction works on any)."""
+        return cls.partner(config["parallel"]).partition(n_layers, n_ranks, config)
+
+    def record_fields(self) -> dict[str, Field]:
+        return self.parallel.record_fields()
+
+    # -- the schedule ------------------------------------------------------------------------
     def phase(self, epoch: int) -> str:
         """``"parallel"`` or ``"serial"``: the plan's phase of ``epoch``."""
         p, s = self.config["parallel_epochs"], self.config["serial_epochs"]
@@ -94,8 +131,9 @@ class Hybrid(Solver):
     def _adaptive_phase(self) -> str:
         """Judge the epoch just finished (collectively: every rank decides the same)."""
         if self._phase == "parallel" and self._count:
-            violation = self.comm.allreduce(self._violation) / self._count
-            factor = self.comm.allreduce(self._factor, op="max")
+            fields = self.record_fields()
+            violation = reduce(self.comm, "constraint_violation", self._violation, fields) / self._count
+            factor = reduce(self.comm, "conv_factor", self._factor, fields)
             last, self._last_violation = self._last_violation, violation
             if factor > 1 or (last is not None and violation > (1 - self.config["stall_tol"]) * last):
                 self._serial_left, self._last_violation = self.config["serial_epochs"], None
@@ -105,16 +143,18 @@ class Hybrid(Solver):
             return "serial"
         return "parallel"
 
-    def begin_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def _solver(self) -> Solver:
+        return self.parallel if self._phase == "parallel" else self.serial
+
+    def begin_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> Record:
         adaptive = self.config["switch"] == "adaptive"
         self._phase, self._steps = self._adaptive_phase() if adaptive else self.phase(epoch), 0
-        solver = self.parallel if self._phase == "parallel" else self.serial
-        record = dict(solver.begin_epoch(epoch, x, y))
-        if self.comm.rank == 0:
-            record["phase"] = self._phase
-        return record
+        return {**self._solver().begin_epoch(epoch, x, y), "phase": self._phase}
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, Any]:
+    def end_epoch(self, epoch: int) -> Record:
+        return self._solver().end_epoch(epoch)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         self._steps += 1
         every = self.config["serial_every"]
         phase = "serial" if self._phase == "serial" or (every and self._steps % every == 0) else "parallel"
@@ -123,11 +163,10 @@ class Hybrid(Solver):
             self.parallel.network_changed()
         else:
             record = dict(self.parallel.step(x, y, index))
-            self._violation += record.get("constraint_violation", 0.0)
+            self._violation += float(record.get("constraint_violation") or 0.0)  # type: ignore[arg-type]
             self._factor = max(self._factor, _forward_factor(record.get("conv_factor")))
             self._count += 1
-        if self.comm.rank == 0:
-            record["phase"] = phase
+        record["phase"] = phase
         return record
 
     @property

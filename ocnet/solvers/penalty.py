@@ -26,31 +26,36 @@ than its neighbours' messages (docs/layer_parallel.rst draws the data flow).
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+import operator
+from typing import Any, Mapping
 
 import torch
 
 from .. import sweep
-from ..auxiliary import AuxiliaryStates
 from ..comm import Comm
-from ..config import Option
 from ..filters import IDENTITY, Filter
 from ..grid import Partition
+from ..options import Option
 from ..problem import LocalNetwork
-from .base import OptimizerFactory, Solver
+from ..records import Record
+from ..store import SampleStore
+from .base import OptimizerFactory, ParallelSolver
 
-OUTPUT_TAG = 21  # block outputs, to the right
-TARGET_TAG = 22  # auxiliary targets z + μ/ρ, to the left
 _CHUNK = 1024  # samples per chunk of the initialising forward sweep
 
 
-class Penalty(Solver):
+class Penalty(ParallelSolver):
     """Layer-parallel training of the penalised objective (module docstring).
+
+    The cut into K blocks depends on the layers and K alone (:meth:`cuts`); the number of
+    ranks only decides which rank holds which blocks (:meth:`partition`), so the method is
+    the same on any number of ranks.
 
     Attributes
     ----------
-    z, mu : AuxiliaryStates
+    z, mu : SampleStore
         The auxiliary states and multipliers this rank owns, rows ``(n_train, …)`` per
         boundary index ``b`` (``mu`` stays empty for the pure penalty method).
     blocks : list of (int, int)
@@ -60,6 +65,7 @@ class Penalty(Solver):
     """
 
     name = "penalty"
+    rank_invariant = True  # for a fixed number of blocks
     multipliers = False
     options = {
         "rho": Option(float, 1.0, "penalty parameter rho (first epoch)", positive=True),
@@ -69,8 +75,8 @@ class Penalty(Solver):
         "aux_lr": Option(float, 0.5, "auxiliary step eta*rho: z -= (aux_lr/rho) * per-sample gradient",
                          positive=True),
         "aux_decay": Option(float, 1.0, "aux_lr is multiplied by this every epoch", positive=True, max=1.0),
-        "blocks": Option(int, 0, "number of blocks K (0: one per rank); a rank holds consecutive blocks",
-                         min=0),
+        "blocks": Option(int, 0, "number of blocks K, cut from the layers alone (0: one per rank, which "
+                         "makes the method depend on the rank count); a rank holds consecutive blocks", min=0),
         "reinit_every": Option(int, 0, "re-initialise the auxiliary states by a forward sweep every this "
                                "many epochs (0: at the start only)", min=0),
         "filter_aux": Option(bool, False, "store the auxiliary states through the communication filter "
@@ -80,25 +86,43 @@ class Penalty(Solver):
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
                  device: torch.device | str = "cpu", filter: Filter = IDENTITY, **options: Any) -> None:
         super().__init__(network, comm, make_optimizer, device=device, filter=filter, **options)
-        K = self.config["blocks"] or comm.size
-        if K < comm.size:
-            raise ValueError(f"{K} blocks for {comm.size} ranks: every rank needs a block; use blocks >= ranks")
-        self.b0, self.b1 = Partition(K, comm.size).bounds(comm.rank)
-        self.K, m = K, self.b1 - self.b0
-        if len(network.layers) < m:
-            raise ValueError(f"rank {comm.rank} holds {len(network.layers)} layers but {m} blocks; "
-                             f"use fewer blocks or more layers")
-        local = Partition(len(network.layers), m)
-        self._slices = [slice(*local.bounds(j)) for j in range(m)]
-        self.blocks = [(network.start + s.start, network.start + s.stop) for s in self._slices]
+        self.K = self.config["blocks"] or comm.size
+        cuts = self.cuts(network.partition.n_layers, self.K)
+        self.b0, self.b1 = Partition(self.K, comm.size).bounds(comm.rank)
+        if (network.start, network.stop) != (cuts[self.b0], cuts[self.b1]):
+            raise ValueError(f"penalty: rank {comm.rank} holds layers {network.start}…{network.stop - 1}, not "
+                             f"its blocks' {cuts[self.b0]}…{cuts[self.b1] - 1}; build the partition with "
+                             f"{type(self).__name__}.partition")
+        self.blocks = [(cuts[b], cuts[b + 1]) for b in range(self.b0, self.b1)]
+        self._slices = [slice(a - network.start, b - network.start) for a, b in self.blocks]
         self.owned = [b for b in range(self.b0, self.b1) if b > 0]
         store = filter if self.config["filter_aux"] else IDENTITY
-        self.z, self.mu = AuxiliaryStates(store), AuxiliaryStates(store)
+        self.z, self.mu = SampleStore(store), SampleStore(store)
+        self.output_tag, self.target_tag = self.tags.take(2)
         self.rho = self.config["rho"]
         self.eta = self.config["aux_lr"] / self.rho
         self._initialized = False
         self._stale = False
         self._epoch0 = 0  # the epoch the continuation ρ = rho·rho_growth^(epoch − epoch0) started
+
+    @staticmethod
+    def cuts(n_layers: int, K: int) -> list[int]:
+        """The first layer of each of the K blocks, and ``n_layers``: balanced, and a function
+        of ``(n_layers, K)`` alone."""
+        if not 1 <= K <= n_layers:
+            raise ValueError(f"penalty: {K} blocks of {n_layers} layers: every block needs a layer; "
+                             f"use at most {n_layers} blocks")
+        blocks = Partition(n_layers, K)
+        return [blocks.bounds(b)[0] for b in range(K)] + [n_layers]
+
+    @classmethod
+    def partition(cls, n_layers: int, n_ranks: int, config: Mapping[str, Any]) -> Partition:
+        """Each rank holds whole blocks: the K blocks dealt to the ranks in order."""
+        K = config["blocks"] or n_ranks
+        if K < n_ranks:
+            raise ValueError(f"{cls.name}: {K} blocks for {n_ranks} ranks: every rank needs a block; "
+                             f"use blocks >= ranks")
+        return Partition.aligned(cls.cuts(n_layers, K), n_ranks)
 
     # -- the schedule and the auxiliary states ----------------------------------------------
     def schedule(self, epoch: int) -> tuple[float, float]:
@@ -118,7 +142,7 @@ class Penalty(Solver):
     def network_changed(self) -> None:
         self._stale = True
 
-    def begin_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def begin_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> Record:
         if self._stale:
             # a new continuation: the states are rebuilt from a network someone else has
             # trained (the hybrid's serial correction), so ρ starts again from rho
@@ -127,12 +151,10 @@ class Penalty(Solver):
         every = self.config["reinit_every"]
         if not self._initialized or self._stale or (every and epoch % every == 0):
             self.initialize(x)
-        record: dict[str, float] = {"rho": self.rho} if self.comm.rank == 0 else {}
+        record: Record = {"rho": self.rho}
         if self.multipliers:
-            # ‖μ‖ is not a sum over ranks: reduce here (between epochs), report from rank 0.
-            total = self.comm.allreduce(self.mu.sq_norm())
-            if self.comm.rank == 0:
-                record["mu_norm"] = math.sqrt(total / len(x))
+            # ‖μ‖ is not a sum over ranks: reduce here, between epochs
+            record["mu_norm"] = math.sqrt(self.comm.allreduce(self.mu.sq_norm()) / len(x))
         return record
 
     @torch.no_grad()
@@ -157,7 +179,8 @@ class Penalty(Solver):
                 return u
 
             first = x[i:i + _CHUNK] if self.comm.rank == 0 else None
-            sweep.forward(self.comm, blocks, first, filter=self.filter, device=self.device)
+            sweep.forward(self.comm, blocks, first, filter=self.filter, device=self.device,
+                          tag=self.sweep_tags[0])
         self.mu.fill_(0.0)
         self._initialized, self._stale = True, False
 
@@ -187,7 +210,7 @@ class Penalty(Solver):
 
     def gradients(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, *,
                   backward: bool = True) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor],
-                                                   dict[str, float]]:
+                                                   Record]:
         """The local gradients of one iteration, without any update.
 
         Leaves ``∂L/∂θ`` of this rank's parameters in their ``.grad`` (zeroed first).
@@ -205,14 +228,14 @@ class Penalty(Solver):
         """
         comm, rank, n = self.comm, self.comm.rank, len(index)
         first, last = rank == 0, rank == comm.size - 1
-        from_left = comm.irecv(rank - 1, OUTPUT_TAG, self.device) if not first else None
-        from_right = comm.irecv(rank + 1, TARGET_TAG, self.device) if not last else None
+        from_left = comm.irecv(rank - 1, self.output_tag, self.device) if not first else None
+        from_right = comm.irecv(rank + 1, self.target_tag, self.device) if not last else None
         sends = []
         z = {b: self.z.get(b, index).requires_grad_(backward) for b in self.owned}
         mu = {b: self.mu.get(b, index) for b in self.owned} if self.multipliers else {}
         if not first:  # known before any computation: goes out at once
             target = z[self.b0].detach() + mu[self.b0] / self.rho if mu else z[self.b0].detach()
-            sends.append(comm.isend(self.filter.encode(target), rank - 1, TARGET_TAG))
+            sends.append(comm.isend(self.filter.encode(target), rank - 1, self.target_tag))
 
         with torch.set_grad_enabled(backward):
             terms, r, value = [], {}, 0.0
@@ -226,22 +249,25 @@ class Penalty(Solver):
                     value += float(terms[-1].detach())
                     r[b] = r[b].detach()
                     u = z[b]
-            record: dict[str, float] = {}
+            record: Record = {}
             if last:
                 terms.append(self.network.loss(self.network.head(o), y))
-                record["loss"] = float(terms[-1].detach())
-                value += record["loss"]
+                loss = float(terms[-1].detach())
+                record["loss"] = loss
+                value += loss
             else:
-                sends.append(comm.isend(self.filter.encode(o.detach()), rank + 1, OUTPUT_TAG))
+                sends.append(comm.isend(self.filter.encode(o.detach()), rank + 1, self.output_tag))
                 # θ's share of the next rank's term: only w = z + μ/ρ enters its gradient.
+                assert from_right is not None
                 w = self.filter.decode(from_right.wait())
                 terms.append(0.5 * self.rho * ((w - self.filter.project(o)) ** 2).sum() / n)
             if backward:
                 self.optimizer.zero_grad(set_to_none=True)
-                sum(terms).backward()
+                functools.reduce(operator.add, terms).backward()
 
         if not first:  # the left block's term: ∂/∂z_{b0} of (ρ/2)‖r‖² + ⟨μ, r⟩
             b = self.b0
+            assert from_left is not None
             r[b] = z[b].detach() - self.filter.decode(from_left.wait())
             if backward:
                 z[b].grad += (self.rho * r[b] + mu[b] if mu else self.rho * r[b]) / n
@@ -252,7 +278,7 @@ class Penalty(Solver):
         record["penalized_objective"] = value
         return z, r, record
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         z, r, record = self.gradients(x, y, index)
         self.optimizer.step()
         with torch.no_grad():
@@ -263,15 +289,14 @@ class Penalty(Solver):
             if self.multipliers:
                 self.update_multipliers(index, r)
                 record["mu_sq"] = sum(float((self.mu.get(b, index) ** 2).sum()) for b in z) / n
-        if self.comm.rank == 0:
-            record["rho"] = self.rho
+        record["rho"] = self.rho
         return record
 
     def update_multipliers(self, index: torch.Tensor, r: dict[int, torch.Tensor]) -> None:
         """The augmented-Lagrangian multiplier step (:class:`~.al.AugmentedLagrangian`)."""
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         """The record of one iteration on ``(x, y, index)`` without any update."""
         return self.gradients(x, y, index, backward=False)[2]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from .. import sweep
-from ..config import Option
+from ..options import Option
+from ..records import Record
 from .base import Solver
 
 
@@ -15,14 +16,15 @@ class Serial(Solver):
     the same."""
 
     name = "serial"
+    rank_invariant = True
     options = {
         "micro_batches": Option(int, 1, "micro-batches per mini-batch in the pipeline", min=1),
     }
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         self.optimizer.zero_grad(set_to_none=True)
         loss = sweep.train(self.comm, self.network, x, y, len(y),
                            micro_batches=self.config["micro_batches"], filter=self.filter,
-                           device=self.device)
+                           device=self.device, tags=self.sweep_tags)
         self.optimizer.step()
         return {} if loss is None else {"loss": loss}

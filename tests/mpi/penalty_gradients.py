@@ -45,7 +45,7 @@ def perturb(solver, seed):
     """Noise on the stored auxiliary states and multipliers (rank-dependent, reproducible)."""
     gen = torch.Generator().manual_seed(seed)
     for store, scale in ((solver.z, 0.1), (solver.mu, 0.3)):
-        for b, rows in sorted(store.rows.items()):
+        for _, rows in sorted(store.rows.items()):
             rows += scale * torch.randn(rows.shape, generator=gen, dtype=rows.dtype)
 
 

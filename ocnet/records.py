@@ -1,0 +1,109 @@
+"""History records: the fields a solver reports, and how each combines over ranks.
+
+Every rank returns its own record from a step; the training loop combines the ranks'
+records into one per step (at the end of each epoch, so that no collective interrupts the
+pipeline).  How a field combines is declared once, here for the fields ocnet's solvers
+share and in a solver's ``fields`` for its own:
+
+``"sum"``
+    each rank reports its share (``loss`` on the last rank; a rank's part of the constraint
+    violation), the record holds the sum over the ranks that report it;
+``"first"``
+    a value every rank knows (``rho``, MGRIT's residual history): rank 0's is kept;
+``"max"`` / ``"min"``
+    the largest (smallest) value over the ranks.
+
+A field that nobody declares is summed when it is a number and taken from the first rank
+otherwise.  Plots read a field's label and scale from the same schema.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Union
+
+from .comm import Comm
+
+Value = Union[float, int, str, None, dict[str, Any]]
+Record = dict[str, Value]
+
+COMBINE = ("sum", "first", "max", "min")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One record field.
+
+    Attributes
+    ----------
+    combine : {"sum", "first", "max", "min"}
+        How the ranks' values become the record's (module docstring).
+    label : str
+        What a plot's axis calls it.
+    log : bool
+        Whether it is plotted on a logarithmic axis.
+    """
+
+    combine: str
+    label: str = ""
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINE:
+            raise ValueError(f"unknown combine rule {self.combine!r}; choose from {', '.join(COMBINE)}")
+
+
+FIELDS: dict[str, Field] = {
+    "loss": Field("sum", "loss", log=True),
+    "bytes_sent": Field("sum", "bytes sent"),
+    "phase": Field("first", "phase"),
+    # the auxiliary-variable methods (penalty, al)
+    "constraint_violation": Field("sum", "constraint violation", log=True),
+    "penalized_objective": Field("sum", "penalised objective", log=True),
+    "mu_sq": Field("sum", "squared multiplier norm per sample"),
+    "rho": Field("first", "penalty rho", log=True),
+    "mu_norm": Field("first", "multiplier norm |mu|", log=True),
+    # MGRIT: per-phase dicts {"forward": …, "adjoint": …}
+    "residual": Field("first", "residual norm", log=True),
+    "conv_factor": Field("first", "convergence factor"),
+    "n_layers": Field("first", "layers"),
+}
+
+
+def rule(name: str, value: Value, fields: Mapping[str, Field] = FIELDS) -> str:
+    """The combine rule of field ``name`` (the default rule for an undeclared field)."""
+    if name in fields:
+        return fields[name].combine
+    return "sum" if _number(value) else "first"
+
+
+def combine(records: list[Record], fields: Mapping[str, Field] = FIELDS) -> Record:
+    """One record from the ranks' records of the same step, in rank order."""
+    out: Record = {}
+    for rec in records:
+        for key, value in rec.items():
+            if key not in out:
+                out[key] = value
+                continue
+            how = rule(key, value, fields)
+            if how == "first" or not _number(value) or not _number(out[key]):
+                continue
+            if how == "sum":
+                out[key] += value  # type: ignore[operator]
+            elif how == "max":
+                out[key] = max(out[key], value)  # type: ignore[type-var]
+            else:
+                out[key] = min(out[key], value)  # type: ignore[type-var]
+    return out
+
+
+def reduce(comm: Comm, name: str, value: float, fields: Mapping[str, Field] = FIELDS) -> float:
+    """The combined value of a numeric field over the ranks, on every rank (a collective:
+    every rank calls it, with 0 where it has no share of a ``"sum"`` field)."""
+    how = rule(name, value, fields)
+    if how == "first":
+        return float(comm.bcast(value, root=0))
+    return float(comm.allreduce(float(value), op=how))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
