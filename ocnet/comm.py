@@ -318,9 +318,11 @@ def abort_on_exception(comm: Comm) -> None:
         return
 
     def hook(kind, value, tb):
-        sys.stderr.write(f"ocnet: rank {comm.rank} failed:\n")
+        # The one line first: mpiexec may drop what is still in transit when the job aborts.
+        sys.stderr.write(f"ocnet: rank {comm.rank} failed: {kind.__name__}: {value}\n")
         traceback.print_exception(kind, value, tb)
         sys.stderr.flush()
+        time.sleep(0.5)  # let mpiexec forward the output before the abort tears the job down
         comm.abort(1)
 
     sys.excepthook = hook
