@@ -82,6 +82,9 @@ class MGRIT(ParallelSolver):
         check_layout(network, self.layout, cfg["coarsening"], self.levels)
         self.mgrit_tags = self.tags.take(len(tags.MGRIT))
         self.warm_start = self.make_warm_start()
+        # this rank's points of the forward solve and of the adjoint's (in reversed time)
+        self.points = {what: range(lo, hi + 1) for what, (lo, hi) in
+                       (("u", self.layout.bounds[comm.rank]), ("lam", self.layout.mirror().bounds[comm.rank]))}
 
     @classmethod
     def partition(cls, n_layers: int, n_ranks: int, config: Mapping[str, Any]) -> Partition:
@@ -110,7 +113,7 @@ class MGRIT(ParallelSolver):
 
         u0 = net.opening(x) if net.opening is not None else None
         u0_value = None if u0 is None else u0.detach()
-        warm, points = self.warm_start, self._points()
+        warm, points = self.warm_start, self.points
         try:
             fwd = solve(self.prop, u0_value, self.N, comm, layout=self.layout,
                         guess=warm.guess("u", index, points["u"]), tol=self._tol(u0_value) if exact else 0.0,
@@ -156,14 +159,6 @@ class MGRIT(ParallelSolver):
         """``mgrit_tol × ‖v‖`` for ``v`` known on one rank; the same number on every rank."""
         local = 0.0 if scale_on_owner is None else float(torch.linalg.vector_norm(scale_on_owner.double()))
         return self.config["mgrit_tol"] * self.comm.allreduce(local)
-
-    def _points(self) -> dict[str, range]:
-        """This rank's points of the forward solve and of the adjoint's (in reversed time)."""
-        out = {}
-        for what, layout in (("u", self.layout), ("lam", self.layout.mirror())):
-            lo, hi = layout.bounds[self.comm.rank]
-            out[what] = range(lo, hi + 1)
-        return out
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class Penalty(ParallelSolver):
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
                  device: torch.device | str = "cpu", filter: Filter = IDENTITY, **options: Any) -> None:
         super().__init__(network, comm, make_optimizer, device=device, filter=filter, **options)
-        self.K = self.config["blocks"] or comm.size
+        self.K = self.n_blocks(self.config, comm.size)
         cuts = self.cuts(network.partition.n_layers, self.K)
         self.b0, self.b1 = Partition(self.K, comm.size).bounds(comm.rank)
         if (network.start, network.stop) != (cuts[self.b0], cuts[self.b1]):
@@ -116,13 +116,18 @@ class Penalty(ParallelSolver):
         return [blocks.bounds(b)[0] for b in range(K)] + [n_layers]
 
     @classmethod
-    def partition(cls, n_layers: int, n_ranks: int, config: Mapping[str, Any]) -> Partition:
-        """Each rank holds whole blocks: the K blocks dealt to the ranks in order."""
+    def n_blocks(cls, config: Mapping[str, Any], n_ranks: int) -> int:
+        """K: the ``blocks`` option, or one block per rank when it is 0."""
         K = config["blocks"] or n_ranks
         if K < n_ranks:
             raise ValueError(f"{cls.name}: {K} blocks for {n_ranks} ranks: every rank needs a block; "
                              f"use blocks >= ranks")
-        return Partition.aligned(cls.cuts(n_layers, K), n_ranks)
+        return K
+
+    @classmethod
+    def partition(cls, n_layers: int, n_ranks: int, config: Mapping[str, Any]) -> Partition:
+        """Each rank holds whole blocks: the K blocks dealt to the ranks in order."""
+        return Partition.aligned(cls.cuts(n_layers, cls.n_blocks(config, n_ranks)), n_ranks)
 
     # -- the schedule and the auxiliary states ----------------------------------------------
     def schedule(self, epoch: int) -> tuple[float, float]:

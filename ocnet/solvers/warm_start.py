@@ -83,7 +83,7 @@ class PerSample(Cold):
         like = store.rows[next(iter(store))]
         for n in points:
             if n not in store:  # a point first met now: zero rows shaped like the others
-                store.rows[n] = like.new_zeros((0, *like.shape[1:]))
+                store.allocate(n, 0, like)
         return [store.get(n, index) for n in points]
 
     def remember(self, what: str, index: torch.Tensor, points: range, values: list[torch.Tensor]) -> None:
