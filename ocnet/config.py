@@ -11,7 +11,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-import json
+import math
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,10 +25,10 @@ except ImportError:  # Python 3.10
 
 from . import solvers
 from .filters import FILTERS
-from .options import ConfigError, Option
+from .options import ConfigError, Option, show
 
-__all__ = ["COMMON", "ConfigError", "Option", "dump_toml", "given", "help_text", "load_plugins", "parse_argv",
-           "read_toml", "resolve"]
+__all__ = ["COMMON", "RESUMABLE", "ConfigError", "Option", "differences", "dump_toml", "given",
+           "help_text", "load_plugins", "parse_argv", "read_toml", "resolve"]
 
 # -- the keys every run accepts -----------------------------------------------------------------
 COMMON: dict[str, Option] = {
@@ -34,7 +36,8 @@ COMMON: dict[str, Option] = {
     "solver": Option(str, "serial", "training algorithm: a registered solver (those with options are listed below)"),
     "net": Option(str, "auto", "residual step (auto: conv for images but digits, dense otherwise)",
                   choices=("auto", "dense", "conv")),
-    "layers": Option(int, 16, "number of residual layers N (all stages together)", min=1),
+    # Every layer is a Python module of its own (some kilobytes each, built on every rank).
+    "layers": Option(int, 16, "number of residual layers N (all stages together)", min=1, max=100_000),
     "width": Option(int, 32, "state width of a dense network", min=1),
     "channels": Option(list, [16], "channels per stage of a convolutional network, e.g. 16,32,64", min=1),
     "final_time": Option(float, 1.0, "final layer-time T (step h = T/N per stage)", positive=True),
@@ -42,7 +45,7 @@ COMMON: dict[str, Option] = {
                          choices=("auto", "tanh", "relu", "gelu")),
     "norm": Option(str, "group", "normalisation in convolutional steps (never couples samples)",
                    choices=("group", "instance", "none")),
-    "epochs": Option(int, 20, "training epochs", min=1),
+    "epochs": Option(int, 20, "training epochs", min=1, max=1_000_000),
     "batch_size": Option(int, 64, "mini-batch size", min=1),
     "lr": Option(float, 3e-3, "learning rate", positive=True),
     "optimizer": Option(str, "adam", "optimiser", choices=("adam", "sgd")),
@@ -60,15 +63,30 @@ COMMON: dict[str, Option] = {
                      choices=("auto", "cpu", "cuda")),
     "cuda_aware": Option(str, "auto", "whether MPI takes GPU buffers (auto: detect)",
                          choices=("auto", "on", "off")),
-    "threads": Option(int, 0, "torch threads per rank (0: the cores shared among the ranks of a node)", min=0),
+    "threads": Option(int, 0, "torch threads per rank (0: the cores shared among the ranks of a node)",
+                      min=0, max=1024),
     "checkpoint_every": Option(int, 0, "write a checkpoint every this many epochs and after the last one "
                                "(0: no checkpoints)", min=0),
     "resume": Option(str, "", "resume from this run directory's latest checkpoint"),
+    "overwrite": Option(bool, False, "replace an existing run directory's files instead of refusing to start into it"),
+    # A year at most: longer waits overflow the timeouts of threading and of the OS.
+    "stall_timeout": Option(float, 600.0, "seconds without progress on any rank after which the job ends naming "
+                            "the stuck rank (0: never)", min=0.0, max=365 * 24 * 3600.0),
     "quiet": Option(bool, False, "no progress bar"),
     "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: solvers that "
                      "register themselves there become choices of --solver"),
 }
 CLI_ONLY = {"config": "a TOML file of keys (flags override it)"}
+
+# The keys whose value may change when a run is resumed (how long, how often to save, where
+# and how it runs); every other key must equal the original run's, or the resumed run
+# would not continue the same training.
+RESUMABLE = frozenset({"epochs", "checkpoint_every", "quiet", "resume", "out", "overwrite", "stall_timeout",
+                       "threads", "device", "cuda_aware", "data_dir", "plugin"})
+
+# A configuration file is a few hundred bytes; refusing anything much larger keeps a wrong
+# path (a data file, a disk image) from being read at all.
+MAX_TOML_BYTES = 1 << 20
 
 
 def solver_options(values: Mapping[str, Any]) -> dict[str, Option]:
@@ -102,6 +120,8 @@ def load_plugins(spec: str) -> list[str]:
                 name = f"ocnet_plugin_{path.stem}"
                 if name not in sys.modules:
                     loader_spec = importlib.util.spec_from_file_location(name, path)
+                    if path.exists() and not path.is_file():  # a FIFO would block the import
+                        raise ConfigError(f"plugin file {item!r} is not a regular file")
                     if loader_spec is None or loader_spec.loader is None or not path.exists():
                         raise ConfigError(f"plugin file {item!r} not found")
                     module = importlib.util.module_from_spec(loader_spec)
@@ -162,73 +182,246 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
     ------
     ConfigError
         For an unknown key (with a did-you-mean), a value of the wrong type or range, an
-        unknown solver or filter, or an unreadable file.
+        unknown solver or filter, or an unreadable file; a message about a key the file
+        gives names the file.  Never another exception for any argv or file content.
     """
-    values = given(argv, file_values)
+    values, origin = _gather(argv, file_values)
     registered = solvers.available()
-    solver = values.get("solver", COMMON["solver"].default)
+    solver = _convert(COMMON["solver"], "solver", values.get("solver", COMMON["solver"].default), origin)
     if solver not in registered:
-        raise ConfigError(f"unknown solver {solver!r}; registered: {', '.join(sorted(registered))}"
-                          + _did_you_mean(str(solver), registered))
+        raise _at(origin, "solver", ConfigError(f"unknown solver {solver!r}; registered: "
+                                                f"{', '.join(sorted(registered))}" + _did_you_mean(solver, registered)))
+    if "solver" in values:
+        values["solver"] = solver
     schema = {**COMMON, **solver_options(values)}
     owners = all_solver_keys()
     for key in values:
-        if key not in schema:
-            if key in owners:
-                raise ConfigError(f"{key} is an option of solver {' / '.join(owners[key])}, not of {solver!r}")
-            raise ConfigError(f"unknown key {key!r}" + _did_you_mean(key, [*schema, *owners, *CLI_ONLY]))
+        if key in schema:
+            continue
+        if key in CLI_ONLY:
+            error = ConfigError(f"{key} is a command-line flag only (--{key} FILE), not a key of a configuration file")
+        elif key in owners:
+            error = ConfigError(f"{key} is an option of solver {' / '.join(owners[key])}, not of {solver!r}")
+        else:
+            error = ConfigError(f"unknown key {show(key)}" + _did_you_mean(key, [*schema, *owners, *CLI_ONLY]))
+        raise _at(origin, key, error)
     config = {key: opt.default for key, opt in schema.items()}
     for key, value in values.items():
-        config[key] = schema[key].convert(key, value)
+        config[key] = _convert(schema[key], key, value, origin)
     if config["filter"] not in FILTERS:
-        raise ConfigError(f"unknown filter {config['filter']!r}; choose from {', '.join(FILTERS)}")
+        error = ConfigError(f"unknown filter {config['filter']!r}; choose from {', '.join(FILTERS)}")
+        raise _at(origin, "filter", error)
     return config
 
 
 def given(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The keys the file (``--config``) and the flags give, unconverted, after importing the
     plug-ins they name (so that their solvers are known)."""
+    return _gather(argv, file_values)[0]
+
+
+def _gather(argv: Sequence[str], file_values: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`given`, and for each key the file gives (and no flag overrides) the words that
+    name the file, for messages about it."""
     flags = parse_argv(argv)
     path = flags.pop("config", None)
     values = dict(file_values or {})
+    origin: dict[str, str] = {}
     if path is not None:
-        values.update(read_toml(path))
+        from_file = read_toml(path)
+        values.update(from_file)
+        origin = {key: f"configuration file {str(path)!r}" for key in from_file if key not in flags}
     values.update(flags)
-    load_plugins(COMMON["plugin"].convert("plugin", values.get("plugin", "")))
-    return values
+    plugin = _convert(COMMON["plugin"], "plugin", values.get("plugin", ""), origin)
+    try:
+        load_plugins(plugin)
+    except ConfigError as e:
+        raise _at(origin, "plugin", e) from None
+    return values, origin
+
+
+def _convert(option: Option, key: str, value: Any, origin: Mapping[str, str]) -> Any:
+    try:
+        return option.convert(key, value)
+    except ConfigError as e:
+        raise _at(origin, key, e) from None
+
+
+def _at(origin: Mapping[str, str], key: str, error: ConfigError) -> ConfigError:
+    """``error``, prefixed with the file that gave ``key`` if a file did."""
+    return ConfigError(f"{origin[key]}: {error}") if key in origin else error
+
+
+def _key(key: str) -> str:
+    """A key for a message: TOML allows any text as a key, a message stays one short line."""
+    return key if key.isprintable() and len(key) <= 60 else show(key)[1:-1]
 
 
 def _did_you_mean(word: str, candidates) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    others = [c for c in candidates if c != word]  # a suggestion of the same word helps nobody
+    close = difflib.get_close_matches(word, others, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """The keys of the TOML file ``path`` (flat: tables are refused), unconverted.
+
+    Only a regular file of at most :data:`MAX_TOML_BYTES` is read, so that a directory, a
+    FIFO or a device given by mistake neither blocks nor is read for ever.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file: missing, unreadable, not a regular file, too large, not UTF-8, not
+        valid TOML (nested too deeply included), a table, or the key ``config``.
+    """
+    name = f"configuration file {str(path)!r}"
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        kind = _file_kind(os.stat(path).st_mode)
+        raw = b""
+        if not kind:
+            # O_NONBLOCK: should the path have become a FIFO since, opening it does not wait.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                kind = _file_kind(os.fstat(f.fileno()).st_mode)
+                raw = b"" if kind else f.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"configuration file {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {e}") from None
+        raise ConfigError(f"{name} not found") from None
+    except OSError as e:
+        raise ConfigError(f"{name} cannot be read: {e.strerror or e}") from None
+    except ValueError as e:  # a path with a NUL byte
+        raise ConfigError(f"{name} cannot be read: {e}") from None
+    if kind:
+        raise ConfigError(f"{name} is not a regular file but {kind}")
+    if len(raw) > MAX_TOML_BYTES:
+        raise ConfigError(f"{name} is larger than {MAX_TOML_BYTES >> 20} MiB; a configuration file is a few lines")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{name} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{name} is not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError as e:  # TOMLDecodeError, or an integer of more than 4300 digits
+        raise ConfigError(f"{name} is not valid TOML: {e}") from None
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
-        raise ConfigError(f"configuration file {str(path)!r}: tables are not used, found [{nested[0]}]")
+        raise ConfigError(f"{name}: tables are not used, found [{_key(nested[0])}]")
+    for key in CLI_ONLY:
+        if key in data:
+            raise ConfigError(f"{name}: {key} is a command-line flag only (--{key} FILE), not a key of the file")
     return data
+
+
+def _file_kind(mode: int) -> str:
+    """'' for a regular file, else what it is, for a message."""
+    if stat.S_ISREG(mode):
+        return ""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def toml_value(value: Any) -> str:
+    """``value`` (bool, int, float, string or list of them) as TOML text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return _toml_string(str(value))
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped, everything
+    else (non-ASCII included) as it is, since TOML is UTF-8."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def dump_toml(config: Mapping[str, Any]) -> str:
     """The configuration as TOML text (flat keys; readable by :func:`read_toml`)."""
+    return "".join(f"{key} = {toml_value(value)}\n" for key, value in config.items())
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The keys outside :data:`RESUMABLE` on which two configurations differ.
+
+    Parameters
+    ----------
+    old : mapping
+        The original run's keys, e.g. :func:`read_toml` of its ``config.toml``
+        (unconverted; a key missing there counts as its default).
+    new : mapping
+        The configuration of the run that resumes it (as :func:`resolve` returns it).
+
+    Returns
+    -------
+    list of str
+        ``"key: old → new"`` for each differing key (e.g. ``"dtype: float64 → float32"``,
+        ``"channels: [8, 16] → [16]"``; a string in quotes only when empty or padded), in
+        the order of ``new``'s keys then ``old``'s; empty when the run may resume.
+    """
+    schema = {**_schema(old), **_schema(new)}
     lines = []
-    for key, value in config.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float, list)):
-            text = json.dumps(value)
-        else:
-            text = json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
-        lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
+    for key in dict.fromkeys([*new, *old]):
+        if key in RESUMABLE or key in CLI_ONLY:
+            continue
+        a, b = _value(old, key, schema.get(key)), _value(new, key, schema.get(key))
+        if a != b or type(a) is not type(b):
+            lines.append(f"{key}: {_text(a)} → {_text(b)}")
+    return lines
+
+
+_ABSENT = object()
+
+
+def _schema(values: Mapping[str, Any]) -> dict[str, Option]:
+    try:
+        return {**COMMON, **solver_options(values)}
+    except (KeyError, TypeError, ConfigError):  # a solver (or partner) not registered here
+        return dict(COMMON)
+
+
+def _value(values: Mapping[str, Any], key: str, option: Option | None) -> Any:
+    """The converted value of ``key``, its default when missing; a value that does not
+    convert is compared as it is (it differs from any valid one)."""
+    if key not in values:
+        return option.default if option is not None else _ABSENT
+    if option is None:
+        return values[key]
+    try:
+        return option.convert(key, values[key])
+    except ConfigError:
+        return values[key]
+
+
+def _text(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    if isinstance(value, str) and value.strip() == value and value.isprintable() and value:
+        text = value  # quotes only where they show something: "" or spaces at an end
+    else:
+        try:
+            text = toml_value(value)
+        except (ValueError, RecursionError):  # a value of a hand-edited file, too large to write
+            text = show(value)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def help_text() -> str:

@@ -19,6 +19,7 @@ import dataclasses
 import gzip
 import hashlib
 import importlib
+import math
 import os
 import pickle
 import zlib
@@ -127,21 +128,45 @@ def _require_dir(data_dir: Path | None, name: str) -> Path:
     if data_dir is None:
         raise DataError(f"data set {name!r} is read from files: pass --data-dir DIR "
                         f"(the directory that holds them); nothing is downloaded")
+    if not data_dir.exists():
+        raise DataError(f"data directory {data_dir} does not exist")
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} is not a directory")
     return data_dir
 
 
 def _find(candidates: list[Path], what: str) -> Path:
-    """The first existing file among ``candidates``; a DataError listing them all if none."""
+    """The first regular file among ``candidates``; a DataError naming the first one that
+    exists but is not a file (a directory, a FIFO, which would block), else listing them all."""
     for path in candidates:
         if path.is_file():
             return path
+    for path in candidates:
+        if path.exists():
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise DataError(f"{path}: expected the {what}, found {kind}")
     looked = "\n  ".join(str(p) for p in candidates)
     raise DataError(f"missing {what}; looked at:\n  {looked}")
+
+
+def _read_at_most(f: Any, n: int) -> bytearray:
+    """Up to ``n`` bytes of ``f``, in chunks, so that a corrupt size in a header allocates
+    no more than the file really holds."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = f.read(min(n - len(buf), 1 << 24))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
 
 
 # --------------------------------------------------------------------------- MNIST
 
 _IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801  # unsigned bytes, 3 dims / 1 dim
+# Far beyond any IDX data set (MNIST's training images are 47 MB): a header that claims
+# more is corrupt, and is refused before anything is read.
+_IDX_MAX_BYTES = 1 << 32
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
@@ -149,50 +174,59 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
 
     Returns a uint8 array of the dimensions in the header, e.g. ``(n, 28, 28)``.
     """
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                buf = f.read()
-        else:
-            buf = path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:  # gzip reports truncation as EOFError
-        raise DataError(f"{path}: could not read ({e})") from e
-
     kind = "images" if magic == _IDX_IMAGES else "labels"
-    if len(buf) < 4:
-        raise DataError(f"{path}: truncated: {len(buf)} bytes, expected an IDX header "
-                        f"with magic 0x{magic:08x} ({kind})")
-    found = int.from_bytes(buf[:4], "big")
-    if found != magic:
-        raise DataError(f"{path}: expected IDX magic 0x{magic:08x} ({kind}, unsigned bytes, "
-                        f"{magic & 0xFF} dimension(s)), found 0x{found:08x}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise DataError(f"{path}: truncated header: {len(buf)} bytes, expected {header}")
-    dims = tuple(int(d) for d in np.frombuffer(buf, ">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims))
-    if len(buf) != expected:
-        state = "truncated" if len(buf) < expected else "has trailing bytes"
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = _read_at_most(f, header)
+            if len(head) < 4:
+                raise DataError(f"{path}: truncated: {len(head)} bytes, expected an IDX header "
+                                f"with magic 0x{magic:08x} ({kind})")
+            found = int.from_bytes(head[:4], "big")
+            if found != magic:
+                raise DataError(f"{path}: expected IDX magic 0x{magic:08x} ({kind}, unsigned bytes, "
+                                f"{ndim} dimension(s)), found 0x{found:08x}")
+            if len(head) < header:
+                raise DataError(f"{path}: truncated header: {len(head)} bytes, expected {header}")
+            dims = tuple(int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+            size = math.prod(dims)  # Python integers: four 32-bit dimensions do not overflow
+            expected = header + size
+            if size > _IDX_MAX_BYTES:
+                raise DataError(f"{path}: header says dimensions {dims}, so {expected} bytes; "
+                                f"more than any IDX data set, the file is corrupt")
+            payload = _read_at_most(f, size + 1)  # one byte more tells trailing bytes
+            total = header + len(payload)
+            if path.suffix != ".gz":
+                total = os.fstat(f.fileno()).st_size
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:  # gzip reports truncation as EOFError
+        raise DataError(f"{path}: could not read ({e})") from e
+    if len(payload) != size:
+        state, found_text = (("truncated", str(total)) if len(payload) < size
+                             else ("has trailing bytes", str(total) if path.suffix != ".gz" else "more"))
         raise DataError(f"{path}: {state}: header says dimensions {dims}, so "
-                        f"{expected} bytes expected, found {len(buf)}")
-    return np.frombuffer(buf, np.uint8, offset=header).reshape(dims)
+                        f"{expected} bytes expected, found {found_text}")
+    return np.frombuffer(payload, np.uint8).reshape(dims)
 
 
 def _mnist_split(root: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    arrays = []
-    for stem, magic in ((f"{prefix}-images-idx3-ubyte", _IDX_IMAGES),
-                        (f"{prefix}-labels-idx1-ubyte", _IDX_LABELS)):
+    paths = []
+    for stem in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
         # Plain before .gz (no decompression); then torchvision's MNIST/raw layout.
         candidates = [d / f"{stem}{ext}" for d in (root, root / "MNIST" / "raw")
                       for ext in ("", ".gz")]
-        arrays.append(_read_idx(_find(candidates, f"MNIST file {stem}[.gz]"), magic))
-    images, labels = arrays
+        paths.append(_find(candidates, f"MNIST file {stem}[.gz]"))
+    images_path, labels_path = paths
+    images, labels = _read_idx(images_path, _IDX_IMAGES), _read_idx(labels_path, _IDX_LABELS)
+    if images.size == 0:
+        raise DataError(f"{images_path}: holds no images (its header says dimensions {images.shape})")
     if len(images) != len(labels):
         raise DataError(f"MNIST {prefix}: {len(images)} images but {len(labels)} labels "
-                        f"in {root}")
-    if labels.size and labels.max() > 9:
-        raise DataError(f"MNIST {prefix}: labels must be 0 … 9, found {labels.max()}")
+                        f"in {images_path} and {labels_path}")
+    if labels.max() > 9:
+        raise DataError(f"{labels_path}: labels must be 0 … 9, found {labels.max()}")
     return images[:, None].astype(np.float32) / 255.0, labels.astype(np.int64)
 
 
@@ -202,7 +236,7 @@ def _load_mnist(data_dir: Path | None, seed: int) -> _Raw:
     x_tr, y_tr = _mnist_split(root, "train")
     x_te, y_te = _mnist_split(root, "t10k")
     if x_tr.shape[1:] != x_te.shape[1:]:
-        raise DataError(f"MNIST: train images are {x_tr.shape[2:]}, test images "
+        raise DataError(f"MNIST in {root}: train images are {x_tr.shape[2:]}, test images "
                         f"{x_te.shape[2:]}; expected the same size")
     return x_tr, y_tr, x_te, y_te, 10
 
@@ -250,8 +284,19 @@ class _ArrayUnpickler(pickle.Unpickler):
                 f"refusing to load {module}.{name}: only numpy arrays are allowed") from None
 
 
+# CIFAR-100's training pickle, the largest, is 155 MB.
+_CIFAR_MAX_BYTES = 1 << 30
+
+
 def _read_cifar_pickle(path: Path, label_key: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR batch file -> images uint8 ``(n, 3, 32, 32)`` and labels int64 ``(n,)``."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{path}: could not read ({e})") from e
+    if size > _CIFAR_MAX_BYTES:
+        raise DataError(f"{path}: {size} bytes; a CIFAR pickle is at most about 160 MB, "
+                        f"so this is not one")
     try:
         with open(path, "rb") as f:
             # encoding="bytes": the files were written by Python 2 (keys are bytes).
@@ -271,9 +316,14 @@ def _read_cifar_pickle(path: Path, label_key: str, n_classes: int) -> tuple[np.n
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: expected b'data' as uint8 of shape (n, 3072), "
                         f"found {data.dtype} of shape {data.shape}")
+    if len(data) == 0:
+        raise DataError(f"{path}: holds no images")
     try:
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as e:
+        raw_labels = np.asarray(labels)
+        if raw_labels.dtype.kind not in "iu":  # floats would be truncated, bools taken as 0/1
+            raise TypeError(f"dtype {raw_labels.dtype}")
+        labels = raw_labels.astype(np.int64).reshape(-1)
+    except Exception as e:  # ragged lists, huge integers, objects: all the same mistake
         raise DataError(f"{path}: b'{label_key}' is not a list of integers") from e
     if len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
@@ -343,13 +393,17 @@ def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0) ->
     Raises
     ------
     DataError
-        Unknown name, missing ``data_dir``, or a missing or malformed file.
+        Unknown name, missing ``data_dir``, a missing or malformed file (wrong magic or
+        size, labels out of range, no samples, a directory where a file belongs), always
+        naming the file.
     """
     key = str(name).strip().lower()
     if key not in _LOADERS:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     root = None if data_dir is None else Path(data_dir).expanduser()
     x_tr, y_tr, x_te, y_te, n_classes = _LOADERS[key](root, seed)
+    if len(y_tr) == 0 or len(y_te) == 0:  # the file loaders name the file; this is the last guard
+        raise DataError(f"data set {key!r}: the {'training' if len(y_tr) == 0 else 'test'} set is empty")
     x_train, x_test = _normalise(torch.as_tensor(np.asarray(x_tr, np.float32)),
                                  torch.as_tensor(np.asarray(x_te, np.float32)))
     return Dataset(name=key, x_train=x_train.contiguous(),

@@ -23,6 +23,11 @@ def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
     return header + array.tobytes()
 
 
+def idx_header(magic: int, dims: tuple[int, ...]) -> bytes:
+    """Only the header of an IDX file, with any dimensions (a corrupt one claims too many)."""
+    return struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims)
+
+
 def mnist_arrays(n: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(n, 28, 28)`` uint8 with a known pattern and labels ``(n,)``."""
     i, r, c = np.meshgrid(np.arange(n), np.arange(28), np.arange(28), indexing="ij")

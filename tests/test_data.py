@@ -5,11 +5,12 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 import torch
-from fixtures_data import MNIST_N_TEST, MNIST_N_TRAIN, idx_bytes, write_cifar10, write_cifar100, write_mnist
+from fixtures_data import MNIST_N_TEST, MNIST_N_TRAIN, idx_bytes, idx_header, write_cifar10, write_cifar100, write_mnist
 
 from ocnet import data
 from ocnet.data import DATASETS, DataError, augment, batches, load
@@ -344,3 +345,117 @@ def test_augment_deterministic_for_generator_seed():
     assert a.shape == x.shape and a.dtype == x.dtype
     with pytest.raises(ValueError):
         augment(torch.randn(4, 8), torch.Generator())
+
+
+# ------------------------------------------------------------- malformed files, named
+
+def _message(call) -> str:
+    """The DataError message of ``call()``; fails instead of hanging should it block."""
+    result: list = []
+
+    def target():
+        try:
+            call()
+            result.append("no error")
+        except DataError as e:
+            result.append(str(e))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert result, "blocked"
+    return result[0]
+
+
+def test_mnist_empty_training_set(tmp_path):
+    write_mnist(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(idx_header(0x803, (0, 28, 28)))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_header(0x801, (0,)))
+    assert _message(lambda: load("mnist", tmp_path)) == (
+        f"{path}: holds no images (its header says dimensions (0, 28, 28))")
+
+
+def test_mnist_labels_out_of_range_name_the_file(tmp_path):
+    written = write_mnist(tmp_path)
+    labels = written["t10k"][1].copy()
+    labels[3] = 12
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(idx_bytes(labels))
+    assert _message(lambda: load("mnist", tmp_path)) == f"{path}: labels must be 0 … 9, found 12"
+
+
+def test_mnist_header_claiming_too_much_is_refused_unread(tmp_path):
+    write_mnist(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(idx_header(0x803, (2**32 - 1, 2**32 - 1, 2**32 - 1)) + b"\x00" * 100)
+    expected = 16 + (2**32 - 1) ** 3
+    assert _message(lambda: load("mnist", tmp_path)) == (
+        f"{path}: header says dimensions {(2**32 - 1,) * 3}, so {expected} bytes; "
+        "more than any IDX data set, the file is corrupt")
+
+
+def test_mnist_gz_trailing_bytes(tmp_path):
+    import gzip
+    written = write_mnist(tmp_path, gz=True)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_bytes(written["t10k"][1]) + b"\x00\x00"))
+    assert _message(lambda: load("mnist", tmp_path)) == (
+        f"{path}: has trailing bytes: header says dimensions (10,), so 18 bytes expected, found more")
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_mnist_not_a_file_where_a_file_belongs(tmp_path, kind):
+    write_mnist(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.unlink()
+    if kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    found = "a directory" if kind == "directory" else "not a regular file"
+    assert _message(lambda: load("mnist", tmp_path)) == (
+        f"{path}: expected the MNIST file train-images-idx3-ubyte[.gz], found {found}")
+
+
+def test_data_dir_must_be_a_directory(tmp_path):
+    assert _message(lambda: load("mnist", tmp_path / "nope")) == f"data directory {tmp_path / 'nope'} does not exist"
+    (tmp_path / "file").write_text("")
+    assert _message(lambda: load("cifar10", tmp_path / "file")) == (
+        f"data directory {tmp_path / 'file'} is not a directory")
+
+
+def test_cifar_empty_batch_and_bad_labels_name_the_file(tmp_path):
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}))
+    assert _message(lambda: load("cifar10", tmp_path)) == f"{path}: holds no images"
+    for labels in ([0.5, 1.5], [True, False], [2**70, 0], [[0], [1, 2]], "ab"):
+        path.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}))
+        assert _message(lambda: load("cifar10", tmp_path)) == f"{path}: b'labels' is not a list of integers"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -1]}))
+    assert _message(lambda: load("cifar10", tmp_path)) == f"{path}: labels must lie in 0 … 9, found -1 … 0"
+
+
+def test_cifar_huge_file_refused_unread(tmp_path):
+    write_cifar100(tmp_path)
+    path = tmp_path / "cifar-100-python" / "train"
+    with open(path, "r+b") as f:
+        f.truncate(2**30 + 1)  # sparse: no disk space, no time
+    assert _message(lambda: load("cifar100", tmp_path)) == (
+        f"{path}: {2**30 + 1} bytes; a CIFAR pickle is at most about 160 MB, so this is not one")
+
+
+def test_cifar_directory_where_a_batch_belongs(tmp_path):
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.unlink()
+    path.mkdir()
+    assert _message(lambda: load("cifar10", tmp_path)) == (
+        f"{path}: expected the cifar-10-batches-py file test_batch, found a directory")
+
+
+def test_an_empty_data_set_is_refused(monkeypatch):
+    empty = np.zeros((0, 2)), np.zeros(0, np.int64)
+    monkeypatch.setitem(data._LOADERS, "peaks", lambda root, seed: (*empty, np.ones((3, 2)), np.zeros(3), 5))
+    assert _message(lambda: load("peaks")) == "data set 'peaks': the training set is empty"
