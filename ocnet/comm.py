@@ -8,11 +8,17 @@ MPI waits spin and starve those ranks (measured 4x slower with 8 ranks on 2 core
 :class:`SelfComm` is the single-process stand-in (P = 1, no ``mpirun`` needed) with the same
 interface.  Tensors on a GPU travel through reused pinned host buffers unless the MPI
 library is CUDA-aware, so no CUDA-aware MPI build is needed.
+
+Every wait records what it waits for in the communicator's :class:`~ocnet.watchdog.Progress`
+(in its slow path only: a wait that completes while spinning just counts), so that the stall
+watchdog (:meth:`Comm.start_watchdog`) can say who waits for whom.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
+import socket
 import sys
 import time
 import traceback
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 
 from . import tags
+from .watchdog import Progress, Watchdog, say
 
 # Polling: spin briefly (a message that is already there costs no sleep), then sleep in
 # steps that grow to ``_MAX_SLEEP``.
@@ -35,23 +42,34 @@ _DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.in
 _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
 
 
-def _wait(test: Callable[[], bool]) -> None:
-    """Wait until ``test()`` is true, sleeping between polls."""
+def _wait(test: Callable[[], bool], progress: Progress, what: tuple) -> None:
+    """Wait until ``test()`` is true, sleeping between polls; ``what`` says what for."""
     for _ in range(_SPIN):
         if test():
+            progress.ticks += 1
             return
-    sleep = _MIN_SLEEP
-    while not test():
-        time.sleep(sleep)
-        sleep = min(2 * sleep, _MAX_SLEEP)
+    progress.waiting = what
+    try:
+        sleep = _MIN_SLEEP
+        while not test():
+            time.sleep(sleep)
+            sleep = min(2 * sleep, _MAX_SLEEP)
+    finally:
+        progress.waiting = None
+    progress.ticks += 1
+
+
+_NOBODY = Progress()  # for requests that belong to no communicator
 
 
 class Request:
     """A pending send or receive; :meth:`wait` polls politely and returns the tensor."""
 
     def __init__(self, mpi_requests: Sequence[Any] = (), finish: Callable[[], Any] | None = None,
-                 keep: Any = None, release: Callable[[], None] | None = None) -> None:
+                 keep: Any = None, release: Callable[[], None] | None = None,
+                 progress: Progress = _NOBODY, what: tuple = ("request",)) -> None:
         self._reqs = list(mpi_requests)
+        self._progress, self._what = progress, what  # for the watchdog
         self._finish = finish  # computes the value; may return the next phase's Request
         self._keep = keep  # buffers that must outlive the transfer
         self._release = release  # hands a staging buffer back once the transfer is over
@@ -77,7 +95,7 @@ class Request:
         return True
 
     def wait(self) -> Any:
-        _wait(self.test)
+        _wait(self.test, self._progress, self._what)
         return self._value
 
 
@@ -100,6 +118,8 @@ class Comm:
         self.bytes_sent = 0  # payload bytes this rank has sent, cumulative
         self.cuda_aware = _detect_cuda_aware() if cuda_aware is None else cuda_aware
         self._pinned: dict[tuple, list[torch.Tensor]] = {}  # free staging buffers
+        self.progress = Progress()
+        self._watchdog: Watchdog | None = None
 
     # -- point to point -------------------------------------------------------------------
     def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> Request:
@@ -122,7 +142,8 @@ class Comm:
             buf.copy_(t)
         reqs = [self.mpi.Isend([header, MPI.INT64_T], dest=dest, tag=tag),
                 self.mpi.Isend(_as_mpi(buf), dest=dest, tag=tag)]
-        return Request(reqs, keep=(header, buf), release=release)
+        return Request(reqs, keep=(header, buf), release=release, progress=self.progress,
+                       what=("send", dest, tag))
 
     def irecv(self, source: int, tag: int = 0, device: torch.device | str = "cpu") -> Request:
         """Start receiving a tensor from ``source``; ``wait()`` returns it on ``device``."""
@@ -142,7 +163,7 @@ class Comm:
             return Request([self.mpi.Irecv(_as_mpi(buf), source=source, tag=tag)],
                            finish=lambda: buf.to(device), keep=buf, release=release)
 
-        return Request([req], finish=payload, keep=header)
+        return Request([req], finish=payload, keep=header, progress=self.progress, what=("recv", source, tag))
 
     def send(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> None:
         self.isend(tensor, dest, tag).wait()
@@ -169,20 +190,20 @@ class Comm:
             # numpy arrays carry their MPI datatype, which the reduction needs
             send = value.detach().to("cpu", copy=True).contiguous().numpy()
             recv = np.empty_like(send)
-            _wait(self.mpi.Iallreduce(send, recv, op=mpi_op).Test)
+            _wait(self.mpi.Iallreduce(send, recv, op=mpi_op).Test, self.progress, ("allreduce",))
             return torch.from_numpy(recv).to(value.device)
         send = np.array([value], dtype=np.float64)
         recv = np.empty_like(send)
-        _wait(self.mpi.Iallreduce(send, recv, op=mpi_op).Test)
+        _wait(self.mpi.Iallreduce(send, recv, op=mpi_op).Test, self.progress, ("allreduce",))
         return float(recv[0]) if isinstance(value, float) else type(value)(recv[0])
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         """Broadcast a picklable object from ``root``."""
         data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if self.rank == root else None
         n = np.array([0 if data is None else data.size], dtype=np.int64)
-        _wait(self.mpi.Ibcast(n, root=root).Test)
+        _wait(self.mpi.Ibcast(n, root=root).Test, self.progress, ("bcast", root))
         buf = data.copy() if data is not None else np.empty(int(n[0]), dtype=np.uint8)
-        _wait(self.mpi.Ibcast(buf, root=root).Test)
+        _wait(self.mpi.Ibcast(buf, root=root).Test, self.progress, ("bcast", root))
         return obj if self.rank == root else pickle.loads(buf.tobytes())
 
     def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
@@ -192,19 +213,53 @@ class Comm:
         """
         if self.rank != root:
             data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-            self._isend(data, root, _GATHER_TAG).wait()
+            req = self._isend(data, root, _GATHER_TAG)
+            req._what = ("gather", root)
+            req.wait()
             return None
         reqs = {r: self.irecv(r, _GATHER_TAG) for r in range(self.size) if r != root}
         out = [obj if r == root else None for r in range(self.size)]
         for r, req in reqs.items():
+            req._what = ("gather", root)
             out[r] = pickle.loads(req.wait().numpy().tobytes())
         return out
 
     def barrier(self) -> None:
-        _wait(self.mpi.Ibarrier().Test)
+        _wait(self.mpi.Ibarrier().Test, self.progress, ("barrier",))
 
     def abort(self, code: int = 1) -> None:
         self.mpi.Abort(code)
+
+    # -- watchdog -----------------------------------------------------------------------------
+    def where(self, label: str) -> None:
+        """Say what this rank does now (``"epoch 0, step 3"``), for the stall watchdog's
+        message; counts as progress.  Costs two attribute writes."""
+        self.progress.where = label
+        self.progress.ticks += 1
+
+    def start_watchdog(self, timeout: float) -> None:
+        """End the job with one line when a rank makes no progress for ``timeout`` seconds.
+
+        Progress is a completed wait or a :meth:`where`; the line names the ranks that are
+        stuck outside any wait, and what the others wait for.  A peer on the same node that
+        dies while this rank waits for it is reported at once (launchers that do not clean
+        up a job after one of its processes dies would leave it hanging).  A collective:
+        every rank calls it, at the same point.  ``timeout <= 0`` does nothing.
+        """
+        if timeout <= 0 or self._watchdog is not None:
+            return
+        from mpi4py import MPI
+        peers = self.bcast(self.gather((socket.gethostname(), os.getpid())))
+        # the watchdog's thread talks MPI only where the library allows it from any thread
+        channel = _Channel(self.mpi) if MPI.Query_thread() == MPI.THREAD_MULTIPLE else None
+        self._watchdog = Watchdog(self.progress, timeout, self.rank, self.size, channel, self.abort, peers)
+        self._watchdog.start()
+
+    def stop_watchdog(self) -> None:
+        """Stop the watchdog (no collective; it also stops by itself when Python exits)."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
 
     # -- host staging -------------------------------------------------------------------------
     def _staging(self, dtype: torch.dtype, shape: tuple) -> tuple[torch.Tensor, Callable[[], None]]:
@@ -216,6 +271,27 @@ class Comm:
 
 
 _GATHER_TAG = tags.GATHER
+
+
+class _Channel:
+    """The watchdog's messages, on a duplicate of the run's communicator, so that they never
+    match a receive of the run (and the run's never match the watchdog's)."""
+
+    def __init__(self, mpi_comm: Any) -> None:
+        self.mpi = mpi_comm.Dup()
+        self._sends: list[Any] = []
+
+    def send(self, obj: Any, dest: int, tag: int) -> None:
+        self._sends = [r for r in self._sends if not r.Test()]
+        self._sends.append(self.mpi.isend(obj, dest=dest, tag=tag))
+
+    def received(self, tag: int) -> list[tuple[int, Any]]:
+        from mpi4py import MPI
+        out = []
+        status = MPI.Status()
+        while (message := self.mpi.improbe(source=MPI.ANY_SOURCE, tag=tag, status=status)) is not None:
+            out.append((status.Get_source(), message.recv()))
+        return out
 
 
 class _SelfRequest(Request):
@@ -233,6 +309,8 @@ class SelfComm(Comm):
         self.bytes_sent = 0
         self.cuda_aware = False
         self._queue: dict[int, list[torch.Tensor]] = {}
+        self.progress = Progress()
+        self._watchdog = None
 
     def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> Request:
         if dest != 0:
@@ -260,6 +338,12 @@ class SelfComm(Comm):
 
     def abort(self, code: int = 1) -> None:
         os._exit(code)
+
+    def start_watchdog(self, timeout: float) -> None:
+        """One process cannot wait for another: a stall is a step that computes for ever."""
+        if timeout > 0 and self._watchdog is None:
+            self._watchdog = Watchdog(self.progress, timeout, 0, 1, None, self.abort)
+            self._watchdog.start()
 
 
 def _as_mpi(t: torch.Tensor | np.ndarray) -> Any:
@@ -310,19 +394,37 @@ def node_rank_and_size(comm: Comm) -> tuple[int, int]:
 
 
 def abort_on_exception(comm: Comm) -> None:
-    """Make an uncaught exception on any rank end the whole job within seconds.
+    """Make an uncaught exception on any rank end the whole job within seconds, and a fatal
+    signal (a segmentation fault, say) print the rank's Python stack before it dies.
 
     Without this an exception on one rank leaves its neighbours waiting forever.
     """
     if comm.size == 1:
         return
+    faulthandler.enable(all_threads=False)
 
     def hook(kind, value, tb):
-        # The one line first: mpiexec may drop what is still in transit when the job aborts.
-        sys.stderr.write(f"ocnet: rank {comm.rank} failed: {kind.__name__}: {value}\n")
-        traceback.print_exception(kind, value, tb)
-        sys.stderr.flush()
-        time.sleep(0.5)  # let mpiexec forward the output before the abort tears the job down
-        comm.abort(1)
+        if issubclass(kind, KeyboardInterrupt) and comm.rank != 0:
+            time.sleep(2.0)  # a signal that reached every rank: rank 0's line (and abort) suffices
+        try:
+            # The one line first, past Python's buffers: whatever the traceback or a broken
+            # sys.stderr does next, the cause has reached mpiexec's pipe.
+            say(f"ocnet: rank {comm.rank} failed: {_exception_text(kind, value)}\n")
+            traceback.print_exception(kind, value, tb)
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        finally:  # the abort must happen, or the other ranks wait for ever
+            time.sleep(0.5)  # let mpiexec forward the output before the abort tears the job down
+            comm.abort(1)
 
     sys.excepthook = hook
+
+
+def _exception_text(kind: type, value: BaseException) -> str:
+    """``"Type: message"`` (``"Type"`` when there is no message, or it cannot be had)."""
+    try:
+        text = str(value)
+    except Exception:
+        text = ""
+    return f"{kind.__name__}: {text}" if text else kind.__name__

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from ocnet.comm import SelfComm
+from ocnet.comm import Request, SelfComm
+from ocnet.watchdog import Progress
 
 
 def test_pipeline_of_compute_is_not_starved(mpi, tmp_path):
@@ -47,3 +48,27 @@ def test_operations_on_several_ranks(mpi, tmp_path, ranks):
         assert rep["bcast"] == ranks - 1
     assert reports[0]["gather"] == list(range(ranks))
     assert reports[0]["gather_sizes"] == [100_000 * r for r in range(ranks)]
+
+
+def test_a_wait_says_what_it_waits_for_while_it_sleeps():
+    """The watchdog's view: ``waiting`` is set once the wait stops spinning and sleeps,
+    cleared when it completes; every completed wait and every ``where`` is a tick."""
+    progress, seen = Progress(), []
+
+    class Slow:  # an MPI request that completes at its 100th test
+        polls = 0
+
+        def Test(self):
+            self.polls += 1
+            seen.append(progress.waiting)
+            return self.polls >= 100
+
+    Request([Slow()], progress=progress, what=("recv", 1, 11)).wait()
+    assert seen[0] is None and seen[-1] == ("recv", 1, 11)
+    assert seen.count(None) == 50  # the spinning polls
+    assert progress.waiting is None and progress.ticks == 1
+    Request([], progress=progress, what=("send", 1, 11)).wait()
+    assert progress.ticks == 2
+    comm = SelfComm()
+    comm.where("epoch 0, step 3")
+    assert comm.progress.where == "epoch 0, step 3" and comm.progress.ticks == 1
