@@ -6,10 +6,11 @@ import time
 import pytest
 import torch
 
-from ocnet import problem as problem_mod
+from ocnet import memory as memory_mod
 from ocnet.config import resolve
+from ocnet.memory import LAYER_OVERHEAD, MemoryEstimate, check_memory, format_bytes, memory_estimate
 from ocnet.options import ConfigError
-from ocnet.problem import LAYER_OVERHEAD, MemoryEstimate, build, check_memory, format_bytes, memory_estimate
+from ocnet.problem import build
 
 GB = 10**9
 
@@ -70,7 +71,7 @@ def test_huge_width_fails_fast_with_the_sizes():
 
 
 def test_huge_channels_fail_with_a_known_machine(monkeypatch):
-    monkeypatch.setattr(problem_mod, "available_memory", lambda device="cpu": 23 * GB)
+    monkeypatch.setattr(memory_mod, "available_memory", lambda device="cpu": 23 * GB)
     with pytest.raises(ConfigError) as info:
         check_memory((3, 32, 32), 10, net="conv", layers=16, channels=[10**6], sharing=4)
     assert str(info.value) == ("the network needs about 2.3 PB per rank (parameters 576 TB, gradients and optimiser "
@@ -80,7 +81,7 @@ def test_huge_channels_fail_with_a_known_machine(monkeypatch):
 
 def test_gpu_memory_is_checked_separately(monkeypatch):
     free = {"cpu": 100 * GB, "cuda": 1 * GB}
-    monkeypatch.setattr(problem_mod, "available_memory", lambda device="cpu": free[torch.device(device).type])
+    monkeypatch.setattr(memory_mod, "available_memory", lambda device="cpu": free[torch.device(device).type])
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     sizes = dict(net="dense", layers=16, width=8192, batch_size=64)
     estimate = memory_estimate((2,), 5, **sizes)
@@ -102,7 +103,7 @@ def test_default_configuration_fits():
 
 
 def test_available_memory_is_positive():
-    assert problem_mod.available_memory() > 0
+    assert memory_mod.available_memory() > 0
 
 
 @pytest.mark.parametrize("n,text", [(0, "0 B"), (999, "999 B"), (1000, "1 kB"), (12_345, "12 kB"),
