@@ -1,87 +1,412 @@
-"""Atomic files and sharded checkpoints.
+"""Atomic files and sharded checkpoints that resume on any number of ranks.
 
 Nothing in a run directory is ever torn: every file is written to a temporary name in the
-same directory and renamed over the target (``os.replace`` is atomic on POSIX).  A
-checkpoint is one shard per rank plus ``latest.json`` naming the newest complete epoch,
-written only after every shard is on disk; shards load with ``weights_only=True``, so a
-checkpoint file cannot execute code.
+same directory and renamed over the target (``os.replace`` is atomic on POSIX).
+
+A checkpoint is a directory ``checkpoints/epoch_EEEE`` (after the whole epoch ``E``) or
+``checkpoints/epoch_EEEE_batch_BBBBB`` (after its first ``B`` batches) holding one shard
+``rank_RRR.pt`` per rank; ``checkpoints/latest.json`` names the newest complete one and is
+written only after every shard is on disk.  A shard carries its identity (rank, ranks, epoch,
+batch, layer range) beside the state, and loads with ``weights_only=True``, so a checkpoint
+file cannot execute code.
+
+The solvers key their state globally — parameters and optimiser state by the whole
+problem's parameter names, per-sample rows by global boundary or time-point index — so the
+union of the shards is one state of the whole run.  A job on the same partition reads its
+own shard; a job on another one reads every shard (memory-mapped: only what a rank takes
+is read into memory) and each solver takes its part (:meth:`ocnet.solvers.Solver.load_state_dict`).
 """
 from __future__ import annotations
 
 import io
 import json
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from . import faults
 from .comm import Comm
+from .grid import Partition
+from .records import jsonable
+
+if TYPE_CHECKING:
+    from .solvers.base import Solver
+
+FORMAT = "ocnet-checkpoint-1"  # the shard's and latest.json's format tag
+_DIR = re.compile(r"epoch_(\d+)(?:_batch_(\d+))?")
+_SHARD = re.compile(r"rank_(\d+)\.pt")
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: missing, torn, corrupt, misplaced, or written for
+    another configuration; the one-line message names the file."""
+
+
+def atomic_write(path: str | Path, data: bytes | str, *, before_rename: Callable[[], Any] | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    The file gets the mode a plain ``open()`` gives (``0o666`` less the umask).
+    ``before_rename`` is called once the bytes are on disk under the temporary name (a
+    fault-injection point)."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a crash of the machine
 
 
-def shard_path(run_dir: str | Path, epoch: int, rank: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}" / f"rank_{rank:03d}.pt"
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a file system that cannot open directories: the rename is all we have
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
-def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any]) -> None:
-    """Every rank saves its shard of the state after ``epoch``; then rank 0 marks it complete."""
-    path = shard_path(run_dir, epoch, comm.rank)
+# -- where things are ---------------------------------------------------------------------------
+def checkpoint_dir(run_dir: str | Path, epoch: int, batch: int | None = None) -> Path:
+    """The directory of the checkpoint after epoch ``epoch`` (``batch=None``) or after its
+    first ``batch`` batches."""
+    name = f"epoch_{epoch:04d}" if batch is None else f"epoch_{epoch:04d}_batch_{batch:05d}"
+    return Path(run_dir) / "checkpoints" / name
+
+
+def shard_path(run_dir: str | Path, epoch: int, rank: int, batch: int | None = None) -> Path:
+    return checkpoint_dir(run_dir, epoch, batch) / f"rank_{rank:03d}.pt"
+
+
+def _marker(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "latest.json"
+
+
+def _starts(partition: Partition) -> list[int]:
+    return [partition.bounds(r)[0] for r in range(partition.n_ranks)]
+
+
+# -- writing ----------------------------------------------------------------------------------
+def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, batch: int | None = None,
+         meta: dict[str, Any] | None = None, partition: Partition | None = None) -> None:
+    """Every rank writes its shard of ``state``; then rank 0 marks the checkpoint complete.
+
+    Parameters
+    ----------
+    epoch, batch : int
+        The checkpoint is taken after epoch ``epoch`` (``batch=None``) or after the first
+        ``batch`` batches of it.
+    state : dict
+        This rank's state: tensors and plain values (``{"solver": solver.state_dict()}``).
+    meta : dict, optional
+        Small JSON-able bookkeeping of the training loop, kept in ``latest.json`` (rank 0's).
+    partition : Partition, optional
+        The job's partition, recorded so that each shard's layer range is checked on loading
+        and a job with the same number of ranks but other cuts takes its part correctly.
+    """
+    if partition is not None and partition.n_ranks != comm.size:
+        raise ValueError(f"a partition over {partition.n_ranks} ranks for a job of {comm.size}")
+    layers = list(partition.bounds(comm.rank)) if partition is not None else None
+    path = shard_path(run_dir, epoch, comm.rank, batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
+    torch.save({"format": FORMAT, "rank": comm.rank, "ranks": comm.size, "epoch": epoch, "batch": batch,
+                "layers": layers, "state": state}, buf)
+    atomic_write(path, buf.getvalue(), before_rename=lambda: faults.inject("checkpoint", comm.rank))
     comm.barrier()  # every shard is on disk before the checkpoint is declared complete
     if comm.rank == 0:
-        atomic_write(Path(run_dir) / "checkpoints" / "latest.json",
-                     json.dumps({"epoch": epoch, "ranks": comm.size}))
+        info = {"format": FORMAT, "epoch": epoch, "batch": batch, "ranks": comm.size,
+                "n_layers": partition.n_layers if partition is not None else None,
+                "starts": _starts(partition) if partition is not None else None,
+                "meta": jsonable(meta or {})}
+        atomic_write(_marker(run_dir), json.dumps(info, allow_nan=False) + "\n")
 
 
-def latest(run_dir: str | Path) -> dict[str, int] | None:
-    """``{"epoch": e, "ranks": P}`` of the newest complete checkpoint, or ``None``."""
-    marker = Path(run_dir) / "checkpoints" / "latest.json"
-    if not marker.exists():
-        return None
-    return json.loads(marker.read_text())
-
-
-def complete_epoch(run_dir: str | Path, ranks: int) -> int:
-    """The epoch of the newest complete checkpoint in ``run_dir`` written by ``ranks`` ranks.
+# -- reading ----------------------------------------------------------------------------------
+def latest(run_dir: str | Path) -> dict[str, Any] | None:
+    """The parsed and checked ``latest.json`` of the newest complete checkpoint, or ``None``
+    when the run has none: ``{"format", "epoch", "batch", "ranks", "n_layers", "starts",
+    "meta"}`` (``batch`` is ``None`` after a whole epoch; ``n_layers`` and ``starts`` are
+    ``None`` when the partition was not recorded).
 
     Raises
     ------
-    FileNotFoundError
-        When there is no complete checkpoint, or it was written by another number of ranks.
+    CheckpointError
+        When ``run_dir`` does not exist, or ``latest.json`` is unreadable or malformed.
     """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run directory")
+    marker = _marker(run_dir)
+    if not marker.exists():
+        return None
+    try:
+        info = json.loads(marker.read_bytes().decode())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{marker}: not a checkpoint marker ({_first_line(e)})") from None
+    _check_info(marker, info)
+    return info
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_info(marker: Path, info: Any) -> None:
+    """Raise :class:`CheckpointError` unless ``info`` is a well-formed ``latest.json``."""
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{marker}: {why}")
+
+    if not isinstance(info, dict):
+        raise bad(f"expected a JSON object, found {type(info).__name__}")
+    missing = [k for k in ("format", "epoch", "batch", "ranks", "n_layers", "starts", "meta") if k not in info]
+    if missing:
+        raise bad(f"no {', '.join(repr(k) for k in missing)}")
+    if info["format"] != FORMAT:
+        raise bad(f"format {info['format']!r}, expected {FORMAT!r}")
+    for key, ok, what in (("epoch", _is_int(info["epoch"]), "an integer >= 0"),
+                          ("batch", info["batch"] is None or _is_int(info["batch"]), "null or an integer >= 0"),
+                          ("ranks", _is_int(info["ranks"], 1), "an integer >= 1"),
+                          ("meta", isinstance(info["meta"], dict), "an object")):
+        if not ok:
+            raise bad(f"{key!r} must be {what}, got {info[key]!r}")
+    n, starts = info["n_layers"], info["starts"]
+    if (n is None) != (starts is None):
+        raise bad("'n_layers' and 'starts' are both null or both given")
+    if starts is not None:
+        if not (_is_int(n, 1) and isinstance(starts, list) and all(_is_int(s) for s in starts)):
+            raise bad(f"'n_layers' must be an integer >= 1 and 'starts' a list of integers, got {n!r}, {starts!r}")
+        try:
+            Partition(n, info["ranks"], tuple(starts))
+        except ValueError as e:
+            raise bad(str(e)) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_shard(path: Path, rank: int, info: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The state in shard ``path`` of rank ``rank`` of the checkpoint ``info``, its identity
+    checked; memory-mapped, so that only the tensors used are read."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty")
+    if not zipfile.is_zipfile(path):  # a torch file is a zip archive, whose directory comes last
+        raise CheckpointError(f"{path}: truncated or corrupt (not a complete torch file)")
+    try:
+        shard = torch.load(path, map_location=device, weights_only=True, mmap=True)
+    except Exception as e:  # torch reports a torn or foreign file by several exception types
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values "
+                                  "(weights_only loading)") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint shard, truncated or corrupt "
+                              f"({_first_line(e)})") from None
+    if not isinstance(shard, dict) or shard.get("format") != FORMAT or "state" not in shard:
+        raise CheckpointError(f"{path}: not an ocnet checkpoint shard")
+    layers = None if info["starts"] is None else list(Partition(info["n_layers"], info["ranks"],
+                                                                tuple(info["starts"])).bounds(rank))
+    expected = {"rank": rank, "ranks": info["ranks"], "epoch": info["epoch"], "batch": info["batch"],
+                "layers": layers}
+    for key, value in expected.items():
+        if shard.get(key) != value:
+            raise CheckpointError(f"{path}: a shard of {key} {shard.get(key)!r} where {value!r} belongs "
+                                  "(a swapped or misplaced shard?)")
+    return shard["state"]
+
+
+def _shards(comm: Comm, run_dir: str | Path, device: torch.device | str,
+            partition: Partition) -> tuple[dict[str, Any], list[tuple[Path, Any]], bool]:
+    """``(info, [(path, state), …], own)``: the shards this rank reads — its own (``own``)
+    where the job has the checkpoint's partition, else every shard (on the CPU)."""
     info = latest(run_dir)
     if info is None:
-        raise FileNotFoundError(f"no complete checkpoint in {Path(run_dir) / 'checkpoints'}")
-    if info["ranks"] != ranks:
-        raise FileNotFoundError(f"the checkpoint in {run_dir} was written by {info['ranks']} ranks, "
-                                f"this job has {ranks}: resume with the same number of ranks")
-    return info["epoch"]
+        raise CheckpointError(f"{_marker(run_dir)}: missing: {run_dir} has no complete checkpoint")
+    marker = _marker(run_dir)
+    if partition.n_ranks != comm.size:
+        raise ValueError(f"a partition over {partition.n_ranks} ranks for a job of {comm.size}")
+    if info["n_layers"] is not None and info["n_layers"] != partition.n_layers:
+        raise CheckpointError(f"{marker}: the checkpoint holds a network of {info['n_layers']} layers, "
+                              f"this job's has {partition.n_layers} (another --layers?)")
+    directory = checkpoint_dir(run_dir, info["epoch"], info["batch"])
+    own = info["ranks"] == comm.size and info["starts"] in (None, _starts(partition))
+    ranks = [comm.rank] if own else range(info["ranks"])
+    paths = [(r, directory / f"rank_{r:03d}.pt") for r in ranks]
+    return info, [(path, _read_shard(path, r, info, device if own else "cpu")) for r, path in paths], own
 
 
-def load(comm: Comm, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[int, dict[str, Any]]:
-    """This rank's shard of the newest complete checkpoint: ``(epoch, state)``
-    (raises as :func:`complete_epoch`)."""
-    epoch = complete_epoch(run_dir, comm.size)
-    path = shard_path(run_dir, epoch, comm.rank)
-    return epoch, torch.load(path, map_location=device, weights_only=True)
+def load(comm: Comm, run_dir: str | Path, device: torch.device | str,
+         partition: Partition) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This rank's state of the newest complete checkpoint, whatever number of ranks wrote it.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        Where the tensors of the rank's own shard go; when the checkpoint was written on
+        another partition, the merged state stays on the CPU (memory-mapped) and the
+        solver's ``load_state_dict`` moves what it takes.
+    partition : Partition
+        This job's partition.
+
+    Returns
+    -------
+    info : dict
+        The checkpoint's ``latest.json`` (:func:`latest`).
+    state : dict
+        What the ranks saved, merged over the shards read: ``state["solver"]`` is what this
+        rank's solver's ``load_state_dict`` takes.
+
+    Raises
+    ------
+    CheckpointError
+        For a missing, torn, corrupt, misplaced or foreign checkpoint file (named).
+    """
+    info, shards, _ = _shards(comm, run_dir, device, partition)
+    return info, _merge([s for _, s in shards], checkpoint_dir(run_dir, info["epoch"], info["batch"]))
+
+
+def restore(comm: Comm, run_dir: str | Path, device: torch.device | str,
+            solver: Solver) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`load` the newest checkpoint into ``solver`` (from ``state["solver"]``), checked
+    against it: its tensors have this network's shapes and dtypes, and a checkpoint of
+    another partition goes only to a solver whose state is keyed globally
+    (:meth:`Solver.reshardable`).  Returns ``(info, state)`` as :func:`load`.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load`, and for a checkpoint that does not fit the solver (named).
+    """
+    partition = solver.network.partition
+    info, shards, own = _shards(comm, run_dir, device, partition)
+    directory = checkpoint_dir(run_dir, info["epoch"], info["batch"])
+    if not own and not solver.reshardable():
+        raise CheckpointError(f"{directory}: solver {solver.name!r} cannot resume on another rank count "
+                              f"or partition (written by {info['ranks']} ranks, this job has {comm.size})")
+    fresh = solver.state_dict()
+    for path, state in shards:
+        if not isinstance(state, dict) or not isinstance(state.get("solver"), dict):
+            raise CheckpointError(f"{path}: holds no solver state")
+        _compare(path, state["solver"], fresh)
+    merged = _merge([s for _, s in shards], directory)
+    missing = _missing(fresh, merged["solver"])
+    if missing:
+        raise CheckpointError(f"{directory}: holds no {missing} (another network or solver?)")
+    try:
+        solver.load_state_dict(merged["solver"])
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{directory}: does not fit this {solver.name} solver: {_first_line(e)}") from None
+    return info, merged
+
+
+def _merge(states: list[Any], where: Path, path: str = "") -> Any:
+    """The union of the shards' states: dictionaries key by key, lists item by item; of a
+    value present in several shards (a replicated one), the first."""
+    first = states[0]
+    if isinstance(first, dict) and all(isinstance(s, dict) for s in states):
+        keys = list(dict.fromkeys(k for s in states for k in s))
+        return {k: _merge([s[k] for s in states if k in s], where, f"{path}/{k}") for k in keys}
+    if isinstance(first, list) and all(isinstance(s, list) for s in states):
+        if len({len(s) for s in states}) > 1:
+            raise CheckpointError(f"{where}: the shards disagree on the length of {path.lstrip('/')}")
+        return [_merge(list(items), where, f"{path}/{i}") for i, items in enumerate(zip(*states))]
+    return first
+
+
+def _leaves(state: Any, path: str = "") -> dict[str, Any]:
+    """``{"a/b/c": value}`` for the tensors in nested dictionaries and lists."""
+    if isinstance(state, dict):
+        return {k: v for key, item in state.items() for k, v in _leaves(item, f"{path}/{key}").items()}
+    if isinstance(state, (list, tuple)):
+        return {k: v for i, item in enumerate(state) for k, v in _leaves(item, f"{path}/{i}").items()}
+    return {path.lstrip("/"): state} if isinstance(state, torch.Tensor) else {}
+
+
+def _compare(path: Path, saved: Any, fresh: dict[str, Any]) -> None:
+    """Raise unless every tensor that ``saved`` and this solver's ``fresh`` state both hold
+    has one shape and dtype in both."""
+    mine = _leaves(fresh)
+    for key, t in _leaves(saved).items():
+        own = mine.get(key)
+        if own is None:
+            continue
+        if t.shape != own.shape:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(t.shape)}, this network's {tuple(own.shape)} "
+                                  "(another --width, --channels or --layers?)")
+        if t.dtype != own.dtype:
+            raise CheckpointError(f"{path}: {key} is {t.dtype}, this network's {own.dtype} (another --dtype?)")
+
+
+def _missing(fresh: dict[str, Any], saved: dict[str, Any]) -> str | None:
+    """The first tensor of this solver's ``fresh`` state that ``saved`` lacks, or ``None``."""
+    have = _leaves(saved)
+    return next((key for key in _leaves(fresh) if key not in have), None)
+
+
+# -- cleaning up --------------------------------------------------------------------------------
+def _order(name: str) -> tuple[int, float] | None:
+    """The position of checkpoint directory ``name`` in the run: after epoch E's batch B, or
+    after the whole epoch E (``None`` for a name that is not a checkpoint's)."""
+    m = _DIR.fullmatch(name)
+    if m is None:
+        return None
+    return int(m.group(1)), float("inf") if m.group(2) is None else int(m.group(2))
+
+
+def remove_leftovers(run_dir: str | Path) -> list[Path]:
+    """Delete what interrupted writes left in ``run_dir``: temporary ``.*.tmp`` files
+    anywhere in it, checkpoint directories newer than the complete one ``latest.json``
+    names (all of them when there is none), and in that one the shards of ranks it does not
+    have.  Returns what was deleted.
+
+    Raises
+    ------
+    CheckpointError
+        When ``latest.json`` is there but unreadable (nothing is deleted then).
+    """
+    run_dir = Path(run_dir)
+    info = latest(run_dir)
+    removed = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
+    for p in removed:
+        p.unlink()
+    root = run_dir / "checkpoints"
+    complete = None if info is None else _order(checkpoint_dir(run_dir, info["epoch"], info["batch"]).name)
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        position = _order(d.name)
+        if not d.is_dir() or position is None:
+            continue
+        if complete is None or position > complete:
+            shutil.rmtree(d)
+            removed.append(d)
+        elif position == complete:
+            assert info is not None
+            for shard in d.iterdir():
+                m = _SHARD.fullmatch(shard.name)
+                if m is not None and int(m.group(1)) >= info["ranks"]:
+                    shard.unlink()
+                    removed.append(shard)
+    return removed

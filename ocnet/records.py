@@ -18,6 +18,8 @@ otherwise.  Plots read a field's label and scale from the same schema.
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
@@ -103,6 +105,34 @@ def reduce(comm: Comm, name: str, value: float, fields: Mapping[str, Field] = FI
     if how == "first":
         return float(comm.bcast(value, root=0))
     return float(comm.allreduce(float(value), op=how))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with every nan or ±inf replaced by ``None``: strict JSON parsers reject
+    the bare ``NaN`` / ``Infinity`` that :func:`json.dumps` writes by default."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``value`` (non-finite numbers become ``null``)."""
+    return json.dumps(jsonable(value), allow_nan=False, **kwargs)
+
+
+def non_finite(record: Record) -> str | None:
+    """The name of the first numeric field of ``record`` that is nan or ±inf (``"residual.forward"``
+    inside a per-phase dict), or ``None``."""
+    for key, value in record.items():
+        inner = value.items() if isinstance(value, dict) else [(None, value)]
+        for phase, v in inner:
+            if isinstance(v, float) and not math.isfinite(v):
+                return key if phase is None else f"{key}.{phase}"
+    return None
 
 
 def _number(value: Any) -> bool:

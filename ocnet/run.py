@@ -4,15 +4,21 @@ Builds everything from the configuration — communicator, device, data, network
 solver — trains, and writes the run directory (config.toml, history.jsonl, summary.json,
 plots, checkpoints).  This is the only module that reaches for ``COMM_WORLD``.
 
-Set-up errors (configuration, plug-ins, data, network, partition, building the solver) are
-checked on every rank and agreed on with one collective, so every rank exits with status 2
-and the job prints one message.  A :class:`~ocnet.solvers.SolverError` during training (a
-diverged MGRIT solve), which every rank raises together, prints one message and exits with
-status 3; any other exception during training aborts the whole job (no rank is left waiting).
+A run directory belongs to one run: a new run refuses a non-empty ``--out`` (unless
+``--overwrite``), and ``--resume D`` continues in ``D`` itself, from its newest checkpoint, on
+any number of ranks, refusing a configuration that differs in a key that must not change.
+
+Exit status: 0 done; 2 a set-up error (configuration, plug-ins, data, memory, run directory,
+checkpoint, building the solver — checked on every rank and agreed on with one collective,
+so the job prints one message and changes no file); 3 the method failed on every rank
+together (a diverged MGRIT solve, a non-finite loss or parameter); 128 + the signal's number
+after SIGTERM / SIGINT stopped the run at a step boundary with a checkpoint.  Any other
+exception on any rank aborts the whole job (no rank is left waiting), from the first line on.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,16 +26,18 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, faults
 from . import comm as comm_mod
-from .config import ConfigError, dump_toml, given, help_text, resolve
+from .config import ConfigError, differences, dump_toml, given, help_text, read_toml, resolve
 from .data import DataError, load
 from .filters import FILTERS
+from .memory import check_memory
 from .problem import build
+from .records import dumps
 from .solvers import Solver, SolverError
 from .solvers import get as get_solver
 from .tags import Tags
-from .train import History, fit, lr_schedule
+from .train import History, NonFinite, Stopped, fit, lr_schedule
 
 T = TypeVar("T")
 EXIT_SETUP = 2
@@ -43,29 +51,35 @@ class SetupError(Exception):
 def agree(comm: comm_mod.Comm, what: Callable[[], T]) -> T:
     """Run a set-up step on every rank; if it fails anywhere, fail everywhere.
 
-    The lowest failing rank prints the one message; all ranks raise :class:`SetupError`.
+    The lowest failing rank prints the one message (naming itself when not every rank
+    failed); all ranks raise :class:`SetupError`.
     """
-    error: Exception | None = None
+    error: BaseException | None = None
     try:
+        faults.inject("setup", comm.rank)
         result = what()
     except Exception as e:  # a user's plug-in may raise anything while it is built
         error = e
+    except KeyboardInterrupt as e:  # Ctrl-C during set-up: stop like any other set-up failure
+        error = e
     first = comm.allreduce(comm.rank if error is not None else comm.size, op="min")
     if first < comm.size:
+        failed = comm.allreduce(int(error is not None))
         if comm.rank == first:
-            print(f"ocnet: error: {_message(error)}", file=sys.stderr, flush=True)
+            where = "" if failed == comm.size else f"rank {first}: "
+            print(f"ocnet: error: {where}{_message(error)}", file=sys.stderr, flush=True)
         raise SetupError
     return result
 
 
-def _message(error: Exception | None) -> str:
+def _message(error: BaseException | None) -> str:
     """The one line that reports a set-up error: the message, with the exception's type
     where the type is not one of the expected kinds of bad input."""
-    if isinstance(error, KeyError) and error.args:
-        return str(error.args[0])
-    if isinstance(error, (ConfigError, DataError, ValueError, OSError)):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted during set-up"
+    if isinstance(error, (ConfigError, DataError, ValueError, OSError)) and str(error):
+        return str(error).splitlines()[0]
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def pick_device(kind: str, comm: comm_mod.Comm) -> torch.device:
@@ -97,27 +111,89 @@ def net_kind(config: dict[str, Any], is_image: bool) -> str:
 
 
 def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
-    """Everything before training, each step agreed on by all ranks."""
+    """Everything before training, each step agreed on by all ranks; no file is written."""
     config = agree(comm, lambda: resolve(argv))
     dtype = getattr(torch, config["dtype"])
+    out, resume = agree(comm, lambda: run_directory(config, comm.size))
+    config["out"] = str(out)
     device = agree(comm, lambda: pick_device(config["device"], comm))
     data = agree(comm, lambda: load(config["problem"], config["data_dir"] or None, config["seed"]))
+    kind = net_kind(config, data.is_image)
+    sharing = comm_mod.node_rank_and_size(comm)[1]  # a collective: outside agree's step
+    agree(comm, lambda: check_memory(
+        data.input_shape, data.n_classes, net=kind, layers=config["layers"], width=config["width"],
+        channels=config["channels"], norm=config["norm"], batch_size=config["batch_size"], dtype=dtype,
+        n_ranks=comm.size, n_samples=len(data.y_train) + len(data.y_test), optimizer=config["optimizer"],
+        device=device, sharing=sharing))
     problem = agree(comm, lambda: build(
-        data.input_shape, data.n_classes, net=net_kind(config, data.is_image), layers=config["layers"],
+        data.input_shape, data.n_classes, net=kind, layers=config["layers"],
         width=config["width"], channels=config["channels"], T=config["final_time"],
         activation=None if config["activation"] == "auto" else config["activation"],
         norm=config["norm"], seed=config["seed"], dtype=dtype))
     solver_cls = get_solver(config["solver"])
     partition = agree(comm, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
-    out = Path(config["out"] or f"runs/{config['problem']}-{config['solver']}-P{comm.size}")
-    config["out"] = str(out)
-    resume = Path(config["resume"]) if config["resume"] else None
-    start = agree(comm, lambda: _resume_epoch(resume, comm))
-    agree(comm, lambda: out.mkdir(parents=True, exist_ok=True))
-    network = problem.local(partition, comm.rank).to(device)
+    network = agree(comm, lambda: problem.local(partition, comm.rank).to(device))
     solver = agree(comm, lambda: build_solver(solver_cls, network, comm, config, device))
-    return dict(config=config, dtype=dtype, device=device, data=data, problem=problem,
-                network=network, solver=solver, out=out, resume=resume, start=start)
+    start, history = None, History(out / "history.jsonl" if comm.rank == 0 else None)
+    if resume:
+        start = agree(comm, lambda: _load_checkpoint(solver, comm, out, device, config["epochs"]))
+        history = agree(comm, lambda: History.read(out / "history.jsonl", start["meta"]["step"])
+                        if comm.rank == 0 else history)
+    return dict(config=config, dtype=dtype, device=device, data=data, problem=problem, network=network,
+                solver=solver, out=out, start=start, history=history)
+
+
+_RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "model.pt", "checkpoints")
+
+
+def run_directory(config: dict[str, Any], ranks: int) -> tuple[Path, bool]:
+    """``(out, resuming)``: where the run writes, checked without writing anything.
+
+    A resumed run continues in its own directory, with the configuration it started with
+    but for the keys that may change; a new run starts only into an empty or new directory
+    (or replaces a run's files with ``--overwrite``).  Without ``--out`` a new run takes
+    ``runs/<problem>-<solver>-P<ranks>``, numbered ``-2``, ``-3``, … past those in use.
+    """
+    if config["resume"]:
+        out = Path(config["resume"])
+        if config["out"] and Path(config["out"]).resolve() != out.resolve():
+            raise ConfigError(f"--resume continues in its run directory {out}; --out {config['out']} names another")
+        if not (out / "config.toml").is_file():
+            raise ConfigError(f"cannot resume {out}: it is not a run directory (no config.toml)")
+        changed = differences(read_toml(out / "config.toml"), config)
+        if changed:
+            raise ConfigError(f"cannot resume {out} with another configuration: {'; '.join(changed)}")
+        return out, True
+    if config["out"]:
+        out = Path(config["out"])
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a directory")
+        if _in_use(out) and not config["overwrite"]:
+            raise ConfigError(f"run directory {out} is not empty: choose another --out, continue it with "
+                              f"--resume {out}, or replace its run with --overwrite")
+        return out, False
+    base = Path("runs") / f"{config['problem']}-{config['solver']}-P{ranks}"
+    out, n = base, 1
+    while _in_use(out):
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out, False
+
+
+def _in_use(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _load_checkpoint(solver: Solver, comm: comm_mod.Comm, out: Path, device: torch.device,
+                     epochs: int) -> dict[str, Any]:
+    """Load the newest checkpoint of ``out`` into ``solver``; returns its ``latest.json``."""
+    info = checkpoint.latest(out)
+    if info is None:
+        raise ConfigError(f"cannot resume {out}: it has no complete checkpoint (--checkpoint-every K writes them)")
+    done = info["epoch"] + (info["batch"] is None)
+    if done > epochs:
+        raise ConfigError(f"{out} has trained {done} epochs already; --epochs must be at least {done}")
+    return checkpoint.restore(comm, out, device, solver)[0]
 
 
 def build_solver(cls: type[Solver], network: Any, comm: comm_mod.Comm, config: dict[str, Any],
@@ -128,13 +204,27 @@ def build_solver(cls: type[Solver], network: Any, comm: comm_mod.Comm, config: d
                seed=config["seed"], tags=Tags(), **{k: config[k] for k in cls.options_for(config)})
 
 
-def _resume_epoch(resume: Path | None, comm: comm_mod.Comm) -> int:
-    return 0 if resume is None else checkpoint.complete_epoch(resume, comm.size) + 1
+def _prepare(out: Path, config: dict[str, Any], resuming: bool) -> None:
+    """Rank 0, once every set-up step has passed: the run directory and its config.toml."""
+    if config["overwrite"] and not resuming:
+        for name in _RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        for plot in out.glob("*.png"):
+            plot.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if resuming:
+        checkpoint.remove_leftovers(out)
+    checkpoint.atomic_write(out / "config.toml", dump_toml(config))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = comm_mod.world()
+    comm_mod.abort_on_exception(comm)  # from the first line on: no exception leaves a rank waiting
     if "--help" in argv or "-h" in argv:
         try:
             given([a for a in argv if a not in ("--help", "-h")])  # the plug-ins' solvers join the list
@@ -148,64 +238,73 @@ def main(argv: list[str] | None = None) -> int:
         s = setup(argv, comm)
     except SetupError:
         return EXIT_SETUP
-    config, device, out = s["config"], s["device"], s["out"]
-    comm_mod.abort_on_exception(comm)
+    config, device, out, start = s["config"], s["device"], s["out"], s["start"]
+    if start is not None and start["batch"] is None and start["epoch"] >= config["epochs"] - 1 \
+            and (out / "summary.json").exists():
+        if comm.rank == 0:
+            print(f"ocnet: {out} has finished its {start['epoch'] + 1} epochs; nothing to do "
+                  "(a larger --epochs continues it)", flush=True)
+        return 0
     if config["cuda_aware"] != "auto":
         comm.cuda_aware = config["cuda_aware"] == "on"
     torch.set_num_threads(config["threads"] or default_threads(comm))
+    if comm.rank == 0:
+        _prepare(out, config, start is not None)
+    comm.barrier()  # the directory exists before any rank writes its checkpoint shard there
 
     data = s["data"].to(device, s["dtype"])
     network, solver = s["network"], s["solver"]
-    history = None
-    if s["resume"] is not None:
-        epoch, state = checkpoint.load(comm, s["resume"], device)
-        solver.load_state_dict(state["solver"])
-        history = History.read(s["resume"] / "history.jsonl", epoch)
-        history.path = out / "history.jsonl" if comm.rank == 0 else None
-    if comm.rank == 0:
-        checkpoint.atomic_write(out / "config.toml", dump_toml(config))
-
     t0 = time.perf_counter()
     augment = config["augment"] == "on" or (config["augment"] == "auto" and config["problem"].startswith("cifar"))
+    comm.start_watchdog(config["stall_timeout"])
     try:
-        last = fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
+        fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
                    seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
                    augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
-                   start_epoch=s["start"], history=history, progress=not config["quiet"])
-    except SolverError as e:  # raised by every rank together: one message, every rank exits
+                   start=start, history=s["history"], progress=not config["quiet"])
+    except (SolverError, NonFinite) as e:  # raised by every rank together: one message, every rank exits
         if comm.rank == 0:
             print(f"ocnet: error: {e}", file=sys.stderr, flush=True)
         return EXIT_SOLVER
+    except Stopped as e:
+        if comm.rank == 0:
+            launch = f"mpirun -n {comm.size} " if comm.size > 1 else ""
+            print(f"ocnet: {e}; continue with: {launch}python -m ocnet.run --resume {out}", file=sys.stderr,
+                  flush=True)
+        return 128 + e.signum
     wall = time.perf_counter() - t0
-    bytes_sent = comm.allreduce(comm.bytes_sent)
+    comm.stop_watchdog()  # rank 0 alone writes the model and plots now: not a stall
     model = comm.gather(network.problem_state())
     if model is not None:  # rank 0
-        _finish(out, config, comm.size, last, wall, bytes_sent, model)
+        _finish(out, config, comm.size, s["history"].records, wall, model)
     return 0
 
 
-def _finish(out: Path, config: dict, ranks: int, last: dict, wall: float, bytes_sent: int,
-            shards: list[dict]) -> None:
-    """Rank 0: the exported model, summary.json, plots, and the one-line summary."""
+def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict]) -> None:
+    """Rank 0: the exported model, summary.json, plots, and the one-line summary.
+
+    ``wall`` is this job's time; the summary's ``wall_time`` and ``bytes_sent`` cover the
+    whole run, over every job that resumed it."""
     import io
-    import json
     buf = io.BytesIO()
     torch.save({k: v.cpu() for shard in shards for k, v in shard.items()}, buf)
     checkpoint.atomic_write(out / "model.pt", buf.getvalue())
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    last = epochs[-1]
     summary = {"solver": config["solver"], "ranks": ranks, "problem": config["problem"],
                "layers": config["layers"], "epochs": config["epochs"],
                "final_test_acc": last.get("test_acc"), "final_train_acc": last.get("train_acc"),
-               "final_loss": last.get("loss"), "wall_time": wall, "bytes_sent": bytes_sent}
-    checkpoint.atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+               "final_loss": last.get("loss"), "wall_time": last["wall_time"],
+               "bytes_sent": sum(r["bytes_sent"] for r in epochs)}
+    checkpoint.atomic_write(out / "summary.json", dumps(summary, indent=2) + "\n")
     try:
         from .plot import plot_runs
         plot_runs([out])
     except Exception as e:  # plots are a convenience; the data is already safe on disk
         print(f"ocnet: warning: plotting failed: {e}", file=sys.stderr)
     print(f"ocnet: {config['solver']} P={ranks} on {config['problem']}: "
-          f"test acc {100 * last.get('test_acc', float('nan')):.2f} %, "
-          f"train acc {100 * last.get('train_acc', float('nan')):.2f} %, loss {last.get('loss', float('nan')):.4g}, "
-          f"{wall:.1f} s, {bytes_sent / 1e6:.2f} MB sent -> {out}", flush=True)
+          f"test acc {100 * last['test_acc']:.2f} %, train acc {100 * last['train_acc']:.2f} %, "
+          f"loss {last['loss']:.4g}, {wall:.1f} s, {summary['bytes_sent'] / 1e6:.2f} MB sent -> {out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ on read) to save memory: ``s²`` less for the s×s downsampling filter.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -86,8 +86,13 @@ class SampleStore:
         return total
 
     def state_dict(self) -> dict[str, Any]:
+        """The rows under their keys (as strings)."""
         return {str(k): r for k, r in self.rows.items()}
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None,
+                        keys: Iterable[int] | None = None) -> None:
+        """Copy the rows of ``state`` (of :meth:`state_dict`; only those under ``keys`` when
+        given: a rank's part of the union of all ranks' states) onto ``device``."""
+        wanted = None if keys is None else {str(k) for k in keys}
         self.rows = {int(k): r.to(device).clone() if device is not None else r.clone()
-                     for k, r in state.items()}
+                     for k, r in state.items() if wanted is None or k in wanted}

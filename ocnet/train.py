@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, faults
 from .comm import Comm
 from .data import Dataset, augment, batches
-from .records import combine
+from .records import combine, dumps, jsonable, non_finite
 from .solvers.base import Solver
 
 _EVAL_BATCH = 1000
@@ -39,7 +41,8 @@ def lr_schedule(kind: str, lr: float, epochs: int) -> Callable[[int], float]:
 
 
 class History:
-    """The records of a run, kept in memory and mirrored atomically to ``history.jsonl``."""
+    """The records of a run, kept in memory and mirrored atomically to ``history.jsonl``
+    (strict JSON: a non-finite number is written as ``null``)."""
 
     def __init__(self, path: Path | None, records: list[dict[str, Any]] | None = None) -> None:
         self.path = path
@@ -48,17 +51,85 @@ class History:
     def extend(self, records: list[dict[str, Any]]) -> None:
         self.records += records
         if self.path is not None:
-            checkpoint.atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+            checkpoint.atomic_write(self.path, "".join(dumps(r) + "\n" for r in self.records))
 
     @classmethod
-    def read(cls, path: Path, up_to_epoch: int) -> "History":
-        """The records of epochs ``≤ up_to_epoch`` (for resuming)."""
-        lines = path.read_text().splitlines() if path.exists() else []
-        return cls(path, [r for r in map(json.loads, lines) if r["epoch"] <= up_to_epoch])
+    def read(cls, path: Path, up_to_step: int) -> "History":
+        """The records of steps ``≤ up_to_step`` (for resuming a checkpoint taken after that
+        step), which must all be there.
+
+        Raises
+        ------
+        ValueError
+            When the file is missing, a line is not a record, or it ends before ``up_to_step``.
+        """
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read the run's history {path}: {e}") from None
+        records = []
+        for n, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                step = record["step"]
+            except (ValueError, TypeError, KeyError):
+                raise ValueError(f"{path}, line {n}, is not a history record") from None
+            if not isinstance(step, int):
+                raise ValueError(f"{path}, line {n}: step must be an integer, got {step!r}")
+            if step <= up_to_step:
+                records.append(record)
+        if up_to_step and (not records or records[-1]["step"] != up_to_step):
+            ends = records[-1]["step"] if records else 0
+            raise ValueError(f"the run's history {path} ends at step {ends}, "
+                             f"its checkpoint was taken after step {up_to_step}")
+        return cls(path, records)
+
+
+class NonFinite(Exception):
+    """A loss, state, parameter or residual became nan or inf; every rank raises it together."""
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT asked the run to stop; it stopped at a step boundary, with a
+    checkpoint.  ``signum`` is the signal's number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class Interrupt:
+    """While active, SIGTERM and SIGINT (what schedulers and Ctrl-C send) set
+    :attr:`signum` instead of killing the process, so the loop can stop at the next step
+    boundary with a checkpoint.  The same signal again within a second is a duplicate
+    (a launcher forwarding the terminal's Ctrl-C); a later second signal stops at once."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._at = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "Interrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.signum:
+            self.signum, self._at = signum, time.monotonic()
+        elif signum != self.signum or time.monotonic() - self._at > 1.0:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: stopping at once, without a checkpoint")
 
 
 def evaluate(solver: Solver, comm: Comm, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """``(accuracy, mean loss)`` on ``(x, y)``, known on every rank."""
+    faults.inject("evaluate", comm.rank)
     correct = loss = 0.0
     for i in range(0, len(y), _EVAL_BATCH):
         logits = solver.predict(x[i:i + _EVAL_BATCH])
@@ -70,11 +141,23 @@ def evaluate(solver: Solver, comm: Comm, x: torch.Tensor, y: torch.Tensor) -> tu
     return totals[0] / len(y), totals[1] / len(y)
 
 
+def finite_parameters(solver: Solver) -> bool:
+    """Whether every parameter of this rank is finite (one reduction per tensor)."""
+    return all(bool(torch.isfinite(p).all()) for p in solver.network.parameters())
+
+
+def _poison(solver: Solver, record: dict[str, Any]) -> None:
+    """The ``nan`` fault: this rank's loss and its first parameter become nan."""
+    record["loss"] = float("nan")
+    with torch.no_grad():
+        next(solver.network.parameters()).fill_(float("nan"))
+
+
 def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: int, seed: int,
         lr: Callable[[int], float], augment_images: bool, run_dir: Path | None = None,
-        checkpoint_every: int = 0, start_epoch: int = 0, history: History | None = None,
+        checkpoint_every: int = 0, start: dict[str, Any] | None = None, history: History | None = None,
         progress: bool = False) -> dict[str, Any]:
-    """Train for epochs ``start_epoch … epochs-1``; returns the last epoch record (every rank).
+    """Train up to the end of epoch ``epochs - 1``; returns the last epoch record (every rank).
 
     Parameters
     ----------
@@ -86,58 +169,141 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         Random crop and flip of training batches, in epochs where the solver allows it.
     run_dir : Path, optional
         Where rank 0 writes ``history.jsonl`` and every rank its checkpoint shard.
+    start : dict, optional
+        Where to continue: the ``latest.json`` of the checkpoint the solver was loaded from
+        (``epoch``, ``batch`` — ``None`` after a whole epoch — and the loop's ``meta``).
+    history : History, optional
+        The records up to that checkpoint (rank 0).
+
+    Raises
+    ------
+    NonFinite
+        On every rank, at the first step after which a rank's record holds nan or inf (or,
+        checked at each epoch's end, a parameter does); nothing more is written.
+    Stopped
+        On every rank, at the step boundary after SIGTERM or SIGINT reached any rank, once
+        the checkpoint of that boundary is written.
     """
     history = history or History(run_dir / "history.jsonl" if run_dir and comm.rank == 0 else None)
-    step = history.records[-1]["step"] if history.records else 0
-    t0 = time.perf_counter() - (history.records[-1]["wall_time"] if history.records else 0.0)
+    start = start or {"epoch": -1, "batch": None, "meta": {}}
+    step = start["meta"].get("step", 0)
+    t0 = time.perf_counter() - (start["meta"].get("wall_time") or 0.0)
     n = len(data.y_train)
     n_batches = math.ceil(n / batch_size)
-    bar = _progress(epochs, start_epoch, n_batches) if progress and comm.rank == 0 else None
-    last: dict[str, Any] = {}
-    for epoch in range(start_epoch, epochs):
-        bytes_epoch = comm.bytes_sent
-        solver.set_lr(lr(epoch))
-        extra = solver.begin_epoch(epoch, data.x_train, data.y_train)
-        generator = torch.Generator().manual_seed(1_000_003 * seed + epoch)
-        do_augment = augment_images and data.is_image and solver.augments(epoch)
-        iters: list[dict[str, Any]] = []  # this rank's fields, per step
-        wall: list[float] = []  # rank 0's clock, per step
-        for idx in batches(n, batch_size, seed, epoch):
-            x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
-            if do_augment:
-                x = augment(x, generator)  # a CPU generator drives it on any device
-            sent = comm.bytes_sent
-            record = solver.step(x, y, idx)
-            iters.append({**record, "bytes_sent": comm.bytes_sent - sent})
-            wall.append(time.perf_counter() - t0)
-            if bar is not None:
-                bar.update(1)
-        extra = {**extra, **solver.end_epoch(epoch)}
-        train_acc, _ = evaluate(solver, comm, data.x_train[:_TRAIN_EVAL_MAX], data.y_train[:_TRAIN_EVAL_MAX])
-        test_acc, test_loss = evaluate(solver, comm, data.x_test, data.y_test)
-        mine = {"iters": iters, "extra": extra, "bytes": comm.bytes_sent - bytes_epoch}
-        gathered = comm.gather(mine)
+    first_epoch = start["epoch"] + (start["batch"] is None)
+    bar = _progress(epochs, first_epoch, n_batches) if progress and comm.rank == 0 else None
+    # a run resumed after its last epoch trains nothing and reports that epoch's record
+    last: dict[str, Any] = next((r for r in reversed(history.records) if r["kind"] == "epoch"), {})
+
+    def stop_here(epoch: int, done: int, iters: list, wall: list, begin: Any, resumed: bool, bytes_epoch: int,
+                  signum: int = 0, bad: tuple[int, str] | None = None) -> None:
+        """Write what this epoch's steps have recorded (and, for a signal, a checkpoint after
+        ``done`` batches), then raise on every rank."""
+        gathered = comm.gather({"iters": iters, "begin": begin, "bytes": comm.bytes_sent - bytes_epoch})
+        meta: dict[str, Any] = {}
         if gathered is not None:  # rank 0
-            fields = solver.record_fields()
-            records = [{"kind": "iter", "epoch": epoch, "step": step + i + 1, **combine(list(r), fields),
-                        "wall_time": w}
-                       for i, (r, w) in enumerate(zip(zip(*(g["iters"] for g in gathered)), wall))]
-            step += len(records)
-            losses = [v for r in records if isinstance(v := r.get("loss"), (int, float))]
-            last = {"kind": "epoch", "epoch": epoch, "step": step,
-                    **combine([g["extra"] for g in gathered], fields)}
-            last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
-                        wall_time=time.perf_counter() - t0,
-                        bytes_sent=sum(g["bytes"] for g in gathered),
-                        train_acc=train_acc, test_acc=test_acc, test_loss=test_loss, lr=lr(epoch))
-            history.extend(records + [last])
-            if bar is not None:
-                bar.set_postfix(loss=f"{last['loss']:.3g}", test_acc=f"{100 * test_acc:.1f}%")
-        if run_dir is not None and checkpoint_every and ((epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1):
-            checkpoint.save(comm, run_dir, epoch, {"solver": solver.state_dict(), "epoch": epoch})
+            history.extend(_iter_records(gathered, wall, solver, epoch, step - len(wall)))
+            begun = begin if resumed else combine([g["begin"] for g in gathered], solver.record_fields())
+            meta = {"step": step, "wall_time": time.perf_counter() - t0, "begin": jsonable(begun),
+                    "bytes": sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if resumed else 0)}
+        where = f"epoch {epoch}, step {step}"
+        if bad is not None:
+            raise NonFinite(f"{bad[1]} is not finite at {where} on rank {bad[0]} (solver {solver.name}); "
+                            "nothing after the last checkpoint was saved — a smaller --lr may help")
+        if run_dir is not None:
+            comm.where(f"checkpoint of epoch {epoch}, step {step}")
+            checkpoint.save(comm, run_dir, epoch, {"solver": solver.state_dict()}, batch=done,
+                            meta=comm.bcast(meta), partition=solver.network.partition)
+        kept = " with a checkpoint" if run_dir is not None else ""
+        raise Stopped(f"stopped by {signal.Signals(signum).name} at {where} (batch {done} of {n_batches}){kept}",
+                      signum)
+
+    with Interrupt() as interrupt:
+        for epoch in range(first_epoch, epochs):
+            bytes_epoch = comm.bytes_sent
+            solver.set_lr(lr(epoch))
+            resumed = epoch == start["epoch"]  # in the middle of this epoch
+            skip = start["batch"] if resumed else 0
+            comm.where(f"start of epoch {epoch}")
+            begin = start["meta"]["begin"] if resumed else solver.begin_epoch(epoch, data.x_train, data.y_train)
+            do_augment = augment_images and data.is_image and solver.augments(epoch)
+            iters: list[dict[str, Any]] = []  # this rank's fields, per step
+            wall: list[float] = []  # rank 0's clock, per step
+            for b, idx in enumerate(batches(n, batch_size, seed, epoch)):
+                if b < skip:
+                    continue
+                x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
+                if do_augment:  # seeded per batch, so that a run resumes at any batch alike
+                    x = augment(x, torch.Generator().manual_seed((1_000_003 * seed + epoch) * 1_000_033 + b))
+                sent = comm.bytes_sent
+                comm.where(f"epoch {epoch}, step {step + 1}")
+                record = dict(solver.step(x, y, idx))
+                if faults.inject("step", comm.rank) == "nan":
+                    _poison(solver, record)
+                iters.append({**record, "bytes_sent": comm.bytes_sent - sent})
+                step += 1
+                wall.append(time.perf_counter() - t0)
+                if bar is not None:
+                    bar.update(1)
+                bad_rank, field, signum = _boundary(comm, non_finite(record), interrupt.signum)
+                if bad_rank is not None or signum:
+                    stop_here(epoch, b + 1, iters, wall, begin, resumed, bytes_epoch, signum,
+                              None if bad_rank is None else (bad_rank, field))
+            end = solver.end_epoch(epoch)
+            bad_rank, field, _ = _boundary(comm, None if finite_parameters(solver) else "a parameter", 0)
+            if bad_rank is not None:
+                stop_here(epoch, n_batches, iters, wall, begin, resumed, bytes_epoch, bad=(bad_rank, field))
+            comm.where(f"evaluation of epoch {epoch}")
+            train_acc, _ = evaluate(solver, comm, data.x_train[:_TRAIN_EVAL_MAX], data.y_train[:_TRAIN_EVAL_MAX])
+            test_acc, test_loss = evaluate(solver, comm, data.x_test, data.y_test)
+            gathered = comm.gather({"iters": iters, "begin": begin, "end": end,
+                                    "bytes": comm.bytes_sent - bytes_epoch})
+            if gathered is not None:  # rank 0
+                fields = solver.record_fields()
+                records = _iter_records(gathered, wall, solver, epoch, step - len(wall))
+                earlier = [r for r in history.records if r["kind"] == "iter" and r["epoch"] == epoch]
+                losses = [v for r in earlier + records if isinstance(v := r.get("loss"), (int, float))]
+                begun = begin if resumed else combine([g["begin"] for g in gathered], fields)
+                last = {"kind": "epoch", "epoch": epoch, "step": step, **begun,
+                        **combine([g["end"] for g in gathered], fields)}
+                last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
+                            wall_time=time.perf_counter() - t0,
+                            bytes_sent=sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if resumed else 0),
+                            train_acc=train_acc, test_acc=test_acc, test_loss=test_loss, lr=lr(epoch))
+                history.extend(records + [last])
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last['loss']:.3g}", test_acc=f"{100 * test_acc:.1f}%")
+            due = checkpoint_every and ((epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1)
+            if run_dir is not None and due:
+                comm.where(f"checkpoint of epoch {epoch}")
+                meta = comm.bcast({"step": step, "wall_time": last.get("wall_time")})
+                checkpoint.save(comm, run_dir, epoch, {"solver": solver.state_dict()}, meta=meta,
+                                partition=solver.network.partition)
     if bar is not None:
         bar.close()
     return comm.bcast(last)
+
+
+def _iter_records(gathered: list[dict[str, Any]], wall: list[float], solver: Solver, epoch: int,
+                  step: int) -> list[dict[str, Any]]:
+    """Rank 0: one record per step from every rank's fields, numbered from ``step + 1``."""
+    fields = solver.record_fields()
+    return [{"kind": "iter", "epoch": epoch, "step": step + i + 1, **combine(list(r), fields), "wall_time": w}
+            for i, (r, w) in enumerate(zip(zip(*(g["iters"] for g in gathered)), wall))]
+
+
+def _boundary(comm: Comm, bad_field: str | None, signum: int) -> tuple[int | None, str, int]:
+    """What every rank learns at a step boundary, in one collective: the lowest rank whose
+    record is not finite (``None`` when all are) with the field, and a signal asked for on
+    any rank (0 when none)."""
+    flags = torch.tensor([-(comm.rank if bad_field else comm.size), signum], dtype=torch.float64)
+    if comm.size > 1:
+        flags = comm.allreduce(flags, op="max")
+    bad_rank = int(-flags[0])
+    if bad_rank == comm.size:
+        return None, "", int(flags[1])
+    field = comm.bcast(bad_field, root=bad_rank)
+    return bad_rank, field, int(flags[1])
 
 
 def _progress(epochs: int, start_epoch: int, n_batches: int):

@@ -83,19 +83,6 @@ def test_a_crash_on_one_rank_ends_the_job(mpi, tmp_path):
     assert "injected failure on rank 1" in proc.stderr
 
 
-def test_resume_continues_exactly(tmp_path):
-    flags = ["--layers", "4", "--quiet", "--dtype", "float64"]
-    assert main(["--out", str(tmp_path / "full"), "--epochs", "4", *flags]) == 0
-    assert main(["--out", str(tmp_path / "part"), "--epochs", "2", "--checkpoint-every", "1", *flags]) == 0
-    assert main(["--out", str(tmp_path / "rest"), "--epochs", "4", "--resume", str(tmp_path / "part"), *flags]) == 0
-    full, rest = _records(tmp_path / "full"), _records(tmp_path / "rest")
-    assert [r["epoch"] for r in rest] == [r["epoch"] for r in full]
-    assert [r["loss"] for r in rest] == [r["loss"] for r in full]
-    a = torch.load(tmp_path / "full" / "model.pt")
-    b = torch.load(tmp_path / "rest" / "model.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_help_lists_solver_options(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out

@@ -185,15 +185,88 @@ class Solver:
                              tag=self.sweep_tags[0])
 
     # -- checkpoints -----------------------------------------------------------------------
+    #: Whether this class's ``state_dict`` keys everything globally (see :meth:`reshardable`).
+    global_state: ClassVar[bool] = True
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything the solver carries between steps (tensors and plain values only)."""
-        return {"network": self.network.state_dict(),
-                "optimizers": [opt.state_dict() for opt in self.optimizers]}
+        """Everything the solver carries between steps (tensors and plain values only),
+        complete at any step boundary, in the middle of an epoch too.
+
+        The state is keyed globally, not by rank: parameters and buffers under the whole
+        problem's names (``layers.5.weight``), optimiser state per parameter name.  The union
+        of all ranks' states is then the state of the whole run, and a job on another number
+        of ranks takes its part of it (:mod:`ocnet.checkpoint`).
+        """
+        names = self._parameter_names()
+        return {"network": self.network.problem_state(),
+                "optimizers": [optimizer_state(opt, names) for opt in self.optimizers]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.network.load_state_dict(state["network"])
+        """Take this rank's part of ``state``: the union of :meth:`state_dict` over the ranks
+        of any partition, or one rank's own (tensors may come on the CPU)."""
+        net = self.network
+        net.load_state_dict({k: state["network"][net.problem_name(k)] for k in net.state_dict()})
+        names = self._parameter_names()
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ValueError(f"the state has {len(state['optimizers'])} optimiser(s), the solver "
+                             f"{len(self.optimizers)}")
         for opt, s in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(s)
+            load_optimizer_state(opt, s, names)
+
+    def reshardable(self) -> bool:
+        """Whether a checkpoint of this solver resumes on another partition (number of ranks).
+
+        The base class's state is global, so a solver that keeps it is.  A class that
+        overrides :meth:`state_dict` or :meth:`load_state_dict` must say, by
+        ``global_state = True`` in its own body, that its additions are global too
+        (per-sample rows under global boundary or time-point indices, numbers every rank
+        holds alike) and that it takes only its part on loading; otherwise the resume on
+        another partition is refused.
+        """
+        for cls in type(self).__mro__:
+            if cls is Solver:
+                return True
+            own = vars(cls)
+            if ("state_dict" in own or "load_state_dict" in own) and not own.get("global_state", False):
+                return False
+        return True
+
+    def _parameter_names(self) -> dict[int, str]:
+        """``id(parameter) ↦`` its name in the whole problem."""
+        return {id(p): self.network.problem_name(k) for k, p in self.network.named_parameters()}
+
+
+def optimizer_state(opt: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, Any]:
+    """``opt.state_dict()`` keyed by parameter name instead of position:
+    ``{name: {"group": hyper-parameters of its group, "state": its state}}``.  A parameter
+    that is not the network's (a solver's own) is named by its position, ``"#k"``."""
+    sd = opt.state_dict()
+    out = {}
+    for saved, group in zip(sd["param_groups"], opt.param_groups):
+        hyper = {k: v for k, v in saved.items() if k != "params"}
+        for i, p in zip(saved["params"], group["params"]):
+            out[names.get(id(p), f"#{i}")] = {"group": hyper, "state": sd["state"].get(i, {})}
+    return out
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any], names: dict[int, str]) -> None:
+    """Load :func:`optimizer_state`'s ``state`` into ``opt``, for the parameters ``opt`` holds
+    (``state`` may hold others')."""
+    groups, per_param, i = [], {}, 0
+    for group in opt.param_groups:
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        positions = []
+        for p in group["params"]:
+            name = names.get(id(p), f"#{i}")
+            if name not in state:
+                raise ValueError(f"no optimiser state for {name}")
+            hyper = state[name]["group"]
+            if state[name]["state"]:
+                per_param[i] = state[name]["state"]
+            positions.append(i)
+            i += 1
+        groups.append({**hyper, "params": positions})
+    opt.load_state_dict({"state": per_param, "param_groups": groups})
 
 
 class ParallelSolver(Solver):

@@ -173,15 +173,28 @@ class Hybrid(Solver):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return self.parallel.optimizers
 
+    # -- checkpoints ------------------------------------------------------------------------
+    global_state = True  # this rank's shares of the adaptive rule's sums are keyed by its first layer
+
     def state_dict(self) -> dict[str, Any]:
         # network and optimiser are shared: the parallel solver's state holds them
-        return {"parallel": self.parallel.state_dict(), "phase": self._phase,
-                "last_violation": self._last_violation, "serial_left": self._serial_left}
+        return {"parallel": self.parallel.state_dict(), "phase": self._phase, "steps": self._steps,
+                "count": self._count, "last_violation": self._last_violation, "serial_left": self._serial_left,
+                "shares": {str(self.network.start): {"violation": self._violation, "factor": self._factor}}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.parallel.load_state_dict(state["parallel"])
-        self._phase, self._last_violation = state["phase"], state["last_violation"]
-        self._serial_left = state["serial_left"]
+        self._phase, self._steps, self._count = state["phase"], state["steps"], state["count"]
+        self._last_violation, self._serial_left = state["last_violation"], state["serial_left"]
+        # the shares of the ranks whose layers start in ours: each share is taken by one
+        # rank of any partition, so the sum (and the max) over the ranks stays the same
+        start, stop = self.network.start, self.network.stop
+        mine = [s for k, s in state["shares"].items() if start <= int(k) < stop]
+        self._violation = sum((s["violation"] for s in mine), 0.0)
+        self._factor = max((s["factor"] for s in mine), default=0.0)
+
+    def reshardable(self) -> bool:
+        return super().reshardable() and self.parallel.reshardable()
 
 
 def _forward_factor(value: Any) -> float:

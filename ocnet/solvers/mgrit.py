@@ -161,12 +161,17 @@ class MGRIT(ParallelSolver):
         return self.config["mgrit_tol"] * self.comm.allreduce(local)
 
     # -- checkpoints ----------------------------------------------------------------------
+    global_state = True  # the warm start's guesses are keyed by global time point
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "warm_start": self.warm_start.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.warm_start.load_state_dict(state["warm_start"], self.device)
+        self.warm_start.load_state_dict(state["warm_start"], self.device, points=self.points)
+
+    def reshardable(self) -> bool:
+        return super().reshardable() and getattr(self.warm_start, "global_state", False)
 
 
 def _finite(x: float) -> float | None:

@@ -306,15 +306,23 @@ class Penalty(ParallelSolver):
         return self.gradients(x, y, index, backward=False)[2]
 
     # -- checkpoints -----------------------------------------------------------------------------
+    # z and μ are keyed by the global boundary b, and every rank holds ρ, η and the flags alike
+    global_state = True
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "z": self.z.state_dict(), "mu": self.mu.state_dict(),
+        return {**super().state_dict(), "blocks": self.K, "z": self.z.state_dict(), "mu": self.mu.state_dict(),
                 "rho": self.rho, "eta": self.eta, "initialized": self._initialized, "stale": self._stale,
                 "epoch0": self._epoch0}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["blocks"] != self.K:
+            # the boundaries, and with them z and μ, are those of another cut
+            raise ValueError(f"{self.name}: the checkpoint cuts the network into {state['blocks']} blocks, "
+                             f"this job into {self.K}: resume with --blocks {state['blocks']} "
+                             f"on at most {state['blocks']} ranks")
         super().load_state_dict(state)
-        self.z.load_state_dict(state["z"])
-        self.mu.load_state_dict(state["mu"])
+        self.z.load_state_dict(state["z"], self.device, keys=self.owned)
+        self.mu.load_state_dict(state["mu"], self.device, keys=self.owned)
         self.rho, self.eta = state["rho"], state["eta"]
         self._initialized, self._stale = state["initialized"], state["stale"]
-        self._epoch0 = state.get("epoch0", 0)
+        self._epoch0 = state["epoch0"]
