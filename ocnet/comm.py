@@ -197,6 +197,17 @@ class Comm:
         _wait(self.mpi.Iallreduce(send, recv, op=mpi_op).Test, self.progress, ("allreduce",))
         return float(recv[0]) if isinstance(value, float) else type(value)(recv[0])
 
+    def iallreduce(self, value: torch.Tensor, op: str = "sum") -> Request:
+        """Start :meth:`allreduce` of a tensor; ``wait()`` returns the result on the CPU.  It
+        progresses while this rank waits for anything else, so a check that can lag one step
+        costs no synchronisation of its own."""
+        from mpi4py import MPI
+        send = value.detach().to("cpu", copy=True).contiguous().numpy()
+        recv = np.empty_like(send)
+        req = self.mpi.Iallreduce(send, recv, op={"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op])
+        return Request([req], finish=lambda: torch.from_numpy(recv), keep=(send, recv), progress=self.progress,
+                       what=("allreduce",))
+
     def bcast(self, obj: Any, root: int = 0) -> Any:
         """Broadcast a picklable object from ``root``."""
         data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if self.rank == root else None
@@ -326,6 +337,9 @@ class SelfComm(Comm):
 
     def allreduce(self, value: Any, op: str = "sum") -> Any:
         return value.clone() if isinstance(value, torch.Tensor) else value
+
+    def iallreduce(self, value: torch.Tensor, op: str = "sum") -> Request:
+        return _SelfRequest(value.detach().to("cpu", copy=True))
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         return obj

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -178,11 +179,12 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     Raises
     ------
     NonFinite
-        On every rank, at the first step after which a rank's record holds nan or inf (or,
-        checked at each epoch's end, a parameter does); nothing more is written.
+        On every rank, one step after the first step whose record holds nan or inf on some
+        rank (or, checked at each epoch's end, a parameter does): the history ends with that
+        step, and nothing more is written.
     Stopped
-        On every rank, at the step boundary after SIGTERM or SIGINT reached any rank, once
-        the checkpoint of that boundary is written.
+        On every rank, at the end of the step after the one in which SIGTERM or SIGINT
+        reached any rank, once the checkpoint of that step boundary is written.
     """
     history = history or History(run_dir / "history.jsonl" if run_dir and comm.rank == 0 else None)
     start = start or {"epoch": -1, "batch": None, "meta": {}}
@@ -195,40 +197,49 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     # a run resumed after its last epoch trains nothing and reports that epoch's record
     last: dict[str, Any] = next((r for r in reversed(history.records) if r["kind"] == "epoch"), {})
 
-    def stop_here(epoch: int, done: int, iters: list, wall: list, begin: Any, resumed: bool, bytes_epoch: int,
-                  signum: int = 0, bad: tuple[int, str] | None = None) -> None:
-        """Write what this epoch's steps have recorded (and, for a signal, a checkpoint after
-        ``done`` batches), then raise on every rank."""
-        gathered = comm.gather({"iters": iters, "begin": begin, "bytes": comm.bytes_sent - bytes_epoch})
+    def stop_here(ep: _Epoch, kept: int, done: int, signum: int = 0, bad: tuple[int, str] | None = None) -> None:
+        """Write the records of the epoch's first ``kept`` steps (of this job) and, for a
+        signal, a checkpoint after ``done`` batches; then raise on every rank."""
+        at = step - len(ep.iters) + kept  # the step whose end we stop at
+        gathered = comm.gather({"iters": ep.iters[:kept], "begin": ep.begin, "bytes": comm.bytes_sent - ep.bytes})
         meta: dict[str, Any] = {}
         if gathered is not None:  # rank 0
-            history.extend(_iter_records(gathered, wall, solver, epoch, step - len(wall)))
-            begun = begin if resumed else combine([g["begin"] for g in gathered], solver.record_fields())
-            meta = {"step": step, "wall_time": time.perf_counter() - t0, "begin": jsonable(begun),
-                    "bytes": sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if resumed else 0)}
-        where = f"epoch {epoch}, step {step}"
+            history.extend(_iter_records(gathered, ep.wall[:kept], solver, ep.epoch, at - kept))
+            begun = ep.begin if ep.resumed else combine([g["begin"] for g in gathered], solver.record_fields())
+            meta = {"step": at, "wall_time": time.perf_counter() - t0, "begin": jsonable(begun),
+                    "bytes": sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if ep.resumed else 0)}
+        where = f"epoch {ep.epoch}, step {at}"
         if bad is not None:
             raise NonFinite(f"{bad[1]} is not finite at {where} on rank {bad[0]} (solver {solver.name}); "
                             "nothing after the last checkpoint was saved — a smaller --lr may help")
         if run_dir is not None:
-            comm.where(f"checkpoint of epoch {epoch}, step {step}")
-            checkpoint.save(comm, run_dir, epoch, {"solver": solver.state_dict()}, batch=done,
+            comm.where(f"checkpoint of {where}")
+            checkpoint.save(comm, run_dir, ep.epoch, {"solver": solver.state_dict()}, batch=done,
                             meta=comm.bcast(meta), partition=solver.network.partition)
-        kept = " with a checkpoint" if run_dir is not None else ""
-        raise Stopped(f"stopped by {signal.Signals(signum).name} at {where} (batch {done} of {n_batches}){kept}",
-                      signum)
+        kept_text = " with a checkpoint" if run_dir is not None else ""
+        raise Stopped(f"stopped by {signal.Signals(signum).name} at {where} (batch {done} of {n_batches})"
+                      f"{kept_text}", signum)
+
+    def settle(ep: _Epoch, check: _Check, done: int) -> None:
+        """Act on a step's check, ``done`` batches into the epoch: stop at that step for a
+        non-finite value, at this boundary for a signal."""
+        bad_rank, what, signum = check.result()
+        if bad_rank is not None:
+            stop_here(ep, check.kept, done, bad=(bad_rank, what))
+        if signum:
+            stop_here(ep, len(ep.iters), done, signum)
 
     with Interrupt() as interrupt:
         for epoch in range(first_epoch, epochs):
-            bytes_epoch = comm.bytes_sent
             solver.set_lr(lr(epoch))
             resumed = epoch == start["epoch"]  # in the middle of this epoch
             skip = start["batch"] if resumed else 0
             comm.where(f"start of epoch {epoch}")
-            begin = start["meta"]["begin"] if resumed else solver.begin_epoch(epoch, data.x_train, data.y_train)
+            ep = _Epoch(epoch, resumed, comm.bytes_sent)
+            ep.begin = start["meta"]["begin"] if resumed else solver.begin_epoch(epoch, data.x_train, data.y_train)
             do_augment = augment_images and data.is_image and solver.augments(epoch)
-            iters: list[dict[str, Any]] = []  # this rank's fields, per step
-            wall: list[float] = []  # rank 0's clock, per step
+            iters, wall = ep.iters, ep.wall
+            pending: _Check | None = None  # the previous step's check, still in flight
             for b, idx in enumerate(batches(n, batch_size, seed, epoch)):
                 if b < skip:
                     continue
@@ -245,25 +256,28 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 wall.append(time.perf_counter() - t0)
                 if bar is not None:
                     bar.update(1)
-                bad_rank, field, signum = _boundary(comm, non_finite(record), interrupt.signum)
-                if bad_rank is not None or signum:
-                    stop_here(epoch, b + 1, iters, wall, begin, resumed, bytes_epoch, signum,
-                              None if bad_rank is None else (bad_rank, field))
+                # checked one step late, so that the check's collective overlaps the next step
+                check = _Check(comm, non_finite(record), interrupt.signum, kept=len(iters))
+                if pending is not None:
+                    settle(ep, pending, b + 1)
+                pending = check
+            if pending is not None:
+                settle(ep, pending, n_batches)
             end = solver.end_epoch(epoch)
-            bad_rank, field, _ = _boundary(comm, None if finite_parameters(solver) else "a parameter", 0)
+            bad_rank, what, _ = _Check(comm, None if finite_parameters(solver) else "a parameter", 0).result()
             if bad_rank is not None:
-                stop_here(epoch, n_batches, iters, wall, begin, resumed, bytes_epoch, bad=(bad_rank, field))
+                stop_here(ep, len(iters), n_batches, bad=(bad_rank, what))
             comm.where(f"evaluation of epoch {epoch}")
             train_acc, _ = evaluate(solver, comm, data.x_train[:_TRAIN_EVAL_MAX], data.y_train[:_TRAIN_EVAL_MAX])
             test_acc, test_loss = evaluate(solver, comm, data.x_test, data.y_test)
-            gathered = comm.gather({"iters": iters, "begin": begin, "end": end,
-                                    "bytes": comm.bytes_sent - bytes_epoch})
+            gathered = comm.gather({"iters": iters, "begin": ep.begin, "end": end,
+                                    "bytes": comm.bytes_sent - ep.bytes})
             if gathered is not None:  # rank 0
                 fields = solver.record_fields()
                 records = _iter_records(gathered, wall, solver, epoch, step - len(wall))
                 earlier = [r for r in history.records if r["kind"] == "iter" and r["epoch"] == epoch]
                 losses = [v for r in earlier + records if isinstance(v := r.get("loss"), (int, float))]
-                begun = begin if resumed else combine([g["begin"] for g in gathered], fields)
+                begun = ep.begin if resumed else combine([g["begin"] for g in gathered], fields)
                 last = {"kind": "epoch", "epoch": epoch, "step": step, **begun,
                         **combine([g["end"] for g in gathered], fields)}
                 last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
@@ -292,18 +306,36 @@ def _iter_records(gathered: list[dict[str, Any]], wall: list[float], solver: Sol
             for i, (r, w) in enumerate(zip(zip(*(g["iters"] for g in gathered)), wall))]
 
 
-def _boundary(comm: Comm, bad_field: str | None, signum: int) -> tuple[int | None, str, int]:
-    """What every rank learns at a step boundary, in one collective: the lowest rank whose
-    record is not finite (``None`` when all are) with the field, and a signal asked for on
-    any rank (0 when none)."""
-    flags = torch.tensor([-(comm.rank if bad_field else comm.size), signum], dtype=torch.float64)
-    if comm.size > 1:
-        flags = comm.allreduce(flags, op="max")
-    bad_rank = int(-flags[0])
-    if bad_rank == comm.size:
-        return None, "", int(flags[1])
-    field = comm.bcast(bad_field, root=bad_rank)
-    return bad_rank, field, int(flags[1])
+@dataclass
+class _Epoch:
+    """What the loop gathers over one epoch: this rank's fields and rank 0's clock per step,
+    the fields ``begin_epoch`` returned, the bytes sent before it."""
+
+    epoch: int
+    resumed: bool  # in the middle of this epoch, from a checkpoint
+    bytes: int
+    begin: Any = None
+    iters: list[dict[str, Any]] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+
+
+class _Check:
+    """A step's check, in flight: :meth:`result` tells every rank the lowest rank whose record
+    was not finite (``None`` when all were) with the field, and a signal asked for on any rank
+    (0 when none).  ``kept``: how many of the epoch's steps (of this job) precede it, itself
+    included."""
+
+    def __init__(self, comm: Comm, bad_field: str | None, signum: int, kept: int = 0) -> None:
+        self.comm, self.bad_field, self.kept = comm, bad_field, kept
+        flags = torch.tensor([-(comm.rank if bad_field else comm.size), signum], dtype=torch.float64)
+        self.request = comm.iallreduce(flags, op="max")
+
+    def result(self) -> tuple[int | None, str, int]:
+        flags = self.request.wait()
+        bad_rank, signum = int(-flags[0]), int(flags[1])
+        if bad_rank == self.comm.size:
+            return None, "", signum
+        return bad_rank, self.comm.bcast(self.bad_field, root=bad_rank), signum
 
 
 def _progress(epochs: int, start_epoch: int, n_batches: int):

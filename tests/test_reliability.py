@@ -176,8 +176,9 @@ def test_a_fault_at_set_up_ends_every_rank(mpi, tmp_path, ranks, fault):
 
 @pytest.mark.parametrize("ranks,signal_name,code", [(1, "int", 130), (2, "term", 143)])
 def test_a_signal_stops_at_a_step_boundary_and_resumes_exactly(mpi, tmp_path, ranks, signal_name, code):
-    """SIGTERM / SIGINT on the last rank at its 4th step (epoch 1): a checkpoint after that
-    step, a resume hint, and a resume equal to the uninterrupted run."""
+    """SIGTERM / SIGINT on the last rank in its 4th step (epoch 1): every rank stops at the end
+    of the next step (the check lags one step) with a checkpoint there, a resume hint, and a
+    resume equal to the uninterrupted run."""
     full, part = tmp_path / "full", tmp_path / "part"
     flags = ["--epochs", "3", *TINY]
     assert mpi(ranks, "ocnet.run", "--out", str(full), *flags, module=True, plain=True).returncode == 0
@@ -185,10 +186,10 @@ def test_a_signal_stops_at_a_step_boundary_and_resumes_exactly(mpi, tmp_path, ra
                env={"OCNET_FAULT": f"step:{ranks - 1}:{signal_name}:4"})
     assert proc.returncode == code, proc.stderr
     name = {"int": "SIGINT", "term": "SIGTERM"}[signal_name]
-    assert f"stopped by {name} at epoch 1, step 4 (batch 1 of 3) with a checkpoint" in proc.stderr
+    assert f"stopped by {name} at epoch 1, step 5 (batch 2 of 3) with a checkpoint" in proc.stderr
     assert f"python -m ocnet.run --resume {part}" in proc.stderr and "Traceback" not in proc.stderr
     latest = json.loads((part / "checkpoints" / "latest.json").read_text())
-    assert (latest["epoch"], latest["batch"]) == (1, 1)
+    assert (latest["epoch"], latest["batch"]) == (1, 2)
     proc = mpi(ranks, "ocnet.run", "--resume", str(part), *flags, module=True, plain=True)
     assert proc.returncode == 0, proc.stderr
     a, b = _records(full), _records(part)
