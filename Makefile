@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_mgrit.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_mgrit.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_layer_parallel.py
+	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_safeguards.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
