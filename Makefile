@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_mgrit.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_layer_parallel.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_safeguards.py
+	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_watchdog.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,9 +1,7 @@
 """The stall watchdog, dead peers, and the lines that say why a job ended."""
-import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -170,16 +168,6 @@ def test_one_process_reports_a_stall_too():
     assert proc.stderr.endswith("ocnet: error: no progress for 1 s in epoch 0, step 3: "
                                 f"rank 0 is stuck (not communicating, at {HANG})\n"), proc.stderr
     assert time.perf_counter() - t < 30
-
-
-def test_the_watchdog_costs_nothing_measurable_per_message(tmp_path):
-    """Ping-pong of small messages between two ranks, with and without the watchdog."""
-    out = tmp_path / "pingpong.json"
-    proc = _launch(2, "watchdog_pingpong.py", str(out), "4000", "3")
-    assert proc.returncode == 0, proc.stderr
-    times = json.loads(out.read_text())
-    ratio = statistics.median(a / b for a, b in zip(times["with"], times["without"]))
-    assert ratio < 1.3, times
 
 
 def test_an_exception_gets_its_line_out_even_without_sys_stderr():
