@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import secrets
 import shutil
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import faults
+from .atomic import atomic_write
 from .comm import Comm
 from .grid import Partition
 from .records import jsonable
@@ -46,44 +45,6 @@ _SHARD = re.compile(r"rank_(\d+)\.pt")
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed: missing, torn, corrupt, misplaced, or written for
     another configuration; the one-line message names the file."""
-
-
-def atomic_write(path: str | Path, data: bytes | str, *, before_rename: Callable[[], Any] | None = None) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
-
-    The file gets the mode a plain ``open()`` gives (``0o666`` less the umask).
-    ``before_rename`` is called once the bytes are on disk under the temporary name (a
-    fault-injection point)."""
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)  # the rename itself survives a crash of the machine
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # a file system that cannot open directories: the rename is all we have
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- where things are ---------------------------------------------------------------------------
