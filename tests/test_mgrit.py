@@ -305,3 +305,25 @@ def test_layout_first_rank_is_the_first_nonempty_one():
     assert Layout(10, ((1, 0), (0, 10))).first_rank == 1
     with pytest.raises(ValueError, match="start at 0"):
         Layout(10, ((1, 0), (1, 10)))
+
+
+@pytest.mark.parametrize("levels,relaxation,cycle,tol,max_iter,skip", [
+    (1, "FCF", "V", 0.0, 0, False), (2, "FCF", "V", 1e-9, 20, False), (3, "FCF", "F", 1e-9, 20, True),
+    (3, "F", "V", 0.0, 2, False), (3, "FCF", "V", 0.0, 0, False), (3, "FCF", "V", 0.0, 1, True),
+    (4, "FCF", "V", 1e-3, 20, False)])
+def test_stored_graphs_are_at_the_final_states(levels, relaxation, cycle, tol, max_iter, skip):
+    # the latest recorded evaluation of every fine step is the one from the solution's states
+    from ocnet.grid import Partition
+    from ocnet.mgrit.network import NetworkPropagator
+    from ocnet.problem import build
+    N = 24
+    problem = build((4,), 2, net="dense", layers=N, width=4, seed=0, dtype=torch.float64)
+    prop = NetworkPropagator(problem.local(Partition(N, 1), 0), c=2)
+    u0 = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    res = solve(prop, u0, N, levels=levels, relaxation=relaxation, cycle=cycle, tol=tol,
+                max_iter=max_iter, skip=skip)
+    assert sorted(prop.graphs) == list(range(N))
+    for i, (x, z) in prop.graphs.items():
+        assert torch.equal(x, res.at(i))
+        assert torch.equal(res.at(i) + prop.layers[i].h * z.detach(), prop.step(0, i, res.at(i)))
+    assert not prop._record  # the solve said it was done

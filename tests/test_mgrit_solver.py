@@ -106,3 +106,30 @@ def test_one_shot_training_on_digits_matches_serial_accuracy(tmp_path):
     factors = [r["conv_factor"]["forward"] for r in iters]
     assert all(f is not None and math.isfinite(f) for f in factors)
     assert sum(factors) / len(factors) < 0.5  # one V-cycle with FCF contracts well
+
+
+def _storage_script():
+    spec = importlib.util.spec_from_file_location("mgrit_storage", MPI_SCRIPTS / "mgrit_storage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_storage(result):
+    assert set(result) == set(_storage_script().CASES)
+    for case, got in result.items():
+        assert got["err"] < 1e-12, case  # graph and states: the same gradients, three steps
+        assert got["recompute_graph"] == 0.0 and got["recompute_states"] == 1.0, case
+        assert got["graphs_left"] == 0.0, case  # freed after each step
+        assert "forward_graph" in got["kinds_graph"], case
+
+
+def test_graph_storage_gives_the_gradients_of_states_storage():
+    _check_storage(_storage_script().run(SelfComm()))
+
+
+def test_graph_storage_on_three_ranks(tmp_path):
+    path = tmp_path / "storage.json"
+    proc = run_mpi(3, "mgrit_storage.py", str(path), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_storage(json.loads(path.read_text()))

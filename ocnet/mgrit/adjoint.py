@@ -49,6 +49,14 @@ class Reversed:
         n = self.N - m - self.c ** level  # the forward step n → n + c^ℓ, transposed
         return self.forward.vjp(level, n, self.states[n], mu)
 
+    def fine_pass(self, last: str) -> None:
+        """Pass the adjoint solve's announcement on to ``forward.adjoint_pass`` (if any): a
+        propagator can fuse its parameter gradients into a last pass that takes every adjoint
+        step once (see :class:`~ocnet.mgrit.levels.Announced`)."""
+        hook = getattr(self.forward, "adjoint_pass", None)
+        if hook is not None:
+            hook(last)
+
 
 @dataclass
 class AdjointResult:

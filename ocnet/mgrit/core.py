@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -19,7 +19,7 @@ from .. import tags as tag_blocks
 from ..comm import Comm, SelfComm
 from .fas import correct, restrict
 from .layout import Layout
-from .levels import Context, Level, Propagator, coarsening
+from .levels import DONE, LAST, MAY_BE_LAST, NOT_LAST, Context, Level, Propagator, coarsening
 from .relax import RELAXATIONS, coarsest, relax
 
 CYCLES = ("V", "F")
@@ -126,7 +126,7 @@ def n_levels(N: int, c: int, levels: int) -> int:
 
 def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | None = None, *,
           levels: int = 2, relaxation: str = "FCF", cf_sweeps: int = 1, cycle: str = "V",
-          tol: float = 1e-10, max_iter: int = 100, layout: Layout | None = None,
+          tol: float = 1e-10, max_iter: int = 100, skip: bool = False, layout: Layout | None = None,
           guess: Sequence[torch.Tensor] | None = None, device: torch.device | str | None = None,
           tags: range = tag_blocks.MGRIT) -> MGRITResult:
     """Solve ``u_{i+1} = Φ_i(u_i)``, ``i = 0 … N-1``, from ``u0`` by MGRIT.
@@ -153,6 +153,9 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
         Stop when the residual norm (absolute, over fine C-points) is at most ``tol``.
     max_iter : int
         Most iterations (coarse-grid corrections); 0 relaxes the guess once and measures it.
+    skip : bool
+        Relax the fine level of the first iteration with F only (XBraid's ``skip`` cuts the
+        first down-cycle's work; the F-relaxation the restriction needs stays).
     layout : Layout, optional
         Who owns which points (default :meth:`Layout.balanced`).
     guess : sequence of Tensor, optional
@@ -197,15 +200,43 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
     ctx = Context(propagator, comm, layout, c, torch.device(device), tags)
     fine = _initial_level(ctx, u0 if first else None, guess)
     res = MGRITResult(u=fine.u, points=fine.points() if not fine.empty else range(0), levels=L)
-    if L == 1:
-        coarsest(ctx, fine)
-        _record(ctx, res, torch.zeros((), dtype=torch.float64), t0, bytes0)
-        res.converged = True
-        return res
+    announce = getattr(propagator, "fine_pass", None)
+    try:
+        if L == 1:
+            if announce is not None:
+                announce(LAST)  # one sweep: every fine step once, from its final input
+            coarsest(ctx, fine)
+            _record(ctx, res, torch.zeros((), dtype=torch.float64), t0, bytes0)
+            res.converged = True
+            return res
+        _iterate(ctx, res, fine, announce, L, relaxation, cf_sweeps, cycle, tol, max_iter, skip, t0, bytes0)
+    finally:
+        if announce is not None:
+            announce(DONE)
+    res.converged = res.residual[-1] <= tol
+    res.u = fine.u
+    return res
 
+
+def _iterate(ctx: Context, res: MGRITResult, fine: Level, announce: Callable[[str], None] | None, L: int,
+             relaxation: str, cf_sweeps: int, cycle: str, tol: float, max_iter: int, skip: bool,
+             t0: float, bytes0: int) -> None:
+    """The iterations of :func:`solve` on ``L ≥ 2`` levels, until ``r ≤ tol`` or ``max_iter``.
+
+    Before each fine pass (relaxation and restriction) the propagator's ``fine_pass`` hears
+    whether the solve may end after it (:data:`~ocnet.mgrit.levels.MAY_BE_LAST`: when it
+    stops on a tolerance, any pass may be the last), surely ends after it and evaluates
+    every fine step exactly once (``LAST``: the F-relaxation and the restriction of the last
+    iteration), or cannot end after it (``NOT_LAST``).  The last pass evaluates every fine
+    step from the final states: its F-relaxation the steps out of C-points and F-points
+    (F-points from the final C-points), its restriction the steps into C-points.
+    """
     for k in range(max_iter + 1):
         last = k == max_iter
-        relax(ctx, fine, "F" if last and k > 0 else relaxation, cf_sweeps)
+        kind = "F" if (last and k > 0) or (skip and k == 0) else relaxation
+        if announce is not None:
+            announce(LAST if last and kind == "F" else MAY_BE_LAST if last or tol > 0 else NOT_LAST)
+        relax(ctx, fine, kind, cf_sweeps)
         coarse, res_sq = restrict(ctx, fine, build_coarse=not last)
         r = _record(ctx, res, res_sq, t0, bytes0)
         if not math.isfinite(r):
@@ -220,9 +251,6 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
         coarse = _coarse(coarse)
         _cycle(ctx, coarse, L, cycle, relaxation, cf_sweeps)
         correct(ctx, fine, coarse)
-    res.converged = res.residual[-1] <= tol
-    res.u = fine.u
-    return res
 
 
 def _coarse(level: Level | None) -> Level:

@@ -26,6 +26,15 @@ from .layout import Layout
 # (a solver's own, or :data:`ocnet.tags.MGRIT`).
 RELAX, PREV_FINE, PREV_COARSE, COARSEST, GHOST, GHOST_ADJOINT = 1, 2, 3, 4, 5, 6
 
+# What :func:`~ocnet.mgrit.core.solve` tells a propagator's optional ``fine_pass(last)`` before
+# each pass over the fine level (relaxation and restriction, or the sequential sweep of one
+# level), so that it can keep what only the final evaluation of a step needs (an autograd
+# graph) and nothing else:
+NOT_LAST = "not_last"  #: the solve goes on after this pass: its fine evaluations are not the final ones
+MAY_BE_LAST = "may_be_last"  #: the solve may end after this pass (it stops on a tolerance)
+LAST = "last"  #: the solve ends after this pass, which evaluates every fine step exactly once
+DONE = "done"  #: the solve has ended
+
 
 def tag(level: int, kind: int, tags: range = tag_blocks.MGRIT) -> int:
     """The tag of messages of ``kind`` on ``level``, from the block ``tags``."""
@@ -49,6 +58,20 @@ class Propagator(Protocol):
     c: int
 
     def step(self, level: int, i: int, u: torch.Tensor) -> torch.Tensor: ...
+
+
+class Announced(Propagator, Protocol):
+    """A propagator that wants to know which fine passes can be the last (optional).
+
+    ``fine_pass(last)`` is called by :func:`~ocnet.mgrit.core.solve` before each pass over the
+    fine level with :data:`NOT_LAST`, :data:`MAY_BE_LAST` or :data:`LAST`, and with
+    :data:`DONE` when the solve ends (also on an error).  The final evaluation of every fine
+    step falls into the last pass and is made from the final states, so a propagator that
+    keeps something per step (the network's autograd graphs) keeps it only where it can be
+    the final one, and the latest kept per step is then at the solution.
+    """
+
+    def fine_pass(self, last: str) -> None: ...
 
 
 class Differentiable(Propagator, Protocol):

@@ -11,6 +11,11 @@ opening (from ``λ_0``), the last rank that of the classifier.
 previous step (``mgrit_warm_start = "batch"``) or of the last step that saw the same samples
 (``"sample"``): the simultaneous approach of Günther et al. (SIMODS 2020), whose
 gradient is inexact but whose states improve as training goes on.
+
+``mgrit_storage = "graph"`` (default) keeps each layer's autograd graph from the forward
+solve's last pass, so that the adjoint steps and the parameter gradients need no forward run
+again (a training step at one level costs one forward and one backward per layer, as
+back-propagation does); ``"states"`` keeps one state per layer and recomputes.
 """
 from __future__ import annotations
 
@@ -19,13 +24,13 @@ from typing import Any, Mapping
 
 import torch
 
-from .. import tags
+from .. import tags, timeline
 from ..comm import Comm
 from ..filters import IDENTITY, Filter
 from ..grid import Partition
 from ..mgrit import Layout, MGRITDivergence, solve, solve_adjoint
 from ..mgrit.core import n_levels
-from ..mgrit.network import NetworkPropagator, accumulate_gradients, check_layout
+from ..mgrit.network import STORAGES, NetworkPropagator, check_layout
 from ..options import Option
 from ..problem import LocalNetwork
 from ..records import Record
@@ -66,6 +71,11 @@ class MGRIT(ParallelSolver):
                                    "zero (none)", choices=("batch", "sample", "none")),
         "mgrit_coarse_substeps": Option(int, 1, "Euler sub-steps per coarse step (remedy for unstable "
                                         "coarse steps)", min=1),
+        "mgrit_storage": Option(str, "graph", "graph: keep each layer's autograd graph from the forward solve "
+                                "(no forward re-run; memory: the step's activations per layer); states: one "
+                                "state per layer, recompute", choices=STORAGES),
+        "mgrit_skip": Option(bool, False, "relax the fine level of each solve's first iteration with F only "
+                             "(XBraid's skip)"),
     }
 
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
@@ -75,7 +85,8 @@ class MGRIT(ParallelSolver):
             raise ValueError(f"mgrit does not support communication filters yet (got {filter.name!r}); "
                              "use --filter identity")
         cfg = self.config
-        self.prop = NetworkPropagator(network, cfg["coarsening"], cfg["mgrit_coarse_substeps"])
+        self.prop = NetworkPropagator(network, cfg["coarsening"], cfg["mgrit_coarse_substeps"],
+                                      cfg["mgrit_storage"])
         self.N = self.prop.N
         self.layout = Layout.from_partition(network.partition)
         self.levels = n_levels(self.N, cfg["coarsening"], cfg["mgrit_levels"])
@@ -111,7 +122,8 @@ class MGRIT(ParallelSolver):
         self.optimizer.zero_grad(set_to_none=True)
         exact = cfg["mgrit_mode"] == "exact"
 
-        u0 = net.opening(x) if net.opening is not None else None
+        with timeline.span("head"):
+            u0 = net.opening(x) if net.opening is not None else None
         u0_value = None if u0 is None else u0.detach()
         warm, points = self.warm_start, self.points
         try:
@@ -119,11 +131,12 @@ class MGRIT(ParallelSolver):
                         guess=warm.guess("u", index, points["u"]), tol=self._tol(u0_value) if exact else 0.0,
                         **self._solve_options(exact))
         except MGRITDivergence as e:
+            self.prop.release()
             raise SolverError(f"mgrit: the forward solve diverged: {e}") from e
 
         loss, lam_N = None, None
         if net.is_last:
-            with torch.enable_grad():
+            with timeline.span("head"), torch.enable_grad():
                 uN = fwd.at(self.N).detach().requires_grad_(True)
                 out = net.loss(net.head(uN), y)
                 out.backward()  # the classifier's gradient, and λ_N
@@ -134,12 +147,15 @@ class MGRIT(ParallelSolver):
                                 tol=self._tol(lam_N) if exact else 0.0, device=self.device,
                                 **self._solve_options(exact))
         except MGRITDivergence as e:
+            self.prop.release()
             raise SolverError(f"mgrit: the adjoint solve diverged: {e}") from e
 
-        accumulate_gradients(net, adj.states, adj.lam)
+        self.prop.finish_gradients(adj.states, adj.lam)
         if u0 is not None:
-            u0.backward(adj.lam[0])
-        self.optimizer.step()
+            with timeline.span("head"):
+                u0.backward(adj.lam[0])
+        with timeline.span("update"):
+            self.optimizer.step()
         warm.remember("u", index, fwd.points, fwd.u)
         warm.remember("lam", index, adj.mgrit.points, adj.mgrit.u)
 
@@ -153,7 +169,7 @@ class MGRIT(ParallelSolver):
         cfg = self.config
         return dict(levels=self.levels, relaxation=cfg["mgrit_relax"], cf_sweeps=cfg["mgrit_cf_sweeps"],
                     cycle=cfg["mgrit_cycle"], max_iter=cfg["mgrit_max_iter"] if exact else cfg["mgrit_iters"],
-                    tags=self.mgrit_tags)
+                    skip=cfg["mgrit_skip"], tags=self.mgrit_tags)
 
     def _tol(self, scale_on_owner: torch.Tensor | None) -> float:
         """``mgrit_tol × ‖v‖`` for ``v`` known on one rank; the same number on every rank."""

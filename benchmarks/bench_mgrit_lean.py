@@ -1,0 +1,191 @@
+"""The lean MGRIT training step against plain PyTorch, and its accuracy at cheap settings.
+
+    OCNET_MALLOC=tuned python benchmarks/bench_mgrit_lean.py                       # P = 1
+    OCNET_MALLOC=tuned mpiexec -n 2 python -m mpi4py benchmarks/bench_mgrit_lean.py --part b
+
+The network: ``build((3, 32, 32), 10, net="conv", layers=N, channels=[16], T=2)``, batch 32,
+synthetic data, one thread per rank.  "Plain PyTorch" is the exported module
+(:meth:`~ocnet.problem.Problem.to_torch`) forward and backward on the same batch; the MGRIT
+step is one optimiser step of the ``mgrit`` solver (SGD with rate 0, so that every repeat
+sees the same parameters; one-shot mode, no warm start).  Times are medians of interleaved
+repeats, measured side by side in one process (on P = 2 the plain step runs on rank 0 while
+rank 1 waits).
+
+(a) one level (the exact sequential sweep), N = 32 and 64: time / plain;
+(b) 3 levels, c = 4, FCF, N = 32, ``mgrit_iters`` 1 and 2 (two coarse-grid corrections are
+    XBraid's ``max_iter = 2``, see docs/mgrit.rst): step evaluations (forward and adjoint, all
+    ranks) and time / plain, storage graph and states;
+(c) relative errors of u_N and of the gradient against the exact ones, for (b)'s settings and
+    cheaper ones; the fastest with errors within torchbraid's (4.6 %, 2 %).
+Figures go to stdout and to benchmarks/results/bench_mgrit_lean[_pP].json (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import allocator, tune_malloc, write  # noqa: E402
+
+from ocnet import timeline  # noqa: E402
+from ocnet.comm import world  # noqa: E402
+from ocnet.mgrit import solve  # noqa: E402
+from ocnet.problem import build  # noqa: E402
+from ocnet.solvers.mgrit import MGRIT  # noqa: E402
+
+BATCH = 32
+STEP_KINDS = ("forward", "forward_graph", "vjp", "vjp_recompute", "backward")
+
+
+def problem(N: int):
+    return build((3, 32, 32), 10, net="conv", layers=N, channels=[16], T=2.0, seed=0)
+
+
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(BATCH, 3, 32, 32, generator=gen), torch.randint(0, 10, (BATCH,), generator=gen)
+
+
+def make_solver(comm, N: int, **options):
+    prob = problem(N)
+    cfg = {"coarsening": options.get("coarsening", 4), "mgrit_levels": options.get("mgrit_levels", 2)}
+    network = prob.local(MGRIT.partition(N, comm.size, cfg), comm.rank)
+    solver = MGRIT(network, comm, lambda p: torch.optim.SGD(p, lr=0.0), mgrit_mode="one_shot",
+                   mgrit_warm_start="none", **options)
+    return prob, network, solver
+
+
+def plain_step(model, x, y):
+    model.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+
+
+def compare(comm, N: int, options: dict, repeats: int) -> dict:
+    """Median times of the MGRIT step and the plain step, interleaved, and the step count."""
+    prob, network, solver = make_solver(comm, N, **options)
+    model = prob.to_torch()
+    x, y = batch()
+    idx = torch.arange(BATCH)
+    t_plain, t_mgrit = [], []
+    for r in range(repeats + 1):  # the first round warms up
+        comm.barrier()
+        if comm.rank == 0:
+            t = time.perf_counter()
+            plain_step(model, x, y)
+            tp = time.perf_counter() - t
+        comm.barrier()
+        t = time.perf_counter()
+        solver.step(x, y, idx)
+        comm.barrier()
+        tm = time.perf_counter() - t
+        if r > 0 and comm.rank == 0:
+            t_plain.append(tp)
+            t_mgrit.append(tm)
+    rec = timeline.Recorder()
+    with timeline.recording(rec):
+        solver.step(x, y, idx)
+    steps = comm.allreduce(float(sum(e[3].get("steps", 0) for e in rec.events if e[0] in STEP_KINDS)))
+    out = {"N": N, "options": options, "step_evals": int(steps)}
+    if comm.rank == 0:
+        out.update(plain_s=statistics.median(t_plain), mgrit_s=statistics.median(t_mgrit),
+                   ratio=statistics.median(t_mgrit) / statistics.median(t_plain))
+    return out
+
+
+def errors(comm, N: int, options: dict) -> dict:
+    """Relative errors of u_N and of the gradient (all parameters) against the exact ones."""
+    prob, network, solver = make_solver(comm, N, **options)
+    x, y = batch()
+    prob.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        u = prob.opening(x)
+        for layer in prob.layers:
+            u = layer(u)
+    uN_exact = u
+    torch.nn.functional.cross_entropy(prob(x), y).backward()
+    exact = {k: p.grad.clone() for k, p in prob.named_parameters()}
+    prob.zero_grad(set_to_none=True)
+    solver.step(x, y, torch.arange(BATCH))
+    num = den = 0.0
+    for k, p in network.named_parameters():
+        g, e = p.grad, exact[network.problem_name(k)]
+        num += float(((g - e) ** 2).sum())
+        den += float((e ** 2).sum())
+    num, den = comm.allreduce(num), comm.allreduce(den)
+    with torch.no_grad():
+        u0 = network.opening(x) if network.opening is not None else None
+        fwd = solve(solver.prop, u0, N, comm, layout=solver.layout, tol=0.0, **solver._solve_options(False))
+    solver.prop.release()
+    err_u = 0.0
+    if N in fwd.points:
+        err_u = float(torch.linalg.vector_norm(fwd.at(N) - uN_exact) / torch.linalg.vector_norm(uN_exact))
+    return {"options": options, "err_uN": comm.allreduce(err_u, op="max"), "err_grad": (num / den) ** 0.5}
+
+
+TB = dict(mgrit_levels=3, coarsening=4, mgrit_relax="FCF")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", default="abc")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    tuned = tune_malloc() if allocator() == "tuned" else False
+    torch.set_num_threads(1)
+    comm = world()
+    say = print if comm.rank == 0 else (lambda *a, **k: None)
+    result: dict = {"ranks": comm.size, "allocator": allocator(), "malloc_tuned": tuned, "batch": BATCH,
+                    "net": "conv, 16 channels, 32x32, T = 2, one thread per rank"}
+    if "a" in args.part:
+        rows = []
+        for N in (32, 64):
+            for storage in ("graph", "states"):
+                row = compare(comm, N, dict(mgrit_levels=1, mgrit_storage=storage), args.repeats)
+                rows.append(row)
+                say(f"(a) N={N} 1 level {storage}: {row.get('ratio', 0):.3f}x plain "
+                    f"({row.get('mgrit_s', 0) * 1e3:.1f} ms vs {row.get('plain_s', 0) * 1e3:.1f} ms)")
+        result["one_level"] = rows
+    if "b" in args.part:
+        rows = []
+        for iters in (2, 1):
+            for skip in (False, True):
+                for storage in ("graph", "states"):
+                    opts = dict(TB, mgrit_iters=iters, mgrit_skip=skip, mgrit_storage=storage)
+                    row = compare(comm, 32, opts, args.repeats)
+                    rows.append(row)
+                    say(f"(b) iters={iters} skip={skip} {storage}: {row['step_evals']} step evals, "
+                        f"{row.get('ratio', 0):.3f}x plain")
+        result["torchbraid_settings"] = rows
+    if "c" in args.part:
+        rows = []
+        grid = [dict(TB, mgrit_iters=2), dict(TB, mgrit_iters=1), dict(TB, mgrit_iters=2, mgrit_skip=True),
+                dict(TB, mgrit_iters=1, mgrit_skip=True), dict(TB, mgrit_iters=1, mgrit_relax="F"),
+                dict(mgrit_levels=2, coarsening=4, mgrit_relax="F", mgrit_iters=1),
+                dict(mgrit_levels=2, coarsening=8, mgrit_relax="F", mgrit_iters=1),
+                dict(mgrit_levels=2, coarsening=4, mgrit_relax="FCF", mgrit_iters=1),
+                dict(mgrit_levels=3, coarsening=2, mgrit_relax="F", mgrit_iters=1),
+                dict(mgrit_levels=2, coarsening=2, mgrit_relax="F", mgrit_iters=1),
+                dict(mgrit_levels=3, coarsening=4, mgrit_relax="F", mgrit_iters=2)]
+        for opts in grid:
+            row = errors(comm, 32, opts)
+            row.update({k: v for k, v in compare(comm, 32, opts, args.repeats).items() if k != "options"})
+            rows.append(row)
+            say(f"(c) {opts}: u_N {row['err_uN'] * 100:.2f} %, gradient {row['err_grad'] * 100:.2f} %, "
+                f"{row['step_evals']} step evals, {row.get('ratio', 0):.3f}x plain")
+        result["accuracy"] = rows
+    if comm.rank == 0:
+        name = "bench_mgrit_lean" + ("" if comm.size == 1 else f"_p{comm.size}")
+        write(name, result, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""MGRIT's step counts under mpiexec (tests/test_mgrit_work.py): the cumulative ``step_evals``
+of forward and adjoint solves of u' = λu over a grid of options, which must be the work
+formula's whatever the rank count.  Rank 0 writes JSON to argv[1]."""
+import json
+import sys
+
+import torch
+
+from ocnet.comm import world
+from ocnet.mgrit import LinearODE, solve, solve_adjoint
+
+CASES = [  # N, c, levels, relaxation, cf_sweeps, cycle, skip, max_iter
+    (37, 2, 4, "FCF", 1, "F", True, 2), (30, 3, 3, "FCF", 2, "V", False, 2),
+    (64, 4, 3, "F", 1, "V", True, 1), (27, 3, 4, "FCF", 1, "F", False, 1), (16, 2, 1, "FCF", 1, "V", False, 0),
+]
+
+
+def run(comm):
+    out = []
+    for N, c, levels, relaxation, sweeps, cycle, skip, max_iter in CASES:
+        prop = LinearODE(-1.0, h=1.0 / N, c=c)
+        opts = dict(levels=levels, relaxation=relaxation, cf_sweeps=sweeps, cycle=cycle, skip=skip,
+                    max_iter=max_iter, tol=-1.0)  # all iterations
+        u0 = torch.ones((), dtype=torch.float64) if comm.rank == 0 else None
+        fwd = solve(prop, u0, N, comm, **opts)
+        lam_N = torch.ones((), dtype=torch.float64) if comm.rank == comm.size - 1 else None
+        adj = solve_adjoint(prop, fwd.u, lam_N, N, comm, **opts)
+        out.append({"case": [N, c, levels, relaxation, sweeps, cycle, skip, max_iter],
+                    "forward": fwd.step_evals, "adjoint": adj.mgrit.step_evals})
+    return out
+
+
+if __name__ == "__main__":
+    comm = world()
+    result = run(comm)
+    if comm.rank == 0:
+        with open(sys.argv[1], "w") as f:
+            json.dump(result, f)
