@@ -1,6 +1,8 @@
 """Serial solver against plain PyTorch, and the micro-batched pipeline at P = 2 against P = 1.
 
-    python benchmarks/bench_serial.py [--repeats 5] [--out FILE.json]
+    OCNET_MALLOC=tuned python benchmarks/bench_serial.py [--repeats 5] [--only-schedules] [--out FILE.json]
+
+(it starts its own ``mpiexec`` jobs).
 
 (a) Time per epoch of ocnet's serial solver at P = 1 against a plain PyTorch training loop
     of the exported network on the same batches and the same threads (target ratio ≤ 1.05).
@@ -8,6 +10,8 @@
     against P = 1 with 1 thread and with all cores, and against
     ``torch.distributed.pipelining``'s 1F1B schedule on the same ranks (gloo).  Image-sized states (CIFAR shapes,
     synthetic values): on 8×8 digits Python overhead, not arithmetic, would dominate.
+(c) ocnet's pipeline schedules (1F1B, zero-bubble) and torch's 1F1B in one job at P = 2, their
+    repeats interleaved; medians and speed ratios, with the allocator tuned and as it comes.
 
 Set ``OCNET_MALLOC=tuned`` to raise glibc's allocator thresholds for both sides.
 """
@@ -16,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ocnet.comm import SelfComm, world  # noqa: E402
 from ocnet.grid import Partition  # noqa: E402
+from ocnet.pipeline import SCHEDULES  # noqa: E402
 from ocnet.problem import build  # noqa: E402
 from ocnet.solvers.serial import Serial  # noqa: E402
 
@@ -130,16 +137,82 @@ def torch_pipeline_step(args) -> dict | None:
         if comm.rank == 0 else None
 
 
-def launch(ranks: int, threads: int, micro: int, args, baseline: bool = False) -> dict:
-    """Run :func:`pipeline_step` (or the torch baseline) in a fresh job of ``ranks`` processes."""
+def schedules_step(args) -> dict | None:
+    """ocnet's pipeline schedules and ``torch.distributed.pipelining``'s 1F1B in one job, their
+    repeats interleaved so that machine noise hits all alike; rank 0 returns the medians over
+    about ``repeats`` steps each."""
+    import torch.distributed as dist
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+
+    comm = world()
+    dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size,
+                            init_method=f"tcp://127.0.0.1:{args.port}")
+    x, y = data(args.batch)
+    problem = network(args.layers, args.channels)
+    local = problem.local(Partition(problem.n_layers, comm.size), comm.rank)
+    steps = {}
+    for schedule in SCHEDULES:
+        solver = Serial(local, comm, lambda p: torch.optim.SGD(p, lr=1e-3), micro_batches=args.micro,
+                        pipeline=schedule)
+        steps[f"ocnet_{schedule}"] = lambda solver=solver: solver.step(x, y, torch.arange(len(y)))
+    stage_module = torch.nn.Sequential(*[m for m in (local.opening, *local.layers, local.classifier)
+                                         if m is not None])
+    stage = PipelineStage(stage_module, comm.rank, comm.size, torch.device("cpu"))
+    torch_schedule = Schedule1F1B(stage, n_microbatches=args.micro,
+                                  loss_fn=lambda out, target: torch.nn.functional.cross_entropy(out, target))
+    opt = torch.optim.SGD(stage_module.parameters(), lr=1e-3)
+
+    def torch_step():
+        opt.zero_grad(set_to_none=True)
+        if comm.rank == 0:
+            torch_schedule.step(x)
+        elif comm.rank == comm.size - 1:
+            torch_schedule.step(target=y, losses=[])
+        else:
+            torch_schedule.step()
+        opt.step()
+
+    steps["torch_1f1b"] = torch_step
+    # Rounds: each contender runs three steps in a row and the last two count, so that each
+    # is timed in its own steady state (its allocator pattern) while noise still hits all.
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for i in range(args.repeats // 2 + 1):
+        for name, fn in steps.items():
+            for j in range(3):
+                dist.barrier()
+                comm.barrier()
+                t = time.perf_counter()
+                fn()
+                comm.barrier()
+                if i > 0 and j > 0:  # round 0 warms up
+                    times[name].append(time.perf_counter() - t)
+    dist.destroy_process_group()
+    if comm.rank != 0:
+        return None
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"ranks": comm.size, "threads": torch.get_num_threads(), "micro_batches": args.micro,
+            "step_s": med, "times": times,
+            "speed_vs_torch_1f1b": {k: med["torch_1f1b"] / v for k, v in med.items()}}
+
+
+def launch(ranks: int, threads: int, micro: int, args, baseline: bool = False, compare: bool = False,
+           malloc: str | None = None) -> dict:
+    """Run :func:`pipeline_step` (the torch baseline; with ``compare``, :func:`schedules_step`)
+    in a fresh job of ``ranks`` processes; ``malloc`` overrides ``OCNET_MALLOC`` there."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    out = Path(args.tmp) / f"p{ranks}t{threads}m{micro}{'torch' if baseline else ''}.json"
+    kind = ("torch" if baseline else "") + ("compare" if compare else "") + (malloc or "")
+    out = Path(args.tmp) / f"p{ranks}t{threads}m{micro}{kind}.json"
     cmd = [str(mpiexec), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--worker",
            *(["--torch-baseline"] if baseline else []),
            "--threads", str(threads), "--micro", str(micro), "--layers", str(args.layers),
            "--channels", str(args.channels), "--batch", str(args.batch), "--repeats", str(args.repeats),
            "--out", str(out)]
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if compare:
+        cmd.insert(cmd.index("--worker") + 1, "--compare")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if malloc is not None:
+        env["OCNET_MALLOC"] = malloc
+    subprocess.run(cmd, check=True, env=env)
     return json.loads(out.read_text())
 
 
@@ -154,6 +227,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--torch-baseline", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--only-schedules", action="store_true", help="run (c) only")
     ap.add_argument("--port", type=int, default=29517, help="TCP port of the torch baseline's gloo group")
     ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--out", default=None)
@@ -163,11 +238,22 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        result = torch_pipeline_step(args) if args.torch_baseline else pipeline_step(args)
+        result = (schedules_step(args) if args.compare else
+                  torch_pipeline_step(args) if args.torch_baseline else pipeline_step(args))
         if result is not None:
             Path(args.out).write_text(json.dumps(result))
         return
 
+    if os.environ.get("PMI_SIZE", "1") != "1" or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1":
+        sys.exit("bench_serial.py starts its own mpiexec jobs: run it as `python benchmarks/bench_serial.py`")
+    schedules = {m: launch(2, 1, args.micro, args, compare=True, malloc=m) for m in ("tuned", "default")}
+    for m, c in schedules.items():
+        print(f"(c) P=2, {args.micro} micro-batches, allocator {m}: " + ", ".join(
+            f"{k} {c['step_s'][k] * 1e3:.1f} ms ({c['speed_vs_torch_1f1b'][k]:.3f}x torch 1F1B)" for k in c["step_s"]))
+    if args.only_schedules:
+        write("bench_serial_schedules", {"layers": args.layers, "channels": args.channels, "batch": args.batch,
+                                         "shape": SHAPE, "schedules": schedules}, args.out)
+        return
     cores = len(os.sched_getaffinity(0))
     a = epoch_ratio(args)
     print(f"(a) serial P=1 vs plain torch, {a['threads']} threads: epoch {a['epoch_s']['ocnet']:.3f} s vs "
@@ -181,7 +267,8 @@ def main() -> None:
               f"{base / r['step_s']:.2f}x")
     write("bench_serial", {"allocator": allocator(), "layers": args.layers, "channels": args.channels,
                            "batch": args.batch, "shape": SHAPE, "epoch_vs_torch": a, "pipeline": runs,
-                           "speed_vs_best_P1": {k: base / r["step_s"] for k, r in runs.items()}}, args.out)
+                           "speed_vs_best_P1": {k: base / r["step_s"] for k, r in runs.items()},
+                           "schedules": schedules}, args.out)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,20 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import timeline
 from .comm import Comm, Request
 from .filters import IDENTITY, Filter
+from .pipeline import SCHEDULES, one_f_one_b
 from .problem import LocalNetwork
 from .tags import SWEEP_BACKWARD as BACKWARD_TAG
 from .tags import SWEEP_FORWARD as FORWARD_TAG
 
 Map = Callable[[torch.Tensor], torch.Tensor]
+
+#: (parameters of one module, that module's output) for each parametrised module of a block
+_Outputs = list[tuple[list[torch.Tensor], torch.Tensor]]
+
+__all__ = ["forward", "backward", "train", "predict", "one_f_one_b"]
 
 
 def forward(comm: Comm, block: Map, u_first: torch.Tensor | None = None, *,
@@ -70,29 +77,16 @@ def _given(value: torch.Tensor | None, name: str) -> torch.Tensor:
     return value
 
 
-def one_f_one_b(rank: int, size: int, micro_batches: int) -> list[tuple[str, int]]:
-    """The 1F1B pipeline schedule of one rank: ``[("F", m) | ("B", m), …]``.
-
-    Rank ``r`` runs ``P - 1 - r`` forwards ahead, then alternates forward and backward, so at
-    most ``P - r`` micro-batches hold activations at once (GPipe holds all of them) while
-    the pipeline bubble stays the same.
-    """
-    warm = min(size - 1 - rank, micro_batches)
-    ops = [("F", m) for m in range(warm)]
-    for i in range(micro_batches - warm):
-        ops += [("F", warm + i), ("B", i)]
-    ops += [("B", m) for m in range(micro_batches - warm, micro_batches)]
-    return ops
-
-
 def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Tensor | None,
-          batch_size: int, *, micro_batches: int = 1, filter: Filter = IDENTITY,
+          batch_size: int, *, micro_batches: int = 1, schedule: str = "1f1b", filter: Filter = IDENTITY,
           device: torch.device | str = "cpu",
           tags: Sequence[int] = (FORWARD_TAG, BACKWARD_TAG)) -> float | None:
     """Exact forward and backward propagation of the mean loss over one mini-batch.
 
     Accumulates ``∂J/∂θ`` into the ``.grad`` of this rank's parameters.  The batch is cut into
-    ``micro_batches`` chunks that flow through the ranks in a 1F1B pipeline, so ranks overlap.
+    ``micro_batches`` chunks that flow through the ranks in a pipeline, so ranks overlap; the
+    order of the passes is the ``schedule`` (:data:`ocnet.pipeline.SCHEDULES`: ``"1f1b"``, or
+    ``"zb"`` that defers some parameter gradients into the pipeline's idle time).
 
     Parameters
     ----------
@@ -105,6 +99,8 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
         The labels ``(batch,)`` (read on the last rank only).
     batch_size : int
         The number of samples in the batch (every rank knows it).
+    schedule : str
+        The name of the pipeline schedule; every rank must name the same.
     tags : (int, int)
         The tags of the forward and the backward messages.
 
@@ -115,42 +111,142 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
     """
     first, last = comm.rank == 0, comm.rank == comm.size - 1
     micro_batches = min(micro_batches, batch_size)
+    ops = SCHEDULES[schedule](comm.rank, comm.size, micro_batches)
+    split = {m for op, m in ops if op == "W"}
     xs = _given(x, "x").tensor_split(micro_batches) if first else ()
     ys = _given(y, "y").tensor_split(micro_batches) if last else ()
     forward_tag, backward_tag = tags
-    live: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    steps = len(network.layers)
+    live: dict[int, _Pass] = {}
     sends: list[Request] = []
     total = 0.0
-
-    for op, m in one_f_one_b(comm.rank, comm.size, micro_batches):
-        if op == "F":
-            if first:
-                v = None
-                u_in = xs[m]
+    pieces = _Pieces(network) if split else None
+    try:
+        for op, m in ops:
+            if op == "F":
+                v = None if first else comm.recv(comm.rank - 1, forward_tag, device).requires_grad_(True)
+                u_in = xs[m] if v is None else filter.decode(v)
+                with timeline.span("forward_graph", steps=steps, micro_batch=m):
+                    if pieces is not None and m in split:
+                        u_out, outputs = pieces.forward(u_in)
+                    else:
+                        u_out, outputs = network(u_in), None
+                p = live[m] = _Pass(v, u_out, outputs)
+                if last:
+                    # Each chunk's loss is a sum scaled by the whole batch size: the chunks add
+                    # up to the batch mean exactly as one pass would compute it.  The head
+                    # gets a graph of its own, so that its time is told apart.
+                    with timeline.span("head", steps=0, micro_batch=m):
+                        p.u_head = u_out.detach().requires_grad_(True)
+                        p.loss = network.loss(network.head(p.u_head), ys[m], reduction="sum") / batch_size
+                    total += float(p.loss.detach())
+                else:
+                    p.out = filter.encode(u_out)
+                    sends.append(comm.isend(p.out, comm.rank + 1, forward_tag))
+            elif op == "B":
+                p = live[m]
+                if last:
+                    with timeline.span("head", steps=0, micro_batch=m):
+                        p.loss.backward()
+                    g, p.out = p.u_head.grad, p.u_out
+                else:
+                    g = comm.recv(comm.rank + 1, backward_tag, device)
+                if p.outputs is None:
+                    with timeline.span("backward", steps=steps, micro_batch=m):
+                        torch.autograd.backward(p.out, g)
+                    g_in = None if p.v is None else p.v.grad
+                    del live[m]
+                else:
+                    inputs = ([] if p.v is None else [p.v]) + [u for _, u in p.outputs]
+                    with timeline.span("vjp", steps=steps, micro_batch=m):
+                        # The adjoints of the block's input and of every parametrised
+                        # module's output, keeping the graph for the parameter gradients.
+                        grads = torch.autograd.grad(p.out, inputs, g, retain_graph=True)
+                    g_in = None if p.v is None else grads[0]
+                    p.grads = grads[len(inputs) - len(p.outputs):]
+                if g_in is not None:  # not the first rank: the adjoint of what came in goes back
+                    sends.append(comm.isend(g_in, comm.rank - 1, backward_tag))
             else:
-                v = comm.recv(comm.rank - 1, forward_tag, device).requires_grad_(True)
-                u_in = filter.decode(v)
-            u_out = network(u_in)
-            if last:
-                # Each chunk's loss is a sum scaled by the whole batch size: the chunks add up
-                # to the batch mean exactly as one pass would compute it.
-                out = network.loss(network.head(u_out), ys[m], reduction="sum") / batch_size
-                total += float(out.detach())
-            else:
-                out = filter.encode(u_out)
-                sends.append(comm.isend(out, comm.rank + 1, forward_tag))
-            live[m] = (v, out)
-        else:
-            v, out = live.pop(m)
-            if last:
-                out.backward()
-            else:
-                out.backward(comm.recv(comm.rank + 1, backward_tag, device))
-            if v is not None:  # not the first rank: the adjoint of what came in goes back
-                sends.append(comm.isend(_given(v.grad, "v.grad"), comm.rank - 1, backward_tag))
-    for s in sends:
-        s.wait()
+                if m not in live:  # its B could not be split and did all the work
+                    continue
+                p = live.pop(m)
+                with timeline.span("weight_grad", steps=steps, micro_batch=m):
+                    for (params, u), g in zip(_given_outputs(p.outputs), p.grads):
+                        # Pruned to the module's own nodes: ``inputs`` reach no further back.
+                        torch.autograd.backward(u, g, inputs=params, retain_graph=True)
+        for s in sends:
+            s.wait()
+    finally:
+        if pieces is not None:
+            pieces.close()
     return total if last else None
+
+
+class _Pass:
+    """What one micro-batch keeps on this rank between its passes."""
+
+    __slots__ = ("v", "u_out", "outputs", "out", "u_head", "loss", "grads")
+
+    def __init__(self, v: torch.Tensor | None, u_out: torch.Tensor, outputs: _Outputs | None) -> None:
+        self.v, self.u_out, self.outputs = v, u_out, outputs
+        self.out = u_out  # what the backward starts from: the sent (encoded) output
+        self.u_head: torch.Tensor = u_out  # the classifier's own input (last rank)
+        self.loss: torch.Tensor = u_out
+        self.grads: Sequence[torch.Tensor] = ()
+
+
+def _given_outputs(outputs: _Outputs | None
+                   ) -> _Outputs:
+    if outputs is None:
+        raise RuntimeError("a W pass needs a micro-batch whose B was split")
+    return outputs
+
+
+class _Pieces:
+    """Records the output of every module that holds trainable parameters of its own while
+    the block runs forward: a split backward needs the adjoint there, so that the parameter
+    gradients of each module are one small backward pass of its own nodes."""
+
+    def __init__(self, network: LocalNetwork) -> None:
+        self.network = network
+        self.sink: _Outputs | None = None
+        self.complete = True
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        block = [] if network.opening is None else [network.opening]
+        self.trainable = {id(q) for part in block + list(network.layers) for q in part.parameters()
+                          if q.requires_grad}
+        for module in (m for part in [*block, *network.layers] for m in part.modules()):
+            params = [q for q in module.parameters(recurse=False) if q.requires_grad]
+            if params:
+                self.handles.append(module.register_forward_hook(self._hook(params)))
+
+    def _hook(self, params: list[torch.Tensor]) -> Callable:
+        def hook(module: torch.nn.Module, args: object, output: object) -> None:
+            if self.sink is None:
+                return
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                self.sink.append((params, output))
+            else:  # parameters reached by another path: this micro-batch cannot be split
+                self.complete = False
+        return hook
+
+    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, _Outputs | None]:
+        """The block's output and the (parameters, output) of each parametrised module, or
+        ``None`` when some module's output cannot carry its parameters' gradient."""
+        self.sink, self.complete = [], True
+        try:
+            u_out = self.network(u)
+            # Every trainable parameter must sit in a module whose output was recorded, or
+            # its gradient would be lost: otherwise this micro-batch is not split.
+            seen = {id(q) for params, _ in self.sink for q in params}
+            whole = self.complete and seen == self.trainable and bool(self.sink)
+            return u_out, (self.sink if whole else None)
+        finally:
+            self.sink = None
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -158,5 +254,12 @@ def predict(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, *,
             filter: Filter = IDENTITY, device: torch.device | str = "cpu",
             tag: int = FORWARD_TAG) -> torch.Tensor | None:
     """The logits ``(batch, n_classes)`` on the last rank (``None`` elsewhere)."""
-    _, u = forward(comm, network, x, filter=filter, device=device, tag=tag)
-    return network.head(u) if comm.rank == comm.size - 1 else None
+    def block(u: torch.Tensor) -> torch.Tensor:
+        with timeline.span("forward", steps=len(network.layers)):
+            return network(u)
+
+    _, u = forward(comm, block, x, filter=filter, device=device, tag=tag)
+    if comm.rank < comm.size - 1:
+        return None
+    with timeline.span("head", steps=0):
+        return network.head(u)

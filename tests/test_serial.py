@@ -69,13 +69,13 @@ def single_rank(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("net", ["dense", "conv"])
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_ranks_give_same_parameters(mpi, tmp_path, single_rank, net, ranks):
-    """Two training steps on P ranks, with and without micro-batches, equal P = 1
-    (float64, rtol 1e-10)."""
+@pytest.mark.parametrize("net,ranks,pipeline", [("dense", 2, "1f1b"), ("dense", 4, "1f1b"), ("conv", 2, "1f1b"),
+                                               ("conv", 4, "1f1b"), ("conv", 2, "zb"), ("dense", 4, "zb")])
+def test_ranks_give_same_parameters(mpi, tmp_path, single_rank, net, ranks, pipeline):
+    """Two training steps on P ranks, with and without micro-batches, under each pipeline
+    schedule, equal P = 1 (float64, rtol 1e-10)."""
     out = tmp_path / "many.pt"
-    proc = mpi(ranks, "serial_step.py", str(out), net, "1,3", timeout=120)
+    proc = mpi(ranks, "serial_step.py", str(out), net, "1,3", pipeline, timeout=120)
     assert proc.returncode == 0, proc.stderr
     one = single_rank[net]
     for micro, many in torch.load(out).items():
@@ -84,6 +84,24 @@ def test_ranks_give_same_parameters(mpi, tmp_path, single_rank, net, ranks):
         for k in one["params"]:
             torch.testing.assert_close(many["params"][k], one["params"][k], rtol=1e-10, atol=1e-13,
                                        msg=f"{k}, {micro} micro-batches")
+
+
+def test_pipeline_option():
+    """``pipeline`` names a schedule; another name fails with a message that lists them."""
+    from ocnet.options import ConfigError
+    option = Serial.options["pipeline"]
+    assert set(option.choices) == {"1f1b", "zb"} and option.default in option.choices
+    assert option.convert("pipeline", "zb") == "zb"
+    with pytest.raises(ConfigError, match="1f1b"):
+        option.convert("pipeline", "gpipe")
+    x, y = _batch((1, 8, 8), n=12)
+    losses = {}
+    for name in ("1f1b", "zb"):
+        problem = build((1, 8, 8), 5, net="dense", layers=4, seed=0, dtype=torch.float64)
+        solver = Serial(problem.local(Partition(4, 1), 0), SelfComm(),
+                        lambda p: torch.optim.SGD(p, lr=0.1), micro_batches=3, pipeline=name)
+        losses[name] = [solver.step(x, y, torch.arange(12))["loss"] for _ in range(3)]
+    assert losses["zb"] == pytest.approx(losses["1f1b"], rel=1e-12)
 
 
 def test_one_f_one_b_schedule_is_complete():

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import sweep
+from .. import sweep, timeline
 from ..options import Option
+from ..pipeline import SCHEDULES
 from ..records import Record
 from .base import Solver
 
@@ -12,19 +13,23 @@ from .base import Solver
 class Serial(Solver):
     """Forward across the ranks carrying the boundary state, loss on the last rank, backward
     carrying the adjoint (:func:`ocnet.sweep.train`).  With ``micro_batches > 1`` the batch
-    flows through the ranks in pieces (1F1B schedule) so that ranks overlap; the gradient is
-    the same."""
+    flows through the ranks in pieces so that ranks overlap, in the order of the ``pipeline``
+    schedule (docs/pipeline.rst); the gradient is the same."""
 
     name = "serial"
     rank_invariant = True
     options = {
         "micro_batches": Option(int, 1, "micro-batches per mini-batch in the pipeline", min=1),
+        "pipeline": Option(str, "1f1b", "pipeline schedule of the micro-batches: 1f1b, or zb "
+                           "(zero-bubble: parameter gradients deferred into idle time)",
+                           choices=tuple(SCHEDULES)),
     }
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         self.optimizer.zero_grad(set_to_none=True)
         loss = sweep.train(self.comm, self.network, x, y, len(y),
-                           micro_batches=self.config["micro_batches"], filter=self.filter,
-                           device=self.device, tags=self.sweep_tags)
-        self.optimizer.step()
+                           micro_batches=self.config["micro_batches"], schedule=self.config["pipeline"],
+                           filter=self.filter, device=self.device, tags=self.sweep_tags)
+        with timeline.span("update", steps=len(self.network.layers)):
+            self.optimizer.step()
         return {} if loss is None else {"loss": loss}

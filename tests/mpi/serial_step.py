@@ -1,6 +1,7 @@
 """One training step of the serial solver on P ranks; rank 0 writes the parameters.
 
-argv: out.pt net micro_batches[,micro_batches...]  (one result per micro-batch count)
+argv: out.pt net micro_batches[,micro_batches...] [pipeline]  (one result per micro-batch count;
+the pipeline schedule defaults to the solver's)
 """
 import sys
 
@@ -12,6 +13,7 @@ from ocnet.problem import build
 from ocnet.solvers.serial import Serial
 
 out, net, micros = sys.argv[1], sys.argv[2], [int(m) for m in sys.argv[3].split(",")]
+schedule = {"pipeline": sys.argv[4]} if len(sys.argv) > 4 else {}
 comm = world()
 torch.set_num_threads(1)
 shape = (3, 8, 8) if net == "conv" else (1, 8, 8)
@@ -25,7 +27,8 @@ results = {}
 for micro in micros:
     problem.load_state_dict(initial)
     network = problem.local(Partition(problem.n_layers, comm.size), comm.rank)
-    solver = Serial(network, comm, lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9), micro_batches=micro)
+    solver = Serial(network, comm, lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9), micro_batches=micro,
+                    **schedule)
     losses = [solver.step(x, y, torch.arange(12)).get("loss") for _ in range(2)]
     state = comm.gather(network.problem_state())
     loss = comm.bcast(losses, root=comm.size - 1)
