@@ -11,7 +11,9 @@ library is CUDA-aware, so no CUDA-aware MPI build is needed.
 
 Every wait records what it waits for in the communicator's :class:`~ocnet.watchdog.Progress`
 (in its slow path only: a wait that completes while spinning just counts), so that the stall
-watchdog (:meth:`Comm.start_watchdog`) can say who waits for whom.
+watchdog (:meth:`Comm.start_watchdog`) can say who waits for whom.  While a timeline records
+(:mod:`ocnet.timeline`), posting a message is a ``"send"`` event, every wait a ``"wait"``
+event (a collective's a ``"reduce"`` event), fast path included.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import tags
+from . import tags, timeline
 from .watchdog import Progress, Watchdog, say
 
 # Polling: spin briefly (a message that is already there costs no sleep), then sleep in
@@ -43,10 +45,17 @@ _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
 
 
 def _wait(test: Callable[[], bool], progress: Progress, what: tuple) -> None:
-    """Wait until ``test()`` is true, sleeping between polls; ``what`` says what for."""
+    """Wait until ``test()`` is true, sleeping between polls; ``what`` says what for.
+
+    While a timeline records (:mod:`ocnet.timeline`), the wait becomes a ``"wait"`` event
+    (``"reduce"`` for a collective) naming ``what``; otherwise it costs one lookup more."""
+    rec = timeline.current()
+    t0 = rec.clock() if rec is not None else 0.0
     for _ in range(_SPIN):
         if test():
             progress.ticks += 1
+            if rec is not None:
+                _record(rec, t0, what)
             return
     progress.waiting = what
     try:
@@ -57,6 +66,20 @@ def _wait(test: Callable[[], bool], progress: Progress, what: tuple) -> None:
     finally:
         progress.waiting = None
     progress.ticks += 1
+    if rec is not None:
+        _record(rec, t0, what)
+
+
+def _record(rec: timeline.Recorder, t0: float, what: tuple) -> None:
+    """A wait that began at ``t0`` and ends now, as an event: ``what`` is ``("send" | "recv",
+    peer, tag)`` for a point-to-point request, the collective's name (and root) otherwise."""
+    if what[0] in ("send", "recv"):
+        kind, info = "wait", {"on": what[0], "peer": what[1], "tag": what[2]}
+    elif what[0] == "request":
+        kind, info = "wait", {"on": "request"}
+    else:
+        kind, info = "reduce", {"op": what[0]} if len(what) == 1 else {"op": what[0], "root": what[1]}
+    rec.events.append((kind, t0 - rec.origin, rec.clock() - rec.origin, info))
 
 
 _NOBODY = Progress()  # for requests that belong to no communicator
@@ -124,8 +147,15 @@ class Comm:
     # -- point to point -------------------------------------------------------------------
     def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> Request:
         """Start sending ``tensor`` (any shape, dtype and device) to ``dest``."""
-        self.bytes_sent += tensor.numel() * tensor.element_size()
-        return self._isend(tensor, dest, tag)
+        n = tensor.numel() * tensor.element_size()
+        self.bytes_sent += n
+        rec = timeline.current()
+        if rec is None:
+            return self._isend(tensor, dest, tag)
+        t0 = rec.clock()
+        request = self._isend(tensor, dest, tag)
+        rec.events.append(("send", t0 - rec.origin, rec.clock() - rec.origin, {"peer": dest, "tag": tag, "bytes": n}))
+        return request
 
     def _isend(self, tensor: torch.Tensor, dest: int, tag: int) -> Request:
         from mpi4py import MPI

@@ -73,6 +73,8 @@ COMMON: dict[str, Option] = {
     "stall_timeout": Option(float, 600.0, "seconds without progress on any rank after which the job ends naming "
                             "the stuck rank (0: never)", min=0.0, max=365 * 24 * 3600.0),
     "quiet": Option(bool, False, "no progress bar"),
+    "timeline_steps": Option(int, 4, "record the per-rank timeline (compute, waits, sends) of this many steps of "
+                             "every epoch, from its second step, into <out>/timeline/ (0: off)", min=0, max=10_000),
     "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: solvers that "
                      "register themselves there become choices of --solver"),
 }
@@ -82,7 +84,7 @@ CLI_ONLY = {"config": "a TOML file of keys (flags override it)"}
 # and how it runs); every other key must equal the original run's, or the resumed run
 # would not continue the same training.
 RESUMABLE = frozenset({"epochs", "checkpoint_every", "quiet", "resume", "out", "overwrite", "stall_timeout",
-                       "threads", "device", "cuda_aware", "data_dir", "plugin"})
+                       "threads", "device", "cuda_aware", "data_dir", "plugin", "timeline_steps"})
 
 # A configuration file is a few hundred bytes; refusing anything much larger keeps a wrong
 # path (a data file, a disk image) from being read at all.

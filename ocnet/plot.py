@@ -8,7 +8,9 @@ A run directory holds ``history.jsonl`` (one JSON record per line), ``summary.js
 ``config.toml`` (see docs/guide.rst). Where the figures go:
 
 * one run directory and no ``--out``: into that run directory, named ``convergence.png``,
-  ``mgrit_residuals.png``, ``mgrit_convergence.png``, ``constraints.png``, ``bytes.png``;
+  ``mgrit_residuals.png``, ``mgrit_convergence.png``, ``constraints.png``, ``bytes.png``, and
+  ``timeline.png`` (a Gantt chart, :mod:`ocnet.gantt`; ``--steps FIRST:LAST`` picks its steps)
+  when the run recorded timelines;
 * one run directory and ``--out DIR``: the same names, in ``DIR``;
 * several run directories: one comparison figure per kind, in ``--out`` (default: the current
   directory), named ``comparison.png`` (the convergence figure), ``comparison_mgrit_residuals.png``,
@@ -38,6 +40,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from . import gantt
 from .records import FIELDS
 
 try:  # Python >= 3.11; the config is read only for labels and layer counts
@@ -374,8 +377,8 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_runs(run_dirs: Sequence[str | Path | Run], out_dir: str | Path | None = None
-              ) -> list[Path]:
+def plot_runs(run_dirs: Sequence[str | Path | Run], out_dir: str | Path | None = None,
+              steps: tuple[int, int] | None = None) -> list[Path]:
     """Draw every figure that the runs' records support and write them as PNG files.
 
     Parameters
@@ -385,6 +388,9 @@ def plot_runs(run_dirs: Sequence[str | Path | Run], out_dir: str | Path | None =
     out_dir : str or Path, optional
         Where to write. Default: the run directory for one run, the current directory for
         several. Several runs give ``comparison*.png`` names (see the module docstring).
+    steps : (int, int), optional
+        The first and last step of the timeline chart (one run that recorded timelines);
+        default: a few steps of its last recorded epoch.
 
     Returns
     -------
@@ -414,6 +420,9 @@ def plot_runs(run_dirs: Sequence[str | Path | Run], out_dir: str | Path | None =
         written.append(_plot_constraints(runs, target("constraints")))
     if any(_bytes_per_epoch(r)[1].sum() > 0 for r in runs):
         written.append(_plot_bytes(runs, target("bytes")))
+    if single and (runs[0].path / "timeline").is_dir():
+        chart = gantt.draw(runs[0].path, out / "timeline.png", steps)
+        written += [chart] if chart is not None else []
     return written
 
 
@@ -429,10 +438,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="One RUN_DIR without --out: the PNGs go into RUN_DIR (convergence.png, ...). "
                "Several RUN_DIRs: comparison figures (comparison.png, comparison_*.png) go "
                "into --out, default the current directory. Figures for MGRIT residuals, "
-               "constraints and bytes sent are drawn only when some run recorded them.")
+               "constraints and bytes sent are drawn only when some run recorded them; the "
+               "Gantt chart timeline.png when one run recorded timelines.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directory")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output directory (default: see below)")
+    parser.add_argument("--steps", metavar="FIRST[:LAST]", default=None, type=_steps,
+                        help="the steps of the timeline chart (timeline.png; default: a few of the last "
+                             "recorded epoch)")
     args = parser.parse_args(argv)
     for d in args.run_dirs:
         if not (Path(d) / "history.jsonl").is_file():
@@ -440,13 +453,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     try:
-        written = plot_runs(args.run_dirs, args.out)
+        written = plot_runs(args.run_dirs, args.out, args.steps)
     except OSError as e:
         print(f"ocnet.plot: error: {e}", file=sys.stderr)
         return 1
     for path in written:
         print(path)
     return 0
+
+
+def _steps(text: str) -> tuple[int, int]:
+    try:
+        return gantt.parse_steps(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from . import checkpoint, faults
+from . import checkpoint, faults, timeline
 from . import comm as comm_mod
 from .config import ConfigError, differences, dump_toml, given, help_text, read_toml, resolve
 from .data import DataError, load
@@ -143,7 +143,7 @@ def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
                 solver=solver, out=out, start=start, history=history)
 
 
-_RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "model.pt", "checkpoints")
+_RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "model.pt", "checkpoints", "timeline")
 
 
 def run_directory(config: dict[str, Any], ranks: int) -> tuple[Path, bool]:
@@ -257,11 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     augment = config["augment"] == "on" or (config["augment"] == "auto" and config["problem"].startswith("cifar"))
     comm.start_watchdog(config["stall_timeout"])
+    log = None
+    if config["timeline_steps"]:
+        log = timeline.Log(out, comm.rank, comm.size, config["timeline_steps"], job=comm.bcast(time.time()),
+                           after_step=start["meta"]["step"] if start is not None else 0)
     try:
         fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
                    seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
                    augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
-                   start=start, history=s["history"], progress=not config["quiet"])
+                   start=start, history=s["history"], progress=not config["quiet"], log=log)
     except (SolverError, NonFinite) as e:  # raised by every rank together: one message, every rank exits
         if comm.rank == 0:
             print(f"ocnet: error: {e}", file=sys.stderr, flush=True)

@@ -14,13 +14,14 @@ import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from . import checkpoint, faults
+from . import checkpoint, faults, timeline
 from .comm import Comm
 from .data import Dataset, augment, batches
 from .records import combine, dumps, jsonable, non_finite
@@ -157,7 +158,7 @@ def _poison(solver: Solver, record: dict[str, Any]) -> None:
 def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: int, seed: int,
         lr: Callable[[int], float], augment_images: bool, run_dir: Path | None = None,
         checkpoint_every: int = 0, start: dict[str, Any] | None = None, history: History | None = None,
-        progress: bool = False) -> dict[str, Any]:
+        progress: bool = False, log: timeline.Log | None = None) -> dict[str, Any]:
     """Train up to the end of epoch ``epochs - 1``; returns the last epoch record (every rank).
 
     Parameters
@@ -175,6 +176,10 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         (``epoch``, ``batch`` — ``None`` after a whole epoch — and the loop's ``meta``).
     history : History, optional
         The records up to that checkpoint (rank 0).
+    log : timeline.Log, optional
+        This rank's timeline: the steps of its window are recorded (each epoch that has
+        some starts with a barrier, which aligns the ranks' clocks), and its file is
+        written at the end of every epoch and when the loop stops.
 
     Raises
     ------
@@ -229,12 +234,15 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         if signum:
             stop_here(ep, len(ep.iters), done, signum)
 
-    with Interrupt() as interrupt:
+    with Interrupt() as interrupt, _kept(log):
         for epoch in range(first_epoch, epochs):
             solver.set_lr(lr(epoch))
             resumed = epoch == start["epoch"]  # in the middle of this epoch
             skip = start["batch"] if resumed else 0
             comm.where(f"start of epoch {epoch}")
+            recording = log if log is not None and log.epoch_records(n_batches, skip) else None
+            if recording is not None:
+                recording.align(comm.barrier)
             ep = _Epoch(epoch, resumed, comm.bytes_sent)
             ep.begin = start["meta"]["begin"] if resumed else solver.begin_epoch(epoch, data.x_train, data.y_train)
             do_augment = augment_images and data.is_image and solver.augments(epoch)
@@ -248,19 +256,21 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                     x = augment(x, torch.Generator().manual_seed((1_000_003 * seed + epoch) * 1_000_033 + b))
                 sent = comm.bytes_sent
                 comm.where(f"epoch {epoch}, step {step + 1}")
-                record = dict(solver.step(x, y, idx))
-                if faults.inject("step", comm.rank) == "nan":
-                    _poison(solver, record)
-                iters.append({**record, "bytes_sent": comm.bytes_sent - sent})
-                step += 1
-                wall.append(time.perf_counter() - t0)
-                if bar is not None:
-                    bar.update(1)
-                # checked one step late, so that the check's collective overlaps the next step
-                check = _Check(comm, non_finite(record), interrupt.signum, kept=len(iters))
-                if pending is not None:
-                    settle(ep, pending, b + 1)
-                pending = check
+                window = recording.step(epoch, step + 1) if recording and recording.records(b) else nullcontext()
+                with window:  # the step, and the wait for the previous step's check
+                    record = dict(solver.step(x, y, idx))
+                    if faults.inject("step", comm.rank) == "nan":
+                        _poison(solver, record)
+                    iters.append({**record, "bytes_sent": comm.bytes_sent - sent})
+                    step += 1
+                    wall.append(time.perf_counter() - t0)
+                    if bar is not None:
+                        bar.update(1)
+                    # checked one step late, so that the check's collective overlaps the next step
+                    check = _Check(comm, non_finite(record), interrupt.signum, kept=len(iters))
+                    if pending is not None:
+                        settle(ep, pending, b + 1)
+                    pending = check
             if pending is not None:
                 settle(ep, pending, n_batches)
             end = solver.end_epoch(epoch)
@@ -287,6 +297,8 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 history.extend(records + [last])
                 if bar is not None:
                     bar.set_postfix(loss=f"{last['loss']:.3g}", test_acc=f"{100 * test_acc:.1f}%")
+            if log is not None:
+                log.write()
             due = checkpoint_every and ((epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1)
             if run_dir is not None and due:
                 comm.where(f"checkpoint of epoch {epoch}")
@@ -296,6 +308,20 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     if bar is not None:
         bar.close()
     return comm.bcast(last)
+
+
+class _kept:
+    """Writes the timeline ``log`` (if any) however the loop ends."""
+
+    def __init__(self, log: timeline.Log | None) -> None:
+        self.log = log
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.log is not None:
+            self.log.write()
 
 
 def _iter_records(gathered: list[dict[str, Any]], wall: list[float], solver: Solver, epoch: int,

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .. import sweep
+from .. import sweep, timeline
 from ..comm import Comm
 from ..filters import IDENTITY, Filter
 from ..grid import Partition
@@ -242,22 +242,27 @@ class Penalty(ParallelSolver):
             target = z[self.b0].detach() + mu[self.b0] / self.rho if mu else z[self.b0].detach()
             sends.append(comm.isend(self.filter.encode(target), rank - 1, self.target_tag))
 
+        # compute spans are leaves and never hold a wait: each block is one, the waits for
+        # the neighbours' messages fall between them
+        kind = "forward_graph" if backward else "forward"
         with torch.set_grad_enabled(backward):
             terms, r, value = [], {}, 0.0
             u = x if first else z[self.b0]
-            for j in range(len(self._slices)):
-                o = self._block(j, u)
+            for j, (start, stop) in enumerate(self.blocks):
                 b = self.b0 + j + 1
-                if b < self.b1:  # a boundary inside this rank
-                    r[b] = z[b] - self._project(b, o)
-                    terms.append(self._penalty(r[b], mu.get(b)))
-                    value += float(terms[-1].detach())
-                    r[b] = r[b].detach()
-                    u = z[b]
+                with timeline.span(kind, steps=stop - start, block=b - 1):
+                    o = self._block(j, u)
+                    if b < self.b1:  # a boundary inside this rank
+                        r[b] = z[b] - self._project(b, o)
+                        terms.append(self._penalty(r[b], mu.get(b)))
+                        value += float(terms[-1].detach())
+                        r[b] = r[b].detach()
+                        u = z[b]
             record: Record = {}
             if last:
-                terms.append(self.network.loss(self.network.head(o), y))
-                loss = float(terms[-1].detach())
+                with timeline.span("head", steps=0):
+                    terms.append(self.network.loss(self.network.head(o), y))
+                    loss = float(terms[-1].detach())
                 record["loss"] = loss
                 value += loss
             else:
@@ -267,8 +272,9 @@ class Penalty(ParallelSolver):
                 w = self.filter.decode(from_right.wait())
                 terms.append(0.5 * self.rho * ((w - self.filter.project(o)) ** 2).sum() / n)
             if backward:
-                self.optimizer.zero_grad(set_to_none=True)
-                functools.reduce(operator.add, terms).backward()
+                with timeline.span("backward", steps=self.network.stop - self.network.start):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    functools.reduce(operator.add, terms).backward()
 
         if not first:  # the left block's term: ∂/∂z_{b0} of (ρ/2)‖r‖² + ⟨μ, r⟩
             b = self.b0
@@ -285,15 +291,18 @@ class Penalty(ParallelSolver):
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         z, r, record = self.gradients(x, y, index)
-        self.optimizer.step()
+        with timeline.span("update", steps=self.network.stop - self.network.start, of="theta"):
+            self.optimizer.step()
         with torch.no_grad():
             n = len(index)
-            for b, zb in z.items():
-                # per-sample gradient = n × the gradient of the batch mean
-                self.z.set(b, index, zb.detach() - self.eta * n * zb.grad)
+            with timeline.span("update", steps=0, of="z"):
+                for b, zb in z.items():
+                    # per-sample gradient = n × the gradient of the batch mean
+                    self.z.set(b, index, zb.detach() - self.eta * n * zb.grad)
             if self.multipliers:
-                self.update_multipliers(index, r)
-                record["mu_sq"] = sum(float((self.mu.get(b, index) ** 2).sum()) for b in z) / n
+                with timeline.span("update", steps=0, of="mu"):
+                    self.update_multipliers(index, r)
+                    record["mu_sq"] = sum(float((self.mu.get(b, index) ** 2).sum()) for b in z) / n
         record["rho"] = self.rho
         return record
 
