@@ -1,0 +1,124 @@
+"""Every solver at P = 1, 2, 4, 8 ranks, measured against the performance model's prediction.
+
+    OCNET_MALLOC=tuned python benchmarks/bench_scaling.py [--ranks 1,2,4,8] [--solvers serial,...]
+        [--epochs 2] [--target 0.8] [--out FILE.json]
+
+Each solver variant of :data:`ocnet.speedup.VARIANTS` runs as ``mpiexec -n P python -m
+ocnet.run`` on a small convolutional problem (digits as 8×8 images, ``--layers`` conv layers
+of ``--channels`` channels), one thread per rank.  Measured: the median time per step (from
+the iteration records' wall times), the time per epoch, and the time to the target test
+accuracy.  P above this machine's core count is flagged as oversubscribed.  The model is
+calibrated here, in this process (one thread), and predicts the same configurations; the
+benchmark prints the model's error per P and draws the predictions over the measurements
+(``<out>.png``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, allocator, tune_malloc, write  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from ocnet import calibrate as cal  # noqa: E402
+from ocnet import speedup  # noqa: E402
+from ocnet.config import given  # noqa: E402
+
+
+def measure(flags: list[str], P: int, out: Path) -> dict:
+    """One ``ocnet.run`` job; time per step, per epoch and to each epoch's accuracy."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [str(ROOT / ".venv/bin/mpiexec"), "-n", str(P), sys.executable, "-m", "mpi4py", "-m", "ocnet.run",
+           *flags, "--threads", "1", "--quiet", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    records = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
+    iters = [r for r in records if r["kind"] == "iter"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    steps = [b["wall_time"] - a["wall_time"] for a, b in zip(iters, iters[1:]) if b["epoch"] == a["epoch"]]
+    return {"step": statistics.median(steps) if steps else None,
+            "epoch": epochs[-1]["wall_time"] / len(epochs),
+            "accuracy": [(r["wall_time"], r.get("test_acc")) for r in epochs]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", default="1,2,4,8")
+    parser.add_argument("--solvers", default=",".join(speedup.VARIANTS))
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--micro-batches", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--target", type=float, default=0.8, help="test accuracy for the time-to-accuracy column")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    tuned = tune_malloc() if allocator() == "tuned" else False
+    ranks = [int(p) for p in args.ranks.split(",")]
+    names = args.solvers.split(",")
+    cores = os.cpu_count() or 1
+    base = ["--problem", "digits", "--net", "conv", "--layers", str(args.layers), "--channels", str(args.channels),
+            "--batch-size", str(args.batch), "--epochs", str(args.epochs)]
+
+    values = given(base + ["--micro-batches", str(args.micro_batches)])
+    config = speedup.variant_config(values, speedup.VARIANTS["serial"])
+    batches = {speedup.compute_batch(speedup.variant_config(values, speedup.VARIANTS[n])) for n in names}
+    calibration = cal.calibrate(config, batches, [(4, 2)], with_coverage=False)
+    for n in names:  # the fraction of a real P = 1 step that spans cover, per solver
+        calibration.setdefault("coverage", {})[n] = cal.coverage(speedup.variant_config(values, speedup.VARIANTS[n]))
+    prediction = speedup.predict(values, calibration, max_ranks=max(ranks), cores=cores, variants=names,
+                                 recommend=False)
+
+    rows = []
+    measured: dict[str, dict[int, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            variant = speedup.VARIANTS[name]
+            flags = base + [f"--{k.replace('_', '-')}={v}" for k, v in variant.items()]
+            if variant["solver"] == "serial":
+                flags += ["--micro-batches", str(args.micro_batches)]
+            for P in ranks:
+                m = measure(flags, P, Path(tmp) / f"{name}-{P}")
+                pred = prediction["solvers"][name]["per_rank_count"].get(str(P), {})
+                row = {"solver": name, "P": P, "oversubscribed": P > cores, **m, "predicted_step": pred.get("step"),
+                       "predicted_epoch": pred.get("epoch"), "skipped": pred.get("skipped")}
+                if m.get("step") and pred.get("step"):
+                    row["error"] = pred["step"] / m["step"] - 1
+                hit = [t for t, acc in m.get("accuracy", []) if acc is not None and acc >= args.target]
+                row["time_to_target"] = hit[0] if hit else None
+                rows.append(row)
+                over = " (oversubscribed)" if P > cores else ""
+                print(f"{name:<15} P={P}: measured step {_s(m.get('step'))}, predicted {_s(pred.get('step'))}, "
+                      f"error {_pct(row.get('error'))}, epoch {_s(m.get('epoch'))}, to {args.target:.0%} "
+                      f"{_s(row['time_to_target'])}{over}{'  ' + m['error'] if 'error' in m else ''}", flush=True)
+    t1 = next((r["step"] for r in rows if r["solver"] == "serial" and r["P"] == 1 and r.get("step")), None)
+    for r in rows:
+        if t1 and r.get("step"):
+            measured.setdefault(r["solver"], {})[r["P"]] = t1 / r["step"]
+    path = write("bench_scaling", {"allocator": allocator(), "malloc_tuned": tuned, "cores": cores, "args": vars(args),
+                                   "calibration": calibration, "rows": rows, "prediction": prediction}, args.out)
+    png = Path(args.out).with_suffix(".png") if args.out else RESULTS / "bench_scaling.png"
+    speedup.plot(prediction, png, measured)
+    print(f"wrote {png}")
+    print(path)
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g} s"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.0%}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""Measuring the machine for the performance model (:mod:`ocnet.speedup`).
+
+``[mpiexec -n 2] python -m ocnet.calibrate [--config FILE.toml] [--key value …] --save FILE``
+
+* **Compute**: seconds per layer step of each compute kind of :data:`ocnet.timeline.KINDS`
+  on the configured network at the configured batch (and at the micro-batch sizes asked
+  for), one thread, medians of interleaved repeats.  A sample of the network is timed (up to
+  :data:`SAMPLE_LAYERS` layers, its stages in proportion): the cost per layer step is the
+  network's average.
+* **Communication**: latency and bandwidth by ping-pong between ranks 0 and 1 and the cost
+  of one allreduce round, when run under ``mpiexec`` with at least two ranks; otherwise
+  :data:`DEFAULT_LINK` (measured on this project's development machine, shared memory).
+* **MGRIT convergence**: the convergence factor of the forward solve on the configured
+  network for each coarsening and level count asked for (one process, small batch): the
+  miniature a replay runs on does not converge like the real network, so the iteration
+  count an exact solve needs comes from here.
+
+The result is JSON (:func:`save`, :func:`load`), read back by ``--calibration FILE``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from .replay import Link
+
+#: Layers of the configured network timed for the compute costs.
+SAMPLE_LAYERS = 16
+#: Measured on the 2-core development machine (``link_costs`` on 2 ranks, shared memory):
+#: the latency is that of :mod:`ocnet.comm`'s polite waits, which sleep between polls.
+DEFAULT_LINK = Link(latency=150e-6, bandwidth=1.2e10, reduction=5e-6)
+
+#: Train-set sizes and input shapes of the data sets (no need to load them to calibrate).
+DATASETS: dict[str, tuple[int, tuple[int, ...], int]] = {
+    "peaks": (4000, (2,), 5), "digits": (1437, (1, 8, 8), 10), "mnist": (60000, (1, 28, 28), 10),
+    "cifar10": (50000, (3, 32, 32), 10), "cifar100": (50000, (3, 32, 32), 100)}
+
+
+def build_problem(config: Mapping[str, Any], layers: int | None = None, *, channels: Sequence[int] | None = None,
+                  width: int | None = None, input_shape: Sequence[int] | None = None) -> Any:
+    """The configured network (or one with other layers/channels/width/input), built like
+    :func:`ocnet.run.setup` builds it."""
+    from .problem import build
+    from .run import net_kind
+    _, shape, n_classes = DATASETS[config["problem"]]
+    kind = net_kind(dict(config), len(shape) == 3)
+    return build(tuple(input_shape or shape), n_classes, net=kind, layers=layers or config["layers"],
+                 width=width or config["width"], channels=list(channels or config["channels"]),
+                 T=config["final_time"], activation=None if config["activation"] == "auto" else config["activation"],
+                 norm=config["norm"], seed=config["seed"], dtype=getattr(torch, config["dtype"]))
+
+
+def _median_interleaved(fns: Mapping[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compute_costs(config: Mapping[str, Any], batch: int, repeats: int = 5) -> dict[str, float]:
+    """Seconds per layer step of each compute kind at ``batch`` samples (``head``: per head
+    span, a third of the opening's and the classifier's forward and backward; ``update``:
+    per layer's optimiser step)."""
+    from .run import make_optimizer_factory
+    problem = build_problem(config, min(config["layers"], SAMPLE_LAYERS))
+    dtype = next(problem.parameters()).dtype
+    x = torch.randn(batch, *problem.input_shape, dtype=dtype)
+    y = torch.randint(0, problem.n_classes, (batch,))
+    layers = list(problem.layers)
+    n = len(layers)
+    with torch.no_grad():
+        u0 = problem.opening(x)
+        states = [u0]
+        for layer in layers:
+            states.append(layer(states[-1]))
+    grads = [torch.randn_like(s) for s in states[1:]]
+    # the optimiser steps a copy: stepping the parameters in place would spoil the stored graphs
+    stepped = copy.deepcopy(layers)
+    optimizer = make_optimizer_factory(dict(config))([p for layer in stepped for p in layer.parameters()])
+
+    def forward() -> None:
+        with torch.no_grad():
+            u = u0
+            for layer in layers:
+                u = layer(u)
+
+    def forward_graph() -> None:
+        u = u0.requires_grad_(False)
+        for layer in layers:
+            u = layer(u)
+
+    def backward() -> None:
+        u = u0.detach().requires_grad_(True)
+        for layer in layers:
+            u = layer(u)
+        t = time.perf_counter()
+        u.backward(grads[-1])
+        timed["backward"] = time.perf_counter() - t
+
+    graphs = []
+    for layer, s in zip(layers, states):
+        v = s.detach().requires_grad_(True)
+        graphs.append((v, layer(v), list(layer.parameters())))
+
+    def vjp() -> None:
+        for (v, out, _), g in zip(graphs, grads):
+            torch.autograd.grad(out, v, g, retain_graph=True)
+
+    def weight_grad() -> None:
+        for (_, out, params), g in zip(graphs, grads):
+            torch.autograd.grad(out, params, g, retain_graph=True)
+
+    def vjp_recompute() -> None:
+        for layer, s, g in zip(layers, states, grads):
+            v = s.detach().requires_grad_(True)
+            torch.autograd.grad(layer(v), v, g)
+
+    def head() -> None:
+        xin = x.detach()
+        uN = states[-1].detach().requires_grad_(True)
+        problem.loss(problem.classifier(uN), y).backward()
+        problem.opening(xin).backward(grads[0])
+
+    def update() -> None:
+        optimizer.step()
+
+    for layer in stepped:  # the optimiser needs gradients to step on
+        for p in layer.parameters():
+            p.grad = torch.zeros_like(p)
+    timed: dict[str, float] = {}
+    backward_times: list[float] = []
+
+    def backward_recorded() -> None:
+        backward()
+        backward_times.append(timed["backward"])
+
+    with torch.random.fork_rng(devices=[]):
+        medians = _median_interleaved(dict(forward=forward, forward_graph=forward_graph, backward=backward_recorded,
+                                           vjp=vjp, weight_grad=weight_grad, vjp_recompute=vjp_recompute,
+                                           head=head, update=update), repeats)
+    medians["backward"] = statistics.median(backward_times[1:] or backward_times)
+    per_step = {k: v / n for k, v in medians.items() if k != "head"}
+    # The solvers wrap the opening's forward, the classifier's forward and backward, and the
+    # opening's backward in "head" spans of their own (two or three per step): one span is
+    # charged a third of the whole.
+    per_step["head"] = medians["head"] / 3
+    return per_step
+
+
+def coverage(config: Mapping[str, Any], steps: int = 3) -> float | None:
+    """The fraction of a real step's time (P = 1, one thread) that compute spans cover: what
+    the replay charges of what a step costs (``None`` when no span was recorded)."""
+    from . import timeline
+    from .comm import SelfComm
+    from .run import build_solver
+    from .solvers import get
+    problem = build_problem(config)
+    cls = get(config["solver"])
+    network = problem.local(cls.partition(problem.n_layers, 1, config), 0)
+    solver = build_solver(cls, network, SelfComm(), dict(config), torch.device("cpu"))
+    dtype = next(problem.parameters()).dtype
+    b = config["batch_size"]
+    x = torch.randn(b, *problem.input_shape, dtype=dtype)
+    y = torch.randint(0, problem.n_classes, (b,))
+    index = torch.arange(b)
+    solver.begin_epoch(0, x, y)
+    solver.step(x, y, index)  # warm-up
+    covered, total = 0.0, 0.0
+    for _ in range(steps):
+        rec = timeline.Recorder()
+        with timeline.recording(rec):
+            t = time.perf_counter()
+            solver.step(x, y, index)
+            total += time.perf_counter() - t
+        covered += sum(e - s for kind, s, e, _ in rec.events if kind in timeline.KINDS and
+                       kind not in ("send", "wait", "reduce"))
+    return covered / total if covered > 0 else None
+
+
+def mgrit_factor(config: Mapping[str, Any], c: int, levels: int, iterations: int = 4, batch: int = 8) -> float:
+    """The forward solve's mean convergence factor on the configured network (one process)."""
+    from .grid import Partition
+    from .mgrit import solve
+    from .mgrit.network import NetworkPropagator
+    problem = build_problem(config)
+    network = problem.local(Partition(problem.n_layers, 1), 0)
+    prop = NetworkPropagator(network, c)
+    dtype = next(problem.parameters()).dtype
+    with torch.no_grad():
+        u0 = problem.opening(torch.randn(batch, *problem.input_shape, dtype=dtype))
+        result = solve(prop, u0, prop.N, levels=levels, max_iter=iterations, tol=0.0)
+    return float(result.conv_factor)
+
+
+def link_costs(comm: Any, repeats: int = 50) -> Link:
+    """Latency, bandwidth and allreduce round cost between ranks 0 and 1 of ``comm`` (every
+    rank calls it; ranks past 1 only join the allreduces)."""
+
+    def pingpong(nbytes: int) -> float:
+        t = torch.zeros(max(1, nbytes // 4))
+        times = []
+        for _ in range(repeats):
+            comm.barrier()
+            t0 = time.perf_counter()
+            if comm.rank == 0:
+                comm.send(t, 1, 5)
+                comm.recv(1, 5)
+            elif comm.rank == 1:
+                comm.send(comm.recv(0, 5), 0, 5)
+            times.append((time.perf_counter() - t0) / 2)
+        return statistics.median(times)
+
+    small, big, nbig = pingpong(8), pingpong(1 << 22), float(1 << 22)
+    bandwidth = nbig / max(big - small, 1e-9)
+    reduce_times = []
+    for _ in range(repeats):
+        comm.barrier()
+        t0 = time.perf_counter()
+        comm.allreduce(1.0)
+        reduce_times.append(time.perf_counter() - t0)
+    rounds = max(1, math.ceil(math.log2(comm.size)))
+    reduction = comm.bcast(statistics.median(reduce_times) / rounds)
+    latency, bandwidth = comm.bcast((small, bandwidth))
+    return Link(latency=latency, bandwidth=bandwidth, reduction=reduction)
+
+
+def calibrate(config: Mapping[str, Any], batches: Iterable[int] = (), mgrit: Iterable[tuple[int, int]] = (),
+              comm: Any = None, repeats: int = 5, with_coverage: bool = True) -> dict[str, Any]:
+    """Everything the model needs, as a JSON-ready dict (see the module docstring)."""
+    torch.set_num_threads(1)
+    link = link_costs(comm) if comm is not None and comm.size > 1 else None
+    sizes = sorted({config["batch_size"], *batches})
+    out: dict[str, Any] = {"config": {k: config[k] for k in ("problem", "net", "layers", "width", "channels",
+                                                            "batch_size", "dtype", "norm", "optimizer")},
+                           "compute": {str(b): compute_costs(config, b, repeats) for b in sizes}}
+    out["link"] = vars(link if link is not None else DEFAULT_LINK) | {"measured": link is not None}
+    out["mgrit_factors"] = {f"{c},{L}": mgrit_factor(config, c, L) for c, L in mgrit}
+    if with_coverage:
+        out["coverage"] = {config["solver"]: coverage(config)}
+    return out
+
+
+def save(calibration: Mapping[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(calibration, indent=2) + "\n")
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import comm as comm_mod
+    from .config import ConfigError, resolve
+    argv = sys.argv[1:] if argv is None else list(argv)
+    save_to = "calibration.json"
+    if "--save" in argv:
+        i = argv.index("--save")
+        save_to = argv[i + 1]
+        del argv[i:i + 2]
+    try:
+        config = resolve(argv)
+    except ConfigError as e:
+        print(f"ocnet: error: {e}", file=sys.stderr)
+        return 2
+    comm = comm_mod.world()
+    if comm.rank == 0:
+        result = calibrate(config, comm=comm)
+    else:
+        link_costs(comm)
+        return 0
+    save(result, save_to)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""Measure the link on P ranks (:func:`ocnet.calibrate.link_costs`); rank 0 writes what
+every rank measured to argv[1]."""
+import json
+import sys
+
+from ocnet.calibrate import link_costs
+from ocnet.comm import world
+
+comm = world()
+link = link_costs(comm, repeats=10)
+seen = comm.gather(vars(link))
+if comm.rank == 0:
+    with open(sys.argv[1], "w") as f:
+        json.dump(seen, f)

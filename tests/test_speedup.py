@@ -1,0 +1,122 @@
+"""The performance model on the real solvers: replayed schedules, determinism, the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ocnet import speedup
+from ocnet.config import given
+from ocnet.replay import Link
+
+FREE = Link(latency=0.0, bandwidth=math.inf, reduction=0.0)
+COSTS = {"forward": 1e-3, "forward_graph": 2e-3, "backward": 5e-3, "vjp": 2e-3, "vjp_recompute": 4e-3,
+         "weight_grad": 3e-3, "head": 0.0, "update": 0.0}
+CALIBRATION = {"compute": {"16": COSTS}, "link": vars(Link(latency=2e-5, bandwidth=3e9, reduction=4e-5)),
+               "mgrit_factors": {"4,2": 0.05, "2,2": 0.02, "8,2": 0.2, "2,3": 0.1, "4,3": 0.3}}
+
+
+def config(*flags: str) -> dict:
+    return speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "64",
+                                         "--batch-size", "16", *flags]), {"solver": "serial"})
+
+
+@pytest.mark.parametrize("P,n", [(8, 8), (4, 3), (1, 4)])
+def test_real_serial_pipeline_has_the_1f1b_critical_path(P, n):
+    """The real serial solver's own schedule: P ranks × n micro-batches of N/P layers each
+    take (n + P − 1)(f + b)·N/P per step (head and update cost nothing here)."""
+    cfg = speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "64",
+                                        "--batch-size", "16", "--micro-batches", str(n)]), {"solver": "serial"})
+    step = speedup.replay_step(cfg, P, COSTS, FREE)["step"]
+    per_rank = 64 // P
+    assert step == pytest.approx((n + P - 1) * (COSTS["forward_graph"] + COSTS["backward"]) * per_rank, rel=1e-9)
+
+
+def test_replay_of_mgrit_is_charged_and_deterministic():
+    cfg = speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "64", "--batch-size",
+                                        "16"]), {"solver": "mgrit", "mgrit_mode": "one_shot", "mgrit_iters": 2})
+    a = speedup.replay_step(cfg, 8, COSTS, CALIBRATION_LINK)
+    b = speedup.replay_step(cfg, 8, COSTS, CALIBRATION_LINK)
+    assert a["step"] == b["step"] > 0
+    assert a["uncharged"] == {}
+    kinds = {e[0] for events in a["events"] for e in events}
+    assert {"forward", "vjp", "send"} <= kinds
+    # more iterations cost more; P = 8 is faster than P = 1 for this compute-bound case
+    c = speedup.replay_step({**cfg, "mgrit_iters": 3}, 8, COSTS, CALIBRATION_LINK)
+    assert c["step"] > a["step"]
+    assert speedup.replay_step(cfg, 1, COSTS, CALIBRATION_LINK)["step"] > a["step"]
+
+
+CALIBRATION_LINK = Link(**CALIBRATION["link"])
+
+
+def test_message_bytes_scale_to_the_configured_state():
+    cfg = config("--channels", "16,32")
+    mini = speedup.Miniature(cfg, 2)
+    x, _, _ = mini.data()
+    u = mini.problem.opening(x)  # (2, 1, 4, 4) here; (16, 16, 8, 8) float32 configured
+    assert tuple(u.shape) == (2, 1, 4, 4)
+    assert mini.message_bytes(u) == 16 * 16 * 8 * 8 * 4
+    assert mini.message_bytes(u[:1]) == 8 * 16 * 8 * 8 * 4
+    import torch
+    assert mini.message_bytes(torch.zeros(3)) == 12  # not a state: its own bytes
+
+
+def test_predictions_are_deterministic_and_complete(tmp_path):
+    values = given(["--problem", "digits", "--net", "conv", "--layers", "16", "--batch-size", "16",
+                    "--micro-batches", "4"])
+    a = speedup.predict(values, CALIBRATION, max_ranks=32, cores=4, variants=["serial", "mgrit-one-shot", "penalty"],
+                        recommend=False)
+    b = speedup.predict(values, CALIBRATION, max_ranks=32, cores=4, variants=["serial", "mgrit-one-shot", "penalty"],
+                        recommend=False)
+    assert json.dumps(a) == json.dumps(b)
+    serial = a["solvers"]["serial"]["per_rank_count"]
+    assert serial["1"]["speedup"] == 1.0
+    assert serial["8"]["oversubscribed"] and not serial["4"]["oversubscribed"]
+    assert "skipped" in serial["32"] and "32 ranks but only 16 layers" in serial["32"]["skipped"]
+    # mgrit with c = 4, 2 levels: ranks start at multiples of 4, so 16 layers admit 4 ranks
+    assert "skipped" in a["solvers"]["mgrit-one-shot"]["per_rank_count"]["8"]
+    for s in a["solvers"].values():
+        for P, row in s["per_rank_count"].items():
+            if "step" in row:
+                assert row["epoch"] == pytest.approx(row["step"] * a["steps_per_epoch"])
+                assert row["efficiency"] == pytest.approx(row["speedup"] / int(P))
+    speedup.plot(a, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_exact_iterations_from_the_convergence_factor():
+    assert speedup.exact_iterations(0.1, 1e-6, 30) == 6
+    assert speedup.exact_iterations(1.2, 1e-6, 30) is None
+    assert speedup.exact_iterations(0.9, 1e-6, 30) == 31  # capped: does not converge in max_iter
+
+
+def test_cli_writes_json_and_png(tmp_path):
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps(CALIBRATION))
+    out = tmp_path / "out"
+    code = speedup.main(["--problem", "digits", "--net", "conv", "--layers", "16", "--batch-size", "16",
+                         "--calibration", str(cal), "--max-ranks", "4", "--out", str(out), "--solvers",
+                         "serial,mgrit-exact", "--cores", "2"])
+    assert code == 0
+    result = json.loads((out / "speedup.json").read_text())
+    assert set(result["solvers"]) == {"serial", "mgrit-exact"}
+    best = result["mgrit_recommendation"]["4"]
+    # the replayed settings are ranked by predicted time; the iterations come from the factor
+    assert best["iterations"] == speedup.exact_iterations(best["factor"], 1e-6, 30)
+    assert (out / "speedup.png").exists()
+
+
+def test_cli_rejects_a_bad_key(capsys):
+    assert speedup.main(["--layrs", "16"]) == 2
+    assert "unknown key" in capsys.readouterr().err
+
+
+def test_link_calibration_under_mpiexec(mpi, tmp_path):
+    out = tmp_path / "link.json"
+    proc = mpi(3, "speedup_link.py", str(out), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(out.read_text())
+    assert len(seen) == 3 and all(s == seen[0] for s in seen)  # every rank holds rank 0's numbers
+    assert 0 < seen[0]["latency"] < 0.1 and seen[0]["bandwidth"] > 1e6 and seen[0]["reduction"] > 0
