@@ -33,6 +33,10 @@ bench: setup
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_layer_parallel.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_safeguards.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_watchdog.py
+	$(BIN)/python benchmarks/bench_mgrit_lean.py
+	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_mgrit_lean.py --part b
+	$(BIN)/python benchmarks/bench_timeline.py
+	$(BIN)/python benchmarks/bench_scaling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
