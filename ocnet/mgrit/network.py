@@ -216,13 +216,3 @@ def check_layout(network: LocalNetwork, layout: Layout, c: int, levels: int) -> 
                     f"coarse step. Every rank's first layer must be a multiple of c^(levels-1) = "
                     f"{c ** (levels - 1)}: use fewer levels, a smaller coarsening, or a layer count "
                     f"such as {c ** (levels - 1) * network.size} (a multiple of {c ** (levels - 1)} × ranks)")
-
-
-def accumulate_gradients(network: LocalNetwork, states: dict[int, torch.Tensor],
-                         lam: dict[int, torch.Tensor]) -> None:
-    """Add ``∂J/∂θ_k = h (∂F/∂θ)(u_k; θ_k)^T λ_{k+1}`` to the ``.grad`` of every layer ``k`` this
-    rank holds, from the states ``u_k`` at the layers' inputs and the adjoints ``λ_{k+1}``."""
-    with torch.enable_grad():
-        for k, layer in enumerate(network.layers, start=network.start):
-            out = layer(states[k].detach())
-            out.backward(lam[k + 1])
