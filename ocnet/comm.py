@@ -268,6 +268,19 @@ class Comm:
     def barrier(self) -> None:
         _wait(self.mpi.Ibarrier().Test, self.progress, ("barrier",))
 
+    def common_moment(self, clock: Callable[[], float]) -> float:
+        """A reading of ``clock`` that marks the same moment on every rank (a collective).
+
+        ``clock`` must be monotonic and shared by the processes of a node, as
+        ``time.perf_counter`` is on Linux: after a barrier the first rank of each node reads
+        it for the whole node, so ranks on one node agree exactly, and nodes agree up to the
+        spread with which they leave the barrier.
+        """
+        self.barrier()
+        readings = self.bcast(self.gather((socket.gethostname(), clock())))
+        host = socket.gethostname()
+        return next(t for h, t in readings if h == host)
+
     def abort(self, code: int = 1) -> None:
         self.mpi.Abort(code)
 

@@ -91,10 +91,11 @@ class Recorder:
         """A context manager that records one event of ``kind`` around its body."""
         return _Span(self, kind, info)
 
-    def restart(self) -> None:
-        """Drop the events so far and count time from now."""
+    def restart(self, origin: float | None = None) -> None:
+        """Drop the events so far and count time from ``origin`` (a reading of the clock;
+        now when ``None``)."""
         self.events.clear()
-        self.origin = self.clock()
+        self.origin = self.clock() if origin is None else origin
 
 
 _process: Recorder | None = None
@@ -229,11 +230,10 @@ class Log:
         the window (the same answer on every rank, full or not: it decides a barrier)."""
         return self.steps_per_epoch > 0 and max(skip, 1) < min(n_batches, self.steps_per_epoch + 1)
 
-    def align(self, barrier: Callable[[], None]) -> None:
-        """Leave ``barrier`` (a collective) and count time from then: every rank's clock
-        starts at the same moment, up to the spread with which the ranks leave it."""
-        barrier()
-        self.recorder.restart()
+    def align(self, moment: Callable[[Callable[[], float]], float]) -> None:
+        """Count time from ``moment(clock)``, a collective that returns a reading of the
+        clock marking the same moment on every rank (:meth:`ocnet.comm.Comm.common_moment`)."""
+        self.recorder.restart(moment(self.recorder.clock))
 
     def step(self, epoch: int, step: int) -> "_Step":
         """A context that records the body as step ``step`` of ``epoch``."""

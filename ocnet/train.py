@@ -242,7 +242,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
             comm.where(f"start of epoch {epoch}")
             recording = log if log is not None and log.epoch_records(n_batches, skip) else None
             if recording is not None:
-                recording.align(comm.barrier)
+                recording.align(comm.common_moment)
             ep = _Epoch(epoch, resumed, comm.bytes_sent)
             ep.begin = start["meta"]["begin"] if resumed else solver.begin_epoch(epoch, data.x_train, data.y_train)
             do_augment = augment_images and data.is_image and solver.augments(epoch)
