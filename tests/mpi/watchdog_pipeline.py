@@ -4,7 +4,8 @@ argv: TIMEOUT MODE CULPRIT.  At step 3 rank CULPRIT, after receiving its input, 
 
 * ``hang`` — sleeps for ever (its watchdog thread still runs),
 * ``hold`` — hangs in a C call that keeps the interpreter (its watchdog cannot run),
-* ``kill`` — sends itself SIGKILL (start mpiexec with ``-disable-auto-cleanup``),
+* ``kill`` — sends itself SIGKILL (run each rank under ``slow_reaper.py``, so that the
+  launcher leaves the job running),
 * ``slow`` — nothing; instead rank 0 computes 0.6 TIMEOUT before every step, so that every
   wait is shorter than the timeout but the run lasts longer than it (prints "done").
 """
