@@ -327,3 +327,20 @@ def test_stored_graphs_are_at_the_final_states(levels, relaxation, cycle, tol, m
         assert torch.equal(x, res.at(i))
         assert torch.equal(res.at(i) + prop.layers[i].h * z.detach(), prop.step(0, i, res.at(i)))
     assert not prop._record  # the solve said it was done
+
+
+def test_skip_starts_from_the_coarse_solution():
+    # XBraid's skip on u' = λu, 3 levels, c = 2: the coarsest level propagates u_0 with steps
+    # of 4h, level 1 F-relaxes from it with steps of 2h, and the fine C-points take level 1's
+    # values; max_iter = 0 then only F-relaxes the fine level and measures the residual.
+    N, c, lam, h = 16, 2, -1.5, 1.0 / 16
+    u0 = torch.tensor(1.0, dtype=torch.float64)
+    res = solve(LinearODE(lam, h=h, c=c), u0, N, levels=3, max_iter=0, skip=True, fine_relaxation="F")
+    for j in range(0, N + 1, c):  # level-1 point j/c, from the level-2 point at or before it
+        K, rest = divmod(j, c * c)
+        assert float(res.at(j)) == pytest.approx((1 + lam * 4 * h) ** K * (1 + lam * 2 * h) ** (rest // c),
+                                                 rel=1e-14)
+        if j + 1 < N:  # the F-point after it: one fine step from it
+            assert float(res.at(j + 1)) == pytest.approx(float(res.at(j)) * (1 + lam * h), rel=1e-14)
+    # the coarsest solve (4 steps), level 1's F-relaxation (4), the fine F-relaxation and residual (8 + 8)
+    assert res.step_evals == [4 + 4 + 8 + 8]

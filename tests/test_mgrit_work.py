@@ -36,15 +36,18 @@ def cycle_work(N: int, c: int, level: int, L: int, kind: str, sweeps: int, cycle
 
 
 def solve_work(N: int, c: int, levels: int, kind: str, sweeps: int, cycle: str, skip: bool,
-               iterations: int, max_iter: int) -> list[int]:
-    """``step_evals`` of a solve that stops after ``iterations ≤ max_iter`` corrections."""
+               iterations: int, max_iter: int, fine: str | None = None) -> list[int]:
+    """``step_evals`` of a solve that stops after ``iterations ≤ max_iter`` corrections;
+    ``fine`` is the fine level's relaxation (default ``kind``)."""
     L = n_levels(N, c, levels)
     if L == 1:
         return [N]
     out, total = [], 0
+    if skip:  # the coarsest solve, and the F-relaxations of the corrections on levels 1 … L-2
+        total += N // c ** (L - 1) + sum(N // c ** lvl - N // c ** (lvl + 1) for lvl in range(1, L - 1))
     for k in range(iterations + 1):
         last = k == max_iter
-        relaxation = "F" if (last and k > 0) or (skip and k == 0) else kind
+        relaxation = "F" if last and k > 0 else fine or kind
         total += relax_work(N, c, relaxation, sweeps) + N // c  # relaxation, residual at C-points
         if not last:
             total += N // c  # the coarse right-hand side: one coarse step per coarse point
@@ -61,12 +64,14 @@ GRID = list(itertools.product((8, 27, 32, 50), (2, 3, 4), (1, 2, 3, 4), ("F", "F
 @pytest.mark.parametrize("N,c,levels,kind,sweeps,cycle,skip,max_iter",
                          [g for g in GRID if not (g[3] == "F" and g[4] == 2)])
 def test_step_evals_follow_the_formula(N, c, levels, kind, sweeps, cycle, skip, max_iter):
+    # the fine level relaxes the other way round on every other case
+    fine = ("F" if kind == "FCF" else "FCF") if (N + c + levels) % 2 else None
     prop = LinearODE(-1.0, h=1.0 / N, c=c)
     opts = dict(levels=levels, relaxation=kind, cf_sweeps=sweeps, cycle=cycle, skip=skip, max_iter=max_iter,
-                tol=-1.0)  # never stops early
+                fine_relaxation=fine, tol=-1.0)  # never stops early
     fwd = solve(prop, torch.ones((), dtype=torch.float64), N, **opts)
     adj = solve_adjoint(prop, fwd.u, torch.ones((), dtype=torch.float64), N, **opts)
-    expected = solve_work(N, c, levels, kind, sweeps, cycle, skip, max_iter, max_iter)
+    expected = solve_work(N, c, levels, kind, sweeps, cycle, skip, max_iter, max_iter, fine)
     assert fwd.step_evals == expected
     assert adj.mgrit.step_evals == expected
 
@@ -84,6 +89,10 @@ def test_torchbraid_settings_count():
     # 3 levels, c = 4, N = 32, FCF, V-cycles, two corrections: 228 forward, the same adjoint
     assert solve_work(32, 4, 3, "FCF", 1, "V", False, 2, 2)[-1] == 228
     assert solve_work(32, 4, 3, "FCF", 1, "V", False, 1, 1)[-1] == 130
+    # torchbraid's own: skip, F on the fine level, XBraid's max_iter 2 = the skip cycle and one
+    # correction; 106 = 53 N / 16 steps per solve, N = 32 and 64
+    assert solve_work(32, 4, 3, "FCF", 1, "V", True, 1, 1, fine="F")[-1] == 106
+    assert solve_work(64, 4, 3, "FCF", 1, "V", True, 1, 1, fine="F")[-1] == 212
 
 
 def test_step_evals_on_several_ranks(mpi, tmp_path):
@@ -97,6 +106,6 @@ def test_step_evals_on_several_ranks(mpi, tmp_path):
         got = json.loads(path.read_text())
         assert len(got) == len(script.CASES)
         for row in got:
-            N, c, levels, kind, sweeps, cycle, skip, max_iter = row["case"]
-            expected = solve_work(N, c, levels, kind, sweeps, cycle, skip, max_iter, max_iter)
+            N, c, levels, kind, sweeps, cycle, skip, max_iter, fine = row["case"]
+            expected = solve_work(N, c, levels, kind, sweeps, cycle, skip, max_iter, max_iter, fine)
             assert row["forward"] == expected and row["adjoint"] == expected, row

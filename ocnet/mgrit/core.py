@@ -2,9 +2,11 @@
 
 An iteration on the fine level: relax; restrict, which also measures the residual; stop if
 it is below ``tol``; otherwise solve the coarse FAS problem approximately by a V- or F-cycle
-and correct the C-points.  The last of ``max_iter`` iterations relaxes with F only: it is
-the interpolation of the last correction to the F-points, not a smoother.  A residual that
-is nan or inf ends the solve with :class:`MGRITDivergence` on every rank.
+and correct the C-points.  With ``skip`` a cycle without a down-cycle comes first: the guess
+is injected on every level, the coarsest level solved and the correction carried up.  The
+last of ``max_iter`` iterations relaxes with F only: it is the interpolation of the last
+correction to the F-points, not a smoother.  A residual that is nan or inf ends the solve
+with :class:`MGRITDivergence` on every rank.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 
 from .. import tags as tag_blocks
 from ..comm import Comm, SelfComm
-from .fas import correct, restrict
+from .fas import correct, inject, restrict
 from .layout import Layout
 from .levels import DONE, LAST, MAY_BE_LAST, NOT_LAST, Context, Level, Propagator, coarsening
 from .relax import RELAXATIONS, coarsest, relax
@@ -126,9 +128,9 @@ def n_levels(N: int, c: int, levels: int) -> int:
 
 def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | None = None, *,
           levels: int = 2, relaxation: str = "FCF", cf_sweeps: int = 1, cycle: str = "V",
-          tol: float = 1e-10, max_iter: int = 100, skip: bool = False, layout: Layout | None = None,
-          guess: Sequence[torch.Tensor] | None = None, device: torch.device | str | None = None,
-          tags: range = tag_blocks.MGRIT) -> MGRITResult:
+          fine_relaxation: str | None = None, tol: float = 1e-10, max_iter: int = 100, skip: bool = False,
+          layout: Layout | None = None, guess: Sequence[torch.Tensor] | None = None,
+          device: torch.device | str | None = None, tags: range = tag_blocks.MGRIT) -> MGRITResult:
     """Solve ``u_{i+1} = Φ_i(u_i)``, ``i = 0 … N-1``, from ``u0`` by MGRIT.
 
     Parameters
@@ -149,13 +151,18 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
         F-relaxation, or F followed by ``cf_sweeps`` rounds of C- and F-relaxation.
     cycle : {"V", "F"}
         The multigrid cycle on the coarse levels (see :func:`_cycle`).
+    fine_relaxation : {"F", "FCF"}, optional
+        The relaxation on the fine level (default: ``relaxation``).  ``"F"`` with ``"FCF"``
+        on the coarse levels is torchbraid's default (XBraid's ``nrelax`` 0 on level 0).
     tol : float
         Stop when the residual norm (absolute, over fine C-points) is at most ``tol``.
     max_iter : int
         Most iterations (coarse-grid corrections); 0 relaxes the guess once and measures it.
     skip : bool
-        Relax the fine level of the first iteration with F only (XBraid's ``skip`` cuts the
-        first down-cycle's work; the F-relaxation the restriction needs stays).
+        XBraid's ``skip``: before the first iteration, a cycle without a down-cycle — the
+        guess injected on every level, the coarsest level solved, the correction carried up
+        with F-relaxations — so that the first relaxation starts from the coarse solution.
+        No residual is measured in it: ``r_0`` is that of the improved guess.
     layout : Layout, optional
         Who owns which points (default :meth:`Layout.balanced`).
     guess : sequence of Tensor, optional
@@ -183,8 +190,10 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
     layout = layout if layout is not None else Layout.balanced(N, comm.size)
     if layout.N != N or layout.size != comm.size:
         raise ValueError(f"layout for N = {layout.N} on {layout.size} ranks, solving N = {N} on {comm.size}")
-    if relaxation not in RELAXATIONS:
-        raise ValueError(f"unknown relaxation {relaxation!r}; choose from {', '.join(RELAXATIONS)}")
+    fine_relaxation = relaxation if fine_relaxation is None else fine_relaxation
+    for kind in (relaxation, fine_relaxation):
+        if kind not in RELAXATIONS:
+            raise ValueError(f"unknown relaxation {kind!r}; choose from {', '.join(RELAXATIONS)}")
     if cycle not in CYCLES:
         raise ValueError(f"unknown cycle {cycle!r}; choose from {', '.join(CYCLES)}")
     first = comm.rank == layout.first_rank
@@ -209,7 +218,10 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
             _record(ctx, res, torch.zeros((), dtype=torch.float64), t0, bytes0)
             res.converged = True
             return res
-        _iterate(ctx, res, fine, announce, L, relaxation, cf_sweeps, cycle, tol, max_iter, skip, t0, bytes0)
+        if skip:
+            _skip_cycle(ctx, fine, L)
+        _iterate(ctx, res, fine, announce, L, relaxation, fine_relaxation, cf_sweeps, cycle, tol, max_iter,
+                 t0, bytes0)
     finally:
         if announce is not None:
             announce(DONE)
@@ -219,7 +231,7 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
 
 
 def _iterate(ctx: Context, res: MGRITResult, fine: Level, announce: Callable[[str], None] | None, L: int,
-             relaxation: str, cf_sweeps: int, cycle: str, tol: float, max_iter: int, skip: bool,
+             relaxation: str, fine_relaxation: str, cf_sweeps: int, cycle: str, tol: float, max_iter: int,
              t0: float, bytes0: int) -> None:
     """The iterations of :func:`solve` on ``L ≥ 2`` levels, until ``r ≤ tol`` or ``max_iter``.
 
@@ -233,7 +245,7 @@ def _iterate(ctx: Context, res: MGRITResult, fine: Level, announce: Callable[[st
     """
     for k in range(max_iter + 1):
         last = k == max_iter
-        kind = "F" if (last and k > 0) or (skip and k == 0) else relaxation
+        kind = "F" if last and k > 0 else fine_relaxation
         if announce is not None:
             announce(LAST if last and kind == "F" else MAY_BE_LAST if last or tol > 0 else NOT_LAST)
         relax(ctx, fine, kind, cf_sweeps)
@@ -251,6 +263,20 @@ def _iterate(ctx: Context, res: MGRITResult, fine: Level, announce: Callable[[st
         coarse = _coarse(coarse)
         _cycle(ctx, coarse, L, cycle, relaxation, cf_sweeps)
         correct(ctx, fine, coarse)
+
+
+def _skip_cycle(ctx: Context, fine: Level, L: int) -> None:
+    """XBraid's skipped first down-cycle: every level takes the guess by injection (its
+    right-hand side zero but for ``u_0``: no residual is restricted), the coarsest level is
+    solved, and the corrections go up as in a V-cycle — ``N_{L-1}`` coarsest steps and an
+    F-relaxation on each intermediate level, nothing on the fine level."""
+    hierarchy = [fine]
+    for _ in range(1, L):
+        hierarchy.append(inject(ctx, hierarchy[-1]))
+    coarsest(ctx, hierarchy[-1])
+    ctx.note_nonfinite(L - 1, hierarchy[-1].u)
+    for lvl, coarse in zip(reversed(hierarchy[:-1]), reversed(hierarchy[1:])):
+        correct(ctx, lvl, coarse)
 
 
 def _coarse(level: Level | None) -> Level:

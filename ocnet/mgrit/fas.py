@@ -70,6 +70,19 @@ def restrict(ctx: Context, fine: Level, build_coarse: bool = True) -> tuple[Leve
     return coarse, res_sq
 
 
+def inject(ctx: Context, fine: Level) -> Level:
+    """The coarse level of ``fine`` with ``v_J = u_{Jc}`` and no restricted residual: the
+    right-hand side is zero but for ``g_0`` (XBraid's skipped down-cycle; no steps, no
+    messages: a coarse point lives on the rank of its fine C-point)."""
+    coarse = ctx.level(fine.index + 1)
+    if not coarse.empty:
+        coarse.u = [fine.get(J * ctx.c) for J in coarse.points()]
+        coarse.g = [None] * len(coarse.u)
+        if coarse.a == 0:
+            coarse.g[0] = fine.rhs(0)
+    return coarse
+
+
 def correct(ctx: Context, fine: Level, coarse: Level) -> None:
     """Inject the coarse solution at the C-points; on coarse levels, F-relax after it.
 

@@ -60,6 +60,8 @@ class MGRIT(ParallelSolver):
                                "coarsening^(levels-1) layers)", min=1),
         "coarsening": Option(int, 4, "MGRIT coarsening factor c (coarse step c^l h)", min=2),
         "mgrit_relax": Option(str, "FCF", "relaxation", choices=("F", "FCF")),
+        "mgrit_fine_relax": Option(str, "auto", "relaxation on the fine level (auto: --mgrit-relax; F with FCF "
+                                   "on the coarse levels is torchbraid's default)", choices=("auto", "F", "FCF")),
         "mgrit_cf_sweeps": Option(int, 1, "CF sweeps after the first F-relaxation (FCF relaxation)", min=1),
         "mgrit_cycle": Option(str, "V", "multigrid cycle", choices=("V", "F")),
         "mgrit_tol": Option(float, 1e-6, "exact mode: residual tolerance, relative to |u_0| (forward) "
@@ -74,8 +76,9 @@ class MGRIT(ParallelSolver):
         "mgrit_storage": Option(str, "graph", "graph: keep each layer's autograd graph from the forward solve "
                                 "(no forward re-run; memory: the step's activations per layer); states: one "
                                 "state per layer, recompute", choices=STORAGES),
-        "mgrit_skip": Option(bool, False, "relax the fine level of each solve's first iteration with F only "
-                             "(XBraid's skip)"),
+        "mgrit_skip": Option(bool, False, "XBraid's skip: start each solve with a cycle that has no "
+                             "down-cycle (the guess injected on every level, the coarsest solved, corrections "
+                             "carried up)"),
     }
 
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
@@ -167,7 +170,9 @@ class MGRIT(ParallelSolver):
 
     def _solve_options(self, exact: bool) -> dict[str, Any]:
         cfg = self.config
-        return dict(levels=self.levels, relaxation=cfg["mgrit_relax"], cf_sweeps=cfg["mgrit_cf_sweeps"],
+        fine = cfg["mgrit_fine_relax"]
+        return dict(levels=self.levels, relaxation=cfg["mgrit_relax"],
+                    fine_relaxation=None if fine == "auto" else fine, cf_sweeps=cfg["mgrit_cf_sweeps"],
                     cycle=cfg["mgrit_cycle"], max_iter=cfg["mgrit_max_iter"] if exact else cfg["mgrit_iters"],
                     skip=cfg["mgrit_skip"], tags=self.mgrit_tags)
 

@@ -9,23 +9,24 @@ import torch
 from ocnet.comm import world
 from ocnet.mgrit import LinearODE, solve, solve_adjoint
 
-CASES = [  # N, c, levels, relaxation, cf_sweeps, cycle, skip, max_iter
-    (37, 2, 4, "FCF", 1, "F", True, 2), (30, 3, 3, "FCF", 2, "V", False, 2),
-    (64, 4, 3, "F", 1, "V", True, 1), (27, 3, 4, "FCF", 1, "F", False, 1), (16, 2, 1, "FCF", 1, "V", False, 0),
+CASES = [  # N, c, levels, relaxation, cf_sweeps, cycle, skip, max_iter, fine relaxation
+    (37, 2, 4, "FCF", 1, "F", True, 2, None), (30, 3, 3, "FCF", 2, "V", False, 2, "F"),
+    (64, 4, 3, "F", 1, "V", True, 1, None), (27, 3, 4, "FCF", 1, "F", False, 1, None),
+    (16, 2, 1, "FCF", 1, "V", False, 0, None), (32, 4, 3, "FCF", 1, "V", True, 1, "F"),
 ]
 
 
 def run(comm):
     out = []
-    for N, c, levels, relaxation, sweeps, cycle, skip, max_iter in CASES:
+    for N, c, levels, relaxation, sweeps, cycle, skip, max_iter, fine in CASES:
         prop = LinearODE(-1.0, h=1.0 / N, c=c)
         opts = dict(levels=levels, relaxation=relaxation, cf_sweeps=sweeps, cycle=cycle, skip=skip,
-                    max_iter=max_iter, tol=-1.0)  # all iterations
+                    max_iter=max_iter, fine_relaxation=fine, tol=-1.0)  # all iterations
         u0 = torch.ones((), dtype=torch.float64) if comm.rank == 0 else None
         fwd = solve(prop, u0, N, comm, **opts)
         lam_N = torch.ones((), dtype=torch.float64) if comm.rank == comm.size - 1 else None
         adj = solve_adjoint(prop, fwd.u, lam_N, N, comm, **opts)
-        out.append({"case": [N, c, levels, relaxation, sweeps, cycle, skip, max_iter],
+        out.append({"case": [N, c, levels, relaxation, sweeps, cycle, skip, max_iter, fine],
                     "forward": fwd.step_evals, "adjoint": adj.mgrit.step_evals})
     return out
 
