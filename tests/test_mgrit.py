@@ -344,3 +344,27 @@ def test_skip_starts_from_the_coarse_solution():
             assert float(res.at(j + 1)) == pytest.approx(float(res.at(j)) * (1 + lam * h), rel=1e-14)
     # the coarsest solve (4 steps), level 1's F-relaxation (4), the fine F-relaxation and residual (8 + 8)
     assert res.step_evals == [4 + 4 + 8 + 8]
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_final_fc_relaxation_moves_the_c_points_to_their_steps(levels):
+    # XBraid's final FC-relaxation on u' = λu: after the last iteration every C-point is one
+    # fine step from the F-point before it, the residual is that from before the C-relaxation
+    # (so it is the size of the move), and no step is evaluated more.
+    N, c, lam = 32, 2, -2.0
+    prop = LinearODE(lam, h=1.0 / N, c=c)
+    u0 = torch.tensor(1.0, dtype=torch.float64)
+    opts = dict(levels=levels, max_iter=1, tol=-1.0, skip=True, fine_relaxation="F")
+    plain = solve(prop, u0, N, **opts)
+    final = solve(prop, u0, N, final_fc=True, **opts)
+    assert final.residual == plain.residual and final.step_evals == plain.step_evals
+    moved = 0.0
+    for j in range(1, N + 1):
+        if j % c == 0:
+            assert float(final.at(j)) == pytest.approx(float(plain.at(j - 1)) * (1 + lam / N), rel=1e-15)
+            moved += (float(final.at(j)) - float(plain.at(j))) ** 2
+        else:  # the F-points keep the relaxation's values
+            assert float(final.at(j)) == float(plain.at(j))
+    assert moved ** 0.5 == pytest.approx(plain.residual[-1], rel=1e-9) and moved > 0
+    exact = (1 + lam / N) ** N
+    assert abs(float(final.at(N)) - exact) < abs(float(plain.at(N)) - exact)

@@ -129,7 +129,7 @@ def n_levels(N: int, c: int, levels: int) -> int:
 def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | None = None, *,
           levels: int = 2, relaxation: str = "FCF", cf_sweeps: int = 1, cycle: str = "V",
           fine_relaxation: str | None = None, tol: float = 1e-10, max_iter: int = 100, skip: bool = False,
-          layout: Layout | None = None, guess: Sequence[torch.Tensor] | None = None,
+          final_fc: bool = False, layout: Layout | None = None, guess: Sequence[torch.Tensor] | None = None,
           device: torch.device | str | None = None, tags: range = tag_blocks.MGRIT) -> MGRITResult:
     """Solve ``u_{i+1} = Φ_i(u_i)``, ``i = 0 … N-1``, from ``u0`` by MGRIT.
 
@@ -163,6 +163,12 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
         guess injected on every level, the coarsest level solved, the correction carried up
         with F-relaxations — so that the first relaxation starts from the coarse solution.
         No residual is measured in it: ``r_0`` is that of the improved guess.
+    final_fc : bool
+        XBraid's final FC-relaxation: after the F-relaxation of the ``max_iter``-th
+        iteration each fine C-point takes the step its residual evaluated from the F-point
+        before it, so ``u_N = Φ_{N-1}(u_{N-1})`` at no extra step evaluation (the residual
+        reported is that before the C-relaxation; a solve that stops on ``tol`` keeps its
+        C-points, which are then within the tolerance).
     layout : Layout, optional
         Who owns which points (default :meth:`Layout.balanced`).
     guess : sequence of Tensor, optional
@@ -221,7 +227,7 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
         if skip:
             _skip_cycle(ctx, fine, L)
         _iterate(ctx, res, fine, announce, L, relaxation, fine_relaxation, cf_sweeps, cycle, tol, max_iter,
-                 t0, bytes0)
+                 final_fc, t0, bytes0)
     finally:
         if announce is not None:
             announce(DONE)
@@ -232,7 +238,7 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
 
 def _iterate(ctx: Context, res: MGRITResult, fine: Level, announce: Callable[[str], None] | None, L: int,
              relaxation: str, fine_relaxation: str, cf_sweeps: int, cycle: str, tol: float, max_iter: int,
-             t0: float, bytes0: int) -> None:
+             final_fc: bool, t0: float, bytes0: int) -> None:
     """The iterations of :func:`solve` on ``L ≥ 2`` levels, until ``r ≤ tol`` or ``max_iter``.
 
     Before each fine pass (relaxation and restriction) the propagator's ``fine_pass`` hears
@@ -241,7 +247,9 @@ def _iterate(ctx: Context, res: MGRITResult, fine: Level, announce: Callable[[st
     every fine step exactly once (``LAST``: the F-relaxation and the restriction of the last
     iteration), or cannot end after it (``NOT_LAST``).  The last pass evaluates every fine
     step from the final states: its F-relaxation the steps out of C-points and F-points
-    (F-points from the final C-points), its restriction the steps into C-points.
+    (F-points from the final C-points), its restriction the steps into C-points.  With
+    ``final_fc`` the C-points then move to those steps' values; the steps out of them stay
+    the relaxation's.
     """
     for k in range(max_iter + 1):
         last = k == max_iter
@@ -249,7 +257,7 @@ def _iterate(ctx: Context, res: MGRITResult, fine: Level, announce: Callable[[st
         if announce is not None:
             announce(LAST if last and kind == "F" else MAY_BE_LAST if last or tol > 0 else NOT_LAST)
         relax(ctx, fine, kind, cf_sweeps)
-        coarse, res_sq = restrict(ctx, fine, build_coarse=not last)
+        coarse, res_sq = restrict(ctx, fine, build_coarse=not last, c_relax=final_fc and last)
         r = _record(ctx, res, res_sq, t0, bytes0)
         if not math.isfinite(r):
             # Every rank has the same r and raises here, after this one collective more.  The

@@ -20,8 +20,12 @@ from .levels import PREV_COARSE, PREV_FINE, Context, Level
 from .relax import f_relax
 
 
-def restrict(ctx: Context, fine: Level, build_coarse: bool = True) -> tuple[Level | None, torch.Tensor]:
+def restrict(ctx: Context, fine: Level, build_coarse: bool = True, c_relax: bool = False
+             ) -> tuple[Level | None, torch.Tensor]:
     """The coarse level ``ℓ+1`` of ``fine`` and the local ``Σ ‖r_j‖²`` over owned C-points.
+
+    With ``c_relax`` each owned C-point then takes the step into it, ``u_j ← Φ(u_{j-1}) + g_j``
+    (XBraid's final C-relaxation, made of the steps the residual evaluated: none more).
 
     Returns
     -------
@@ -55,6 +59,9 @@ def restrict(ctx: Context, fine: Level, build_coarse: bool = True) -> tuple[Leve
         res_sq += torch.sum(r.double() * r.double()).cpu()
         tau[j] = t
     ctx.note_nonfinite(fine.index, res_sq)
+    if c_relax:
+        for j, t in tau.items():
+            fine.set(j, t)
 
     if coarse is not None and not coarse.empty:
         coarse.g = [None] * len(coarse.u)

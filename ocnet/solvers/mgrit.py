@@ -79,6 +79,8 @@ class MGRIT(ParallelSolver):
         "mgrit_skip": Option(bool, False, "XBraid's skip: start each solve with a cycle that has no "
                              "down-cycle (the guess injected on every level, the coarsest solved, corrections "
                              "carried up)"),
+        "mgrit_final_fc": Option(bool, False, "XBraid's final FC-relaxation: the last iteration's C-points take "
+                                 "the steps its residual evaluated (u_N one fine step from u_N-1, no step more)"),
     }
 
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
@@ -174,7 +176,7 @@ class MGRIT(ParallelSolver):
         return dict(levels=self.levels, relaxation=cfg["mgrit_relax"],
                     fine_relaxation=None if fine == "auto" else fine, cf_sweeps=cfg["mgrit_cf_sweeps"],
                     cycle=cfg["mgrit_cycle"], max_iter=cfg["mgrit_max_iter"] if exact else cfg["mgrit_iters"],
-                    skip=cfg["mgrit_skip"], tags=self.mgrit_tags)
+                    skip=cfg["mgrit_skip"], final_fc=cfg["mgrit_final_fc"], tags=self.mgrit_tags)
 
     def _tol(self, scale_on_owner: torch.Tensor | None) -> float:
         """``mgrit_tol × ‖v‖`` for ``v`` known on one rank; the same number on every rank."""

@@ -50,6 +50,9 @@ def main(out):
         "uneven": dict(N=64, c=4, levels=3, relaxation="FCF", cycle="V", layout="uneven"),
         "empty_last": dict(N=64, c=4, levels=3, relaxation="FCF", cycle="F", layout="empty_last"),
         "empty_inner": dict(N=64, c=2, levels=4, relaxation="FCF", cycle="V", layout="empty_inner"),
+        # torchbraid's settings, a fixed number of iterations
+        "torchbraid": dict(N=64, c=4, levels=3, relaxation="FCF", cycle="V", fine_relaxation="F", skip=True,
+                           final_fc=True, max_iter=1, tol=-1.0, layout="uneven"),
     }
     for name, case in cases.items():
         case = dict(case)
@@ -57,8 +60,9 @@ def main(out):
         layout = sliced(N, comm.size, case.pop("layout")) if "layout" in case else None
         prop = LinearODE(-2.0, 1.0 / N, case.pop("c"))
         u0 = torch.linspace(1.0, 2.0, 3)
-        res = solve(prop, u0, N, comm, tol=1e-13, max_iter=30, layout=layout, **case)
-        adj = solve_adjoint(prop, res.u, torch.ones(3), N, comm, layout=layout, tol=1e-13, max_iter=30, **case)
+        case = {"tol": 1e-13, "max_iter": 30, **case}
+        res = solve(prop, u0, N, comm, layout=layout, **case)
+        adj = solve_adjoint(prop, res.u, torch.ones(3), N, comm, layout=layout, **case)
         lam = comm.gather(sorted((n, v.tolist()) for n, v in adj.lam.items()))
         results[name] = {"residual": res.residual, "states": gather_states(comm, res),
                          "adjoint_residual": adj.mgrit.residual, "bytes": res.bytes_sent,
