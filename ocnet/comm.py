@@ -47,27 +47,31 @@ _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
 def _wait(test: Callable[[], bool], progress: Progress, what: tuple) -> None:
     """Wait until ``test()`` is true, sleeping between polls; ``what`` says what for.
 
-    While a timeline records (:mod:`ocnet.timeline`), the wait becomes a ``"wait"`` event
-    (``"reduce"`` for a collective) naming ``what``; otherwise it costs one lookup more."""
+    Its duration adds to ``progress.waited``.  While a timeline records
+    (:mod:`ocnet.timeline`), the wait becomes a ``"wait"`` event (``"reduce"`` for a
+    collective) naming ``what``; otherwise it costs one lookup more."""
     rec = timeline.current()
     t0 = rec.clock() if rec is not None else 0.0
+    start = time.perf_counter()
     for _ in range(_SPIN):
         if test():
-            progress.ticks += 1
-            if rec is not None:
-                _record(rec, t0, what)
-            return
-    progress.waiting = what
-    try:
-        sleep = _MIN_SLEEP
-        while not test():
-            time.sleep(sleep)
-            sleep = min(2 * sleep, _MAX_SLEEP)
-    finally:
-        progress.waiting = None
+            break
+    else:
+        progress.waiting = what
+        try:
+            sleep = _MIN_SLEEP
+            while not test():
+                time.sleep(sleep)
+                sleep = min(2 * sleep, _MAX_SLEEP)
+        finally:
+            progress.waiting = None
     progress.ticks += 1
+    progress.waited[what[0] not in _POINT_TO_POINT] += time.perf_counter() - start
     if rec is not None:
         _record(rec, t0, what)
+
+
+_POINT_TO_POINT = ("send", "recv", "request")
 
 
 def _record(rec: timeline.Recorder, t0: float, what: tuple) -> None:

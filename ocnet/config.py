@@ -72,7 +72,11 @@ COMMON: dict[str, Option] = {
     # A year at most: longer waits overflow the timeouts of threading and of the OS.
     "stall_timeout": Option(float, 600.0, "seconds without progress on any rank after which the job ends naming "
                             "the stuck rank (0: never)", min=0.0, max=365 * 24 * 3600.0),
-    "quiet": Option(bool, False, "no progress bar"),
+    "quiet": Option(bool, False, "print only errors and the final summary (no epoch lines, bar or statistics)"),
+    "log_every": Option(int, 0, "rank 0 prints a line (loss, seconds) every this many steps (0: a line per "
+                        "epoch only)", min=0),
+    "verbose": Option(bool, False, "rank 0 prints each step's per-iteration histories (MGRIT's residual norms "
+                      "and their ratios)"),
     "timeline_steps": Option(int, 4, "record the per-rank timeline (compute, waits, sends) of this many steps of "
                              "every epoch, from its second step, into <out>/timeline/ (0: off)", min=0, max=10_000),
     "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: solvers that "
@@ -83,7 +87,8 @@ CLI_ONLY = {"config": "a TOML file of keys (flags override it)"}
 # The keys whose value may change when a run is resumed (how long, how often to save, where
 # and how it runs); every other key must equal the original run's, or the resumed run
 # would not continue the same training.
-RESUMABLE = frozenset({"epochs", "checkpoint_every", "quiet", "resume", "out", "overwrite", "stall_timeout",
+RESUMABLE = frozenset({"epochs", "checkpoint_every", "quiet", "log_every", "verbose", "resume", "out", "overwrite",
+                       "stall_timeout",
                        "threads", "device", "cuda_aware", "data_dir", "plugin", "timeline_steps"})
 
 # A configuration file is a few hundred bytes; refusing anything much larger keeps a wrong

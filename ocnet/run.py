@@ -17,6 +17,7 @@ exception on any rank aborts the whole job (no rank is left waiting), from the f
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -29,6 +30,7 @@ import torch
 from . import checkpoint, faults, timeline
 from . import comm as comm_mod
 from .config import ConfigError, differences, dump_toml, given, help_text, read_toml, resolve
+from .console import Console
 from .data import DataError, load
 from .filters import FILTERS
 from .memory import check_memory
@@ -257,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     augment = config["augment"] == "on" or (config["augment"] == "auto" and config["problem"].startswith("cifar"))
     comm.start_watchdog(config["stall_timeout"])
+    step_losses = config["log_every"] > 0 and not config["quiet"]
+    console = None
+    if comm.rank == 0 and not config["quiet"]:
+        console = Console(config["epochs"], math.ceil(len(data.y_train) / config["batch_size"]),
+                          solver.record_fields(), log_every=config["log_every"], verbose=config["verbose"],
+                          bar_steps=_steps_left(config, start, len(data.y_train)))
     log = None
     if config["timeline_steps"]:
         log = timeline.Log(out, comm.rank, comm.size, config["timeline_steps"], job=comm.bcast(time.time()),
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
                    seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
                    augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
-                   start=start, history=s["history"], progress=not config["quiet"], log=log)
+                   start=start, history=s["history"], console=console, step_losses=step_losses, log=log)
     except (SolverError, NonFinite) as e:  # raised by every rank together: one message, every rank exits
         if comm.rank == 0:
             print(f"ocnet: error: {e}", file=sys.stderr, flush=True)
@@ -282,6 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     if model is not None:  # rank 0
         _finish(out, config, comm.size, s["history"].records, wall, model)
     return 0
+
+
+def _steps_left(config: dict, start: dict | None, n_train: int) -> int:
+    """The steps this job will take (a resumed job starts after its checkpoint's)."""
+    n_batches = math.ceil(n_train / config["batch_size"])
+    if start is None:
+        return config["epochs"] * n_batches
+    done = (start["epoch"] + 1) * n_batches if start["batch"] is None else start["epoch"] * n_batches + start["batch"]
+    return max(config["epochs"] * n_batches - done, 0)
 
 
 def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict]) -> None:

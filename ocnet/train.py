@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -23,6 +22,7 @@ import torch
 
 from . import checkpoint, faults, timeline
 from .comm import Comm
+from .console import Console, statistics
 from .data import Dataset, augment, batches
 from .records import combine, dumps, jsonable, non_finite
 from .solvers.base import Solver
@@ -158,7 +158,8 @@ def _poison(solver: Solver, record: dict[str, Any]) -> None:
 def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: int, seed: int,
         lr: Callable[[int], float], augment_images: bool, run_dir: Path | None = None,
         checkpoint_every: int = 0, start: dict[str, Any] | None = None, history: History | None = None,
-        progress: bool = False, log: timeline.Log | None = None) -> dict[str, Any]:
+        console: Console | None = None, step_losses: bool = False, log: timeline.Log | None = None
+        ) -> dict[str, Any]:
     """Train up to the end of epoch ``epochs - 1``; returns the last epoch record (every rank).
 
     Parameters
@@ -176,6 +177,12 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         (``epoch``, ``batch`` — ``None`` after a whole epoch — and the loop's ``meta``).
     history : History, optional
         The records up to that checkpoint (rank 0).
+    console : Console, optional
+        Rank 0's lines: every step, every checked step, every epoch, and the statistics of
+        the job at its end.
+    step_losses : bool
+        Whether each step's loss reaches rank 0 with the step's check (for
+        ``console.log_every``); the same on every rank.
     log : timeline.Log, optional
         This rank's timeline: the steps of its window are recorded (each epoch that has
         some starts with a barrier, which aligns the ranks' clocks), and its file is
@@ -198,7 +205,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     n = len(data.y_train)
     n_batches = math.ceil(n / batch_size)
     first_epoch = start["epoch"] + (start["batch"] is None)
-    bar = _progress(epochs, first_epoch, n_batches) if progress and comm.rank == 0 else None
+    job = (time.perf_counter(), list(comm.progress.waited), comm.bytes_sent)
     # a run resumed after its last epoch trains nothing and reports that epoch's record
     last: dict[str, Any] = next((r for r in reversed(history.records) if r["kind"] == "epoch"), {})
 
@@ -229,6 +236,9 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         """Act on a step's check, ``done`` batches into the epoch: stop at that step for a
         non-finite value, at this boundary for a signal."""
         bad_rank, what, signum = check.result()
+        if console is not None:
+            at, batch, elapsed = check.at
+            console.checked(ep.epoch, at, batch, elapsed, check.loss)
         if bad_rank is not None:
             stop_here(ep, check.kept, done, bad=(bad_rank, what))
         if signum:
@@ -264,10 +274,12 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                     iters.append({**record, "bytes_sent": comm.bytes_sent - sent})
                     step += 1
                     wall.append(time.perf_counter() - t0)
-                    if bar is not None:
-                        bar.update(1)
+                    if console is not None:
+                        console.step(epoch, step, b, record)
                     # checked one step late, so that the check's collective overlaps the next step
-                    check = _Check(comm, non_finite(record), interrupt.signum, kept=len(iters))
+                    check = _Check(comm, non_finite(record), interrupt.signum, kept=len(iters),
+                                   loss=record.get("loss") if step_losses else False)
+                    check.at = (step, b, wall[-1])
                     if pending is not None:
                         settle(ep, pending, b + 1)
                     pending = check
@@ -295,8 +307,8 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                             bytes_sent=sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if resumed else 0),
                             train_acc=train_acc, test_acc=test_acc, test_loss=test_loss, lr=lr(epoch))
                 history.extend(records + [last])
-                if bar is not None:
-                    bar.set_postfix(loss=f"{last['loss']:.3g}", test_acc=f"{100 * test_acc:.1f}%")
+                if console is not None:
+                    console.epoch(last, records[-1] if records else None)
             if log is not None:
                 log.write()
             due = checkpoint_every and ((epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1)
@@ -305,8 +317,13 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 meta = comm.bcast({"step": step, "wall_time": last.get("wall_time")})
                 checkpoint.save(comm, run_dir, epoch, {"solver": solver.state_dict()}, meta=meta,
                                 partition=solver.network.partition)
-    if bar is not None:
-        bar.close()
+    waited = [a - b for a, b in zip(comm.progress.waited, job[1])]
+    ranks = comm.gather({"train": time.perf_counter() - job[0], "waiting_messages": waited[0],
+                         "waiting_collectives": waited[1], "bytes": comm.bytes_sent - job[2]})
+    if console is not None:
+        console.close()
+        if ranks is not None:
+            console.say(statistics(history.records, ranks, time.perf_counter() - job[0]))
     return comm.bcast(last)
 
 
@@ -349,23 +366,30 @@ class _Check:
     """A step's check, in flight: :meth:`result` tells every rank the lowest rank whose record
     was not finite (``None`` when all were) with the field, and a signal asked for on any rank
     (0 when none).  ``kept``: how many of the epoch's steps (of this job) precede it, itself
-    included."""
+    included.  Unless ``loss`` is ``False`` (the same on every rank), the step's loss comes
+    along: each rank's share (a number, or ``None``) in a slot of its own, so that the maximum
+    over the ranks carries every share; afterwards :attr:`loss` is their sum (``None`` when
+    no rank had one).  ``at``: the caller's note of which step it checks."""
 
-    def __init__(self, comm: Comm, bad_field: str | None, signum: int, kept: int = 0) -> None:
+    def __init__(self, comm: Comm, bad_field: str | None, signum: int, kept: int = 0,
+                 loss: Any = False) -> None:
         self.comm, self.bad_field, self.kept = comm, bad_field, kept
-        flags = torch.tensor([-(comm.rank if bad_field else comm.size), signum], dtype=torch.float64)
-        self.request = comm.iallreduce(flags, op="max")
+        self.loss: float | None = None
+        self.at: tuple[int, int, float] = (0, 0, 0.0)
+        flags: list[float] = [-(comm.rank if bad_field else comm.size), signum]
+        if loss is not False:
+            shares = [-math.inf] * comm.size
+            if isinstance(loss, (int, float)):
+                shares[comm.rank] = float(loss)
+            flags += shares
+        self.request = comm.iallreduce(torch.tensor(flags, dtype=torch.float64), op="max")
 
     def result(self) -> tuple[int | None, str, int]:
         flags = self.request.wait()
+        shares = [float(v) for v in flags[2:] if float(v) != -math.inf]
+        self.loss = sum(shares) if shares else None
         bad_rank, signum = int(-flags[0]), int(flags[1])
         if bad_rank == self.comm.size:
             return None, "", signum
         return bad_rank, self.comm.bcast(self.bad_field, root=bad_rank), signum
 
-
-def _progress(epochs: int, start_epoch: int, n_batches: int):
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-    return tqdm(total=(epochs - start_epoch) * n_batches, unit="step", dynamic_ncols=True, leave=False)

@@ -44,14 +44,18 @@ class Progress:
         ``("bcast", root)`` or ``("gather", root)``.
     where : str or None
         The training loop's last label, e.g. ``"epoch 0, step 3"``.
+    waited : list of float
+        Seconds spent in completed waits so far: ``[messages, collectives]`` (a rank's
+        time not spent waiting is its compute).
     """
 
-    __slots__ = ("ticks", "waiting", "where")
+    __slots__ = ("ticks", "waiting", "where", "waited")
 
     def __init__(self) -> None:
         self.ticks = 0
         self.waiting: tuple | None = None
         self.where: str | None = None
+        self.waited = [0.0, 0.0]
 
 
 class Channel(Protocol):

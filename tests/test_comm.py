@@ -72,3 +72,21 @@ def test_a_wait_says_what_it_waits_for_while_it_sleeps():
     comm = SelfComm()
     comm.where("epoch 0, step 3")
     assert comm.progress.where == "epoch 0, step 3" and comm.progress.ticks == 1
+
+
+def test_waits_add_up_their_time_by_kind():
+    """``Progress.waited``: seconds in message waits and in collectives, apart."""
+    import time as clock
+    progress = Progress()
+
+    class Late:  # an MPI request that completes 0.05 s after its first test
+        start = None
+
+        def Test(self):
+            self.start = self.start or clock.perf_counter()
+            return clock.perf_counter() - self.start >= 0.05
+
+    Request([Late()], progress=progress, what=("recv", 1, 11)).wait()
+    assert 0.05 <= progress.waited[0] < 0.5 and progress.waited[1] == 0.0
+    Request([Late()], progress=progress, what=("allreduce",)).wait()
+    assert 0.05 <= progress.waited[1] < 0.5 and progress.waited[0] < 0.5

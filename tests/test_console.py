@@ -1,0 +1,79 @@
+"""What rank 0 prints during and after a run: epoch lines through a pipe, step lines whose
+losses are the history's, per-iteration residuals, the statistics block, and --quiet."""
+import json
+import re
+
+import pytest
+
+from ocnet.console import statistics
+
+SMALL = ["--layers", "4", "--width", "8", "--epochs", "2", "--timeline-steps", "0"]
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+
+
+def test_one_line_per_epoch_from_rank_0_through_a_pipe(mpi, tmp_path):
+    out = tmp_path / "run"
+    proc = mpi(2, "ocnet.run", *SMALL, "--log-every", "5", "--out", str(out), module=True, plain=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    records = _records(out)
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    epoch_lines = [x for x in lines if re.match(r"epoch \d/2  loss", x)]
+    assert len(epoch_lines) == 2  # rank 0 alone
+    for line, r in zip(epoch_lines, epochs):
+        assert f"loss {r['loss']:.4g}" in line and f"test {100 * r['test_acc']:.2f} %" in line, line
+    # a line every 5 steps (23 steps an epoch), with the step's loss from the last rank
+    losses = {r["step"]: r["loss"] for r in records if r["kind"] == "iter"}
+    step_lines = [re.match(r"epoch (\d)/2  step (\d+)/23 \((\d+)\)  loss (\S+)", x) for x in lines]
+    step_lines = [m for m in step_lines if m]
+    assert [int(m.group(2)) for m in step_lines] == [5, 10, 15, 20] * 2
+    for m in step_lines:
+        assert float(m.group(4)) == pytest.approx(losses[int(m.group(3))], rel=1e-3)
+    # the statistics block: a row per rank, whose bytes add up to the run's
+    start = lines.index(next(x for x in lines if x.startswith("statistics: 2 epochs, 46 steps")))
+    assert lines[start + 1].split() == ["rank", "compute", "s", "waiting", "for", "messages", "s", "in",
+                                        "collectives", "s", "MB", "sent"]
+    rows = [x.split() for x in lines[start + 2:start + 4]]
+    assert [int(r[0]) for r in rows] == [0, 1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(float(r[4]) for r in rows) == pytest.approx(summary["bytes_sent"] / 1e6, abs=0.011)
+    assert lines[-1].startswith("ocnet: serial P=2 on digits")
+
+
+def test_quiet_prints_only_the_summary(mpi, tmp_path):
+    proc = mpi(2, "ocnet.run", *SMALL, "--quiet", "--out", str(tmp_path / "run"), module=True, plain=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [next(x for x in proc.stdout.splitlines() if x.startswith("ocnet: serial"))]
+    assert proc.stderr == ""
+
+
+def test_verbose_prints_each_steps_residuals(tmp_path, capsys):
+    from ocnet.run import main
+    out = tmp_path / "run"
+    assert main([*SMALL, "--layers", "16", "--solver", "mgrit", "--mgrit-mode", "one_shot", "--mgrit-iters", "2",
+                 "--verbose", "--epochs", "1", "--out", str(out)]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  step ")]
+    iters = [r for r in _records(out) if r["kind"] == "iter"]
+    assert len(lines) == len(iters) == 23
+    for line, r in zip(lines, iters):
+        fwd = r["residual"]["forward"]
+        assert len(fwd) == 3 and fwd[2] > 0
+        assert line.startswith(f"  step {r['step']} residual norm: fwd {fwd[0]:.4g} "), line
+        assert f"{fwd[2]:.4g} ({fwd[2] / fwd[1]:.3g})" in line, line
+
+
+def test_statistics_block():
+    records = [{"kind": "iter", "residual": {"forward": [1.0, 0.1], "adjoint": [1.0, 0.1, 0.01]}},
+               {"kind": "epoch", "wall_time": 2.0},
+               {"kind": "iter", "residual": {"forward": [1.0, 0.1, 0.01, 0.001], "adjoint": [1.0, 0.5]}},
+               {"kind": "epoch", "wall_time": 5.0}, {"kind": "epoch", "wall_time": 9.0}]
+    ranks = [{"train": 9.0, "waiting_messages": 1.5, "waiting_collectives": 0.5, "bytes": 2_500_000},
+             {"train": 9.0, "waiting_messages": 3.0, "waiting_collectives": 0.25, "bytes": 0}]
+    text = statistics(records, ranks, 8.5).splitlines()
+    assert text[0] == "statistics: 3 epochs, 2 steps, 3.00 s per epoch (median), this job 8.5 s of training"
+    assert text[2].split() == ["0", "7.00", "1.50", "0.50", "2.50"]
+    assert text[3].split() == ["1", "5.75", "3.00", "0.25", "0.00"]
+    assert text[4] == "  iterations per solve (mean): forward 2.00, adjoint 1.50"
