@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     comm.stop_watchdog()  # rank 0 alone writes the model and plots now: not a stall
     model = comm.gather(network.problem_state())
     if model is not None:  # rank 0
-        _finish(out, config, comm.size, s["history"].records, wall, model)
+        _finish(out, config, comm.size, s["history"].records, wall, model, resumed=start is not None)
     return 0
 
 
@@ -301,7 +301,8 @@ def _steps_left(config: dict, start: dict | None, n_train: int) -> int:
     return max(config["epochs"] * n_batches - done, 0)
 
 
-def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict]) -> None:
+def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict],
+            resumed: bool = False) -> None:
     """Rank 0: the exported model, summary.json, plots, and the one-line summary.
 
     ``wall`` is this job's time; the summary's ``wall_time`` and ``bytes_sent`` cover the
@@ -325,7 +326,8 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
         print(f"ocnet: warning: plotting failed: {e}", file=sys.stderr)
     print(f"ocnet: {config['solver']} P={ranks} on {config['problem']}: "
           f"test acc {100 * last['test_acc']:.2f} %, train acc {100 * last['train_acc']:.2f} %, "
-          f"loss {last['loss']:.4g}, {wall:.1f} s, {summary['bytes_sent'] / 1e6:.2f} MB sent -> {out}", flush=True)
+          f"loss {last['loss']:.4g}, {summary['wall_time']:.1f} s{f' ({wall:.1f} s in this job)' if resumed else ''}, "
+          f"{summary['bytes_sent'] / 1e6:.2f} MB sent -> {out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """What rank 0 prints during and after a run: epoch lines through a pipe, step lines whose
-losses are the history's, per-iteration residuals, the statistics block, and --quiet."""
+losses are the history's, per-iteration residuals, the statistics block, --quiet, and the
+summary of a resumed run."""
 import json
 import re
 
@@ -77,3 +78,26 @@ def test_statistics_block():
     assert text[2].split() == ["0", "7.00", "1.50", "0.50", "2.50"]
     assert text[3].split() == ["1", "5.75", "3.00", "0.25", "0.00"]
     assert text[4] == "  iterations per solve (mean): forward 2.00, adjoint 1.50"
+
+
+def test_a_resumed_runs_summary_covers_the_whole_run(mpi, tmp_path):
+    """2 epochs, then resumed to 3 on the same 2 ranks: the summary's epochs and bytes are the
+    uninterrupted 3-epoch run's, its wall time the two jobs' together; the resumed job goes
+    on checkpointing at its frequency."""
+    flags = ["--layers", "4", "--width", "8", "--timeline-steps", "0", "--quiet", "--checkpoint-every", "1"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    for out, epochs in ((full, "3"), (part, "2")):
+        proc = mpi(2, "ocnet.run", *flags, "--epochs", epochs, "--out", str(out), module=True, plain=True)
+        assert proc.returncode == 0, proc.stderr
+    first = json.loads((part / "summary.json").read_text())
+    proc = mpi(2, "ocnet.run", *flags, "--epochs", "3", "--resume", str(part), module=True, plain=True)
+    assert proc.returncode == 0, proc.stderr
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (full, part))
+    assert (b["epochs"], b["bytes_sent"]) == (a["epochs"], a["bytes_sent"]) == (3, a["bytes_sent"])
+    assert a["bytes_sent"] > 0
+    last_job = b["wall_time"] - first["wall_time"]
+    assert 0 < last_job < b["wall_time"]
+    assert re.search(rf"{b['wall_time']:.1f} s \(\d+\.\d s in this job\), {b['bytes_sent'] / 1e6:.2f} MB sent",
+                     proc.stdout), proc.stdout
+    assert sorted(p.name for p in (part / "checkpoints").iterdir() if p.is_dir()) == \
+        ["epoch_0000", "epoch_0001", "epoch_0002"]
