@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_mgrit_lean.py --part b
 	$(BIN)/python benchmarks/bench_timeline.py
 	$(BIN)/python benchmarks/bench_scaling.py
+	$(BIN)/python benchmarks/bench_threads.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -63,7 +63,8 @@ COMMON: dict[str, Option] = {
                      choices=("auto", "cpu", "cuda")),
     "cuda_aware": Option(str, "auto", "whether MPI takes GPU buffers (auto: detect)",
                          choices=("auto", "on", "off")),
-    "threads": Option(int, 0, "torch threads per rank (0: the cores shared among the ranks of a node)",
+    "threads": Option(int, 0, "torch threads per rank (0: OMP_NUM_THREADS if set, else 1 for dense networks "
+                      "and the cores shared among the ranks of a node for convolutional ones)",
                       min=0, max=1024),
     "checkpoint_every": Option(int, 0, "write a checkpoint every this many epochs and after the last one "
                                "(0: no checkpoints)", min=0),

@@ -93,8 +93,17 @@ def pick_device(kind: str, comm: comm_mod.Comm) -> torch.device:
     return torch.device("cuda", comm_mod.node_rank_and_size(comm)[0] % torch.cuda.device_count())
 
 
-def default_threads(comm: comm_mod.Comm) -> int:
-    """The cores of this node shared among its ranks (oversubscribed threads fight)."""
+def default_threads(comm: comm_mod.Comm, net: str) -> int:
+    """Torch threads per rank for ``--threads 0``: ``OMP_NUM_THREADS`` where it is set (a
+    batch script's choice); else one for a dense network, whose steps are too small to
+    share (``benchmarks/bench_threads.py``: a second thread gains nothing on the default
+    run), and the cores of this node shared among its ranks for a convolutional one
+    (oversubscribed threads fight)."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    if net == "dense":
+        return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // comm_mod.node_rank_and_size(comm)[1])
 
@@ -249,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if config["cuda_aware"] != "auto":
         comm.cuda_aware = config["cuda_aware"] == "on"
-    torch.set_num_threads(config["threads"] or default_threads(comm))
+    torch.set_num_threads(config["threads"] or default_threads(comm, net_kind(config, s["data"].is_image)))
     if comm.rank == 0:
         _prepare(out, config, start is not None)
     comm.barrier()  # the directory exists before any rank writes its checkpoint shard there

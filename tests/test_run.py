@@ -102,3 +102,24 @@ def test_multistage_cifar_run_with_augmentation(tmp_path):
     records = _records(out)
     assert len([r for r in records if r["kind"] == "iter"]) == 2 * 4  # 30 samples, batches of 8
     assert 0.0 <= records[-1]["test_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("env,net,expected", [("3", "dense", 3), ("3", "conv", 3), ("", "dense", 1),
+                                              (None, "dense", 1), ("zero", "dense", 1), ("0", "dense", 1)])
+def test_default_threads(monkeypatch, env, net, expected):
+    from ocnet.comm import SelfComm
+    from ocnet.run import default_threads
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert default_threads(SelfComm(), net) == expected
+
+
+def test_default_threads_of_a_conv_net_are_the_cores(monkeypatch):
+    import os
+
+    from ocnet.comm import SelfComm
+    from ocnet.run import default_threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert default_threads(SelfComm(), "conv") == len(os.sched_getaffinity(0))
