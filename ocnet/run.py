@@ -34,7 +34,7 @@ from .console import Console
 from .data import DataError, load
 from .filters import FILTERS
 from .memory import check_memory
-from .problem import build
+from .problem import Problem, build
 from .records import dumps
 from .solvers import Solver, SolverError
 from .solvers import get as get_solver
@@ -121,6 +121,14 @@ def net_kind(config: dict[str, Any], is_image: bool) -> str:
     return "conv" if is_image and config["problem"] != "digits" else "dense"
 
 
+def build_problem(config: dict[str, Any], input_shape: tuple[int, ...], n_classes: int, net: str) -> Problem:
+    """The network a run of ``config`` trains, on inputs of ``input_shape``."""
+    return build(input_shape, n_classes, net=net, layers=config["layers"], width=config["width"],
+                 channels=config["channels"], T=config["final_time"],
+                 activation=None if config["activation"] == "auto" else config["activation"],
+                 norm=config["norm"], seed=config["seed"], dtype=getattr(torch, config["dtype"]))
+
+
 def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
     """Everything before training, each step agreed on by all ranks; no file is written."""
     config = agree(comm, lambda: resolve(argv))
@@ -136,11 +144,7 @@ def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
         channels=config["channels"], norm=config["norm"], batch_size=config["batch_size"], dtype=dtype,
         n_ranks=comm.size, n_samples=len(data.y_train) + len(data.y_test), optimizer=config["optimizer"],
         device=device, sharing=sharing))
-    problem = agree(comm, lambda: build(
-        data.input_shape, data.n_classes, net=kind, layers=config["layers"],
-        width=config["width"], channels=config["channels"], T=config["final_time"],
-        activation=None if config["activation"] == "auto" else config["activation"],
-        norm=config["norm"], seed=config["seed"], dtype=dtype))
+    problem = agree(comm, lambda: build_problem(config, data.input_shape, data.n_classes, kind))
     solver_cls = get_solver(config["solver"])
     partition = agree(comm, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
     network = agree(comm, lambda: problem.local(partition, comm.rank).to(device))
@@ -297,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     comm.stop_watchdog()  # rank 0 alone writes the model and plots now: not a stall
     model = comm.gather(network.problem_state())
     if model is not None:  # rank 0
-        _finish(out, config, comm.size, s["history"].records, wall, model, resumed=start is not None)
+        network_of = {"net": net_kind(config, data.is_image), "input_shape": list(data.input_shape),
+                      "n_classes": data.n_classes}
+        _finish(out, config, comm.size, s["history"].records, wall, model, network_of, resumed=start is not None)
     return 0
 
 
@@ -311,18 +317,20 @@ def _steps_left(config: dict, start: dict | None, n_train: int) -> int:
 
 
 def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict],
-            resumed: bool = False) -> None:
+            network: dict[str, Any], resumed: bool = False) -> None:
     """Rank 0: the exported model, summary.json, plots, and the one-line summary.
 
     ``wall`` is this job's time; the summary's ``wall_time`` and ``bytes_sent`` cover the
-    whole run, over every job that resumed it."""
+    whole run, over every job that resumed it.  ``network`` (``net``, ``input_shape``,
+    ``n_classes``) goes into the summary, so that :func:`ocnet.results.load_run` can
+    rebuild the network without the data."""
     import io
     buf = io.BytesIO()
     torch.save({k: v.cpu() for shard in shards for k, v in shard.items()}, buf)
     checkpoint.atomic_write(out / "model.pt", buf.getvalue())
     epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1]
-    summary = {"solver": config["solver"], "ranks": ranks, "problem": config["problem"],
+    summary = {"solver": config["solver"], "ranks": ranks, "problem": config["problem"], **network,
                "layers": config["layers"], "epochs": config["epochs"],
                "final_test_acc": last.get("test_acc"), "final_train_acc": last.get("train_acc"),
                "final_loss": last.get("loss"), "wall_time": last["wall_time"],

@@ -123,3 +123,29 @@ def test_default_threads_of_a_conv_net_are_the_cores(monkeypatch):
     from ocnet.run import default_threads
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert default_threads(SelfComm(), "conv") == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("flags", [["--layers", "4"], ["--net", "conv", "--layers", "4", "--channels", "4,8"]])
+def test_load_run_gives_the_trained_network(tmp_path, flags):
+    """The module load_run rebuilds reaches the run's own test accuracy on the test set,
+    also without the shape in the summary (a run written before it held one)."""
+    import ocnet
+    from ocnet.data import load
+    out = tmp_path / "run"
+    assert main([*flags, "--epochs", "2", "--quiet", "--timeline-steps", "0", "--out", str(out)]) == 0
+    data = load("digits", None, 0)
+    for attempt in range(2):
+        run = ocnet.load_run(out)
+        with torch.no_grad():
+            acc = (run.model(data.x_test).argmax(1) == data.y_test).double().mean().item()
+        assert acc == pytest.approx(run.summary["final_test_acc"], abs=1e-12)
+        assert run.history[-1]["kind"] == "epoch" and run.config["layers"] == 4
+        if attempt == 0:
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["input_shape"] == list(data.input_shape) and summary["n_classes"] == 10
+            for key in ("net", "input_shape", "n_classes"):
+                summary.pop(key)
+            (out / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(FileNotFoundError, match="model.pt is missing"):
+        (out / "model.pt").unlink()
+        ocnet.load_run(out)
