@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from .problem import from_config
 from .replay import Link
 
 #: Layers of the configured network timed for the compute costs.
@@ -46,16 +47,11 @@ DATASETS: dict[str, tuple[int, tuple[int, ...], int]] = {
 
 def build_problem(config: Mapping[str, Any], layers: int | None = None, *, channels: Sequence[int] | None = None,
                   width: int | None = None, input_shape: Sequence[int] | None = None) -> Any:
-    """The configured network (or one with other layers/channels/width/input), built like
-    :func:`ocnet.run.setup` builds it."""
-    from .problem import build
-    from .run import net_kind
+    """The configured network (or one with other layers/channels/width/input), built as a
+    run builds it, without loading the data."""
     _, shape, n_classes = DATASETS[config["problem"]]
-    kind = net_kind(dict(config), len(shape) == 3)
-    return build(tuple(input_shape or shape), n_classes, net=kind, layers=layers or config["layers"],
-                 width=width or config["width"], channels=list(channels or config["channels"]),
-                 T=config["final_time"], activation=None if config["activation"] == "auto" else config["activation"],
-                 norm=config["norm"], seed=config["seed"], dtype=getattr(torch, config["dtype"]))
+    return from_config(config, tuple(input_shape or shape), n_classes, layers=layers, width=width,
+                       channels=list(channels) if channels else None)
 
 
 def _median_interleaved(fns: Mapping[str, Callable[[], None]], repeats: int) -> dict[str, float]:

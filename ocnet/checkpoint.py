@@ -48,6 +48,14 @@ class CheckpointError(ValueError):
 
 
 # -- where things are ---------------------------------------------------------------------------
+def write_model(path: str | Path, shards: list[dict[str, torch.Tensor]]) -> None:
+    """Write the whole network's parameters, gathered from the ranks' ``problem_state``
+    shards, as one ``state_dict`` file (atomically; CPU tensors)."""
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for shard in shards for k, v in shard.items()}, buf)
+    atomic_write(Path(path), buf.getvalue())
+
+
 def checkpoint_dir(run_dir: str | Path, epoch: int, batch: int | None = None) -> Path:
     """The directory of the checkpoint after epoch ``epoch`` (``batch=None``) or after its
     first ``batch`` batches."""

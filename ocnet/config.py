@@ -47,6 +47,12 @@ COMMON: dict[str, Option] = {
                    choices=("group", "instance", "none")),
     "epochs": Option(int, 20, "training epochs", min=1, max=1_000_000),
     "batch_size": Option(int, 64, "mini-batch size", min=1),
+    "val_split": Option(float, 0.0, "fraction of the training set held out for validation: epochs report "
+                        "validation accuracy, the best epoch's model is kept as best.pt, the test set is "
+                        "evaluated once at the end", min=0.0, max=0.9),
+    "epoch_test": Option(bool, False, "with --val-split: evaluate the test set after every epoch too"),
+    "limit_batches": Option(int, 0, "train on at most this many batches per epoch (0: all; a smoke run)", min=0),
+    "max_steps": Option(int, 0, "stop after this many optimiser steps (0: no limit; a smoke run)", min=0),
     "lr": Option(float, 3e-3, "learning rate", positive=True),
     "optimizer": Option(str, "adam", "optimiser", choices=("adam", "sgd")),
     "momentum": Option(float, 0.9, "SGD momentum", min=0.0, max=1.0),

@@ -3,7 +3,7 @@
 Under ``mpirun`` rank 0's streams are pipes, so a progress bar alone would show nothing
 until the run ends.  :class:`Console` prints
 
-* a line per epoch: loss, train and test accuracy, the solver's own fields (MGRIT's last
+* a line per epoch: loss, train and test (or validation) accuracy, the solver's own fields (MGRIT's last
   residual and convergence factor per phase, the constraint violation and ρ of the
   penalty methods, …, labelled by the record schema of :mod:`ocnet.records`), the run's
   seconds and megabytes sent so far;
@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence, TextIO
 from .records import Field
 
 #: Fields every epoch line shows in its own words, or that say nothing per epoch.
-_OWN = frozenset({"loss", "bytes_sent", "wall_time", "train_acc", "test_acc", "test_loss", "lr", "kind", "epoch",
-                  "step", "n_layers"})
+_OWN = frozenset({"loss", "bytes_sent", "wall_time", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss",
+                  "lr", "kind", "epoch", "step", "n_layers"})
 _PHASE = {"forward": "fwd", "adjoint": "adj"}
 
 
@@ -90,7 +90,9 @@ class Console:
     def epoch(self, record: Mapping[str, Any], last_step: Mapping[str, Any] | None) -> None:
         """The line of an epoch record, with the solver's fields of its last step."""
         parts = [f"epoch {record['epoch'] + 1}/{self.epochs}", f"loss {_number(record.get('loss'))}",
-                 f"train {_percent(record.get('train_acc'))}", f"test {_percent(record.get('test_acc'))}"]
+                 f"train {_percent(record.get('train_acc'))}"]
+        parts += [f"{name} {_percent(record[f'{name}_acc'])}" for name in ("val", "test")
+                  if record.get(f"{name}_acc") is not None]
         shown = {**(last_step or {}), **{k: v for k, v in record.items() if v is not None}}
         for name, value in shown.items():
             if name in _OWN or value is None:

@@ -46,8 +46,9 @@ class Dataset:
 
     ``x_train`` float32 ``(n_train, *input_shape)``, per-channel mean 0 / std 1;
     ``y_train`` int64 ``(n_train,)`` in ``0 … n_classes-1``; ``x_test`` / ``y_test`` likewise
-    with ``n_test`` rows, normalised with the *training* statistics. ``is_image``: ``x`` is
-    ``(n, C, H, W)``; otherwise feature vectors ``(n, d)``.
+    with ``n_test`` rows, normalised with the *training* statistics; ``x_val`` / ``y_val``
+    the validation samples held out of the training set (``n_val`` rows, 0 unless asked
+    for). ``is_image``: ``x`` is ``(n, C, H, W)``; otherwise feature vectors ``(n, d)``.
     """
 
     name: str
@@ -57,6 +58,8 @@ class Dataset:
     y_test: torch.Tensor
     n_classes: int
     is_image: bool
+    x_val: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0))
+    y_val: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,7 +70,8 @@ class Dataset:
         """The same data with inputs in ``dtype`` and everything on ``device``."""
         return dataclasses.replace(
             self, x_train=self.x_train.to(device, dtype), y_train=self.y_train.to(device),
-            x_test=self.x_test.to(device, dtype), y_test=self.y_test.to(device))
+            x_test=self.x_test.to(device, dtype), y_test=self.y_test.to(device),
+            x_val=self.x_val.to(device, dtype), y_val=self.y_val.to(device))
 
 
 # A loader returns raw numpy arrays (x_train, y_train, x_test, y_test, n_classes);
@@ -369,15 +373,28 @@ _LOADERS: dict[str, Callable[[Path | None, int], _Raw]] = {
 
 # ---------------------------------------------------------------------- public API
 
-def _normalise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (dimension 1) standardisation with the training statistics."""
+def _normalise(x_train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-channel (dimension 1) standardisation of ``x_train`` and ``others`` with the
+    training statistics."""
     dims = [d for d in range(x_train.dim()) if d != 1]
     std, mean = torch.std_mean(x_train, dim=dims, keepdim=True, correction=0)
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays finite
-    return (x_train - mean) / std, (x_test - mean) / std
+    return tuple((x - mean) / std for x in (x_train, *others))
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
+def _hold_out(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """Which of ``n`` training samples are held out for validation (a boolean mask): a
+    ``fraction`` of them, chosen by ``seed``."""
+    n_val = round(fraction * n)
+    if fraction > 0 and not 0 < n_val < n:
+        raise DataError(f"--val-split {fraction:g} of {n} training samples leaves "
+                        f"{'no validation' if n_val == 0 else 'no training'} sample")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=_generator(seed, -1))[:n_val]] = True
+    return mask
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, val_split: float = 0.0) -> Dataset:
     """Load a data set by name.
 
     Parameters
@@ -388,7 +405,10 @@ def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0) ->
         Directory holding the files of ``mnist``, ``cifar10`` and ``cifar100``.
     seed : int
         Generates ``peaks`` and chooses the ``digits`` split; the file data sets have
-        fixed official splits.
+        fixed official splits.  Also chooses the validation samples.
+    val_split : float
+        The fraction of the training set held out for validation (before the inputs are
+        normalised with the statistics of what is left).
 
     Raises
     ------
@@ -404,13 +424,12 @@ def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0) ->
     x_tr, y_tr, x_te, y_te, n_classes = _LOADERS[key](root, seed)
     if len(y_tr) == 0 or len(y_te) == 0:  # the file loaders name the file; this is the last guard
         raise DataError(f"data set {key!r}: the {'training' if len(y_tr) == 0 else 'test'} set is empty")
-    x_train, x_test = _normalise(torch.as_tensor(np.asarray(x_tr, np.float32)),
-                                 torch.as_tensor(np.asarray(x_te, np.float32)))
-    return Dataset(name=key, x_train=x_train.contiguous(),
-                   y_train=torch.as_tensor(np.asarray(y_tr, np.int64)),
-                   x_test=x_test.contiguous(),
-                   y_test=torch.as_tensor(np.asarray(y_te, np.int64)),
-                   n_classes=n_classes, is_image=x_train.dim() == 4)
+    x_all, y_all = torch.as_tensor(np.asarray(x_tr, np.float32)), torch.as_tensor(np.asarray(y_tr, np.int64))
+    val = _hold_out(len(y_all), val_split, seed)
+    x_train, x_test, x_val = _normalise(x_all[~val], torch.as_tensor(np.asarray(x_te, np.float32)), x_all[val])
+    return Dataset(name=key, x_train=x_train.contiguous(), y_train=y_all[~val],
+                   x_test=x_test.contiguous(), y_test=torch.as_tensor(np.asarray(y_te, np.int64)),
+                   n_classes=n_classes, is_image=x_train.dim() == 4, x_val=x_val.contiguous(), y_val=y_all[val])
 
 
 def _generator(seed: int, epoch: int) -> torch.Generator:

@@ -259,15 +259,18 @@ def _plot_convergence(runs: list[Run], path: Path) -> Path:
                 (axes[0], loss_recs, "epoch", "loss", 1.0, mark),
                 (axes[2], loss_recs, "wall_time", "loss", 1.0, mark),
                 (axes[1], run.epochs, "epoch", "test_acc", 100.0, "o"),
-                (axes[3], run.epochs, "wall_time", "test_acc", 100.0, "o")):
+                (axes[3], run.epochs, "wall_time", "test_acc", 100.0, "o"),
+                (axes[1], run.epochs, "epoch", "val_acc", 100.0, "s"),
+                (axes[3], run.epochs, "wall_time", "val_acc", 100.0, "s")):
             xs, ys = _xy(recs, x, y, scale)
             if xs.size:  # a run without this series gets no legend entry here
-                ax.plot(xs, ys, marker=m, ms=3, **kw)
+                style = dict(kw, ls="--", label=f"{run.label} (validation)") if y == "val_acc" else kw
+                ax.plot(xs, ys, marker=m, ms=3, **style)
     loss = FIELDS["loss"]
     _finish(axes[0], "epoch", loss.label, logy=loss.log)
-    _finish(axes[1], "epoch", "test accuracy (%)")
+    _finish(axes[1], "epoch", "test accuracy (%), validation dashed")
     _finish(axes[2], "wall time (s)", loss.label, logy=loss.log)
-    _finish(axes[3], "wall time (s)", "test accuracy (%)")
+    _finish(axes[3], "wall time (s)", "test accuracy (%), validation dashed")
     fig.suptitle("convergence")
     return _save(fig, path)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -217,3 +217,23 @@ def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, 
         else:
             raise ValueError(f"unknown net {net!r}; choose dense or conv")
     return problem.to(dtype)
+
+
+def net_kind(config: Mapping[str, Any], is_image: bool) -> str:
+    """The kind of network a run configuration asks for: its ``net``, or by default ``conv``
+    for images other than the 8×8 digits and ``dense`` otherwise."""
+    if config["net"] != "auto":
+        return config["net"]
+    return "conv" if is_image and config["problem"] != "digits" else "dense"
+
+
+def from_config(config: Mapping[str, Any], input_shape: Sequence[int], n_classes: int, **overrides: Any) -> Problem:
+    """The network a run of ``config`` trains on inputs of ``input_shape``; ``overrides``
+    (``layers``, ``channels``, ``width``, …; ``None`` keeps the configured value) change
+    :func:`build`'s arguments."""
+    kwargs = dict(net=net_kind(config, len(input_shape) == 3), layers=config["layers"], width=config["width"],
+                  channels=list(config["channels"]), T=config["final_time"],
+                  activation=None if config["activation"] == "auto" else config["activation"],
+                  norm=config["norm"], seed=config["seed"], dtype=getattr(torch, config["dtype"]))
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return build(tuple(input_shape), n_classes, **kwargs)

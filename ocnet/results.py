@@ -18,8 +18,7 @@ import torch
 
 from .config import resolve
 from .data import load
-from .problem import Problem
-from .run import build_problem, net_kind
+from .problem import Problem, from_config
 
 
 @dataclass
@@ -67,11 +66,11 @@ def load_run(run_dir: str | Path) -> Run:
     config = resolve(["--config", str(run_dir / "config.toml")])
     summary = json.loads((run_dir / "summary.json").read_text())
     if "input_shape" in summary:
-        shape, n_classes, net = tuple(summary["input_shape"]), summary["n_classes"], summary["net"]
+        shape, n_classes = tuple(summary["input_shape"]), summary["n_classes"]
     else:
         data = load(config["problem"], config["data_dir"] or None, config["seed"])
-        shape, n_classes, net = data.input_shape, data.n_classes, net_kind(config, data.is_image)
-    problem = build_problem(config, shape, n_classes, net)
+        shape, n_classes = data.input_shape, data.n_classes
+    problem = from_config(config, shape, n_classes)
     problem.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True, map_location="cpu"))
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
     return Run(config, problem, problem.to_torch().eval(), history, summary)

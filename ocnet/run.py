@@ -31,15 +31,15 @@ from . import checkpoint, faults, timeline
 from . import comm as comm_mod
 from .config import ConfigError, differences, dump_toml, given, help_text, read_toml, resolve
 from .console import Console
-from .data import DataError, load
+from .data import DataError, Dataset, load
 from .filters import FILTERS
 from .memory import check_memory
-from .problem import Problem, build
+from .problem import from_config, net_kind
 from .records import dumps
 from .solvers import Solver, SolverError
 from .solvers import get as get_solver
 from .tags import Tags
-from .train import History, NonFinite, Stopped, fit, lr_schedule
+from .train import History, NonFinite, Stopped, evaluate, fit, lr_schedule
 
 T = TypeVar("T")
 EXIT_SETUP = 2
@@ -115,20 +115,6 @@ def make_optimizer_factory(config: dict[str, Any]):
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=config["momentum"], weight_decay=wd)
 
 
-def net_kind(config: dict[str, Any], is_image: bool) -> str:
-    if config["net"] != "auto":
-        return config["net"]
-    return "conv" if is_image and config["problem"] != "digits" else "dense"
-
-
-def build_problem(config: dict[str, Any], input_shape: tuple[int, ...], n_classes: int, net: str) -> Problem:
-    """The network a run of ``config`` trains, on inputs of ``input_shape``."""
-    return build(input_shape, n_classes, net=net, layers=config["layers"], width=config["width"],
-                 channels=config["channels"], T=config["final_time"],
-                 activation=None if config["activation"] == "auto" else config["activation"],
-                 norm=config["norm"], seed=config["seed"], dtype=getattr(torch, config["dtype"]))
-
-
 def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
     """Everything before training, each step agreed on by all ranks; no file is written."""
     config = agree(comm, lambda: resolve(argv))
@@ -136,7 +122,8 @@ def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
     out, resume = agree(comm, lambda: run_directory(config, comm.size))
     config["out"] = str(out)
     device = agree(comm, lambda: pick_device(config["device"], comm))
-    data = agree(comm, lambda: load(config["problem"], config["data_dir"] or None, config["seed"]))
+    data = agree(comm, lambda: load(config["problem"], config["data_dir"] or None, config["seed"],
+                                    config["val_split"]))
     kind = net_kind(config, data.is_image)
     sharing = comm_mod.node_rank_and_size(comm)[1]  # a collective: outside agree's step
     agree(comm, lambda: check_memory(
@@ -144,7 +131,7 @@ def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
         channels=config["channels"], norm=config["norm"], batch_size=config["batch_size"], dtype=dtype,
         n_ranks=comm.size, n_samples=len(data.y_train) + len(data.y_test), optimizer=config["optimizer"],
         device=device, sharing=sharing))
-    problem = agree(comm, lambda: build_problem(config, data.input_shape, data.n_classes, kind))
+    problem = agree(comm, lambda: from_config(config, data.input_shape, data.n_classes))
     solver_cls = get_solver(config["solver"])
     partition = agree(comm, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
     network = agree(comm, lambda: problem.local(partition, comm.rank).to(device))
@@ -158,7 +145,7 @@ def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
                 solver=solver, out=out, start=start, history=history)
 
 
-_RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "model.pt", "checkpoints", "timeline")
+_RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "model.pt", "best.pt", "checkpoints", "timeline")
 
 
 def run_directory(config: dict[str, Any], ranks: int) -> tuple[Path, bool]:
@@ -283,10 +270,16 @@ def main(argv: list[str] | None = None) -> int:
         log = timeline.Log(out, comm.rank, comm.size, config["timeline_steps"], job=comm.bcast(time.time()),
                            after_step=start["meta"]["step"] if start is not None else 0)
     try:
-        fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
+        last = fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
                    seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
                    augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
-                   start=start, history=s["history"], console=console, step_losses=step_losses, log=log)
+                   start=start, history=s["history"], console=console, step_losses=step_losses, log=log,
+                   limit_batches=config["limit_batches"], max_steps=config["max_steps"],
+                   epoch_test=config["epoch_test"])
+        final_test = last.get("test_acc")
+        if final_test is None:  # with a validation set the test set is scored once, now
+            comm.where("evaluation of the test set")
+            final_test = evaluate(solver, comm, data.x_test, data.y_test)[0]
     except (SolverError, NonFinite) as e:  # raised by every rank together: one message, every rank exits
         if comm.rank == 0:
             print(f"ocnet: error: {e}", file=sys.stderr, flush=True)
@@ -303,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if model is not None:  # rank 0
         network_of = {"net": net_kind(config, data.is_image), "input_shape": list(data.input_shape),
                       "n_classes": data.n_classes}
-        _finish(out, config, comm.size, s["history"].records, wall, model, network_of, resumed=start is not None)
+        _finish(out, config, comm.size, s["history"].records, wall, model, network_of, final_test,
+                best_test=_best_test(out, config, data), resumed=start is not None)
     return 0
 
 
@@ -316,33 +310,52 @@ def _steps_left(config: dict, start: dict | None, n_train: int) -> int:
     return max(config["epochs"] * n_batches - done, 0)
 
 
+def _best_test(out: Path, config: dict[str, Any], data: Dataset) -> float | None:
+    """Rank 0: the test accuracy of ``best.pt``, the parameters of the epoch with the best
+    validation accuracy (``None`` without a validation set)."""
+    if not len(data.y_val) or not (out / "best.pt").is_file():
+        return None
+    problem = from_config(config, data.input_shape, data.n_classes).to(data.x_test.device)
+    problem.load_state_dict(torch.load(out / "best.pt", weights_only=True, map_location=data.x_test.device))
+    model, correct = problem.to_torch().eval(), 0
+    with torch.no_grad():
+        for i in range(0, len(data.y_test), 1024):
+            correct += int((model(data.x_test[i:i + 1024]).argmax(1) == data.y_test[i:i + 1024]).sum())
+    return correct / len(data.y_test)
+
+
 def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict],
-            network: dict[str, Any], resumed: bool = False) -> None:
+            network: dict[str, Any], final_test: float, best_test: float | None = None,
+            resumed: bool = False) -> None:
     """Rank 0: the exported model, summary.json, plots, and the one-line summary.
 
     ``wall`` is this job's time; the summary's ``wall_time`` and ``bytes_sent`` cover the
     whole run, over every job that resumed it.  ``network`` (``net``, ``input_shape``,
     ``n_classes``) goes into the summary, so that :func:`ocnet.results.load_run` can
-    rebuild the network without the data."""
-    import io
-    buf = io.BytesIO()
-    torch.save({k: v.cpu() for shard in shards for k, v in shard.items()}, buf)
-    checkpoint.atomic_write(out / "model.pt", buf.getvalue())
+    rebuild the network without the data.  ``final_test`` is the final model's test
+    accuracy; with a validation set, ``best_test`` that of ``best.pt``."""
+    checkpoint.write_model(out / "model.pt", shards)
     epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1]
     summary = {"solver": config["solver"], "ranks": ranks, "problem": config["problem"], **network,
-               "layers": config["layers"], "epochs": config["epochs"],
-               "final_test_acc": last.get("test_acc"), "final_train_acc": last.get("train_acc"),
+               "layers": config["layers"], "epochs": len(epochs), "steps": last["step"],
+               "final_test_acc": final_test, "final_train_acc": last.get("train_acc"),
                "final_loss": last.get("loss"), "wall_time": last["wall_time"],
                "bytes_sent": sum(r["bytes_sent"] for r in epochs)}
+    best = max((r for r in epochs if r.get("val_acc") is not None), key=lambda r: r["val_acc"], default=None)
+    if best is not None:  # the first epoch that reached the best validation accuracy
+        summary.update(final_val_acc=last.get("val_acc"), best_epoch=best["epoch"], best_val_acc=best["val_acc"],
+                       best_test_acc=best_test)
     checkpoint.atomic_write(out / "summary.json", dumps(summary, indent=2) + "\n")
     try:
         from .plot import plot_runs
         plot_runs([out])
     except Exception as e:  # plots are a convenience; the data is already safe on disk
         print(f"ocnet: warning: plotting failed: {e}", file=sys.stderr)
+    best_text = "" if best is None else \
+        f" (best epoch {best['epoch'] + 1}: val {100 * best['val_acc']:.2f} %, test {100 * (best_test or 0):.2f} %)"
     print(f"ocnet: {config['solver']} P={ranks} on {config['problem']}: "
-          f"test acc {100 * last['test_acc']:.2f} %, train acc {100 * last['train_acc']:.2f} %, "
+          f"test acc {100 * final_test:.2f} %{best_text}, train acc {100 * last['train_acc']:.2f} %, "
           f"loss {last['loss']:.4g}, {summary['wall_time']:.1f} s{f' ({wall:.1f} s in this job)' if resumed else ''}, "
           f"{summary['bytes_sent'] / 1e6:.2f} MB sent -> {out}", flush=True)
 

@@ -158,14 +158,18 @@ def _poison(solver: Solver, record: dict[str, Any]) -> None:
 def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: int, seed: int,
         lr: Callable[[int], float], augment_images: bool, run_dir: Path | None = None,
         checkpoint_every: int = 0, start: dict[str, Any] | None = None, history: History | None = None,
-        console: Console | None = None, step_losses: bool = False, log: timeline.Log | None = None
-        ) -> dict[str, Any]:
+        console: Console | None = None, step_losses: bool = False, log: timeline.Log | None = None,
+        limit_batches: int = 0, max_steps: int = 0, epoch_test: bool = False) -> dict[str, Any]:
     """Train up to the end of epoch ``epochs - 1``; returns the last epoch record (every rank).
 
     Parameters
     ----------
     data : Dataset
-        On the training device and in the training dtype.
+        On the training device and in the training dtype.  With validation samples
+        (``data.y_val``) each epoch is scored on them, the test set only with
+        ``epoch_test``, and the parameters of the epoch with the best validation accuracy
+        so far are written to ``run_dir/best.pt``; without, each epoch is scored on the
+        test set.
     lr : callable
         ``epoch ↦ learning rate``.
     augment_images : bool
@@ -183,6 +187,12 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     step_losses : bool
         Whether each step's loss reaches rank 0 with the step's check (for
         ``console.log_every``); the same on every rank.
+    limit_batches : int
+        Train on at most this many batches per epoch (0: all).
+    max_steps : int
+        Stop after this many optimiser steps of the run (0: no limit): the epoch it falls
+        in ends there, is scored, and is the last (with no end-of-epoch checkpoint when it
+        was cut short).
     log : timeline.Log, optional
         This rank's timeline: the steps of its window are recorded (each epoch that has
         some starts with a barrier, which aligns the ranks' clocks), and its file is
@@ -204,6 +214,12 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     t0 = time.perf_counter() - (start["meta"].get("wall_time") or 0.0)
     n = len(data.y_train)
     n_batches = math.ceil(n / batch_size)
+    if limit_batches:
+        n_batches = min(n_batches, limit_batches)
+    validate = len(data.y_val) > 0
+    # the best validation accuracy so far, as rank 0's history of a resumed run knows it
+    best_val = comm.bcast(max((r["val_acc"] for r in history.records
+                               if r["kind"] == "epoch" and r.get("val_acc") is not None), default=-1.0))
     first_epoch = start["epoch"] + (start["batch"] is None)
     job = (time.perf_counter(), list(comm.progress.waited), comm.bytes_sent)
     # a run resumed after its last epoch trains nothing and reports that epoch's record
@@ -258,7 +274,10 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
             do_augment = augment_images and data.is_image and solver.augments(epoch)
             iters, wall = ep.iters, ep.wall
             pending: _Check | None = None  # the previous step's check, still in flight
+            done = n_batches
             for b, idx in enumerate(batches(n, batch_size, seed, epoch)):
+                if b >= n_batches:
+                    break
                 if b < skip:
                     continue
                 x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
@@ -283,15 +302,22 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                     if pending is not None:
                         settle(ep, pending, b + 1)
                     pending = check
+                if max_steps and step >= max_steps:
+                    done = b + 1
+                    break
             if pending is not None:
-                settle(ep, pending, n_batches)
+                settle(ep, pending, done)
             end = solver.end_epoch(epoch)
             bad_rank, what, _ = _Check(comm, None if finite_parameters(solver) else "a parameter", 0).result()
             if bad_rank is not None:
                 stop_here(ep, len(iters), n_batches, bad=(bad_rank, what))
             comm.where(f"evaluation of epoch {epoch}")
             train_acc, _ = evaluate(solver, comm, data.x_train[:_TRAIN_EVAL_MAX], data.y_train[:_TRAIN_EVAL_MAX])
-            test_acc, test_loss = evaluate(solver, comm, data.x_test, data.y_test)
+            scores: dict[str, float] = {}
+            if validate:
+                scores["val_acc"], scores["val_loss"] = evaluate(solver, comm, data.x_val, data.y_val)
+            if epoch_test or not validate:
+                scores["test_acc"], scores["test_loss"] = evaluate(solver, comm, data.x_test, data.y_test)
             gathered = comm.gather({"iters": iters, "begin": ep.begin, "end": end,
                                     "bytes": comm.bytes_sent - ep.bytes})
             if gathered is not None:  # rank 0
@@ -305,18 +331,29 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
                             wall_time=time.perf_counter() - t0,
                             bytes_sent=sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if resumed else 0),
-                            train_acc=train_acc, test_acc=test_acc, test_loss=test_loss, lr=lr(epoch))
+                            train_acc=train_acc, **scores, lr=lr(epoch))
                 history.extend(records + [last])
                 if console is not None:
                     console.epoch(last, records[-1] if records else None)
+            if validate and scores["val_acc"] > best_val:  # every rank knows the score
+                best_val = scores["val_acc"]
+                comm.where(f"best model of epoch {epoch}")
+                shards = comm.gather(solver.network.problem_state())
+                if shards is not None and run_dir is not None:
+                    checkpoint.write_model(run_dir / "best.pt", shards)
             if log is not None:
                 log.write()
-            due = checkpoint_every and ((epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1)
+            stop = bool(max_steps) and step >= max_steps
+            due = checkpoint_every and ((epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1 or stop)
+            if done < n_batches:  # cut short by max_steps: the epoch is not complete
+                due = False
             if run_dir is not None and due:
                 comm.where(f"checkpoint of epoch {epoch}")
                 meta = comm.bcast({"step": step, "wall_time": last.get("wall_time")})
                 checkpoint.save(comm, run_dir, epoch, {"solver": solver.state_dict()}, meta=meta,
                                 partition=solver.network.partition)
+            if stop:
+                break
     waited = [a - b for a, b in zip(comm.progress.waited, job[1])]
     ranks = comm.gather({"train": time.perf_counter() - job[0], "waiting_messages": waited[0],
                          "waiting_collectives": waited[1], "bytes": comm.bytes_sent - job[2]})
