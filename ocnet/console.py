@@ -27,7 +27,7 @@ from .records import Field
 
 #: Fields every epoch line shows in its own words, or that say nothing per epoch.
 _OWN = frozenset({"loss", "bytes_sent", "wall_time", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss",
-                  "lr", "kind", "epoch", "step", "n_layers"})
+                  "lr", "kind", "epoch", "step", "n_layers", "tolerance"})
 _PHASE = {"forward": "fwd", "adjoint": "adj"}
 
 

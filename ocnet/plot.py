@@ -14,7 +14,10 @@ A run directory holds ``history.jsonl`` (one JSON record per line), ``summary.js
 * one run directory and ``--out DIR``: the same names, in ``DIR``;
 * several run directories: one comparison figure per kind, in ``--out`` (default: the current
   directory), named ``comparison.png`` (the convergence figure), ``comparison_mgrit_residuals.png``,
-  ``comparison_mgrit_convergence.png``, ``comparison_constraints.png``, ``comparison_bytes.png``.
+  ``comparison_mgrit_convergence.png``, ``comparison_constraints.png``, ``comparison_bytes.png``,
+  and ``comparison_speedup.png`` when runs of one solver differ in their rank count.
+
+:func:`figures` returns the figures themselves (matplotlib ``Figure`` objects, by kind).
 
 A figure other than the convergence one is drawn only when some run recorded its keys:
 ``residual`` / ``conv_factor`` (MGRIT), ``constraint_violation`` (penalty, augmented Lagrangian),
@@ -24,14 +27,10 @@ of ``history.jsonl`` (a run still writing) is ignored.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -42,181 +41,26 @@ from matplotlib.ticker import MaxNLocator
 
 from . import gantt
 from .records import FIELDS
+from .series import (
+    Run,
+    against_bytes,
+    bytes_per_epoch,
+    factors,
+    gapped,
+    load_run,
+    load_runs,
+    num,
+    phase_spans,
+    phases,
+    positive,
+    speedups,
+    with_key,
+    xy,
+)
 
-try:  # Python >= 3.11; the config is read only for labels and layer counts
-    import tomllib
-except ImportError:  # pragma: no cover
-    tomllib = None
-
-__all__ = ["Run", "load_run", "load_runs", "plot_runs", "main"]
+__all__ = ["Run", "figures", "load_run", "load_runs", "plot_runs", "main"]
 
 PHASE_STYLES = {"forward": "-", "adjoint": "--"}
-
-
-@dataclass
-class Run:
-    """One run directory, loaded.
-
-    Attributes
-    ----------
-    path : Path
-        The run directory.
-    summary : dict
-        ``summary.json``, or ``{}`` when it is missing or unreadable (a run still going).
-    iters, epochs : list of dict
-        The ``kind == "iter"`` and ``kind == "epoch"`` records of ``history.jsonl``, in file order.
-    config : dict
-        ``config.toml``, or ``{}``.
-    suffix : str
-        Appended to :attr:`label` to tell apart runs whose labels would collide
-        (set by :func:`load_runs`).
-    """
-
-    path: Path
-    summary: dict = field(default_factory=dict)
-    iters: list = field(default_factory=list)
-    epochs: list = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-    suffix: str = ""
-
-    @property
-    def base_label(self) -> str:
-        """``"{solver} P={ranks}"``, from the summary (else the config, else the directory name)."""
-        solver = self.summary.get("solver") or self.config.get("solver")
-        ranks = self.summary.get("ranks", self.config.get("ranks"))
-        if not solver:
-            return self.path.resolve().name  # resolve: Path(".").name is empty
-        return f"{solver} P={ranks}" if ranks is not None else str(solver)
-
-    @property
-    def label(self) -> str:
-        """Legend label: :attr:`base_label`, plus the directory name when labels collide."""
-        return f"{self.base_label} ({self.suffix})" if self.suffix else self.base_label
-
-    @property
-    def n_layers(self) -> int | None:
-        """Number of layers N: from the records, else the summary, else the config."""
-        for rec in reversed(self.iters + self.epochs):
-            if _num(rec.get("n_layers")) is not None:
-                return int(rec["n_layers"])
-        for src in (self.summary, self.config):
-            for key in ("n_layers", "layers"):
-                if _num(src.get(key)) is not None:
-                    return int(src[key])
-        return None
-
-
-def _num(v: Any) -> float | None:
-    """``v`` as a finite float, or None (for None, NaN, inf, bools, strings, lists)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory.
-
-    Parameters
-    ----------
-    run_dir : str or Path
-        Directory holding ``history.jsonl`` (required), ``summary.json``, ``config.toml``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``run_dir/history.jsonl`` does not exist.
-    """
-    path = Path(run_dir)
-    hist = path / "history.jsonl"
-    if not hist.is_file():
-        raise FileNotFoundError(f"{path} is not a run directory (no history.jsonl)")
-    run = Run(path=path)
-    lines = [ln for ln in hist.read_text(encoding="utf-8", errors="replace").splitlines()
-             if ln.strip()]
-    for i, line in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:  # a torn last line is a run still writing; anything else is not
-                warnings.warn(f"{hist}: skipping unparsable line {i + 1}", stacklevel=2)
-            continue
-        kind = rec.get("kind") if isinstance(rec, dict) else None
-        {"iter": run.iters, "epoch": run.epochs}.get(str(kind), []).append(rec)
-    try:
-        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-        run.summary = summary if isinstance(summary, dict) else {}
-    except (OSError, ValueError):
-        pass
-    if tomllib is not None:
-        try:
-            run.config = tomllib.loads((path / "config.toml").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            pass
-    return run
-
-
-def load_runs(run_dirs: Iterable[str | Path | Run]) -> list[Run]:
-    """Load several run directories and make their labels distinct.
-
-    Runs whose ``"{solver} P={ranks}"`` labels collide get the directory name appended (or the
-    whole path, where directory names collide too).
-    """
-    runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
-    base = Counter(r.base_label for r in runs)
-    names = Counter(r.path.resolve().name for r in runs)
-    for r in runs:
-        name = r.path.resolve().name
-        if base[r.base_label] > 1:
-            r.suffix = name if names[name] == 1 else str(r.path)
-    return runs
-
-
-def _with_key(run: Run, key: str) -> list:
-    """The iteration records holding a value for ``key``, else the epoch records that do."""
-    for recs in (run.iters, run.epochs):
-        hits = [rec for rec in recs if rec.get(key) is not None]
-        if hits:
-            return hits
-    return []
-
-
-def _xy(records: Sequence[dict], xkey: str, ykey: str, scale: float = 1.0):
-    """Arrays ``(x, y)`` of the records where both keys hold finite numbers."""
-    pts = [(_num(r.get(xkey)), _num(r.get(ykey))) for r in records]
-    pts = [(x, y * scale) for x, y in pts if x is not None and y is not None]
-    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-
-
-def _phases(value: Any) -> dict:
-    """A value that may be given per phase, as ``{phase: value}`` (``{"": value}`` if not)."""
-    return value if isinstance(value, dict) else {"": value}
-
-
-def _factor(res: Any) -> float | None:
-    """Mean convergence factor ``(r_K / r_0) ** (1 / K)`` of a residual history ``r_0..r_K``."""
-    vals = enumerate(map(_num, res)) if isinstance(res, list) else ()
-    r = [(k, x) for k, x in vals if x is not None]
-    if len(r) < 2 or r[0][0] != 0 or r[0][1] <= 0 or r[-1][1] < 0:
-        return None
-    return (r[-1][1] / r[0][1]) ** (1.0 / r[-1][0])
-
-
-def _factors(run: Run) -> dict:
-    """``{phase: (steps, factors)}``: recorded ``conv_factor``, else derived from ``residual``."""
-    out: dict = {}
-    recs = _with_key(run, "conv_factor")
-    derived = not recs
-    for rec in recs or _with_key(run, "residual"):
-        step = _num(rec.get("step"))
-        value = rec.get("residual" if derived else "conv_factor")
-        for phase, v in _phases(value).items():
-            f = _factor(v) if derived else _num(v)
-            if step is not None and f is not None:
-                out.setdefault(phase, ([], []))
-                out[phase][0].append(step)
-                out[phase][1].append(f)
-    return out
 
 
 def _new_figure(n: int, ncols: int, w: float = 5.0, h: float = 3.6):
@@ -232,7 +76,7 @@ def _new_figure(n: int, ncols: int, w: float = 5.0, h: float = 3.6):
 
 def _finish(ax, xlabel: str, ylabel: str, legend: bool = True, logy: bool = False) -> None:
     """Label a panel; log y when asked and all its values are positive; "no data" if empty."""
-    ys = [y for ln in ax.lines for y in ln.get_ydata()]
+    ys = [y for ln in ax.lines for y in np.asarray(ln.get_ydata(), float) if np.isfinite(y)]  # gaps are NaN
     if logy and ys and min(ys) > 0:
         ax.set_yscale("log")
     if xlabel in ("epoch", "MGRIT iteration"):
@@ -248,41 +92,87 @@ def _finish(ax, xlabel: str, ylabel: str, legend: bool = True, logy: bool = Fals
                 color="grey")
 
 
-def _plot_convergence(runs: list[Run], path: Path) -> Path:
-    fig, axes = _new_figure(4, 2)
+def _plot_convergence(runs: list[Run]) -> Figure:
+    """Loss against step (each step thin, epoch means marked) and wall time; accuracy (test
+    solid, train dotted, validation dashed) against epoch, bytes sent and wall time; test
+    and validation loss against epoch."""
+    fig, axes = _new_figure(6, 3)
     for i, run in enumerate(runs):
-        kw = dict(color=f"C{i % 10}", label=run.label)
-        loss_recs = [r for r in run.epochs if _num(r.get("loss")) is not None]
-        mark = "o" if loss_recs or len(run.iters) < 30 else None
-        loss_recs = loss_recs or run.iters  # a run still in its first epoch has only iterations
-        for ax, recs, x, y, scale, m in (
-                (axes[0], loss_recs, "epoch", "loss", 1.0, mark),
-                (axes[2], loss_recs, "wall_time", "loss", 1.0, mark),
-                (axes[1], run.epochs, "epoch", "test_acc", 100.0, "o"),
-                (axes[3], run.epochs, "wall_time", "test_acc", 100.0, "o"),
-                (axes[1], run.epochs, "epoch", "val_acc", 100.0, "s"),
-                (axes[3], run.epochs, "wall_time", "val_acc", 100.0, "s")):
-            xs, ys = _xy(recs, x, y, scale)
-            if xs.size:  # a run without this series gets no legend entry here
-                style = dict(kw, ls="--", label=f"{run.label} (validation)") if y == "val_acc" else kw
-                ax.plot(xs, ys, marker=m, ms=3, **style)
-    loss = FIELDS["loss"]
-    _finish(axes[0], "epoch", loss.label, logy=loss.log)
-    _finish(axes[1], "epoch", "test accuracy (%), validation dashed")
-    _finish(axes[2], "wall time (s)", loss.label, logy=loss.log)
-    _finish(axes[3], "wall time (s)", "test accuracy (%), validation dashed")
+        st = _style(i)
+        kw = dict(color=st["color"], label=run.label)
+        xs, ys = xy(run.iters, "step", "loss")
+        if xs.size:
+            axes[0].plot(*gapped(xs, ys), lw=0.7, alpha=0.45, color=st["color"], ls=st["ls"])
+        means = [r for r in run.epochs if num(r.get("loss")) is not None]
+        for ax, x in ((axes[0], "step"), (axes[1], "wall_time")):
+            mx, my = xy(means or run.iters, x, "loss")
+            if mx.size:
+                ax.plot(mx, my, marker=st["marker"], ms=4, ls=st["ls"] if means else "none", **kw)
+        for key, ls, suffix in (("test_acc", st["ls"], ""), ("train_acc", ":", " (train)"),
+                                ("val_acc", "--", " (validation)")):
+            ex, ey = xy(run.epochs, "epoch", key, 100.0)
+            if not ex.size:
+                continue
+            style = dict(color=st["color"], marker=st["marker"], ms=4, ls=ls, label=run.label + suffix)
+            axes[2].plot(ex + 1, ey, **style)
+            if key != "train_acc":
+                tx, ty = xy(run.epochs, "wall_time", key, 100.0)
+                axes[5].plot(tx, ty, **style)
+                axes[4].plot(*against_bytes(run, key, 100.0), **style)
+        for key, ls, suffix in (("test_loss", st["ls"], ""), ("val_loss", "--", " (validation)")):
+            ex, ey = xy(run.epochs, "epoch", key)
+            if ex.size:
+                axes[3].plot(ex + 1, ey, color=st["color"], marker=st["marker"], ms=4, ls=ls, label=run.label + suffix)
+    _shade_phases(axes[0], runs)
+    label = _objective_label(runs)
+    _finish(axes[0], "optimiser step", label, logy=True)
+    _finish(axes[1], "wall time (s)", label, logy=True)
+    _finish(axes[2], "epoch", "accuracy (%)")
+    _finish(axes[3], "epoch", "test loss", logy=True)
+    _finish(axes[4], "MB sent (all ranks, cumulative)", "accuracy (%)")
+    _finish(axes[5], "wall time (s)", "accuracy (%)")
+    for ax in (axes[2], axes[3]):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle("convergence")
-    return _save(fig, path)
+    return fig
 
 
-def _plot_residuals(runs: list[Run], path: Path) -> Path:
+#: A run's marker and line style, so that curves that coincide stay distinguishable.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _style(i: int) -> dict:
+    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "ls": LINESTYLES[i % len(LINESTYLES)]}
+
+
+def _objective_label(runs: list[Run]) -> str:
+    """What ``loss`` means: for the penalty methods the last block's loss from its auxiliary
+    input ``z_{K-1}``, not the network's forward pass."""
+    solvers = {r.summary.get("solver") or r.config.get("solver") for r in runs}
+    if solvers & {"penalty", "al", "hybrid"}:
+        return "loss (penalty, al: of the last block from z_{K-1})"
+    return FIELDS["loss"].label
+
+
+def _shade_phases(ax, runs: list[Run]) -> None:
+    """Shade the serial phases of the first run that has phases (the hybrid's)."""
+    spans = next((sp for sp in map(phase_spans, runs) if len({p for _, _, p in sp}) > 1), [])
+    labelled = False
+    for a, b, phase in spans:
+        if phase == "serial":
+            ax.axvspan(a - 0.5, b + 0.5, color="0.85", zorder=0, label=None if labelled else "serial phase")
+            labelled = True
+
+
+def _plot_residuals(runs: list[Run]) -> Figure:
     rows = []  # (run, phase, [(step, residual array)])
     for run in runs:
         per_phase: dict = {}
-        for rec in _with_key(run, "residual"):
-            step = _num(rec.get("step"))
-            for phase, res in _phases(rec["residual"]).items():
-                r = np.array([_num(v) for v in res] if isinstance(res, list) else [], float)
+        for rec in with_key(run, "residual"):
+            step = num(rec.get("step"))
+            for phase, res in phases(rec["residual"]).items():
+                r = np.array([num(v) for v in res] if isinstance(res, list) else [], float)
                 if step is not None and r.size:
                     per_phase.setdefault(phase, []).append((step, r))
         rows += [(run, phase, lines) for phase, lines in per_phase.items()]
@@ -303,64 +193,68 @@ def _plot_residuals(runs: list[Run], path: Path) -> Path:
             ax.add_collection(lc)
             ax.autoscale_view()
             fig.colorbar(lc, ax=ax, label="optimiser step")
+        tol = [t for rec in with_key(run, "tolerance")
+               if (t := num(phases(rec["tolerance"]).get(phase))) is not None and t > 0]
+        if tol:  # exact mode: the absolute tolerance of each solve; the median of them
+            ax.axhline(float(np.median(tol)), color="C3", ls=":", lw=1, label="tolerance (median)")
         ax.set_title(f"{run.label} {phase}".strip(), fontsize="medium")
-        _finish(ax, "MGRIT iteration", FIELDS["residual"].label, legend=False)
+        _finish(ax, "MGRIT iteration", FIELDS["residual"].label, legend=bool(tol), logy=True)
     fig.suptitle("MGRIT residual per optimiser step")
-    return _save(fig, path)
+    return fig
 
 
-def _plot_mgrit_convergence(runs: list[Run], path: Path) -> Path:
-    factors = [(run, _factors(run)) for run in runs]
-    by_n = [(run.n_layers, f) for run, f in factors if f and run.n_layers]
+def _plot_mgrit_convergence(runs: list[Run]) -> Figure:
+    per_run = [(run, factors(run)) for run in runs]
+    by_n = [(run.n_layers, f) for run, f in per_run if f and run.n_layers]
     vs_n = len({n for n, _ in by_n}) > 1
     fig, axes = _new_figure(2 if vs_n else 1, 2 if vs_n else 1)
     ax = axes[0]
-    for i, (run, per_phase) in enumerate(factors):
+    for i, (run, per_phase) in enumerate(per_run):
         for phase, (steps, f) in per_phase.items():
-            ax.plot(steps, f, PHASE_STYLES.get(phase, "-"), color=f"C{i % 10}", lw=1,
+            x, y = positive(np.array(steps, float), np.array(f, float))
+            ax.plot(*gapped(x, y), PHASE_STYLES.get(phase, "-"), color=f"C{i % 10}", lw=1,
+                    marker=_style(i)["marker"] if x.size < 30 else None, ms=3,
                     label=f"{run.label} {phase}".strip())
-    _finish(ax, "optimiser step", "MGRIT convergence factor")
+    _shade_phases(ax, runs)
+    ax.axhline(1.0, color="0.4", ls=":", lw=1, label="1: no convergence")
+    _finish(ax, "optimiser step", "MGRIT convergence factor", logy=True)
     if vs_n:
         ax = axes[1]
-        phases = sorted({p for _, f in by_n for p in f})
-        for j, phase in enumerate(phases):
+        names = sorted({p for _, f in by_n for p in f})
+        for j, phase in enumerate(names):
             pts = sorted((n, float(np.mean(f[phase][1]))) for n, f in by_n if phase in f)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], PHASE_STYLES.get(phase, "-"),
                     marker="o", color=f"C{j % 10}", label=phase or "mean factor")
         ax.set_xscale("log", base=2)
-        _finish(ax, "layers N", "mean convergence factor")
+        _finish(ax, "layers N", "mean convergence factor", logy=True)
     fig.suptitle("MGRIT convergence factor")
-    return _save(fig, path)
+    return fig
 
 
-def _plot_constraints(runs: list[Run], path: Path) -> Path:
+def _plot_constraints(runs: list[Run]) -> Figure:
+    """The penalty methods' fields against the step, on log axes where the schema says so
+    (values that are exactly 0 — a first epoch without constraints — are left out there),
+    broken where steps have none (the hybrid's serial phases, shaded)."""
     keys = [k for k in ("constraint_violation", "rho", "mu_norm", "penalized_objective")
-            if any(_with_key(r, k) for r in runs)]
+            if any(with_key(r, k) for r in runs)]
     fig, axes = _new_figure(len(keys), min(len(keys), 2))
     for ax, key in zip(axes, keys):
         for i, run in enumerate(runs):
-            x, y = _xy(_with_key(run, key), "step", key)
+            x, y = xy(with_key(run, key), "step", key)
+            if FIELDS[key].log:
+                x, y = positive(x, y)
             if x.size:
-                ax.plot(x, y, color=f"C{i % 10}", label=run.label, ms=3,
-                        marker="o" if x.size < 30 else None)
+                st = _style(i)
+                ax.plot(*gapped(x, y), color=st["color"], ls=st["ls"], label=run.label, ms=3,
+                        marker=st["marker"] if x.size < 30 else None)
+        _shade_phases(ax, runs)
         _finish(ax, "optimiser step", FIELDS[key].label, logy=FIELDS[key].log)
     fig.suptitle("constraints")
-    return _save(fig, path)
+    return fig
 
 
-def _bytes_per_epoch(run: Run):
-    """``(epochs, bytes)``: from epoch records, else the iteration records summed per epoch."""
-    x, y = _xy(run.epochs, "epoch", "bytes_sent")
-    if x.size:
-        return x, y
-    total: dict = {}
-    for e, b in zip(*_xy(run.iters, "epoch", "bytes_sent")):
-        total[e] = total.get(e, 0.0) + b
-    return np.array(sorted(total)), np.array([total[e] for e in sorted(total)])
-
-
-def _plot_bytes(runs: list[Run], path: Path) -> Path:
-    series = [_bytes_per_epoch(r) for r in runs]
+def _plot_bytes(runs: list[Run]) -> Figure:
+    series = [bytes_per_epoch(r) for r in runs]
     peak = max((float(y.max()) for _, y in series if y.size), default=1.0)
     unit, scale = next(((u, s) for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
                         if peak >= s), ("B", 1))
@@ -371,7 +265,46 @@ def _plot_bytes(runs: list[Run], path: Path) -> Path:
     ax.set_ylim(bottom=0)
     _finish(ax, "epoch", f"{unit} sent per epoch (all ranks)")
     fig.suptitle("communication")
-    return _save(fig, path)
+    return fig
+
+
+def _plot_speedup(runs: list[Run]) -> Figure:
+    """Speedup against the rank count, per solver, relative to its fewest ranks."""
+    fig, (ax,) = _new_figure(1, 1)
+    for i, (solver, (P, speedup)) in enumerate(speedups(runs).items()):
+        st = _style(i)
+        ax.plot(P, speedup, color=st["color"], marker=st["marker"], ls=st["ls"], label=solver)
+        ax.plot(P, [p / P[0] for p in P], color=st["color"], lw=0.8, alpha=0.5, ls=":")
+    ax.set_xscale("log", base=2)
+    _finish(ax, "ranks P", "speedup per epoch (dotted: ideal)")
+    fig.suptitle("speedup")
+    return fig
+
+
+def figures(runs: Sequence[str | Path | Run]) -> dict[str, Figure]:
+    """Every figure the runs' records support, by kind: ``convergence`` always,
+    ``mgrit_residuals`` and ``mgrit_convergence`` (MGRIT), ``constraints`` (penalty, AL),
+    ``bytes`` (when bytes were sent), ``speedup`` (runs of one solver at several rank
+    counts)."""
+    loaded = load_runs(runs)
+    if not loaded:
+        raise ValueError("figures need at least one run directory")
+
+    def has(key: str) -> bool:
+        return any(with_key(r, key) for r in loaded)
+
+    out = {"convergence": _plot_convergence(loaded)}
+    if has("residual"):
+        out["mgrit_residuals"] = _plot_residuals(loaded)
+    if has("residual") or has("conv_factor"):
+        out["mgrit_convergence"] = _plot_mgrit_convergence(loaded)
+    if has("constraint_violation"):
+        out["constraints"] = _plot_constraints(loaded)
+    if any(bytes_per_epoch(r)[1].sum() > 0 for r in loaded):
+        out["bytes"] = _plot_bytes(loaded)
+    if speedups(loaded):
+        out["speedup"] = _plot_speedup(loaded)
+    return out
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -411,18 +344,7 @@ def plot_runs(run_dirs: Sequence[str | Path | Run], out_dir: str | Path | None =
             return out / f"{kind}.png"
         return out / ("comparison.png" if kind == "convergence" else f"comparison_{kind}.png")
 
-    def has(key: str) -> bool:
-        return any(_with_key(r, key) for r in runs)
-
-    written = [_plot_convergence(runs, target("convergence"))]
-    if has("residual"):
-        written.append(_plot_residuals(runs, target("mgrit_residuals")))
-    if has("residual") or has("conv_factor"):
-        written.append(_plot_mgrit_convergence(runs, target("mgrit_convergence")))
-    if has("constraint_violation"):
-        written.append(_plot_constraints(runs, target("constraints")))
-    if any(_bytes_per_epoch(r)[1].sum() > 0 for r in runs):
-        written.append(_plot_bytes(runs, target("bytes")))
+    written = [_save(fig, target(kind)) for kind, fig in figures(runs).items()]
     if single and (runs[0].path / "timeline").is_dir():
         chart = gantt.draw(runs[0].path, out / "timeline.png", steps)
         written += [chart] if chart is not None else []

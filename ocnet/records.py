@@ -66,7 +66,8 @@ FIELDS: dict[str, Field] = {
     "mu_norm": Field("first", "multiplier norm |mu|", log=True),
     # MGRIT: per-phase dicts {"forward": …, "adjoint": …}
     "residual": Field("first", "residual norm", log=True),
-    "conv_factor": Field("first", "convergence factor"),
+    "conv_factor": Field("first", "convergence factor", log=True),
+    "tolerance": Field("first", "residual tolerance", log=True),
     "n_layers": Field("first", "layers"),
 }
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from ocnet.plot import _factor, load_run, load_runs, main, plot_runs
+from ocnet.plot import figures, load_run, load_runs, main, plot_runs
+from ocnet.series import factor as _factor
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -220,3 +222,65 @@ def test_colliding_directory_names_use_the_path(tmp_path):
     b = write_run(tmp_path / "y", "run")
     labels = [r.label for r in load_runs([a, b])]
     assert labels == [f"serial P=4 ({a})", f"serial P=4 ({b})"]
+
+
+def _lines(ax, label=None):
+    return [ln for ln in ax.lines if label is None or ln.get_label() == label]
+
+
+def test_figures_a_numerical_analyst_trusts(tmp_path):
+    """Log axes for losses, residuals, factors and constraints (a first value of exactly 0
+    left out), the tolerance drawn, serial phases shaded with no line across them, runs
+    that coincide told apart by marker and line style, epoch means beside every step."""
+    def hybrid(step):
+        parallel = step <= 6 or step > 10  # steps 7-10 serial
+        return {"phase": "parallel" if parallel else "serial",
+                **({"constraint_violation": 0.0 if step == 1 else 1.0 / step} if parallel else {}),
+                "residual": {"forward": [1.0, 0.1, 0.01]}, "tolerance": {"forward": 0.05},
+                "conv_factor": {"forward": 0.1}}
+    a = write_run(tmp_path, "a", solver="hybrid", extra=hybrid)
+    b = write_run(tmp_path, "b", solver="hybrid", extra=hybrid)  # the same numbers
+    figs = figures([a, b])
+    conv = figs["convergence"].axes
+    assert conv[0].get_yscale() == "log" and conv[1].get_yscale() == "log"
+    assert "penalty, al" in conv[0].get_ylabel()  # what "loss" means for these solvers
+    per_step, means = _lines(conv[0])[0], _lines(conv[0], "hybrid P=4 (a)")[0]
+    assert len(per_step.get_xdata()) == 15 and list(means.get_xdata()) == [5, 10, 15]
+    twins = _lines(conv[0], "hybrid P=4 (a)") + _lines(conv[0], "hybrid P=4 (b)")
+    assert twins[0].get_marker() != twins[1].get_marker() and twins[0].get_linestyle() != twins[1].get_linestyle()
+    # one shaded span for steps 7-10, on the loss and on each constraint panel
+    spans = [p for p in conv[0].patches]
+    assert len(spans) == 1 and spans[0].get_label() == "serial phase"
+    assert (spans[0].get_x(), spans[0].get_width()) == (6.5, 4.0)
+    cons = figs["constraints"].axes[0]
+    assert cons.get_yscale() == "log" and len(cons.patches) == 1
+    x, y = (np.asarray(v, float) for v in (_lines(cons)[0].get_xdata(), _lines(cons)[0].get_ydata()))
+    assert x[0] == 2 and np.isnan(x).sum() == 1 and np.isnan(x[np.nonzero(np.isnan(x))[0][0] - 1]) == False  # noqa: E712
+    assert x[np.nonzero(np.isnan(x))[0][0] + 1] == 11  # the line breaks over the serial steps
+    res = figs["mgrit_residuals"].axes[0]
+    assert res.get_yscale() == "log" and _lines(res, "tolerance (median)")[0].get_ydata()[0] == 0.05
+    factor = figs["mgrit_convergence"].axes[0]
+    assert factor.get_yscale() == "log" and _lines(factor, "1: no convergence")
+    # accuracy against cumulative bytes: 5000 bytes an epoch
+    acc_bytes = _lines(conv[4], "hybrid P=4 (a)")[0]
+    assert list(acc_bytes.get_xdata()) == pytest.approx([0.005, 0.010, 0.015])
+    assert "speedup" not in figs
+
+
+def test_one_epoch_run_and_a_speedup_panel(tmp_path):
+    one = figures([write_run(tmp_path, "one", epochs=1)])["convergence"].axes
+    assert _lines(one[2])[0].get_marker() == "o" and len(_lines(one[2])[0].get_xdata()) == 1
+    # serial at P = 1, 2 and 4: 0.5, 0.3 and 0.2 s an epoch
+    runs = []
+    for P, per_iter in ((1, 0.1), (2, 0.06), (4, 0.04)):
+        d = write_run(tmp_path, f"p{P}", ranks=P)
+        lines = [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()]
+        for rec in lines:
+            rec["wall_time"] = rec["step"] * per_iter
+        (d / "history.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+        runs.append(d)
+    ax = figures(runs)["speedup"].axes[0]
+    line = _lines(ax, "serial")[0]
+    assert list(line.get_xdata()) == [1, 2, 4]
+    assert list(line.get_ydata()) == pytest.approx([1.0, 0.5 / 0.3, 0.5 / 0.2])
+    assert ax.get_xscale() == "log"

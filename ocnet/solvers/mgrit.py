@@ -131,10 +131,10 @@ class MGRIT(ParallelSolver):
             u0 = net.opening(x) if net.opening is not None else None
         u0_value = None if u0 is None else u0.detach()
         warm, points = self.warm_start, self.points
+        tol = {"forward": self._tol(u0_value) if exact else 0.0}
         try:
             fwd = solve(self.prop, u0_value, self.N, comm, layout=self.layout,
-                        guess=warm.guess("u", index, points["u"]), tol=self._tol(u0_value) if exact else 0.0,
-                        **self._solve_options(exact))
+                        guess=warm.guess("u", index, points["u"]), tol=tol["forward"], **self._solve_options(exact))
         except MGRITDivergence as e:
             self.prop.release()
             raise SolverError(f"mgrit: the forward solve diverged: {e}") from e
@@ -146,10 +146,10 @@ class MGRIT(ParallelSolver):
                 out = net.loss(net.head(uN), y)
                 out.backward()  # the classifier's gradient, and λ_N
             loss, lam_N = float(out.detach()), uN.grad
+        tol["adjoint"] = self._tol(lam_N) if exact else 0.0
         try:
             adj = solve_adjoint(self.prop, fwd.u, lam_N, self.N, comm, layout=self.layout,
-                                guess=warm.guess("lam", index, points["lam"]),
-                                tol=self._tol(lam_N) if exact else 0.0, device=self.device,
+                                guess=warm.guess("lam", index, points["lam"]), tol=tol["adjoint"], device=self.device,
                                 **self._solve_options(exact))
         except MGRITDivergence as e:
             self.prop.release()
@@ -168,6 +168,8 @@ class MGRIT(ParallelSolver):
         record.update(residual={"forward": fwd.residual, "adjoint": adj.mgrit.residual},
                       conv_factor={"forward": _finite(fwd.conv_factor), "adjoint": _finite(adj.mgrit.conv_factor)},
                       n_layers=self.N)
+        if exact:
+            record["tolerance"] = tol  # absolute, as the residuals are
         return record
 
     def _solve_options(self, exact: bool) -> dict[str, Any]:
