@@ -151,7 +151,7 @@ def _objective_label(runs: list[Run]) -> str:
     input ``z_{K-1}``, not the network's forward pass."""
     solvers = {r.summary.get("solver") or r.config.get("solver") for r in runs}
     if solvers & {"penalty", "al", "hybrid"}:
-        return "loss (penalty, al: of the last block from z_{K-1})"
+        return "loss (penalty, al: last block, from its auxiliary input)"
     return FIELDS["loss"].label
 
 
