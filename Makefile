@@ -6,7 +6,7 @@ NP ?= 8
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ test: setup
 	$(BIN)/mypy
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
 
+# The documentation site in docs/_build/html (its figures drawn by short runs of ocnet).
+docs: setup
+	$(BIN)/python docs/figures.py
+	$(BIN)/python -m sphinx -b html -W --keep-going -q docs docs/_build/html
+
 # Each benchmark prints its figures and writes JSON to benchmarks/results/.
 bench: setup
 	$(BIN)/python benchmarks/bench_serial.py
@@ -40,4 +45,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_threads.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build docs/_figures
