@@ -17,7 +17,6 @@ exception on any rank aborts the whole job (no rank is left waiting), from the f
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -39,7 +38,7 @@ from .records import dumps
 from .solvers import Solver, SolverError
 from .solvers import get as get_solver
 from .tags import Tags
-from .train import History, NonFinite, Stopped, evaluate, fit, lr_schedule
+from .train import History, NonFinite, Stopped, evaluate, fit, lr_schedule, steps_per_epoch
 
 T = TypeVar("T")
 EXIT_SETUP = 2
@@ -249,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if config["cuda_aware"] != "auto":
         comm.cuda_aware = config["cuda_aware"] == "on"
-    torch.set_num_threads(config["threads"] or default_threads(comm, net_kind(config, s["data"].is_image)))
+    kind = net_kind(config, s["data"].is_image)
+    torch.set_num_threads(config["threads"] or default_threads(comm, kind))
     if comm.rank == 0:
         _prepare(out, config, start is not None)
     comm.barrier()  # the directory exists before any rank writes its checkpoint shard there
@@ -262,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     step_losses = config["log_every"] > 0 and not config["quiet"]
     console = None
     if comm.rank == 0 and not config["quiet"]:
-        console = Console(config["epochs"], math.ceil(len(data.y_train) / config["batch_size"]),
-                          solver.record_fields(), log_every=config["log_every"], verbose=config["verbose"],
-                          bar_steps=_steps_left(config, start, len(data.y_train)))
+        n_batches = steps_per_epoch(len(data.y_train), config["batch_size"], config["limit_batches"])
+        console = Console(config["epochs"], n_batches, solver.record_fields(), log_every=config["log_every"],
+                          verbose=config["verbose"], bar_steps=_steps_left(config, start, n_batches))
     log = None
     if config["timeline_steps"]:
         log = timeline.Log(out, comm.rank, comm.size, config["timeline_steps"], job=comm.bcast(time.time()),
@@ -294,20 +294,18 @@ def main(argv: list[str] | None = None) -> int:
     comm.stop_watchdog()  # rank 0 alone writes the model and plots now: not a stall
     model = comm.gather(network.problem_state())
     if model is not None:  # rank 0
-        network_of = {"net": net_kind(config, data.is_image), "input_shape": list(data.input_shape),
-                      "n_classes": data.n_classes}
+        network_of = {"net": kind, "input_shape": list(data.input_shape), "n_classes": data.n_classes}
         _finish(out, config, comm.size, s["history"].records, wall, model, network_of, final_test,
                 best_test=_best_test(out, config, data), resumed=start is not None)
     return 0
 
 
-def _steps_left(config: dict, start: dict | None, n_train: int) -> int:
-    """The steps this job will take (a resumed job starts after its checkpoint's)."""
-    n_batches = math.ceil(n_train / config["batch_size"])
-    if start is None:
-        return config["epochs"] * n_batches
-    done = (start["epoch"] + 1) * n_batches if start["batch"] is None else start["epoch"] * n_batches + start["batch"]
-    return max(config["epochs"] * n_batches - done, 0)
+def _steps_left(config: dict, start: dict | None, n_batches: int) -> int:
+    """The steps this job will take at ``n_batches`` an epoch (a resumed job starts after
+    its checkpoint's; ``--max-steps`` may end it sooner)."""
+    done = 0 if start is None else start["meta"].get("step", 0)  # the run's steps before this job
+    left = max(config["epochs"] * n_batches - done, 0)
+    return min(left, max(config["max_steps"] - done, 0)) if config["max_steps"] else left
 
 
 def _best_test(out: Path, config: dict[str, Any], data: Dataset) -> float | None:

@@ -155,6 +155,12 @@ def _poison(solver: Solver, record: dict[str, Any]) -> None:
         next(solver.network.parameters()).fill_(float("nan"))
 
 
+def steps_per_epoch(n: int, batch_size: int, limit_batches: int = 0) -> int:
+    """The batches of an epoch over ``n`` samples, at most ``limit_batches`` (0: no limit)."""
+    n_batches = math.ceil(n / batch_size)
+    return min(n_batches, limit_batches) if limit_batches else n_batches
+
+
 def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: int, seed: int,
         lr: Callable[[int], float], augment_images: bool, run_dir: Path | None = None,
         checkpoint_every: int = 0, start: dict[str, Any] | None = None, history: History | None = None,
@@ -213,9 +219,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     step = start["meta"].get("step", 0)
     t0 = time.perf_counter() - (start["meta"].get("wall_time") or 0.0)
     n = len(data.y_train)
-    n_batches = math.ceil(n / batch_size)
-    if limit_batches:
-        n_batches = min(n_batches, limit_batches)
+    n_batches = steps_per_epoch(n, batch_size, limit_batches)
     validate = len(data.y_val) > 0
     # the best validation accuracy so far, as rank 0's history of a resumed run knows it
     best_val = comm.bcast(max((r["val_acc"] for r in history.records
