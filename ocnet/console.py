@@ -6,7 +6,7 @@ until the run ends.  :class:`Console` prints
 * a line per epoch: loss, train and test (or validation) accuracy, the solver's own fields (MGRIT's last
   residual and convergence factor per phase, the constraint violation and ρ of the
   penalty methods, …, labelled by the record schema of :mod:`ocnet.records`), the run's
-  seconds and megabytes sent so far;
+  seconds so far and the megabytes the epoch sent;
 * with ``log_every = K``, a line every K steps (the step's loss reaches rank 0 with the
   per-step check the training loop makes anyway, one step late);
 * with ``verbose``, rank 0's per-iteration histories of each step (MGRIT's residual norms
@@ -70,8 +70,8 @@ class Console:
         else:
             print(line, file=self.stream, flush=True)
 
-    def step(self, epoch: int, step: int, batch: int, record: Mapping[str, Any]) -> None:
-        """After step ``step`` (the ``batch``-th of its epoch, from 0) with rank 0's own record."""
+    def step(self, step: int, record: Mapping[str, Any]) -> None:
+        """After step ``step`` of the run, with rank 0's own record."""
         if self.bar is not None:
             self.bar.update(1)
         if self.verbose:
@@ -129,8 +129,8 @@ def statistics(records: Sequence[Mapping[str, Any]], ranks: Sequence[Mapping[str
     epochs = [r for r in records if r["kind"] == "epoch"]
     times = [b["wall_time"] - a["wall_time"] for a, b in zip([{"wall_time": 0.0}] + epochs, epochs)]
     steps = sum(1 for r in records if r["kind"] == "iter")
-    lines = [f"statistics: {len(epochs)} epochs, {steps} steps, {_seconds(stats.median(times))} per epoch "
-             f"(median), this job {wall:.1f} s of training",
+    per_epoch = f", {_seconds(stats.median(times))} per epoch (median)" if times else ""
+    lines = [f"statistics: {len(epochs)} epochs, {steps} steps{per_epoch}, this job {wall:.1f} s of training",
              "  rank   compute s   waiting for messages s   in collectives s   MB sent"]
     for r, row in enumerate(ranks):
         compute = row["train"] - row["waiting_messages"] - row["waiting_collectives"]

@@ -298,7 +298,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                     step += 1
                     wall.append(time.perf_counter() - t0)
                     if console is not None:
-                        console.step(epoch, step, b, record)
+                        console.step(step, record)
                     # checked one step late, so that the check's collective overlaps the next step
                     check = _Check(comm, non_finite(record), interrupt.signum, kept=len(iters),
                                    loss=record.get("loss") if step_losses else False)

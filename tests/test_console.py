@@ -78,6 +78,8 @@ def test_statistics_block():
     assert text[2].split() == ["0", "7.00", "1.50", "0.50", "2.50"]
     assert text[3].split() == ["1", "5.75", "3.00", "0.25", "0.00"]
     assert text[4] == "  iterations per solve (mean): forward 2.00, adjoint 1.50"
+    # a job that trained no epoch (nothing to take a median of) still gets its block
+    assert statistics([], ranks, 0.0).splitlines()[0] == "statistics: 0 epochs, 0 steps, this job 0.0 s of training"
 
 
 def test_a_resumed_runs_summary_covers_the_whole_run(mpi, tmp_path):
