@@ -32,16 +32,19 @@ __all__ = ["COMMON", "RESUMABLE", "ConfigError", "Option", "differences", "dump_
 
 # -- the keys every run accepts -----------------------------------------------------------------
 COMMON: dict[str, Option] = {
-    "problem": Option(str, "digits", "data set", choices=("peaks", "digits", "mnist", "cifar10", "cifar100")),
+    "problem": Option(str, "digits", "data set", choices=("peaks", "sequences", "digits", "mnist", "cifar10", "cifar100")),
     "solver": Option(str, "serial", "training algorithm: a registered solver (those with options are listed below)"),
-    "net": Option(str, "auto", "residual step (auto: conv for images but digits, dense otherwise)",
-                  choices=("auto", "dense", "conv")),
+    "net": Option(str, "auto", "residual step (auto: transformer for token sequences, conv for images but "
+                  "digits, dense otherwise)", choices=("auto", "dense", "conv", "transformer")),
     # Every layer is a Python module of its own (some kilobytes each, built on every rank).
     "layers": Option(int, 16, "number of residual layers N (all stages together)", min=1, max=100_000),
-    "width": Option(int, 32, "state width of a dense network", min=1),
+    "width": Option(int, 32, "state width of a dense network, token width of a transformer", min=1),
+    "heads": Option(int, 4, "attention heads of a transformer (they split the width)", min=1),
+    "patch": Option(int, 0, "patch size of a vision transformer (0: the largest leaving at least 16 patches)",
+                    min=0),
     "channels": Option(list, [16], "channels per stage of a convolutional network, e.g. 16,32,64", min=1),
     "final_time": Option(float, 1.0, "final layer-time T (step h = T/N per stage)", positive=True),
-    "activation": Option(str, "auto", "activation (auto: tanh for dense, relu for conv)",
+    "activation": Option(str, "auto", "activation (auto: tanh for dense, relu for conv, gelu for transformer)",
                          choices=("auto", "tanh", "relu", "gelu")),
     "norm": Option(str, "group", "normalisation in convolutional steps (never couples samples)",
                    choices=("group", "instance", "none")),

@@ -1,16 +1,18 @@
 """Datasets, batching and augmentation.
 
-Five classification problems, all returned as one :class:`Dataset` of torch tensors:
+Six classification problems, all returned as one :class:`Dataset` of torch tensors:
 
 ``peaks``     2-D points in ``[-3, 3]^2``, 5 level-set classes of MATLAB's ``peaks``
               (Günther et al., SIMODS 2020); generated, no files.
+``sequences`` token sequences whose class is set by their first and last tokens, far
+              apart: a task for attention; generated, no files.
 ``digits``    scikit-learn's shipped 8×8 digits; no download.
 ``mnist``     IDX files (plain or ``.gz``) in ``--data-dir`` or ``--data-dir/MNIST/raw``.
 ``cifar10``   the python pickle batches in ``--data-dir/cifar-10-batches-py`` (or directly).
 ``cifar100``  ``train`` / ``test`` pickles in ``--data-dir/cifar-100-python`` (or directly).
 
 Inputs are normalised per channel with the mean and standard deviation of the *training*
-set, applied to both splits. Every rank calls these functions independently, so everything
+set, applied to both splits (token ids are not: they index an embedding). Every rank calls these functions independently, so everything
 random here is driven by explicit seeds and generators, never by global RNG state.
 """
 from __future__ import annotations
@@ -31,9 +33,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["DataError", "Dataset", "DATASETS", "load", "batches", "augment"]
+__all__ = ["DataError", "Dataset", "DATASETS", "load", "batches", "augment", "vocabulary"]
 
-DATASETS = ("peaks", "digits", "mnist", "cifar10", "cifar100")
+DATASETS = ("peaks", "sequences", "digits", "mnist", "cifar10", "cifar100")
 
 
 class DataError(ValueError):
@@ -111,6 +113,31 @@ def _load_peaks(data_dir: Path | None, seed: int) -> _Raw:
     thresholds = _peaks_thresholds()
     label = lambda x: np.searchsorted(thresholds, _peaks_z(x), side="right")  # noqa: E731
     return x_train, label(x_train), x_test, label(x_test), 5
+
+
+# ----------------------------------------------------------------------- sequences
+
+_SEQUENCES_N_TRAIN, _SEQUENCES_N_TEST = 4000, 1000
+_SEQUENCES_LENGTH, _SEQUENCES_VOCAB = 16, 8
+
+
+def vocabulary(name: str) -> int:
+    """The number of token ids of a token-sequence data set (0 for the others)."""
+    return _SEQUENCES_VOCAB if str(name).strip().lower() == "sequences" else 0
+
+
+def _load_sequences(data_dir: Path | None, seed: int) -> _Raw:
+    """``L = 16`` tokens drawn uniformly from ``0 … 7``; the class ``2 [x_0 ≥ 4] + [x_15 ≥ 4]``
+    (4 classes of about a quarter each) depends on the first and the last token only, so a
+    model must carry information across the whole sequence: per-token layers alone cannot."""
+    rng = np.random.default_rng(seed)
+    half = _SEQUENCES_VOCAB // 2
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.integers(0, _SEQUENCES_VOCAB, size=(n, _SEQUENCES_LENGTH))
+        return x, 2 * (x[:, 0] >= half) + (x[:, -1] >= half)
+
+    return (*draw(_SEQUENCES_N_TRAIN), *draw(_SEQUENCES_N_TEST), 4)
 
 
 # -------------------------------------------------------------------------- digits
@@ -364,6 +391,7 @@ def _load_cifar100(data_dir: Path | None, seed: int) -> _Raw:
 
 _LOADERS: dict[str, Callable[[Path | None, int], _Raw]] = {
     "peaks": _load_peaks,
+    "sequences": _load_sequences,
     "digits": _load_digits,
     "mnist": _load_mnist,
     "cifar10": _load_cifar10,
@@ -426,7 +454,9 @@ def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, va
         raise DataError(f"data set {key!r}: the {'training' if len(y_tr) == 0 else 'test'} set is empty")
     x_all, y_all = torch.as_tensor(np.asarray(x_tr, np.float32)), torch.as_tensor(np.asarray(y_tr, np.int64))
     val = _hold_out(len(y_all), val_split, seed)
-    x_train, x_test, x_val = _normalise(x_all[~val], torch.as_tensor(np.asarray(x_te, np.float32)), x_all[val])
+    x_train, x_test, x_val = x_all[~val], torch.as_tensor(np.asarray(x_te, np.float32)), x_all[val]
+    if not vocabulary(key):
+        x_train, x_test, x_val = _normalise(x_train, x_test, x_val)
     return Dataset(name=key, x_train=x_train.contiguous(), y_train=y_all[~val],
                    x_test=x_test.contiguous(), y_test=torch.as_tensor(np.asarray(y_te, np.int64)),
                    n_classes=n_classes, is_image=x_train.dim() == 4, x_val=x_val.contiguous(), y_val=y_all[val])

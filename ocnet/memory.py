@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from .options import ConfigError
+from .tokens import patch_size
 
 # Python objects of one layer (module, parameters, their dictionaries): 11–14 KiB measured
 # for the layers of ocnet.steps; counted so that very many small layers do not look free.
@@ -59,14 +60,15 @@ class MemoryEstimate:
 
 
 def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, width: int = 32,
-                    channels: Sequence[int] = (16,), norm: str = "group", batch_size: int = 64,
+                    channels: Sequence[int] = (16,), norm: str = "group", heads: int = 4, patch: int = 0,
+                    vocab: int = 0, batch_size: int = 64,
                     dtype: torch.dtype = torch.float32, n_ranks: int = 1, n_samples: int = 0,
                     optimizer: str = "adam") -> MemoryEstimate:
     """The memory one rank needs to train the network :func:`build` would build, without
     building it: arithmetic on the sizes alone, so it is instant for any size.
 
-    Parameters are counted exactly (the layers of :func:`dense_problem` and
-    :func:`conv_problem`), each layer adds :data:`LAYER_OVERHEAD` bytes of Python objects.
+    Parameters are counted exactly (the layers of :func:`dense_problem`,
+    :func:`conv_problem` and :func:`transformer_problem`), each layer adds :data:`LAYER_OVERHEAD` bytes of Python objects.
     A rank's slice is bounded by the ``ceil(n_layers / n_ranks)`` largest layers plus the
     opening and the classifier, whatever the solver's partition.  Training adds, per
     parameter of the slice, a gradient and the optimiser's state (Adam: two moments; SGD:
@@ -80,8 +82,8 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
 
     Parameters
     ----------
-    input_shape, n_classes, net, layers, width, channels, norm, dtype
-        As for :func:`build` (``net`` is ``'dense'`` or ``'conv'``).
+    input_shape, n_classes, net, layers, width, channels, norm, heads, patch, vocab, dtype
+        As for :func:`build`.
     batch_size : int
         Samples per mini-batch.
     n_ranks : int
@@ -101,17 +103,33 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
         per_stage = [layers // S + (s < layers % S) for s in range(S)]
         opening = 9 * c_in * channels[0] + channels[0] + norm_params(channels[0])
         classifier = channels[-1] * n_classes + n_classes
-        kinds = []  # (count, parameters, state per sample) of each kind of layer
+        kinds = []  # (count, parameters, numbers kept per sample) of each kind of layer
         opening_state = channels[0] * H * W
         for s, (c, n) in enumerate(zip(channels, per_stage)):
             if s:
                 H, W = (H + 1) // 2, (W + 1) // 2  # the stride-2 transition
-                kinds.append((1, 9 * channels[s - 1] * c + c + norm_params(c), c * H * W))
-            kinds.append((n, 9 * c * c + c + norm_params(c), c * H * W))
+                kinds.append((1, 9 * channels[s - 1] * c + c + norm_params(c), STATES_PER_LAYER * c * H * W))
+            kinds.append((n, 9 * c * c + c + norm_params(c), STATES_PER_LAYER * c * H * W))
+    elif net == "transformer":
+        if vocab:
+            n_tokens, opening = d, vocab * width
+        else:
+            c_in, H, W = shape if len(shape) == 3 else (1, 1, d)  # build refuses other shapes itself
+            p = patch_size((c_in, H, W), patch) if H % max(patch, 1) == 0 == W % max(patch, 1) else 1
+            n_tokens, opening = (H // p) * (W // p), c_in * p * p * width + width
+        n_tokens += 1  # the class token
+        opening += width + n_tokens * width
+        classifier = 2 * width + width * n_classes + n_classes
+        # two layer norms, q/k/v and the output map (4 w² + 4 w), the MLP (8 w² + 5 w)
+        kinds = [(layers, 12 * width * width + 13 * width,
+                  # per token about 16 widths (the norms, q/k/v, the attention's output, the
+                  # MLP's 4w-wide hidden layer and activation) and each head's attention row
+                  n_tokens * (16 * width + heads * n_tokens))]
+        opening_state = n_tokens * width
     else:
         opening = d * width + width
         classifier = width * n_classes + n_classes
-        kinds = [(layers, width * width + width, width)]
+        kinds = [(layers, width * width + width, STATES_PER_LAYER * width)]
         opening_state = width
     n_layers = sum(count for count, _, _ in kinds)
     per_rank = -(-n_layers // max(1, n_ranks))
@@ -119,7 +137,7 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
     local = opening + classifier + _largest(per_rank, [(count, p) for count, p, _ in kinds])
     states = _largest(per_rank, [(count, u) for count, _, u in kinds])
     batch = min(batch_size, n_samples) if n_samples else batch_size
-    per_sample = d + STATES_PER_LAYER * (opening_state + states) + n_classes
+    per_sample = d + STATES_PER_LAYER * opening_state + states + n_classes
     moments = 2 if optimizer == "adam" else 1
     return MemoryEstimate(network=total * item + (n_layers + 2) * LAYER_OVERHEAD, local=local * item,
                           training=(1 + moments) * local * item, activations=batch * per_sample * item,

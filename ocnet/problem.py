@@ -15,8 +15,10 @@ import torch
 from torch import nn
 from torch.nn import functional as Fn
 
+from .data import vocabulary
 from .grid import Partition, TimeGrid
-from .steps import ConvStep, DenseStep, Residual, Transition, activation, normalisation
+from .steps import AttentionStep, ConvStep, DenseStep, Residual, Transition, activation, normalisation
+from .tokens import ClassToken, Patches, Tokens, Vocabulary, patch_size
 
 
 class Problem(nn.Module):
@@ -192,14 +194,40 @@ def conv_problem(input_shape: Sequence[int], n_classes: int, channels: Sequence[
     return Problem(opening, layers, classifier, grids, input_shape, n_classes)
 
 
+def transformer_problem(input_shape: Sequence[int], n_classes: int, width: int = 32, heads: int = 4,
+                        n_layers: int = 8, T: float = 1.0, act: str = "gelu", patch: int = 0,
+                        vocab: int = 0) -> Problem:
+    """Images ``(batch, C, H, W)`` cut into patches (a vision transformer), or token sequences
+    ``(batch, L)`` of ids below ``vocab``: a :class:`~ocnet.tokens.Tokens` opening to
+    ``(batch, 1 + tokens, width)``, ``n_layers`` :class:`~ocnet.steps.AttentionStep` steps on
+    ``[0, T]``, a classifier on the class token."""
+    if vocab:
+        if len(input_shape) != 1:
+            raise ValueError(f"token sequences have shape (L,), got {tuple(input_shape)}")
+        n_tokens, embed = input_shape[0], Vocabulary(vocab, width)
+    else:
+        if len(input_shape) != 3:
+            raise ValueError(f"net 'transformer' needs images (C, H, W) or token sequences, "
+                             f"got shape {tuple(input_shape)}")
+        p = patch_size(input_shape, patch)
+        n_tokens, embed = (input_shape[1] // p) * (input_shape[2] // p), Patches(input_shape[0], width, p)
+    grid = TimeGrid(n_layers, T)
+    layers = [Residual(AttentionStep(width, heads, act), grid.h) for _ in range(n_layers)]
+    return Problem(Tokens(embed, n_tokens, width), layers, ClassToken(width, n_classes), [grid],
+                   input_shape, n_classes)
+
+
 def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, width: int = 32,
           channels: Sequence[int] = (16,), T: float = 1.0, activation: str | None = None,
-          norm: str = "group", seed: int = 0, dtype: torch.dtype = torch.float32) -> Problem:
+          norm: str = "group", heads: int = 4, patch: int = 0, vocab: int = 0, seed: int = 0,
+          dtype: torch.dtype = torch.float32) -> Problem:
     """Build the network for data of ``input_shape`` (without the batch dimension).
 
     ``net='dense'`` flattens the input; ``net='conv'`` needs images ``(C, H, W)`` and splits
-    ``layers`` residual steps evenly over the stages given by ``channels``.  Parameters are
-    initialised from ``seed`` alone, so every rank builds the same network.
+    ``layers`` residual steps evenly over the stages given by ``channels``;
+    ``net='transformer'`` takes images (``patch`` × ``patch`` patches) or, with ``vocab``,
+    token sequences, into tokens of ``width`` with ``heads`` attention heads.  Parameters
+    are initialised from ``seed`` alone, so every rank builds the same network.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -214,16 +242,22 @@ def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, 
             per_stage = [layers // n_stages + (s < layers % n_stages) for s in range(n_stages)]
             problem = conv_problem(input_shape, n_classes, channels, per_stage, T,
                                    activation or "relu", norm)
+        elif net == "transformer":
+            problem = transformer_problem(input_shape, n_classes, width, heads, layers, T,
+                                          activation or "gelu", patch, vocab)
         else:
-            raise ValueError(f"unknown net {net!r}; choose dense or conv")
+            raise ValueError(f"unknown net {net!r}; choose dense, conv or transformer")
     return problem.to(dtype)
 
 
 def net_kind(config: Mapping[str, Any], is_image: bool) -> str:
-    """The kind of network a run configuration asks for: its ``net``, or by default ``conv``
-    for images other than the 8×8 digits and ``dense`` otherwise."""
+    """The kind of network a run configuration asks for: its ``net``, or by default
+    ``transformer`` for token sequences, ``conv`` for images other than the 8×8 digits and
+    ``dense`` otherwise."""
     if config["net"] != "auto":
         return config["net"]
+    if vocabulary(config["problem"]):
+        return "transformer"
     return "conv" if is_image and config["problem"] != "digits" else "dense"
 
 
@@ -234,6 +268,7 @@ def from_config(config: Mapping[str, Any], input_shape: Sequence[int], n_classes
     kwargs = dict(net=net_kind(config, len(input_shape) == 3), layers=config["layers"], width=config["width"],
                   channels=list(config["channels"]), T=config["final_time"],
                   activation=None if config["activation"] == "auto" else config["activation"],
-                  norm=config["norm"], seed=config["seed"], dtype=getattr(torch, config["dtype"]))
+                  norm=config["norm"], heads=config["heads"], patch=config["patch"],
+                  vocab=vocabulary(config["problem"]), seed=config["seed"], dtype=getattr(torch, config["dtype"]))
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return build(tuple(input_shape), n_classes, **kwargs)

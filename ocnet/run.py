@@ -30,7 +30,7 @@ from . import checkpoint, faults, timeline
 from . import comm as comm_mod
 from .config import ConfigError, differences, dump_toml, given, help_text, read_toml, resolve
 from .console import Console
-from .data import DataError, Dataset, load
+from .data import DataError, Dataset, load, vocabulary
 from .filters import FILTERS
 from .memory import check_memory
 from .problem import from_config, net_kind
@@ -127,7 +127,8 @@ def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
     sharing = comm_mod.node_rank_and_size(comm)[1]  # a collective: outside agree's step
     agree(comm, lambda: check_memory(
         data.input_shape, data.n_classes, net=kind, layers=config["layers"], width=config["width"],
-        channels=config["channels"], norm=config["norm"], batch_size=config["batch_size"], dtype=dtype,
+        channels=config["channels"], norm=config["norm"], heads=config["heads"], patch=config["patch"],
+        vocab=vocabulary(config["problem"]), batch_size=config["batch_size"], dtype=dtype,
         n_ranks=comm.size, n_samples=len(data.y_train) + len(data.y_test), optimizer=config["optimizer"],
         device=device, sharing=sharing))
     problem = agree(comm, lambda: from_config(config, data.input_shape, data.n_classes))

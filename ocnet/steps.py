@@ -4,11 +4,15 @@ A :class:`Step` is any ``nn.Module`` mapping a state to a state of the same shap
 layer ``Residual(F, h)`` is one forward-Euler step ``u + h F(u; θ)``.  Solvers that change
 the step size (MGRIT's coarse levels) call ``layer(u, h=...)``.  :class:`Transition` joins
 two stages of different shapes (a strided convolution); it is not a time step.
+
+The steps: :class:`DenseStep` (vectors), :class:`ConvStep` (images) and
+:class:`AttentionStep` (tokens: a pre-layer-norm transformer encoder layer).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as Fn
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -55,6 +59,48 @@ class ConvStep(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(u)))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention ``(batch, tokens, width) → (batch, tokens, width)``: every
+    token attends to every token (no mask), ``heads`` heads of ``width / heads`` each."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if heads < 1 or width % heads:
+            raise ValueError(f"a token width of {width} does not split into {heads} attention heads")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        b, n, w = u.shape
+        # (3, batch, heads, tokens, width / heads)
+        q, k, v = self.qkv(u).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        a = Fn.scaled_dot_product_attention(q, k, v)
+        return self.out(a.transpose(1, 2).reshape(b, n, w))
+
+
+class AttentionStep(nn.Module):
+    """``F(X) = φ₁(X) + φ₂(X + φ₁(X))`` for token states ``X`` of shape ``(batch, tokens, width)``:
+    ``φ₁`` is self-attention after a layer norm, ``φ₂`` a two-layer MLP (``mlp`` × wider)
+    after a layer norm.
+
+    ``X + h F(X)`` with ``h = 1`` is the standard pre-layer-norm encoder layer
+    (``Y = X + φ₁(X)``, ``Z = Y + φ₂(Y)``); with ``h = T/N`` it is a forward-Euler step of a
+    neural ODE.  Layer norm acts on each token alone, so samples never mix.
+    """
+
+    def __init__(self, width: int, heads: int = 4, act: str = "gelu", mlp: int = 4) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attention = SelfAttention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp * width), activation(act), nn.Linear(mlp * width, width))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        a = self.attention(self.norm1(u))
+        return a + self.mlp(self.norm2(u + a))
 
 
 class Residual(nn.Module):

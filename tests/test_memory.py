@@ -25,6 +25,9 @@ def parameter_bytes(p: torch.nn.Module) -> int:
     ((3, 32, 32), dict(net="conv", layers=12, channels=[16, 32, 64])),
     ((1, 28, 28), dict(net="conv", layers=7, channels=[8, 4], norm="none")),
     ((3, 9, 9), dict(net="conv", layers=3, channels=[4, 4, 4], norm="instance")),
+    ((1, 8, 8), dict(net="transformer", layers=4, width=16, heads=2)),
+    ((3, 32, 32), dict(net="transformer", layers=3, width=24, heads=3, patch=4)),
+    ((16,), dict(net="transformer", layers=2, width=8, heads=1, vocab=8)),
 ])
 def test_parameters_counted_exactly(shape, sizes):
     """On one rank the slice is the whole network: parameters + gradients + Adam's two

@@ -61,7 +61,7 @@ def single_rank(tmp_path_factory):
     """The P = 1 reference per network, computed once."""
     from conftest import run_mpi
     out = {}
-    for net in ("dense", "conv"):
+    for net in ("dense", "conv", "transformer"):
         path = tmp_path_factory.mktemp("p1") / f"{net}.pt"
         proc = run_mpi(1, "serial_step.py", str(path), net, "1")
         assert proc.returncode == 0, proc.stderr
@@ -70,7 +70,8 @@ def single_rank(tmp_path_factory):
 
 
 @pytest.mark.parametrize("net,ranks,pipeline", [("dense", 2, "1f1b"), ("dense", 4, "1f1b"), ("conv", 2, "1f1b"),
-                                               ("conv", 4, "1f1b"), ("conv", 2, "zb"), ("dense", 4, "zb")])
+                                               ("conv", 4, "1f1b"), ("conv", 2, "zb"), ("dense", 4, "zb"),
+                                               ("transformer", 2, "1f1b"), ("transformer", 4, "zb")])
 def test_ranks_give_same_parameters(mpi, tmp_path, single_rank, net, ranks, pipeline):
     """Two training steps on P ranks, with and without micro-batches, under each pipeline
     schedule, equal P = 1 (float64, rtol 1e-10)."""

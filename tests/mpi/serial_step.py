@@ -17,8 +17,8 @@ schedule = {"pipeline": sys.argv[4]} if len(sys.argv) > 4 else {}
 comm = world()
 torch.set_num_threads(1)
 shape = (3, 8, 8) if net == "conv" else (1, 8, 8)
-problem = build(shape, 5, net=net, layers=8, channels=[4, 8] if net == "conv" else [4], seed=3,
-                dtype=torch.float64)
+problem = build(shape, 5, net=net, layers=8, channels=[4, 8] if net == "conv" else [4], width=8, heads=2,
+                seed=3, dtype=torch.float64)
 gen = torch.Generator().manual_seed(7)
 x = torch.randn(12, *shape, generator=gen, dtype=torch.float64)
 y = torch.randint(0, 5, (12,), generator=gen)
