@@ -100,6 +100,9 @@ class Scripted(Serial, ParallelSolver):
     ({0: {"conv_factor": {"forward": 0.3, "adjoint": 0.2}}, 1: {"conv_factor": {"forward": 1.4}},
       3: {"conv_factor": 0.5}},
      ["parallel", "parallel", "serial", "parallel"]),
+    # MGRIT's gradient inexactness exceeds inexact_tol (0.05) in epoch 1; 0.05 itself passes
+    ({0: {"inexactness": 0.01}, 1: {"inexactness": 0.2}, 3: {"inexactness": 0.05}, 4: {"inexactness": 0.06}},
+     ["parallel", "parallel", "serial", "parallel", "parallel", "serial"]),
 ])
 def test_adaptive_switch_reads_the_parallel_records(monkeypatch, script, phases):
     from ocnet.solvers import SOLVERS

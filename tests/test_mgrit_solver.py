@@ -75,7 +75,7 @@ def test_state_dict_carries_warm_starts():
     warm = solver.state_dict()["warm_start"]  # a SampleStore per solve: rows per time point
     assert sorted(map(int, warm["u"])) == list(range(9)) and sorted(map(int, warm["lam"])) == list(range(9))
     assert warm["u"]["8"].shape == (16, 4)  # rows for samples 0 … 15
-    assert set(rec) == {"loss", "residual", "conv_factor", "n_layers"}
+    assert set(rec) == {"loss", "residual", "conv_factor", "n_layers", "inexactness", "mgrit_iters", "step_evals"}
     assert 0 < rec["conv_factor"]["forward"] < 1
 
 

@@ -17,8 +17,9 @@ is a parallel one).
 
 The adaptive rule (``switch = "adaptive"``), read from the parallel solver's records: after
 a parallel epoch whose mean constraint violation fell by less than ``stall_tol`` (relative)
-from the parallel epoch before, or in which MGRIT's convergence factor exceeded 1, come
-``serial_epochs`` serial epochs; then the parallel phase resumes.
+from the parallel epoch before, in which MGRIT's convergence factor exceeded 1, or whose mean
+gradient inexactness (MGRIT's estimate) exceeded ``inexact_tol``, come ``serial_epochs``
+serial epochs; then the parallel phase resumes.
 """
 from __future__ import annotations
 
@@ -45,9 +46,12 @@ _OWN = {
     "serial_every": Option(int, 0, "in parallel epochs, make every this many steps a serial step "
                            "(0: none)", min=0),
     "switch": Option(str, "plan", "plan: the fixed plan; adaptive: serial epochs when the constraint "
-                     "violation stalls or MGRIT's convergence factor exceeds 1", choices=("plan", "adaptive")),
+                     "violation stalls, MGRIT's convergence factor exceeds 1 or its gradient inexactness exceeds "
+                     "inexact_tol", choices=("plan", "adaptive")),
     "stall_tol": Option(float, 0.05, "adaptive: the violation stalls when it falls by less than this "
                         "fraction in a parallel epoch", min=0.0, max=1.0),
+    "inexact_tol": Option(float, 0.05, "adaptive: serial epochs also after a parallel epoch whose mean gradient "
+                          "inexactness (MGRIT's relative residual) exceeded this", positive=True),
 }
 
 
@@ -86,7 +90,7 @@ class Hybrid(Solver):
         self._phase = "parallel"
         self._steps = 0
         # the adaptive rule's memory: this epoch's parallel records, the last epoch's violation
-        self._violation, self._factor, self._count = 0.0, 0.0, 0
+        self._violation, self._factor, self._inexactness, self._count = 0.0, 0.0, 0.0, 0
         self._last_violation: float | None = None
         self._serial_left = 0
 
@@ -135,10 +139,12 @@ class Hybrid(Solver):
             fields = self.record_fields()
             violation = reduce(self.comm, "constraint_violation", self._violation, fields) / self._count
             factor = reduce(self.comm, "conv_factor", self._factor, fields)
+            inexact = reduce(self.comm, "inexactness", self._inexactness, fields) / self._count
             last, self._last_violation = self._last_violation, violation
-            if factor > 1 or (last is not None and violation > (1 - self.config["stall_tol"]) * last):
+            if factor > 1 or inexact > self.config["inexact_tol"] or \
+                    (last is not None and violation > (1 - self.config["stall_tol"]) * last):
                 self._serial_left, self._last_violation = self.config["serial_epochs"], None
-        self._violation, self._factor, self._count = 0.0, 0.0, 0
+        self._violation, self._factor, self._inexactness, self._count = 0.0, 0.0, 0.0, 0
         if self._serial_left:
             self._serial_left -= 1
             return "serial"
@@ -166,6 +172,7 @@ class Hybrid(Solver):
             record = dict(self.parallel.step(x, y, index))
             self._violation += float(record.get("constraint_violation") or 0.0)  # type: ignore[arg-type]
             self._factor = max(self._factor, _forward_factor(record.get("conv_factor")))
+            self._inexactness += float(record.get("inexactness") or 0.0)  # type: ignore[arg-type]
             self._count += 1
         record["phase"] = phase
         return record
@@ -181,7 +188,8 @@ class Hybrid(Solver):
         # network and optimiser are shared: the parallel solver's state holds them
         return {"parallel": self.parallel.state_dict(), "phase": self._phase, "steps": self._steps,
                 "count": self._count, "last_violation": self._last_violation, "serial_left": self._serial_left,
-                "shares": {str(self.network.start): {"violation": self._violation, "factor": self._factor}}}
+                "shares": {str(self.network.start): {"violation": self._violation, "factor": self._factor,
+                                                     "inexactness": self._inexactness}}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.parallel.load_state_dict(state["parallel"])
@@ -193,6 +201,7 @@ class Hybrid(Solver):
         mine = [s for k, s in state["shares"].items() if start <= int(k) < stop]
         self._violation = sum((s["violation"] for s in mine), 0.0)
         self._factor = max((s["factor"] for s in mine), default=0.0)
+        self._inexactness = max((s.get("inexactness", 0.0) for s in mine), default=0.0)
 
     def reshardable(self) -> bool:
         return super().reshardable() and self.parallel.reshardable()

@@ -12,6 +12,14 @@ previous step (``mgrit_warm_start = "batch"``) or of the last step that saw the 
 (``"sample"``): the simultaneous approach of Günther et al. (SIMODS 2020), whose
 gradient is inexact but whose states improve as training goes on.
 
+Every step records its ``inexactness``: the larger of the two solves' last residuals relative
+to the norm of their states at the same (fine C-) points, an estimate of how far the gradient
+is from back-propagation's that costs two scalar reductions (the residuals are evaluated
+anyway).  With
+``mgrit_control = "iters"`` a one-shot run raises ``mgrit_iters`` by one after each epoch
+whose mean inexactness exceeded ``mgrit_control_tol`` (the hybrid's adaptive switch reads the
+same estimate, against its ``inexact_tol``, to turn to serial epochs instead).
+
 ``mgrit_storage = "graph"`` (default) keeps each layer's autograd graph from the forward
 solve's last pass, so that the adjoint steps and the parameter gradients need no forward run
 again (a training step at one level costs one forward and one backward per layer, as
@@ -20,7 +28,7 @@ back-propagation does); ``"states"`` keeps one state per layer and recomputes.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -33,7 +41,7 @@ from ..mgrit.core import n_levels
 from ..mgrit.network import STORAGES, NetworkPropagator, check_layout
 from ..options import Option
 from ..problem import LocalNetwork
-from ..records import Record
+from ..records import Field, Record, reduce
 from .base import OptimizerFactory, ParallelSolver, SolverError
 from .warm_start import WARM_STARTS, WarmStart
 
@@ -81,6 +89,16 @@ class MGRIT(ParallelSolver):
                              "carried up)"),
         "mgrit_final_fc": Option(bool, False, "XBraid's final FC-relaxation: the last iteration's C-points take "
                                  "the steps its residual evaluated (u_N one fine step from u_N-1, no step more)"),
+        "mgrit_control": Option(str, "off", "one-shot mode: raise mgrit_iters by one after an epoch whose mean "
+                                "gradient inexactness (relative residual) exceeded mgrit_control_tol (iters), or "
+                                "keep it fixed (off)", choices=("off", "iters")),
+        "mgrit_control_tol": Option(float, 0.05, "the mean inexactness per epoch (relative residual) the "
+                                    "accuracy control tolerates", positive=True),
+    }
+    fields = {
+        "inexactness": Field("first", "gradient inexactness (relative residual)", log=True),
+        "mgrit_iters": Field("first", "MGRIT iterations per solve"),
+        "step_evals": Field("first", "step evaluations of both solves (all ranks)"),
     }
 
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
@@ -101,6 +119,8 @@ class MGRIT(ParallelSolver):
         # this rank's points of the forward solve and of the adjoint's (in reversed time)
         self.points = {what: range(lo, hi + 1) for what, (lo, hi) in
                        (("u", self.layout.bounds[comm.rank]), ("lam", self.layout.mirror().bounds[comm.rank]))}
+        self.iters = cfg["mgrit_iters"]  # one-shot iterations; the accuracy control raises them
+        self._inexactness, self._steps = 0.0, 0  # this epoch's sum and count
 
     @classmethod
     def partition(cls, n_layers: int, n_ranks: int, config: Mapping[str, Any]) -> Partition:
@@ -131,7 +151,7 @@ class MGRIT(ParallelSolver):
             u0 = net.opening(x) if net.opening is not None else None
         u0_value = None if u0 is None else u0.detach()
         warm, points = self.warm_start, self.points
-        tol = {"forward": self._tol(u0_value) if exact else 0.0}
+        tol = {"forward": cfg["mgrit_tol"] * self._norm(u0_value) if exact else 0.0}
         try:
             fwd = solve(self.prop, u0_value, self.N, comm, layout=self.layout,
                         guess=warm.guess("u", index, points["u"]), tol=tol["forward"], **self._solve_options(exact))
@@ -146,7 +166,7 @@ class MGRIT(ParallelSolver):
                 out = net.loss(net.head(uN), y)
                 out.backward()  # the classifier's gradient, and λ_N
             loss, lam_N = float(out.detach()), uN.grad
-        tol["adjoint"] = self._tol(lam_N) if exact else 0.0
+        tol["adjoint"] = cfg["mgrit_tol"] * self._norm(lam_N) if exact else 0.0
         try:
             adj = solve_adjoint(self.prop, fwd.u, lam_N, self.N, comm, layout=self.layout,
                                 guess=warm.guess("lam", index, points["lam"]), tol=tol["adjoint"], device=self.device,
@@ -164,36 +184,68 @@ class MGRIT(ParallelSolver):
         warm.remember("u", index, fwd.points, fwd.u)
         warm.remember("lam", index, adj.mgrit.points, adj.mgrit.u)
 
+        residual = {"forward": fwd.residual, "adjoint": adj.mgrit.residual}
+        scale = {"forward": self._c_norm(fwd.points, fwd.u), "adjoint": self._c_norm(adj.mgrit.points, adj.mgrit.u)}
+        inexactness = max(residual[k][-1] / scale[k] if scale[k] > 0 else 0.0 for k in residual)
+        self._inexactness, self._steps = self._inexactness + inexactness, self._steps + 1
         record: Record = {} if loss is None else {"loss": loss}
-        record.update(residual={"forward": fwd.residual, "adjoint": adj.mgrit.residual},
+        record.update(residual=residual, inexactness=inexactness,
+                      step_evals=fwd.step_evals[-1] + adj.mgrit.step_evals[-1] if fwd.step_evals else 0,
                       conv_factor={"forward": _finite(fwd.conv_factor), "adjoint": _finite(adj.mgrit.conv_factor)},
                       n_layers=self.N)
         if exact:
             record["tolerance"] = tol  # absolute, as the residuals are
+        else:
+            record["mgrit_iters"] = self.iters
         return record
+
+    def end_epoch(self, epoch: int) -> Record:
+        """The accuracy control (``mgrit_control = "iters"``): one iteration more per solve
+        after an epoch whose mean inexactness exceeded ``mgrit_control_tol``, up to
+        ``mgrit_max_iter``; every rank decides alike (rank 0's mean is broadcast)."""
+        cfg, steps = self.config, self._steps
+        mean = self._inexactness / steps if steps else 0.0
+        self._inexactness, self._steps = 0.0, 0
+        if cfg["mgrit_mode"] != "one_shot" or cfg["mgrit_control"] == "off" or not steps:
+            return {}
+        mean = reduce(self.comm, "inexactness", mean, self.record_fields())
+        if mean > cfg["mgrit_control_tol"] and self.iters < cfg["mgrit_max_iter"]:
+            self.iters += 1
+        return {"mgrit_iters": self.iters}
 
     def _solve_options(self, exact: bool) -> dict[str, Any]:
         cfg = self.config
         fine = cfg["mgrit_fine_relax"]
         return dict(levels=self.levels, relaxation=cfg["mgrit_relax"],
                     fine_relaxation=None if fine == "auto" else fine, cf_sweeps=cfg["mgrit_cf_sweeps"],
-                    cycle=cfg["mgrit_cycle"], max_iter=cfg["mgrit_max_iter"] if exact else cfg["mgrit_iters"],
+                    cycle=cfg["mgrit_cycle"], max_iter=cfg["mgrit_max_iter"] if exact else self.iters,
                     skip=cfg["mgrit_skip"], final_fc=cfg["mgrit_final_fc"], tags=self.mgrit_tags)
 
-    def _tol(self, scale_on_owner: torch.Tensor | None) -> float:
-        """``mgrit_tol × ‖v‖`` for ``v`` known on one rank; the same number on every rank."""
-        local = 0.0 if scale_on_owner is None else float(torch.linalg.vector_norm(scale_on_owner.double()))
-        return self.config["mgrit_tol"] * self.comm.allreduce(local)
+    def _c_norm(self, points: range, states: Sequence[torch.Tensor]) -> float:
+        """The 2-norm of a solve's states over the fine C-points, where its residual is taken;
+        the same number on every rank."""
+        c = self.config["coarsening"]
+        local = sum(float(torch.linalg.vector_norm(u.double())) ** 2 for n, u in zip(points, states) if n % c == 0)
+        return math.sqrt(self.comm.allreduce(local))
+
+    def _norm(self, v_on_owner: torch.Tensor | None) -> float:
+        """``‖v‖`` for ``v`` known on one rank; the same number on every rank."""
+        local = 0.0 if v_on_owner is None else float(torch.linalg.vector_norm(v_on_owner.double()))
+        return self.comm.allreduce(local)
 
     # -- checkpoints ----------------------------------------------------------------------
     global_state = True  # the warm start's guesses are keyed by global time point
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "warm_start": self.warm_start.state_dict()}
+        # the epoch's inexactness sum is the same on every rank: any rank's copy will do
+        return {**super().state_dict(), "warm_start": self.warm_start.state_dict(), "iters": self.iters,
+                "inexactness": [self._inexactness, self._steps]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.warm_start.load_state_dict(state["warm_start"], self.device, points=self.points)
+        self.iters = state.get("iters", self.config["mgrit_iters"])
+        self._inexactness, self._steps = state.get("inexactness", (0.0, 0))
 
     def reshardable(self) -> bool:
         return super().reshardable() and getattr(self.warm_start, "global_state", False)
