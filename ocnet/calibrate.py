@@ -41,7 +41,8 @@ DEFAULT_LINK = Link(latency=150e-6, bandwidth=1.2e10, reduction=5e-6)
 
 #: Train-set sizes and input shapes of the data sets (no need to load them to calibrate).
 DATASETS: dict[str, tuple[int, tuple[int, ...], int]] = {
-    "peaks": (4000, (2,), 5), "sequences": (4000, (16,), 4), "digits": (1437, (1, 8, 8), 10), "mnist": (60000, (1, 28, 28), 10),
+    "peaks": (4000, (2,), 5), "sequences": (4000, (16,), 4), "digits": (1437, (1, 8, 8), 10),
+    "mnist": (60000, (1, 28, 28), 10),
     "cifar10": (50000, (3, 32, 32), 10), "cifar100": (50000, (3, 32, 32), 100)}
 
 

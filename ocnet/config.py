@@ -32,7 +32,8 @@ __all__ = ["COMMON", "RESUMABLE", "ConfigError", "Option", "differences", "dump_
 
 # -- the keys every run accepts -----------------------------------------------------------------
 COMMON: dict[str, Option] = {
-    "problem": Option(str, "digits", "data set", choices=("peaks", "sequences", "digits", "mnist", "cifar10", "cifar100")),
+    "problem": Option(str, "digits", "data set",
+                      choices=("peaks", "sequences", "digits", "mnist", "cifar10", "cifar100")),
     "solver": Option(str, "serial", "training algorithm: a registered solver (those with options are listed below)"),
     "net": Option(str, "auto", "residual step (auto: transformer for token sequences, conv for images but "
                   "digits, dense otherwise)", choices=("auto", "dense", "conv", "transformer")),

@@ -12,8 +12,9 @@ Six classification problems, all returned as one :class:`Dataset` of torch tenso
 ``cifar100``  ``train`` / ``test`` pickles in ``--data-dir/cifar-100-python`` (or directly).
 
 Inputs are normalised per channel with the mean and standard deviation of the *training*
-set, applied to both splits (token ids are not: they index an embedding). Every rank calls these functions independently, so everything
-random here is driven by explicit seeds and generators, never by global RNG state.
+set, applied to both splits (token ids are not: they index an embedding).  Every rank calls
+these functions independently, so everything random here is driven by explicit seeds and
+generators, never by global RNG state.
 """
 from __future__ import annotations
 

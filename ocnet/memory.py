@@ -68,7 +68,8 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
     building it: arithmetic on the sizes alone, so it is instant for any size.
 
     Parameters are counted exactly (the layers of :func:`dense_problem`,
-    :func:`conv_problem` and :func:`transformer_problem`), each layer adds :data:`LAYER_OVERHEAD` bytes of Python objects.
+    :func:`conv_problem` and :func:`transformer_problem`), each layer adds
+    :data:`LAYER_OVERHEAD` bytes of Python objects.
     A rank's slice is bounded by the ``ceil(n_layers / n_ranks)`` largest layers plus the
     opening and the classifier, whatever the solver's partition.  Training adds, per
     parameter of the slice, a gradient and the optimiser's state (Adam: two moments; SGD:

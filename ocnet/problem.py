@@ -201,6 +201,7 @@ def transformer_problem(input_shape: Sequence[int], n_classes: int, width: int =
     ``(batch, L)`` of ids below ``vocab``: a :class:`~ocnet.tokens.Tokens` opening to
     ``(batch, 1 + tokens, width)``, ``n_layers`` :class:`~ocnet.steps.AttentionStep` steps on
     ``[0, T]``, a classifier on the class token."""
+    embed: nn.Module
     if vocab:
         if len(input_shape) != 1:
             raise ValueError(f"token sequences have shape (L,), got {tuple(input_shape)}")

@@ -15,7 +15,6 @@ from ocnet.data import load, vocabulary
 from ocnet.grid import Partition
 from ocnet.problem import build
 from ocnet.solvers import get
-from ocnet.solvers.mgrit import MGRIT
 from ocnet.steps import AttentionStep, Residual
 
 NETS = {  # a vision transformer on 8×8 images (2×2 patches: 17 tokens) and one on token ids
