@@ -127,11 +127,12 @@ def test_mgrit_converges_on_the_attention_step(layers):
         assert record["residual"][phase][-1] <= record["tolerance"][phase]
 
 
-def test_penalty_blocks_train_the_transformer():
-    """Penalty with 2 blocks on one rank: the constraint violation falls as training goes."""
+@pytest.mark.parametrize("name", ["penalty", "al", "hybrid"])
+def test_auxiliary_variable_solvers_train_the_transformer(name):
+    """Two blocks on one rank: the loss falls as training goes."""
     problem = _problem("tokens", layers=4)
-    solver = get("penalty")(problem.local(Partition(4, 1), 0), SelfComm(),
-                            lambda p: torch.optim.Adam(p, lr=1e-2), blocks=2)
+    solver = get(name)(problem.local(Partition(4, 1), 0), SelfComm(),
+                       lambda p: torch.optim.Adam(p, lr=1e-2), blocks=2)
     x, y = _batch("tokens", n=32)
     solver.begin_epoch(0, x, y)
     records = [solver.step(x, y, torch.arange(32)) for _ in range(15)]
@@ -168,3 +169,22 @@ def test_mgrit_on_two_ranks_equals_one(tmp_path):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
     for k in m1:
         torch.testing.assert_close(m2[k], m1[k], rtol=1e-8, atol=1e-12, msg=k)
+
+
+def test_vision_transformer_on_mnist_format_files(tmp_path):
+    """``--net transformer`` on IDX files: 28×28 images in 7×7 patches (16 tokens and the
+    class token); the run trains and its exported model reproduces the solver's predictions."""
+    from fixtures_data import write_mnist
+
+    from ocnet import load_run
+    write_mnist(tmp_path / "data")
+    out = tmp_path / "run"
+    proc = run_mpi(2, "ocnet.run", "--problem", "mnist", "--data-dir", str(tmp_path / "data"), "--net", "transformer",
+                   "--layers", "2", "--width", "8", "--heads", "2", "--epochs", "2", "--batch-size", "4", "--quiet",
+                   "--out", str(out), module=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = load_run(out)
+    assert run.problem.state_shapes[0] == (17, 8)
+    assert run.problem.opening.embed.embed.kernel_size == (7, 7)
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(run.model(x), run.problem(x))
