@@ -2,9 +2,10 @@
 
     python docs/figures.py [OUT_DIR]       # default docs/_figures
 
-Three runs on the digits (one process, a few seconds each): the serial solver with a
-validation split, MGRIT in exact mode, and the hybrid (penalty epochs, then serial ones);
-then ``ocnet.plot`` draws each run's figures, and a comparison of the three.
+Four runs on the digits (one process, a few seconds each): the serial solver with a
+validation split, MGRIT in exact mode, the hybrid (penalty epochs, then serial ones) and
+one-shot MGRIT under accuracy control; then ``ocnet.plot`` draws each run's figures, and a
+comparison of them all.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ RUNS = {
     "serial": ["--epochs", "6", "--val-split", "0.2"],
     "mgrit": ["--solver", "mgrit", "--epochs", "4", "--mgrit-levels", "3", "--coarsening", "2"],
     "hybrid": ["--solver", "hybrid", "--epochs", "6"],
+    "control": ["--solver", "mgrit", "--mgrit-mode", "one_shot", "--mgrit-levels", "3", "--coarsening", "2",
+                "--mgrit-control", "iters", "--final-time", "4", "--epochs", "4"],
 }
 
 

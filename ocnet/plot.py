@@ -253,6 +253,33 @@ def _plot_constraints(runs: list[Run]) -> Figure:
     return fig
 
 
+def _plot_accuracy(runs: list[Run]) -> Figure:
+    """MGRIT's gradient inexactness per step with the tolerance its control acts on (dotted,
+    where the run set one), and the iterations per solve when one-shot runs record them."""
+    keys = [k for k in ("inexactness", "mgrit_iters") if any(with_key(r, k) for r in runs)]
+    fig, axes = _new_figure(len(keys), len(keys))
+    for ax, key in zip(axes, keys):
+        for i, run in enumerate(runs):
+            x, y = xy(with_key(run, key), "step", key)
+            if FIELDS[key].log:
+                x, y = positive(x, y)
+            st = _style(i)
+            if x.size:
+                ax.plot(*gapped(x, y), color=st["color"], ls=st["ls"], label=run.label, ms=3,
+                        marker=st["marker"] if x.size < 30 else None, drawstyle="steps-post"
+                        if key == "mgrit_iters" else "default")
+            tol = run.config.get("mgrit_control_tol") if run.config.get("mgrit_control", "off") != "off" else \
+                run.config.get("inexact_tol") if run.config.get("switch") == "adaptive" else None
+            if key == "inexactness" and tol:
+                ax.axhline(tol, color=st["color"], ls=":", lw=1, label=f"{run.label}: tolerance {tol:g}")
+        if key == "mgrit_iters":
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        _shade_phases(ax, runs)
+        _finish(ax, "optimiser step", FIELDS[key].label, logy=FIELDS[key].log)
+    fig.suptitle("MGRIT accuracy control")
+    return fig
+
+
 def _plot_bytes(runs: list[Run]) -> Figure:
     series = [bytes_per_epoch(r) for r in runs]
     peak = max((float(y.max()) for _, y in series if y.size), default=1.0)
@@ -283,7 +310,8 @@ def _plot_speedup(runs: list[Run]) -> Figure:
 
 def figures(runs: Sequence[str | Path | Run]) -> dict[str, Figure]:
     """Every figure the runs' records support, by kind: ``convergence`` always,
-    ``mgrit_residuals`` and ``mgrit_convergence`` (MGRIT), ``constraints`` (penalty, AL),
+    ``mgrit_residuals``, ``mgrit_convergence`` and ``mgrit_accuracy`` (MGRIT), ``constraints``
+    (penalty, AL),
     ``bytes`` (when bytes were sent), ``speedup`` (runs of one solver at several rank
     counts)."""
     loaded = load_runs(runs)
@@ -300,6 +328,8 @@ def figures(runs: Sequence[str | Path | Run]) -> dict[str, Figure]:
         out["mgrit_convergence"] = _plot_mgrit_convergence(loaded)
     if has("constraint_violation"):
         out["constraints"] = _plot_constraints(loaded)
+    if has("inexactness"):
+        out["mgrit_accuracy"] = _plot_accuracy(loaded)
     if any(bytes_per_epoch(r)[1].sum() > 0 for r in loaded):
         out["bytes"] = _plot_bytes(loaded)
     if speedups(loaded):

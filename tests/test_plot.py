@@ -284,3 +284,21 @@ def test_one_epoch_run_and_a_speedup_panel(tmp_path):
     assert list(line.get_xdata()) == [1, 2, 4]
     assert list(line.get_ydata()) == pytest.approx([1.0, 0.5 / 0.3, 0.5 / 0.2])
     assert ax.get_xscale() == "log"
+
+
+def test_accuracy_control_figure(tmp_path):
+    """The inexactness per step on a log axis with the control's tolerance, and the one-shot
+    iterations as a staircase that rises where the control acted."""
+    def controlled(step):
+        return {"inexactness": 0.3 if step <= 5 else 0.01, "mgrit_iters": 1 if step <= 5 else 2,
+                "residual": {"forward": [1.0, 0.1]}}
+    d = write_run(tmp_path, "ctl", solver="mgrit", extra=controlled)
+    (d / "config.toml").write_text('solver = "mgrit"\nlayers = 8\nmgrit_control = "iters"\nmgrit_control_tol = 0.05\n')
+    plain = write_run(tmp_path, "plain", solver="serial")
+    assert "mgrit_accuracy" not in figures([plain])
+    inexact, iters = figures([d])["mgrit_accuracy"].axes
+    assert inexact.get_yscale() == "log" and "inexactness" in inexact.get_ylabel()
+    assert _lines(inexact, "mgrit P=4: tolerance 0.05")[0].get_ydata()[0] == 0.05
+    line = _lines(iters)[0]
+    assert line.get_drawstyle() == "steps-post"
+    assert list(line.get_ydata()) == [1.0] * 5 + [2.0] * 10

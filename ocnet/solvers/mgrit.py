@@ -41,7 +41,7 @@ from ..mgrit.core import n_levels
 from ..mgrit.network import STORAGES, NetworkPropagator, check_layout
 from ..options import Option
 from ..problem import LocalNetwork
-from ..records import Field, Record, reduce
+from ..records import Record, reduce
 from .base import OptimizerFactory, ParallelSolver, SolverError
 from .warm_start import WARM_STARTS, WarmStart
 
@@ -94,11 +94,6 @@ class MGRIT(ParallelSolver):
                                 "keep it fixed (off)", choices=("off", "iters")),
         "mgrit_control_tol": Option(float, 0.05, "the mean inexactness per epoch (relative residual) the "
                                     "accuracy control tolerates", positive=True),
-    }
-    fields = {
-        "inexactness": Field("first", "gradient inexactness (relative residual)", log=True),
-        "mgrit_iters": Field("first", "MGRIT iterations per solve"),
-        "step_evals": Field("first", "step evaluations of both solves (all ranks)"),
     }
 
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
