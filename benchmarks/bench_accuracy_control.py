@@ -56,14 +56,16 @@ def train(ranks: int, options: list[str], out: Path) -> list[dict]:
 
 
 def curve(history: list[dict]) -> list[dict]:
-    """Per epoch: test accuracy, wall time, step evaluations so far."""
-    evals, out = 0, []
+    """Per epoch: test accuracy, wall time, step evaluations so far, and the iterations per
+    solve of its last step (one-shot MGRIT)."""
+    evals, iters, out = 0, None, []
     for r in history:
         if r["kind"] == "iter":
             evals += r.get("step_evals") or 2 * LAYERS
+            iters = r.get("mgrit_iters")
         elif r["kind"] == "epoch":
             out.append({"epoch": r["epoch"], "test_acc": r["test_acc"], "wall_time": r["wall_time"],
-                        "step_evals": evals, "mgrit_iters": r.get("mgrit_iters")})
+                        "step_evals": evals, "mgrit_iters": iters})
     return out
 
 

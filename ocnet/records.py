@@ -69,9 +69,9 @@ FIELDS: dict[str, Field] = {
     "conv_factor": Field("first", "convergence factor", log=True),
     "tolerance": Field("first", "residual tolerance", log=True),
     "n_layers": Field("first", "layers"),
-    "inexactness": Field("first", "gradient inexactness (relative residual)", log=True),
-    "mgrit_iters": Field("first", "MGRIT iterations per solve"),
-    "step_evals": Field("first", "step evaluations of both solves (all ranks)"),
+    "inexactness": Field("first", "inexactness (relative residual)", log=True),
+    "mgrit_iters": Field("first", "iterations per solve"),
+    "step_evals": Field("first", "step evaluations"),
 }
 
 

@@ -298,6 +298,7 @@ def test_accuracy_control_figure(tmp_path):
     assert "mgrit_accuracy" not in figures([plain])
     inexact, iters = figures([d])["mgrit_accuracy"].axes
     assert inexact.get_yscale() == "log" and "inexactness" in inexact.get_ylabel()
+    assert "iterations" in iters.get_ylabel()
     assert _lines(inexact, "mgrit P=4: tolerance 0.05")[0].get_ydata()[0] == 0.05
     line = _lines(iters)[0]
     assert line.get_drawstyle() == "steps-post"

@@ -201,12 +201,11 @@ class MGRIT(ParallelSolver):
         cfg, steps = self.config, self._steps
         mean = self._inexactness / steps if steps else 0.0
         self._inexactness, self._steps = 0.0, 0
-        if cfg["mgrit_mode"] != "one_shot" or cfg["mgrit_control"] == "off" or not steps:
-            return {}
-        mean = reduce(self.comm, "inexactness", mean, self.record_fields())
-        if mean > cfg["mgrit_control_tol"] and self.iters < cfg["mgrit_max_iter"]:
-            self.iters += 1
-        return {"mgrit_iters": self.iters}
+        if cfg["mgrit_mode"] == "one_shot" and cfg["mgrit_control"] == "iters" and steps:
+            mean = reduce(self.comm, "inexactness", mean, self.record_fields())
+            if mean > cfg["mgrit_control_tol"] and self.iters < cfg["mgrit_max_iter"]:
+                self.iters += 1  # the next step's record shows it
+        return {}
 
     def _solve_options(self, exact: bool) -> dict[str, Any]:
         cfg = self.config
