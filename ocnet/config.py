@@ -47,6 +47,8 @@ COMMON: dict[str, Option] = {
     "final_time": Option(float, 1.0, "final layer-time T (step h = T/N per stage)", positive=True),
     "activation": Option(str, "auto", "activation (auto: tanh for dense, relu for conv, gelu for transformer)",
                          choices=("auto", "tanh", "relu", "gelu")),
+    "dropout": Option(float, 0.0, "dropout rate in every residual step; masks keyed by (seed, epoch, sample, "
+                      "layer), so that P, micro-batches and solver leave them unchanged", min=0.0, max=0.9),
     "norm": Option(str, "group", "normalisation in convolutional steps (never couples samples)",
                    choices=("group", "instance", "none")),
     "epochs": Option(int, 20, "training epochs", min=1, max=1_000_000),

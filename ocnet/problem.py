@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as Fn
 
+from . import dropout
 from .data import vocabulary
 from .grid import Partition, TimeGrid
 from .steps import AttentionStep, ConvStep, DenseStep, Residual, Transition, activation, normalisation
@@ -50,6 +51,9 @@ class Problem(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.classifier = classifier
         self.stages = list(stages)
+        for n, layer in enumerate(self.layers):
+            if isinstance(layer, Residual):
+                layer.index = n
         n_steps = sum(isinstance(layer, Residual) for layer in self.layers)
         if n_steps != sum(g.N for g in self.stages):
             raise ValueError("the stages' time grids do not match the residual layers")
@@ -64,7 +68,7 @@ class Problem(nn.Module):
         found by passing one zero sample through the network."""
         if getattr(self, "_state_shapes", None) is None:
             p = next(self.parameters())
-            with torch.no_grad():
+            with torch.no_grad(), dropout.suspended():
                 u = self.opening(torch.zeros((1, *self.input_shape), dtype=p.dtype, device=p.device))
                 shapes = [tuple(u.shape[1:])]
                 for layer in self.layers:
@@ -220,15 +224,16 @@ def transformer_problem(input_shape: Sequence[int], n_classes: int, width: int =
 
 def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, width: int = 32,
           channels: Sequence[int] = (16,), T: float = 1.0, activation: str | None = None,
-          norm: str = "group", heads: int = 4, patch: int = 0, vocab: int = 0, seed: int = 0,
-          dtype: torch.dtype = torch.float32) -> Problem:
+          norm: str = "group", heads: int = 4, patch: int = 0, vocab: int = 0, dropout: float = 0.0,
+          seed: int = 0, dtype: torch.dtype = torch.float32) -> Problem:
     """Build the network for data of ``input_shape`` (without the batch dimension).
 
     ``net='dense'`` flattens the input; ``net='conv'`` needs images ``(C, H, W)`` and splits
     ``layers`` residual steps evenly over the stages given by ``channels``;
     ``net='transformer'`` takes images (``patch`` × ``patch`` patches) or, with ``vocab``,
-    token sequences, into tokens of ``width`` with ``heads`` attention heads.  Parameters
-    are initialised from ``seed`` alone, so every rank builds the same network.
+    token sequences, into tokens of ``width`` with ``heads`` attention heads.  ``dropout``
+    is the rate of every residual step's (:class:`~ocnet.steps.Residual`).  Parameters are
+    initialised from ``seed`` alone, so every rank builds the same network.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -248,6 +253,9 @@ def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, 
                                           activation or "gelu", patch, vocab)
         else:
             raise ValueError(f"unknown net {net!r}; choose dense, conv or transformer")
+    for layer in problem.layers:
+        if isinstance(layer, Residual):
+            layer.dropout = dropout
     return problem.to(dtype)
 
 
@@ -269,7 +277,7 @@ def from_config(config: Mapping[str, Any], input_shape: Sequence[int], n_classes
     kwargs = dict(net=net_kind(config, len(input_shape) == 3), layers=config["layers"], width=config["width"],
                   channels=list(config["channels"]), T=config["final_time"],
                   activation=None if config["activation"] == "auto" else config["activation"],
-                  norm=config["norm"], heads=config["heads"], patch=config["patch"],
+                  norm=config["norm"], heads=config["heads"], patch=config["patch"], dropout=config["dropout"],
                   vocab=vocabulary(config["problem"]), seed=config["seed"], dtype=getattr(torch, config["dtype"]))
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return build(tuple(input_shape), n_classes, **kwargs)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as Fn
 
+from . import dropout
+
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -104,18 +106,33 @@ class AttentionStep(nn.Module):
 
 
 class Residual(nn.Module):
-    """One forward-Euler step ``Φ(u) = u + h F(u; θ)`` of the state equation."""
+    """One forward-Euler step ``Φ(u) = u + h F(u; θ)`` of the state equation.
 
-    def __init__(self, F: nn.Module, h: float) -> None:
+    With ``dropout = p`` the update is ``u + h D ⊙ F(u; θ)`` in training, with ``D`` the mask
+    of :mod:`ocnet.dropout` for this layer (its ``index`` in the network) and the batch's
+    samples; elsewhere ``D = 1``.
+    """
+
+    def __init__(self, F: nn.Module, h: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.F = F
         self.h = h
+        self.dropout = dropout
+        self.index = 0  # the layer's place in the network (Problem sets it): the masks' key
 
     def forward(self, u: torch.Tensor, h: float | None = None) -> torch.Tensor:
-        return u + (self.h if h is None else h) * self.F(u)
+        return u + (self.h if h is None else h) * self.rhs(u)
+
+    def rhs(self, u: torch.Tensor) -> torch.Tensor:
+        """The step's increment without ``h``: ``F(u; θ)``, masked by dropout in training."""
+        f = self.F(u)
+        if self.dropout:
+            d = dropout.mask(f.shape, self.index, self.dropout, f.device, f.dtype)
+            f = f if d is None else f * d
+        return f
 
     def extra_repr(self) -> str:
-        return f"h={self.h:g}"
+        return f"h={self.h:g}" + (f", dropout={self.dropout:g}" if self.dropout else "")
 
 
 class Transition(nn.Module):

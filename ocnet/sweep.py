@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import timeline
+from . import dropout, timeline
 from .comm import Comm, Request
 from .filters import IDENTITY, Filter
 from .pipeline import SCHEDULES, one_f_one_b
@@ -113,6 +113,7 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
     micro_batches = min(micro_batches, batch_size)
     ops = SCHEDULES[schedule](comm.rank, comm.size, micro_batches)
     split = {m for op, m in ops if op == "W"}
+    rows = torch.arange(batch_size).tensor_split(micro_batches)  # each micro-batch's samples
     xs = _given(x, "x").tensor_split(micro_batches) if first else ()
     ys = _given(y, "y").tensor_split(micro_batches) if last else ()
     forward_tag, backward_tag = tags
@@ -126,7 +127,7 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
             if op == "F":
                 v = None if first else comm.recv(comm.rank - 1, forward_tag, device).requires_grad_(True)
                 u_in = xs[m] if v is None else filter.decode(v)
-                with timeline.span("forward_graph", steps=steps, micro_batch=m):
+                with timeline.span("forward_graph", steps=steps, micro_batch=m), dropout.narrow(rows[m]):
                     if pieces is not None and m in split:
                         u_out, outputs = pieces.forward(u_in)
                     else:

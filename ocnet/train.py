@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import checkpoint, faults, timeline
+from . import checkpoint, dropout, faults, timeline
 from .comm import Comm
 from .console import Console, statistics
 from .data import Dataset, augment, batches
@@ -274,7 +274,9 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
             if recording is not None:
                 recording.align(comm.common_moment)
             ep = _Epoch(epoch, resumed, comm.bytes_sent)
-            ep.begin = start["meta"]["begin"] if resumed else solver.begin_epoch(epoch, data.x_train, data.y_train)
+            with dropout.samples(seed, epoch, torch.arange(n)):
+                ep.begin = start["meta"]["begin"] if resumed else solver.begin_epoch(epoch, data.x_train,
+                                                                                     data.y_train)
             do_augment = augment_images and data.is_image and solver.augments(epoch)
             iters, wall = ep.iters, ep.wall
             pending: _Check | None = None  # the previous step's check, still in flight
@@ -291,7 +293,8 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 comm.where(f"epoch {epoch}, step {step + 1}")
                 window = recording.step(epoch, step + 1) if recording and recording.records(b) else nullcontext()
                 with window:  # the step, and the wait for the previous step's check
-                    record = dict(solver.step(x, y, idx))
+                    with dropout.samples(seed, epoch, idx):
+                        record = dict(solver.step(x, y, idx))
                     if faults.inject("step", comm.rank) == "nan":
                         _poison(solver, record)
                     iters.append({**record, "bytes_sent": comm.bytes_sent - sent})

@@ -95,7 +95,7 @@ class NetworkPropagator:
             layer = self._layer(i)
             with timeline.span("forward_graph", steps=1, level=0), torch.enable_grad():
                 x = u.detach().requires_grad_(True)
-                z = layer.F(x)
+                z = layer.rhs(x)
                 self.graphs[i] = (x, z)  # replaces (frees) an earlier evaluation's graph
                 return u + layer.h * z.detach()
         with timeline.span("forward", steps=1, level=level), torch.no_grad():

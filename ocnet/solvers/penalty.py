@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .. import sweep, timeline
+from .. import dropout, sweep, timeline
 from ..comm import Comm
 from ..filters import IDENTITY, Filter
 from ..grid import Partition
@@ -184,8 +184,9 @@ class Penalty(ParallelSolver):
                 return u
 
             first = x[i:i + _CHUNK] if self.comm.rank == 0 else None
-            sweep.forward(self.comm, blocks, first, filter=self.filter, device=self.device,
-                          tag=self.sweep_tags[0])
+            with dropout.narrow(slice(i, i + _CHUNK)):
+                sweep.forward(self.comm, blocks, first, filter=self.filter, device=self.device,
+                              tag=self.sweep_tags[0])
         self.mu.fill_(0.0)
         self._initialized, self._stale = True, False
 
