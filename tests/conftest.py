@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MPI_SCRIPTS = Path(__file__).resolve().parent / "mpi"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: on tiny tensors threads only contend (several
+    times slower on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def device() -> torch.device:
     """The device the suite runs on: ``OCNET_TEST_DEVICE`` (default cpu)."""

@@ -17,13 +17,7 @@ from ocnet.solvers import get
 from ocnet.solvers.mgrit import MGRIT
 from ocnet.testing import check_solver
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gradient(T: float, solver: str, **options):

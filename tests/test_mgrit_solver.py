@@ -16,14 +16,7 @@ from ocnet.problem import build
 from ocnet.solvers.mgrit import MGRIT
 from ocnet.testing import check_solver
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: threads only contend (several times slower on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _script():

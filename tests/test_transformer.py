@@ -23,12 +23,7 @@ NETS = {  # a vision transformer on 8×8 images (2×2 patches: 17 tokens) and on
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(name: str, layers: int = 6, seed: int = 1, **kwargs):
