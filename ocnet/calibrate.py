@@ -73,8 +73,7 @@ def compute_costs(config: Mapping[str, Any], batch: int, repeats: int = 5) -> di
     per layer's optimiser step)."""
     from .run import make_optimizer_factory
     problem = build_problem(config, min(config["layers"], SAMPLE_LAYERS))
-    dtype = next(problem.parameters()).dtype
-    x = torch.randn(batch, *problem.input_shape, dtype=dtype)
+    x = problem.examples(batch)
     y = torch.randint(0, problem.n_classes, (batch,))
     layers = list(problem.layers)
     n = len(layers)
@@ -168,9 +167,8 @@ def coverage(config: Mapping[str, Any], steps: int = 3) -> float | None:
     cls = get(config["solver"])
     network = problem.local(cls.partition(problem.n_layers, 1, config), 0)
     solver = build_solver(cls, network, SelfComm(), dict(config), torch.device("cpu"))
-    dtype = next(problem.parameters()).dtype
     b = config["batch_size"]
-    x = torch.randn(b, *problem.input_shape, dtype=dtype)
+    x = problem.examples(b)
     y = torch.randint(0, problem.n_classes, (b,))
     index = torch.arange(b)
     solver.begin_epoch(0, x, y)
@@ -195,9 +193,8 @@ def mgrit_factor(config: Mapping[str, Any], c: int, levels: int, iterations: int
     problem = build_problem(config)
     network = problem.local(Partition(problem.n_layers, 1), 0)
     prop = NetworkPropagator(network, c)
-    dtype = next(problem.parameters()).dtype
     with torch.no_grad():
-        u0 = problem.opening(torch.randn(batch, *problem.input_shape, dtype=dtype))
+        u0 = problem.opening(problem.examples(batch))
         result = solve(prop, u0, prop.N, levels=levels, max_iter=iterations, tol=0.0)
     return float(result.conv_factor)
 

@@ -77,6 +77,16 @@ class Problem(nn.Module):
             self._state_shapes = shapes
         return self._state_shapes
 
+    def examples(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` synthetic inputs ``(n, *input_shape)`` in the parameters' dtype: random token
+        ids for a token opening, standard normal values otherwise (for timing and probes)."""
+        dtype = next(self.parameters()).dtype
+        embed = getattr(self.opening, "embed", None)
+        if isinstance(embed, Vocabulary):
+            ids = torch.randint(0, embed.embed.num_embeddings, (n, *self.input_shape), generator=generator)
+            return ids.to(dtype)
+        return torch.randn(n, *self.input_shape, generator=generator, dtype=dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.opening(x)
         for layer in self.layers:

@@ -86,8 +86,7 @@ class Miniature:
 
     def data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(0)
-        dtype = next(self.problem.parameters()).dtype
-        x = torch.randn(self.batch, *self.problem.input_shape, generator=g, dtype=dtype)
+        x = self.problem.examples(self.batch, g)
         y = torch.randint(0, self.problem.n_classes, (self.batch,), generator=g)
         return x, y, torch.arange(self.batch)
 

@@ -183,3 +183,14 @@ def test_vision_transformer_on_mnist_format_files(tmp_path):
     assert run.problem.opening.embed.embed.kernel_size == (7, 7)
     x = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(run.model(x), run.problem(x))
+
+
+def test_synthetic_examples_fit_the_opening():
+    """What calibration and the performance model feed a network: token ids below the
+    vocabulary for a token transformer, real values for the others."""
+    tokens = _problem("tokens").examples(64, torch.Generator().manual_seed(0))
+    assert tokens.dtype == torch.float64 and tokens.shape == (64, 16)
+    assert torch.equal(tokens, tokens.round()) and 0 <= tokens.min() and tokens.max() <= 7
+    assert _problem("tokens")(tokens).shape == (64, 5)
+    images = _problem("vit").examples(4)
+    assert images.shape == (4, 1, 8, 8) and not torch.equal(images, images.round())

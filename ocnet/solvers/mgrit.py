@@ -15,10 +15,10 @@ gradient is inexact but whose states improve as training goes on.
 Every step records its ``inexactness``: the larger of the two solves' last residuals relative
 to the norm of their states at the same (fine C-) points, an estimate of how far the gradient
 is from back-propagation's that costs two scalar reductions (the residuals are evaluated
-anyway).  With
-``mgrit_control = "iters"`` a one-shot run raises ``mgrit_iters`` by one after each epoch
-whose mean inexactness exceeded ``mgrit_control_tol`` (the hybrid's adaptive switch reads the
-same estimate, against its ``inexact_tol``, to turn to serial epochs instead).
+anyway).  With ``mgrit_control = "iters"`` a one-shot run raises ``mgrit_iters`` by one after
+each epoch whose mean inexactness exceeded ``mgrit_control_tol`` (the hybrid's adaptive
+switch reads the same estimate, against its ``inexact_tol``, to turn to serial epochs
+instead).
 
 ``mgrit_storage = "graph"`` (default) keeps each layer's autograd graph from the forward
 solve's last pass, so that the adjoint steps and the parameter gradients need no forward run
