@@ -49,8 +49,9 @@ COMMON: dict[str, Option] = {
                          choices=("auto", "tanh", "relu", "gelu")),
     "dropout": Option(float, 0.0, "dropout rate in every residual step; masks keyed by (seed, epoch, sample, "
                       "layer), so that P, micro-batches and solver leave them unchanged", min=0.0, max=0.9),
-    "norm": Option(str, "group", "normalisation in convolutional steps (never couples samples)",
-                   choices=("group", "instance", "none")),
+    "norm": Option(str, "group", "normalisation in convolutional steps (batch: statistics of each micro-batch, "
+                   "running statistics for evaluation; the others never couple samples)",
+                   choices=("group", "instance", "batch", "none")),
     "epochs": Option(int, 20, "training epochs", min=1, max=1_000_000),
     "batch_size": Option(int, 64, "mini-batch size", min=1),
     "val_split": Option(float, 0.0, "fraction of the training set held out for validation: epochs report "

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as Fn
 
-from . import dropout
+from . import batchnorm, dropout
 from .data import vocabulary
 from .grid import Partition, TimeGrid
 from .steps import AttentionStep, ConvStep, DenseStep, Residual, Transition, activation, normalisation
@@ -68,7 +68,7 @@ class Problem(nn.Module):
         found by passing one zero sample through the network."""
         if getattr(self, "_state_shapes", None) is None:
             p = next(self.parameters())
-            with torch.no_grad(), dropout.suspended():
+            with torch.no_grad(), dropout.suspended(), batchnorm.evaluating(self):
                 u = self.opening(torch.zeros((1, *self.input_shape), dtype=p.dtype, device=p.device))
                 shapes = [tuple(u.shape[1:])]
                 for layer in self.layers:

@@ -27,15 +27,20 @@ def activation(name: str) -> nn.Module:
 
 
 def normalisation(kind: str, channels: int) -> nn.Module:
-    """A normalisation that does not couple samples (unlike batch norm), so that a
-    micro-batch or a single sample gives the same result as the whole batch."""
+    """The normalisation of a convolutional step: ``group``, ``instance`` and ``none`` do not
+    couple samples, so that a micro-batch or a single sample gives the same result as the
+    whole batch; ``batch`` normalises with the statistics of the states it is given (a
+    micro-batch in a pipeline) and keeps running statistics for evaluation
+    (:mod:`ocnet.batchnorm`)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
     if kind == "instance":
         return nn.GroupNorm(channels, channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown normalisation {kind!r}; choose from group, instance, none")
+    raise ValueError(f"unknown normalisation {kind!r}; choose from group, instance, batch, none")
 
 
 class DenseStep(nn.Module):

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import checkpoint, dropout, faults, timeline
+from . import batchnorm, checkpoint, dropout, faults, timeline
 from .comm import Comm
 from .console import Console, statistics
 from .data import Dataset, augment, batches
@@ -133,12 +133,13 @@ def evaluate(solver: Solver, comm: Comm, x: torch.Tensor, y: torch.Tensor) -> tu
     """``(accuracy, mean loss)`` on ``(x, y)``, known on every rank."""
     faults.inject("evaluate", comm.rank)
     correct = loss = 0.0
-    for i in range(0, len(y), _EVAL_BATCH):
-        logits = solver.predict(x[i:i + _EVAL_BATCH])
-        if logits is not None:
-            yy = y[i:i + _EVAL_BATCH]
-            correct += float((logits.argmax(1) == yy).sum())
-            loss += float(solver.network.loss(logits, yy, reduction="sum"))
+    with batchnorm.evaluating(solver.network):
+        for i in range(0, len(y), _EVAL_BATCH):
+            logits = solver.predict(x[i:i + _EVAL_BATCH])
+            if logits is not None:
+                yy = y[i:i + _EVAL_BATCH]
+                correct += float((logits.argmax(1) == yy).sum())
+                loss += float(solver.network.loss(logits, yy, reduction="sum"))
     totals = comm.bcast((correct, loss), root=comm.size - 1)
     return totals[0] / len(y), totals[1] / len(y)
 
@@ -274,7 +275,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
             if recording is not None:
                 recording.align(comm.common_moment)
             ep = _Epoch(epoch, resumed, comm.bytes_sent)
-            with dropout.samples(seed, epoch, torch.arange(n)):
+            with dropout.samples(seed, epoch, torch.arange(n)), batchnorm.frozen(solver.network):
                 ep.begin = start["meta"]["begin"] if resumed else solver.begin_epoch(epoch, data.x_train,
                                                                                      data.y_train)
             do_augment = augment_images and data.is_image and solver.augments(epoch)
@@ -293,7 +294,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 comm.where(f"epoch {epoch}, step {step + 1}")
                 window = recording.step(epoch, step + 1) if recording and recording.records(b) else nullcontext()
                 with window:  # the step, and the wait for the previous step's check
-                    with dropout.samples(seed, epoch, idx):
+                    with dropout.samples(seed, epoch, idx), batchnorm.one_update(solver.network):
                         record = dict(solver.step(x, y, idx))
                     if faults.inject("step", comm.rank) == "nan":
                         _poison(solver, record)
