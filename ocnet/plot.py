@@ -239,18 +239,25 @@ def _plot_constraints(runs: list[Run]) -> Figure:
             if any(with_key(r, k) for r in runs)]
     fig, axes = _new_figure(len(keys), min(len(keys), 2))
     for ax, key in zip(axes, keys):
-        for i, run in enumerate(runs):
-            x, y = xy(with_key(run, key), "step", key)
-            if FIELDS[key].log:
-                x, y = positive(x, y)
-            if x.size:
-                st = _style(i)
-                ax.plot(*gapped(x, y), color=st["color"], ls=st["ls"], label=run.label, ms=3,
-                        marker=st["marker"] if x.size < 30 else None)
-        _shade_phases(ax, runs)
-        _finish(ax, "optimiser step", FIELDS[key].label, logy=FIELDS[key].log)
+        _against_step(ax, runs, key)
     fig.suptitle("constraints")
     return fig
+
+
+def _against_step(ax, runs: list[Run], key: str, **style) -> None:
+    """Field ``key`` of each run against the optimiser step, on a log axis where the schema
+    says so (exact zeros left out), broken and shaded where steps have none (the hybrid's
+    serial phases); ``style`` goes to ``plot``."""
+    for i, run in enumerate(runs):
+        x, y = xy(with_key(run, key), "step", key)
+        if FIELDS[key].log:
+            x, y = positive(x, y)
+        if x.size:
+            st = _style(i)
+            ax.plot(*gapped(x, y), color=st["color"], ls=st["ls"], label=run.label, ms=3,
+                    marker=st["marker"] if x.size < 30 else None, **style)
+    _shade_phases(ax, runs)
+    _finish(ax, "optimiser step", FIELDS[key].label, logy=FIELDS[key].log)
 
 
 def _plot_accuracy(runs: list[Run]) -> Figure:
@@ -259,23 +266,16 @@ def _plot_accuracy(runs: list[Run]) -> Figure:
     keys = [k for k in ("inexactness", "mgrit_iters") if any(with_key(r, k) for r in runs)]
     fig, axes = _new_figure(len(keys), len(keys))
     for ax, key in zip(axes, keys):
-        for i, run in enumerate(runs):
-            x, y = xy(with_key(run, key), "step", key)
-            if FIELDS[key].log:
-                x, y = positive(x, y)
-            st = _style(i)
-            if x.size:
-                ax.plot(*gapped(x, y), color=st["color"], ls=st["ls"], label=run.label, ms=3,
-                        marker=st["marker"] if x.size < 30 else None, drawstyle="steps-post"
-                        if key == "mgrit_iters" else "default")
-            tol = run.config.get("mgrit_control_tol") if run.config.get("mgrit_control", "off") != "off" else \
-                run.config.get("inexact_tol") if run.config.get("switch") == "adaptive" else None
-            if key == "inexactness" and tol:
-                ax.axhline(tol, color=st["color"], ls=":", lw=1, label=f"{run.label}: tolerance {tol:g}")
-        if key == "mgrit_iters":
+        if key == "inexactness":
+            for i, run in enumerate(runs):
+                tol = run.config.get("mgrit_control_tol") if run.config.get("mgrit_control", "off") != "off" else \
+                    run.config.get("inexact_tol") if run.config.get("switch") == "adaptive" else None
+                if tol:
+                    ax.axhline(tol, color=_style(i)["color"], ls=":", lw=1, label=f"{run.label}: tolerance {tol:g}")
+            _against_step(ax, runs, key)
+        else:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        _shade_phases(ax, runs)
-        _finish(ax, "optimiser step", FIELDS[key].label, logy=FIELDS[key].log)
+            _against_step(ax, runs, key, drawstyle="steps-post")
     fig.suptitle("MGRIT accuracy control")
     return fig
 
