@@ -14,8 +14,8 @@ gradient is inexact but whose states improve as training goes on.
 
 Every step records its ``inexactness``: the larger of the two solves' last residuals relative
 to the norm of their states at the same (fine C-) points, an estimate of how far the gradient
-is from back-propagation's that costs two scalar reductions (the residuals are evaluated
-anyway).  With ``mgrit_control = "iters"`` a one-shot run raises ``mgrit_iters`` by one after
+is from back-propagation's that costs one reduction of two numbers (the residuals are
+evaluated anyway).  With ``mgrit_control = "iters"`` a one-shot run raises ``mgrit_iters`` by one after
 each epoch whose mean inexactness exceeded ``mgrit_control_tol`` (the hybrid's adaptive
 switch reads the same estimate, against its ``inexact_tol``, to turn to serial epochs
 instead).
@@ -28,7 +28,7 @@ back-propagation does); ``"states"`` keeps one state per layer and recomputes.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
@@ -37,7 +37,7 @@ from ..comm import Comm
 from ..filters import IDENTITY, Filter
 from ..grid import Partition
 from ..mgrit import Layout, MGRITDivergence, solve, solve_adjoint
-from ..mgrit.core import n_levels
+from ..mgrit.core import MGRITResult, n_levels
 from ..mgrit.network import STORAGES, NetworkPropagator, check_layout
 from ..options import Option
 from ..problem import LocalNetwork
@@ -180,7 +180,7 @@ class MGRIT(ParallelSolver):
         warm.remember("lam", index, adj.mgrit.points, adj.mgrit.u)
 
         residual = {"forward": fwd.residual, "adjoint": adj.mgrit.residual}
-        scale = {"forward": self._c_norm(fwd.points, fwd.u), "adjoint": self._c_norm(adj.mgrit.points, adj.mgrit.u)}
+        scale = dict(zip(residual, self._c_norms(fwd, adj.mgrit)))
         inexactness = max(residual[k][-1] / scale[k] if scale[k] > 0 else 0.0 for k in residual)
         self._inexactness, self._steps = self._inexactness + inexactness, self._steps + 1
         record: Record = {} if loss is None else {"loss": loss}
@@ -215,12 +215,13 @@ class MGRIT(ParallelSolver):
                     cycle=cfg["mgrit_cycle"], max_iter=cfg["mgrit_max_iter"] if exact else self.iters,
                     skip=cfg["mgrit_skip"], final_fc=cfg["mgrit_final_fc"], tags=self.mgrit_tags)
 
-    def _c_norm(self, points: range, states: Sequence[torch.Tensor]) -> float:
-        """The 2-norm of a solve's states over the fine C-points, where its residual is taken;
-        the same number on every rank."""
+    def _c_norms(self, *solves: MGRITResult) -> list[float]:
+        """The 2-norm of each solve's states over the fine C-points, where its residual is
+        taken; the same numbers on every rank (one reduction for all)."""
         c = self.config["coarsening"]
-        local = sum(float(torch.linalg.vector_norm(u.double())) ** 2 for n, u in zip(points, states) if n % c == 0)
-        return math.sqrt(self.comm.allreduce(local))
+        local = torch.tensor([sum(float(torch.linalg.vector_norm(u.double())) ** 2
+                                  for n, u in zip(s.points, s.u) if n % c == 0) for s in solves], dtype=torch.float64)
+        return [math.sqrt(float(v)) for v in self.comm.allreduce(local)]
 
     def _norm(self, v_on_owner: torch.Tensor | None) -> float:
         """``‖v‖`` for ``v`` known on one rank; the same number on every rank."""
