@@ -18,9 +18,7 @@ thread, float32.  Times are medians of interleaved repeats in one process.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import allocator, tune_malloc, write  # noqa: E402
 
+from ocnet.calibrate import median_interleaved  # noqa: E402
 from ocnet.comm import SelfComm  # noqa: E402
 from ocnet.grid import Partition  # noqa: E402
 from ocnet.problem import build  # noqa: E402
@@ -38,19 +37,6 @@ from ocnet.steps import AttentionStep, Residual  # noqa: E402
 
 SHAPE, WIDTH, HEADS, BATCH = (3, 32, 32), 64, 4, 32
 TOKENS = 1 + (32 // 4) ** 2
-
-
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each function, their repeats interleaved so that noise hits all alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def step_cost(layers: int, repeats: int) -> dict:
@@ -68,7 +54,7 @@ def step_cost(layers: int, repeats: int) -> dict:
             net(x).square().mean().backward()
         return fn
 
-    med = interleaved({"ocnet": run(ours), "torch": run(theirs)}, repeats)
+    med = median_interleaved({"ocnet": run(ours), "torch": run(theirs)}, repeats)
     return {"layers": layers, "seconds": med, "ratio": med["ocnet"] / med["torch"]}
 
 
@@ -101,7 +87,7 @@ def solver_overhead(layers: int, repeats: int) -> dict:
                            lambda p: torch.optim.SGD(p, lr=0.0), **options)
         evals[label] = solver.step(x, y, index).get("step_evals", 2 * layers)  # serial: N forward, N backward
         fns[label] = lambda solver=solver: solver.step(x, y, index)
-    med = interleaved(fns, repeats)
+    med = median_interleaved(fns, repeats)
     return {"layers": layers, "seconds": med, "step_evals": evals,
             "ratio": {k: v / med["plain"] for k, v in med.items() if k != "plain"}}
 

@@ -55,7 +55,9 @@ def build_problem(config: Mapping[str, Any], layers: int | None = None, *, chann
                        channels=list(channels) if channels else None)
 
 
-def _median_interleaved(fns: Mapping[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+def median_interleaved(fns: Mapping[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function after one warm-up call each, their ``repeats``
+    interleaved so that machine noise hits all alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         fn()
@@ -144,7 +146,7 @@ def compute_costs(config: Mapping[str, Any], batch: int, repeats: int = 5) -> di
         backward_times.append(timed["backward"])
 
     with torch.random.fork_rng(devices=[]):
-        medians = _median_interleaved(dict(forward=forward, forward_graph=forward_graph, backward=backward_recorded,
+        medians = median_interleaved(dict(forward=forward, forward_graph=forward_graph, backward=backward_recorded,
                                            vjp=vjp, weight_grad=weight_grad, vjp_recompute=vjp_recompute,
                                            head=head, update=update), repeats)
     medians["backward"] = statistics.median(backward_times[1:] or backward_times)
