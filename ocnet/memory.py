@@ -112,11 +112,11 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
                 kinds.append((1, 9 * channels[s - 1] * c + c + norm_params(c), STATES_PER_LAYER * c * H * W))
             kinds.append((n, 9 * c * c + c + norm_params(c), STATES_PER_LAYER * c * H * W))
     elif net == "transformer":
-        if vocab:
+        if vocab or len(shape) != 3:  # token ids (build refuses other shapes without them itself)
             n_tokens, opening = d, vocab * width
         else:
-            c_in, H, W = shape if len(shape) == 3 else (1, 1, d)  # build refuses other shapes itself
-            p = patch_size((c_in, H, W), patch) if H % max(patch, 1) == 0 == W % max(patch, 1) else 1
+            c_in, H, W = shape
+            p = patch_size(shape, patch)  # refuses a patch that does not tile the images, as build does
             n_tokens, opening = (H // p) * (W // p), c_in * p * p * width + width
         n_tokens += 1  # the class token
         opening += width + n_tokens * width
