@@ -12,6 +12,7 @@ initial sweep over the training set).  Outside both, batch norm behaves as torch
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -21,9 +22,16 @@ from torch import nn
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
+#: The batch-norm layers of each network seen, found once: a network's modules do not change
+#: after it is built, and walking thousands of layers every step would cost milliseconds.
+_FOUND: weakref.WeakKeyDictionary[nn.Module, list[nn.modules.batchnorm._BatchNorm]] = weakref.WeakKeyDictionary()
+
+
 def _norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.track_running_stats]
+    if module not in _FOUND:
+        _FOUND[module] = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                          and m.track_running_stats]
+    return _FOUND[module]
 
 
 def _snapshot(norms: list[nn.modules.batchnorm._BatchNorm]) -> list[dict[str, torch.Tensor]]:
