@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -36,38 +36,31 @@ class _Draw:
 
 
 @contextmanager
-def samples(seed: int, epoch: int, index: torch.Tensor) -> Iterator[None]:
+def _drawing(draw: _Draw | None) -> Iterator[None]:
+    previous = getattr(_local, "draw", None)
+    _local.draw = draw
+    try:
+        yield
+    finally:
+        _local.draw = previous
+
+
+def samples(seed: int, epoch: int, index: torch.Tensor) -> ContextManager[None]:
     """Within it, dropout draws the masks of the samples ``index`` ``(batch,)`` (int64, in
     the batch's row order) of ``epoch``."""
-    previous = getattr(_local, "draw", None)
-    _local.draw = _Draw(seed, epoch, index)
-    try:
-        yield
-    finally:
-        _local.draw = previous
+    return _drawing(_Draw(seed, epoch, index))
 
 
-@contextmanager
-def suspended() -> Iterator[None]:
+def suspended() -> ContextManager[None]:
     """Within it dropout is the identity (a pass that is not training: shapes, probes)."""
-    previous = getattr(_local, "draw", None)
-    _local.draw = None
-    try:
-        yield
-    finally:
-        _local.draw = previous
+    return _drawing(None)
 
 
-@contextmanager
-def narrow(rows: slice | torch.Tensor) -> Iterator[None]:
+def narrow(rows: slice | torch.Tensor) -> ContextManager[None]:
     """Within it, the samples are the current ones' ``rows`` (a micro-batch, a chunk of the
     training set); nothing changes outside :func:`samples`."""
     draw = getattr(_local, "draw", None)
-    if draw is None:
-        yield
-        return
-    with samples(draw.seed, draw.epoch, draw.index[rows]):
-        yield
+    return _drawing(None if draw is None else _Draw(draw.seed, draw.epoch, draw.index[rows]))
 
 
 def mask(shape: torch.Size, layer: int, p: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
