@@ -15,6 +15,23 @@ ROOT = Path(__file__).resolve().parents[1]
 MPI_SCRIPTS = Path(__file__).resolve().parent / "mpi"
 
 
+def one_step(solver: str, problem, x: torch.Tensor, y: torch.Tensor, **options) -> tuple[dict, dict]:
+    """One step of the registered ``solver`` on one process, its parameters kept (SGD at rate
+    0): ``({name: gradient}, record)`` in the problem's parameter order."""
+    from ocnet.comm import SelfComm
+    from ocnet.grid import Partition
+    from ocnet.solvers import get
+    s = get(solver)(problem.local(Partition(problem.n_layers, 1), 0), SelfComm(),
+                    lambda p: torch.optim.SGD(p, lr=0.0), **options)
+    record = s.step(x, y, torch.arange(len(y)))
+    return {k: p.grad.clone() for k, p in problem.named_parameters()}, record
+
+
+def flat(grads: dict) -> torch.Tensor:
+    """The gradients of :func:`one_step` as one vector."""
+    return torch.cat([g.flatten() for g in grads.values()])
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module's tests: on tiny tensors threads only contend (several

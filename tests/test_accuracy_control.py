@@ -8,12 +8,11 @@ import json
 
 import pytest
 import torch
-from conftest import run_mpi
+from conftest import flat, one_step, run_mpi
 
 from ocnet.comm import SelfComm
 from ocnet.grid import Partition
 from ocnet.problem import build
-from ocnet.solvers import get
 from ocnet.solvers.mgrit import MGRIT
 from ocnet.testing import check_solver
 
@@ -25,9 +24,8 @@ def _gradient(T: float, solver: str, **options):
                     dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 1, 8, 8, generator=gen, dtype=torch.float64), torch.randint(0, 10, (32,), generator=gen)
-    s = get(solver)(problem.local(Partition(32, 1), 0), SelfComm(), lambda q: torch.optim.SGD(q, lr=0.0), **options)
-    record = s.step(x, y, torch.arange(32))
-    return torch.cat([q.grad.flatten() for q in problem.parameters()]), record
+    grads, record = one_step(solver, problem, x, y, **options)
+    return flat(grads), record
 
 
 @pytest.mark.parametrize("T", [1.0, 4.0])

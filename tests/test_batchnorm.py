@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_mpi
+from conftest import flat, one_step, run_mpi
 
 from ocnet import batchnorm
-from ocnet.comm import SelfComm
 from ocnet.config import resolve
 from ocnet.data import batches, load
-from ocnet.grid import Partition
 from ocnet.problem import build, from_config
-from ocnet.solvers import get
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,13 +44,10 @@ def test_serial_on_two_ranks_equals_plain_pytorch(tmp_path):
 
 def _step(name: str, **options):
     problem = build((3, 8, 8), 5, net="conv", layers=8, channels=[4], norm="batch", seed=1, dtype=torch.float64)
-    solver = get(name)(problem.local(Partition(8, 1), 0), SelfComm(), lambda p: torch.optim.SGD(p, lr=0.0),
-                       **options)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 3, 8, 8, generator=gen, dtype=torch.float64), torch.randint(0, 5, (16,), generator=gen)
     with batchnorm.one_update(problem):
-        solver.step(x, y, torch.arange(16))
-    grads = torch.cat([p.grad.flatten() for p in problem.parameters()])
+        grads = flat(one_step(name, problem, x, y, **options)[0])
     stats = {k: v for k, v in problem.state_dict().items() if "running" in k or "num_batches" in k}
     return grads, stats
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_mpi
+from conftest import one_step, run_mpi
 
 from ocnet import sweep
 from ocnet.comm import SelfComm
@@ -93,18 +93,11 @@ def test_step_size_is_final_time_over_layers_and_exported_outputs_match():
     assert problem.state_shapes[0] == (17, 8)
 
 
-def _gradients(solver_name: str, problem, x, y, **options):
-    solver = get(solver_name)(problem.local(Partition(problem.n_layers, 1), 0), SelfComm(),
-                              lambda p: torch.optim.SGD(p, lr=0.0), **options)
-    record = solver.step(x, y, torch.arange(len(y)))
-    return {k: p.grad.clone() for k, p in problem.named_parameters()}, record
-
-
 @pytest.mark.parametrize("name", NETS)
-def test_mgrit_exact_mode_matches_serial_gradients(name):
+def test_mgrit_exact_mode_matches_serialone_step(name):
     x, y = _batch(name)
-    serial, _ = _gradients("serial", _problem(name, layers=16), x, y)
-    mgrit, record = _gradients("mgrit", _problem(name, layers=16), x, y, mgrit_tol=1e-12, coarsening=2,
+    serial, _ = one_step("serial", _problem(name, layers=16), x, y)
+    mgrit, record = one_step("mgrit", _problem(name, layers=16), x, y, mgrit_tol=1e-12, coarsening=2,
                                mgrit_levels=3)
     err = max(float((mgrit[k] - serial[k]).abs().max() / serial[k].abs().max()) for k in serial)
     assert err < 1e-6
@@ -116,7 +109,7 @@ def test_mgrit_converges_on_the_attention_step(layers):
     """Two levels, c = 4, FCF: every iteration contracts the residual (factor < 1), for the
     forward and the adjoint solve alike."""
     x, y = _batch("vit")
-    _, record = _gradients("mgrit", _problem("vit", layers=layers, T=1.0), x, y, mgrit_tol=1e-9)
+    _, record = one_step("mgrit", _problem("vit", layers=layers, T=1.0), x, y, mgrit_tol=1e-9)
     for phase in ("forward", "adjoint"):
         assert 0 < record["conv_factor"][phase] < 1, (phase, record["conv_factor"])
         assert record["residual"][phase][-1] <= record["tolerance"][phase]
