@@ -63,8 +63,10 @@ def checkpoint_dir(run_dir: str | Path, epoch: int, batch: int | None = None) ->
     return Path(run_dir) / "checkpoints" / name
 
 
-def shard_path(run_dir: str | Path, epoch: int, rank: int, batch: int | None = None) -> Path:
-    return checkpoint_dir(run_dir, epoch, batch) / f"rank_{rank:03d}.pt"
+def shard_path(run_dir: str | Path, epoch: int, rank: int, batch: int | None = None, group: int = 0) -> Path:
+    """The shard of layer rank ``rank`` (of data group ``group``: :mod:`ocnet.replicas`)."""
+    directory = checkpoint_dir(run_dir, epoch, batch)
+    return (directory if group == 0 else directory / f"group_{group:03d}") / f"rank_{rank:03d}.pt"
 
 
 def _marker(run_dir: str | Path) -> Path:
@@ -77,7 +79,7 @@ def _starts(partition: Partition) -> list[int]:
 
 # -- writing ----------------------------------------------------------------------------------
 def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, batch: int | None = None,
-         meta: dict[str, Any] | None = None, partition: Partition | None = None) -> None:
+         meta: dict[str, Any] | None = None, partition: Partition | None = None, data: Comm | None = None) -> None:
     """Every rank writes its shard of ``state``; then rank 0 marks the checkpoint complete.
 
     Parameters
@@ -92,22 +94,31 @@ def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, 
     partition : Partition, optional
         The job's partition, recorded so that each shard's layer range is checked on loading
         and a job with the same number of ranks but other cuts takes its part correctly.
+    data : Comm, optional
+        On a grid of data groups, the ranks that hold this rank's layers in every group
+        (:class:`ocnet.replicas.Grid`): ``comm`` is then the group's, each group writes its
+        own shards (group ``g > 0`` into ``group_GGG/``), and the first rank of the first
+        group marks the checkpoint once all are written.
     """
     if partition is not None and partition.n_ranks != comm.size:
         raise ValueError(f"a partition over {partition.n_ranks} ranks for a job of {comm.size}")
     layers = list(partition.bounds(comm.rank)) if partition is not None else None
-    path = shard_path(run_dir, epoch, comm.rank, batch)
+    group, groups = (data.rank, data.size) if data is not None else (0, 1)
+    path = shard_path(run_dir, epoch, comm.rank, batch, group)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "rank": comm.rank, "ranks": comm.size, "epoch": epoch, "batch": batch,
                 "layers": layers, "state": state}, buf)
     atomic_write(path, buf.getvalue(), before_rename=lambda: faults.inject("checkpoint", comm.rank))
     comm.barrier()  # every shard is on disk before the checkpoint is declared complete
-    if comm.rank == 0:
+    if groups > 1 and comm.rank == 0:
+        assert data is not None
+        data.barrier()  # … in every group
+    if comm.rank == 0 and group == 0:
         info = {"format": FORMAT, "epoch": epoch, "batch": batch, "ranks": comm.size,
                 "n_layers": partition.n_layers if partition is not None else None,
                 "starts": _starts(partition) if partition is not None else None,
-                "meta": jsonable(meta or {})}
+                "meta": jsonable(meta or {}), **({"groups": groups} if groups > 1 else {})}
         atomic_write(_marker(run_dir), json.dumps(info, allow_nan=False) + "\n")
 
 
@@ -115,7 +126,8 @@ def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, 
 def latest(run_dir: str | Path) -> dict[str, Any] | None:
     """The parsed and checked ``latest.json`` of the newest complete checkpoint, or ``None``
     when the run has none: ``{"format", "epoch", "batch", "ranks", "n_layers", "starts",
-    "meta"}`` (``batch`` is ``None`` after a whole epoch; ``n_layers`` and ``starts`` are
+    "meta"}`` and, from a job of several data groups, ``"groups"`` (``ranks`` counts one
+    group's; ``batch`` is ``None`` after a whole epoch; ``n_layers`` and ``starts`` are
     ``None`` when the partition was not recorded).
 
     Raises
@@ -159,6 +171,8 @@ def _check_info(marker: Path, info: Any) -> None:
                           ("meta", isinstance(info["meta"], dict), "an object")):
         if not ok:
             raise bad(f"{key!r} must be {what}, got {info[key]!r}")
+    if not _is_int(info.get("groups", 1), 1):
+        raise bad(f"'groups' must be an integer >= 1, got {info['groups']!r}")
     n, starts = info["n_layers"], info["starts"]
     if (n is None) != (starts is None):
         raise bad("'n_layers' and 'starts' are both null or both given")
@@ -206,10 +220,11 @@ def _read_shard(path: Path, rank: int, info: dict[str, Any], device: torch.devic
     return shard["state"]
 
 
-def _shards(comm: Comm, run_dir: str | Path, device: torch.device | str,
-            partition: Partition) -> tuple[dict[str, Any], list[tuple[Path, Any]], bool]:
+def _shards(comm: Comm, run_dir: str | Path, device: torch.device | str, partition: Partition,
+            data: Comm | None = None) -> tuple[dict[str, Any], list[tuple[Path, Any]], bool]:
     """``(info, [(path, state), …], own)``: the shards this rank reads — its own (``own``)
-    where the job has the checkpoint's partition, else every shard (on the CPU)."""
+    where the job has the checkpoint's partition, else every shard of its data group (on
+    the CPU)."""
     info = latest(run_dir)
     if info is None:
         raise CheckpointError(f"{_marker(run_dir)}: missing: {run_dir} has no complete checkpoint")
@@ -219,15 +234,18 @@ def _shards(comm: Comm, run_dir: str | Path, device: torch.device | str,
     if info["n_layers"] is not None and info["n_layers"] != partition.n_layers:
         raise CheckpointError(f"{marker}: the checkpoint holds a network of {info['n_layers']} layers, "
                               f"this job's has {partition.n_layers} (another --layers?)")
-    directory = checkpoint_dir(run_dir, info["epoch"], info["batch"])
+    group, groups = (data.rank, data.size) if data is not None else (0, 1)
+    if info.get("groups", 1) != groups:
+        raise CheckpointError(f"{marker}: the checkpoint was written by {info.get('groups', 1)} data group(s), "
+                              f"this job has {groups} (--data-parallel {info.get('groups', 1)} resumes it)")
     own = info["ranks"] == comm.size and info["starts"] in (None, _starts(partition))
     ranks = [comm.rank] if own else range(info["ranks"])
-    paths = [(r, directory / f"rank_{r:03d}.pt") for r in ranks]
+    paths = [(r, shard_path(run_dir, info["epoch"], r, info["batch"], group)) for r in ranks]
     return info, [(path, _read_shard(path, r, info, device if own else "cpu")) for r, path in paths], own
 
 
 def load(comm: Comm, run_dir: str | Path, device: torch.device | str,
-         partition: Partition) -> tuple[dict[str, Any], dict[str, Any]]:
+         partition: Partition, data: Comm | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """This rank's state of the newest complete checkpoint, whatever number of ranks wrote it.
 
     Parameters
@@ -238,6 +256,8 @@ def load(comm: Comm, run_dir: str | Path, device: torch.device | str,
         solver's ``load_state_dict`` moves what it takes.
     partition : Partition
         This job's partition.
+    data : Comm, optional
+        As for :func:`save`: each data group reads its own shards.
 
     Returns
     -------
@@ -252,12 +272,12 @@ def load(comm: Comm, run_dir: str | Path, device: torch.device | str,
     CheckpointError
         For a missing, torn, corrupt, misplaced or foreign checkpoint file (named).
     """
-    info, shards, _ = _shards(comm, run_dir, device, partition)
+    info, shards, _ = _shards(comm, run_dir, device, partition, data)
     return info, _merge([s for _, s in shards], checkpoint_dir(run_dir, info["epoch"], info["batch"]))
 
 
 def restore(comm: Comm, run_dir: str | Path, device: torch.device | str,
-            solver: Solver) -> tuple[dict[str, Any], dict[str, Any]]:
+            solver: Solver, data: Comm | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`load` the newest checkpoint into ``solver`` (from ``state["solver"]``), checked
     against it: its tensors have this network's shapes and dtypes, and a checkpoint of
     another partition goes only to a solver whose state is keyed globally
@@ -269,7 +289,7 @@ def restore(comm: Comm, run_dir: str | Path, device: torch.device | str,
         As :func:`load`, and for a checkpoint that does not fit the solver (named).
     """
     partition = solver.network.partition
-    info, shards, own = _shards(comm, run_dir, device, partition)
+    info, shards, own = _shards(comm, run_dir, device, partition, data)
     directory = checkpoint_dir(run_dir, info["epoch"], info["batch"])
     if not own and not solver.reshardable():
         raise CheckpointError(f"{directory}: solver {solver.name!r} cannot resume on another rank count "

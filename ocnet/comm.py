@@ -147,6 +147,8 @@ class Comm:
         self._pinned: dict[tuple, list[torch.Tensor]] = {}  # free staging buffers
         self.progress = Progress()
         self._watchdog: Watchdog | None = None
+        # the ranks that hold the same layers in the other data groups (ocnet.replicas)
+        self.replicas: Comm | None = None
 
     # -- point to point -------------------------------------------------------------------
     def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> Request:
@@ -272,6 +274,15 @@ class Comm:
     def barrier(self) -> None:
         _wait(self.mpi.Ibarrier().Test, self.progress, ("barrier",))
 
+    def split(self, color: int, key: int) -> "Comm":
+        """The communicator of the ranks that pass the same ``color``, ordered by ``key`` (a
+        collective).  It shares this one's :class:`~ocnet.watchdog.Progress`, so the stall
+        watchdog sees its waits; one of a single rank is a :class:`SelfComm`."""
+        mpi = self.mpi.Split(color, key)
+        sub: Comm = Comm(mpi, self.cuda_aware) if mpi.Get_size() > 1 else SelfComm()
+        sub.progress = self.progress
+        return sub
+
     def common_moment(self, clock: Callable[[], float]) -> float:
         """A reading of ``clock`` that marks the same moment on every rank (a collective).
 
@@ -369,6 +380,7 @@ class SelfComm(Comm):
         self._queue: dict[int, list[torch.Tensor]] = {}
         self.progress = Progress()
         self._watchdog = None
+        self.replicas = None
 
     def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> Request:
         if dest != 0:
@@ -396,6 +408,11 @@ class SelfComm(Comm):
 
     def barrier(self) -> None:
         pass
+
+    def split(self, color: int, key: int) -> Comm:
+        sub = SelfComm()
+        sub.progress = self.progress
+        return sub
 
     def abort(self, code: int = 1) -> None:
         os._exit(code)

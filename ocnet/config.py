@@ -58,6 +58,9 @@ COMMON: dict[str, Option] = {
                         "validation accuracy, the best epoch's model is kept as best.pt, the test set is "
                         "evaluated once at the end", min=0.0, max=0.9),
     "epoch_test": Option(bool, False, "with --val-split: evaluate the test set after every epoch too"),
+    "data_parallel": Option(int, 1, "data groups D: the P ranks form D groups of P/D layer ranks, each "
+                            "training on its share of every mini-batch (gradients averaged over the groups)",
+                            min=1),
     "limit_batches": Option(int, 0, "train on at most this many batches per epoch (0: all; a smoke run)", min=0),
     "max_steps": Option(int, 0, "stop after this many optimiser steps (0: no limit; a smoke run)", min=0),
     "lr": Option(float, 3e-3, "learning rate", positive=True),

@@ -43,11 +43,16 @@ class Field:
         What a plot's axis calls it.
     log : bool
         Whether it is plotted on a logarithmic axis.
+    mean : bool
+        Whether it is a mean over the step's samples (``loss``): over data groups
+        (:mod:`ocnet.replicas`), whose shares of a batch differ, it is then weighted by
+        each group's share rather than summed.
     """
 
     combine: str
     label: str = ""
     log: bool = False
+    mean: bool = False
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINE:
@@ -55,13 +60,13 @@ class Field:
 
 
 FIELDS: dict[str, Field] = {
-    "loss": Field("sum", "loss", log=True),
+    "loss": Field("sum", "loss", log=True, mean=True),
     "bytes_sent": Field("sum", "bytes sent"),
     "phase": Field("first", "phase"),
     # the auxiliary-variable methods (penalty, al)
-    "constraint_violation": Field("sum", "constraint violation", log=True),
-    "penalized_objective": Field("sum", "penalised objective", log=True),
-    "mu_sq": Field("sum", "squared multiplier norm per sample"),
+    "constraint_violation": Field("sum", "constraint violation", log=True, mean=True),
+    "penalized_objective": Field("sum", "penalised objective", log=True, mean=True),
+    "mu_sq": Field("sum", "squared multiplier norm per sample", mean=True),
     "rho": Field("first", "penalty rho", log=True),
     "mu_norm": Field("first", "multiplier norm |mu|", log=True),
     # MGRIT: per-phase dicts {"forward": …, "adjoint": …}
@@ -102,13 +107,36 @@ def combine(records: list[Record], fields: Mapping[str, Field] = FIELDS) -> Reco
     return out
 
 
+def combine_groups(records: list[Record], weights: list[float], fields: Mapping[str, Field] = FIELDS) -> Record:
+    """One record from the data groups' records of the same step, each already combined over
+    its layer ranks, in group order; ``weights`` are the groups' shares of the batch (summing
+    to 1).  A per-sample mean (a field declared ``mean``) becomes the mean weighted by the
+    shares; the other fields combine as over ranks (a ``"first"`` field is the first
+    group's that reports it)."""
+    out = combine(records, fields)
+    for key, field in fields.items():
+        if field.mean and field.combine == "sum" and key in out:
+            shares = [(w, float(rec[key])) for rec, w in zip(records, weights)  # type: ignore[arg-type]
+                      if _number(rec.get(key))]
+            out[key] = sum(w * v for w, v in shares) / (sum(w for w, _ in shares) or 1.0)
+    return out
+
+
 def reduce(comm: Comm, name: str, value: float, fields: Mapping[str, Field] = FIELDS) -> float:
     """The combined value of a numeric field over the ranks, on every rank (a collective:
-    every rank calls it, with 0 where it has no share of a ``"sum"`` field)."""
+    every rank calls it, with 0 where it has no share of a ``"sum"`` field).
+
+    On a grid of data groups (:mod:`ocnet.replicas`) it is the mean of the groups' values
+    (the largest or smallest for ``"max"`` or ``"min"``), the same number in every group:
+    a solver that decides on it decides alike everywhere."""
     how = rule(name, value, fields)
-    if how == "first":
-        return float(comm.bcast(value, root=0))
-    return float(comm.allreduce(float(value), op=how))
+    value = float(comm.bcast(value, root=0)) if how == "first" else float(comm.allreduce(float(value), op=how))
+    replicas = comm.replicas
+    if replicas is None or replicas.size == 1:
+        return value
+    if how in ("max", "min"):
+        return float(replicas.allreduce(value, op=how))
+    return float(replicas.allreduce(value)) / replicas.size
 
 
 def jsonable(value: Any) -> Any:

@@ -35,6 +35,7 @@ from .filters import FILTERS
 from .memory import check_memory
 from .problem import from_config, net_kind
 from .records import dumps
+from .replicas import GradientAverage, Grid
 from .solvers import Solver, SolverError
 from .solvers import get as get_solver
 from .tags import Tags
@@ -114,35 +115,41 @@ def make_optimizer_factory(config: dict[str, Any]):
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=config["momentum"], weight_decay=wd)
 
 
-def setup(argv: list[str], comm: comm_mod.Comm) -> dict[str, Any]:
+def setup(argv: list[str], world: comm_mod.Comm) -> dict[str, Any]:
     """Everything before training, each step agreed on by all ranks; no file is written."""
-    config = agree(comm, lambda: resolve(argv))
+    config = agree(world, lambda: resolve(argv))
+    groups = config["data_parallel"]
+    agree(world, lambda: Grid.check(groups, world.size))
+    grid = Grid.split(world, groups) if groups > 1 else Grid.single(world)
+    comm = grid.layers  # the solver's ranks: this rank's data group
     dtype = getattr(torch, config["dtype"])
-    out, resume = agree(comm, lambda: run_directory(config, comm.size))
+    out, resume = agree(world, lambda: run_directory(config, world.size))
     config["out"] = str(out)
-    device = agree(comm, lambda: pick_device(config["device"], comm))
-    data = agree(comm, lambda: load(config["problem"], config["data_dir"] or None, config["seed"],
-                                    config["val_split"]))
+    device = agree(world, lambda: pick_device(config["device"], world))
+    data = agree(world, lambda: load(config["problem"], config["data_dir"] or None, config["seed"],
+                                     config["val_split"]))
     kind = net_kind(config, data.is_image)
-    sharing = comm_mod.node_rank_and_size(comm)[1]  # a collective: outside agree's step
-    agree(comm, lambda: check_memory(
+    sharing = comm_mod.node_rank_and_size(world)[1]  # a collective: outside agree's step
+    agree(world, lambda: check_memory(
         data.input_shape, data.n_classes, net=kind, layers=config["layers"], width=config["width"],
         channels=config["channels"], norm=config["norm"], heads=config["heads"], patch=config["patch"],
-        vocab=vocabulary(config["problem"]), batch_size=config["batch_size"], dtype=dtype,
+        vocab=vocabulary(config["problem"]), batch_size=-(-config["batch_size"] // groups), dtype=dtype,
         n_ranks=comm.size, n_samples=len(data.y_train) + len(data.y_test), optimizer=config["optimizer"],
         device=device, sharing=sharing))
-    problem = agree(comm, lambda: from_config(config, data.input_shape, data.n_classes))
+    problem = agree(world, lambda: from_config(config, data.input_shape, data.n_classes))
     solver_cls = get_solver(config["solver"])
-    partition = agree(comm, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
-    network = agree(comm, lambda: problem.local(partition, comm.rank).to(device))
-    solver = agree(comm, lambda: build_solver(solver_cls, network, comm, config, device))
-    start, history = None, History(out / "history.jsonl" if comm.rank == 0 else None)
+    partition = agree(world, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
+    network = agree(world, lambda: problem.local(partition, comm.rank).to(device))
+    solver = agree(world, lambda: build_solver(solver_cls, network, comm, config, device))
+    if groups > 1:
+        grid.gradients = GradientAverage(network, solver.optimizers, grid.data)
+    start, history = None, History(out / "history.jsonl" if world.rank == 0 else None)
     if resume:
-        start = agree(comm, lambda: _load_checkpoint(solver, comm, out, device, config["epochs"]))
-        history = agree(comm, lambda: History.read(out / "history.jsonl", start["meta"]["step"])
-                        if comm.rank == 0 else history)
+        start = agree(world, lambda: _load_checkpoint(solver, grid, out, device, config["epochs"]))
+        history = agree(world, lambda: History.read(out / "history.jsonl", start["meta"]["step"])
+                        if world.rank == 0 else history)
     return dict(config=config, dtype=dtype, device=device, data=data, problem=problem, network=network,
-                solver=solver, out=out, start=start, history=history)
+                solver=solver, out=out, start=start, history=history, grid=grid)
 
 
 _RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "model.pt", "best.pt", "checkpoints", "timeline")
@@ -186,7 +193,7 @@ def _in_use(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def _load_checkpoint(solver: Solver, comm: comm_mod.Comm, out: Path, device: torch.device,
+def _load_checkpoint(solver: Solver, grid: Grid, out: Path, device: torch.device,
                      epochs: int) -> dict[str, Any]:
     """Load the newest checkpoint of ``out`` into ``solver``; returns its ``latest.json``."""
     info = checkpoint.latest(out)
@@ -195,7 +202,7 @@ def _load_checkpoint(solver: Solver, comm: comm_mod.Comm, out: Path, device: tor
     done = info["epoch"] + (info["batch"] is None)
     if done > epochs:
         raise ConfigError(f"{out} has trained {done} epochs already; --epochs must be at least {done}")
-    return checkpoint.restore(comm, out, device, solver)[0]
+    return checkpoint.restore(grid.layers, out, device, solver, grid.data if grid.groups > 1 else None)[0]
 
 
 def build_solver(cls: type[Solver], network: Any, comm: comm_mod.Comm, config: dict[str, Any],
@@ -240,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         s = setup(argv, comm)
     except SetupError:
         return EXIT_SETUP
-    config, device, out, start = s["config"], s["device"], s["out"], s["start"]
+    config, device, out, start, grid = s["config"], s["device"], s["out"], s["start"], s["grid"]
     if start is not None and start["batch"] is None and start["epoch"] >= config["epochs"] - 1 \
             and (out / "summary.json").exists():
         if comm.rank == 0:
@@ -271,16 +278,16 @@ def main(argv: list[str] | None = None) -> int:
         log = timeline.Log(out, comm.rank, comm.size, config["timeline_steps"], job=comm.bcast(time.time()),
                            after_step=start["meta"]["step"] if start is not None else 0)
     try:
-        last = fit(solver, data, comm, epochs=config["epochs"], batch_size=config["batch_size"],
+        last = fit(solver, data, grid.layers, epochs=config["epochs"], batch_size=config["batch_size"],
                    seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
                    augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
                    start=start, history=s["history"], console=console, step_losses=step_losses, log=log,
                    limit_batches=config["limit_batches"], max_steps=config["max_steps"],
-                   epoch_test=config["epoch_test"])
+                   epoch_test=config["epoch_test"], grid=grid)
         final_test = last.get("test_acc")
         if final_test is None:  # with a validation set the test set is scored once, now
             comm.where("evaluation of the test set")
-            final_test = evaluate(solver, comm, data.x_test, data.y_test)[0]
+            final_test = evaluate(solver, grid.layers, data.x_test, data.y_test, grid)[0]
     except (SolverError, NonFinite) as e:  # raised by every rank together: one message, every rank exits
         if comm.rank == 0:
             print(f"ocnet: error: {e}", file=sys.stderr, flush=True)
@@ -295,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     comm.stop_watchdog()  # rank 0 alone writes the model and plots now: not a stall
     model = comm.gather(network.problem_state())
     if model is not None:  # rank 0
+        model = model[:grid.layers.size]  # the first data group's layers
         network_of = {"net": kind, "input_shape": list(data.input_shape), "n_classes": data.n_classes}
         _finish(out, config, comm.size, s["history"].records, wall, model, network_of, final_test,
                 best_test=_best_test(out, config, data), resumed=start is not None)
@@ -336,7 +344,8 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
     checkpoint.write_model(out / "model.pt", shards)
     epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1]
-    summary = {"solver": config["solver"], "ranks": ranks, "problem": config["problem"], **network,
+    summary = {"solver": config["solver"], "ranks": ranks, "data_parallel": config["data_parallel"],
+               "problem": config["problem"], **network,
                "layers": config["layers"], "epochs": len(epochs), "steps": last["step"],
                "final_test_acc": final_test, "final_train_acc": last.get("train_acc"),
                "final_loss": last.get("loss"), "wall_time": last["wall_time"],
@@ -353,7 +362,8 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
         print(f"ocnet: warning: plotting failed: {e}", file=sys.stderr)
     best_text = "" if best is None else \
         f" (best epoch {best['epoch'] + 1}: val {100 * best['val_acc']:.2f} %, test {100 * (best_test or 0):.2f} %)"
-    print(f"ocnet: {config['solver']} P={ranks} on {config['problem']}: "
+    groups = f" (D={config['data_parallel']})" if config["data_parallel"] > 1 else ""
+    print(f"ocnet: {config['solver']} P={ranks}{groups} on {config['problem']}: "
           f"test acc {100 * final_test:.2f} %{best_text}, train acc {100 * last['train_acc']:.2f} %, "
           f"loss {last['loss']:.4g}, {summary['wall_time']:.1f} s{f' ({wall:.1f} s in this job)' if resumed else ''}, "
           f"{summary['bytes_sent'] / 1e6:.2f} MB sent -> {out}", flush=True)

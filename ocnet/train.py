@@ -24,7 +24,8 @@ from . import batchnorm, checkpoint, dropout, faults, timeline
 from .comm import Comm
 from .console import Console, statistics
 from .data import Dataset, augment, batches
-from .records import combine, dumps, jsonable, non_finite
+from .records import combine, combine_groups, dumps, jsonable, non_finite
+from .replicas import Grid, average_running_statistics
 from .solvers.base import Solver
 
 _EVAL_BATCH = 1000
@@ -129,9 +130,14 @@ class Interrupt:
             raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: stopping at once, without a checkpoint")
 
 
-def evaluate(solver: Solver, comm: Comm, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """``(accuracy, mean loss)`` on ``(x, y)``, known on every rank."""
+def evaluate(solver: Solver, comm: Comm, x: torch.Tensor, y: torch.Tensor,
+             grid: Grid | None = None) -> tuple[float, float]:
+    """``(accuracy, mean loss)`` on ``(x, y)``, known on every rank; on a ``grid`` each data
+    group scores its share of the samples (``comm`` is then the group's)."""
     faults.inject("evaluate", comm.rank)
+    n = len(y)
+    if grid is not None and grid.groups > 1:
+        x, y = x[grid.group::grid.groups], y[grid.group::grid.groups]
     correct = loss = 0.0
     with batchnorm.evaluating(solver.network):
         for i in range(0, len(y), _EVAL_BATCH):
@@ -140,8 +146,11 @@ def evaluate(solver: Solver, comm: Comm, x: torch.Tensor, y: torch.Tensor) -> tu
                 yy = y[i:i + _EVAL_BATCH]
                 correct += float((logits.argmax(1) == yy).sum())
                 loss += float(solver.network.loss(logits, yy, reduction="sum"))
-    totals = comm.bcast((correct, loss), root=comm.size - 1)
-    return totals[0] / len(y), totals[1] / len(y)
+    if grid is not None and grid.groups > 1:
+        totals = grid.world.allreduce(torch.tensor([correct, loss], dtype=torch.float64)).tolist()
+    else:
+        totals = comm.bcast((correct, loss), root=comm.size - 1)
+    return totals[0] / n, totals[1] / n
 
 
 def finite_parameters(solver: Solver) -> bool:
@@ -166,7 +175,8 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         lr: Callable[[int], float], augment_images: bool, run_dir: Path | None = None,
         checkpoint_every: int = 0, start: dict[str, Any] | None = None, history: History | None = None,
         console: Console | None = None, step_losses: bool = False, log: timeline.Log | None = None,
-        limit_batches: int = 0, max_steps: int = 0, epoch_test: bool = False) -> dict[str, Any]:
+        limit_batches: int = 0, max_steps: int = 0, epoch_test: bool = False,
+        grid: Grid | None = None) -> dict[str, Any]:
     """Train up to the end of epoch ``epochs - 1``; returns the last epoch record (every rank).
 
     Parameters
@@ -204,6 +214,11 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         This rank's timeline: the steps of its window are recorded (each epoch that has
         some starts with a barrier, which aligns the ranks' clocks), and its file is
         written at the end of every epoch and when the loop stops.
+    grid : Grid, optional
+        Data groups (:mod:`ocnet.replicas`): ``comm`` is then this rank's group, which trains
+        on the samples it owns of every batch, with its gradient average
+        (``grid.gradients``) weighted by its share; records, checks and evaluation span
+        every group, and each group writes its own checkpoint shards.
 
     Raises
     ------
@@ -215,7 +230,9 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         On every rank, at the end of the step after the one in which SIGTERM or SIGINT
         reached any rank, once the checkpoint of that step boundary is written.
     """
-    history = history or History(run_dir / "history.jsonl" if run_dir and comm.rank == 0 else None)
+    grid = grid or Grid.single(comm)
+    world, D = grid.world, grid.groups
+    history = history or History(run_dir / "history.jsonl" if run_dir and world.rank == 0 else None)
     start = start or {"epoch": -1, "batch": None, "meta": {}}
     step = start["meta"].get("step", 0)
     t0 = time.perf_counter() - (start["meta"].get("wall_time") or 0.0)
@@ -223,10 +240,16 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     n_batches = steps_per_epoch(n, batch_size, limit_batches)
     validate = len(data.y_val) > 0
     # the best validation accuracy so far, as rank 0's history of a resumed run knows it
-    best_val = comm.bcast(max((r["val_acc"] for r in history.records
+    best_val = world.bcast(max((r["val_acc"] for r in history.records
                                if r["kind"] == "epoch" and r.get("val_acc") is not None), default=-1.0))
     first_epoch = start["epoch"] + (start["batch"] is None)
-    job = (time.perf_counter(), list(comm.progress.waited), comm.bytes_sent)
+    def sent() -> int:  # this rank's bytes, its share of the gradient average included
+        return comm.bytes_sent + (grid.data.bytes_sent if grid.data is not comm else 0)
+
+    # each group's share of the training set, by sample: sample i is the group's i // D
+    own = torch.arange(grid.group, n, D)
+    weights = [len(range(g, n, D)) / n for g in range(D)]
+    job = (time.perf_counter(), list(comm.progress.waited), sent())
     # a run resumed after its last epoch trains nothing and reports that epoch's record
     last: dict[str, Any] = next((r for r in reversed(history.records) if r["kind"] == "epoch"), {})
 
@@ -234,11 +257,12 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         """Write the records of the epoch's first ``kept`` steps (of this job) and, for a
         signal, a checkpoint after ``done`` batches; then raise on every rank."""
         at = step - len(ep.iters) + kept  # the step whose end we stop at
-        gathered = comm.gather({"iters": ep.iters[:kept], "begin": ep.begin, "bytes": comm.bytes_sent - ep.bytes})
+        gathered = world.gather({"iters": ep.iters[:kept], "begin": ep.begin, "bytes": sent() - ep.bytes})
         meta: dict[str, Any] = {}
         if gathered is not None:  # rank 0
-            history.extend(_iter_records(gathered, ep.wall[:kept], solver, ep.epoch, at - kept))
-            begun = ep.begin if ep.resumed else combine([g["begin"] for g in gathered], solver.record_fields())
+            history.extend(_iter_records(gathered, ep.wall[:kept], ep.shares[:kept], solver, ep.epoch, at - kept))
+            begun = ep.begin if ep.resumed else _over_grid([g["begin"] for g in gathered], weights,
+                                                          solver.record_fields())
             meta = {"step": at, "wall_time": time.perf_counter() - t0, "begin": jsonable(begun),
                     "bytes": sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if ep.resumed else 0)}
         where = f"epoch {ep.epoch}, step {at}"
@@ -247,8 +271,9 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                             "nothing after the last checkpoint was saved — a smaller --lr may help")
         if run_dir is not None:
             comm.where(f"checkpoint of {where}")
+            average_running_statistics(solver.network, grid.data)
             checkpoint.save(comm, run_dir, ep.epoch, {"solver": solver.state_dict()}, batch=done,
-                            meta=comm.bcast(meta), partition=solver.network.partition)
+                            meta=world.bcast(meta), partition=solver.network.partition, data=grid.data)
         kept_text = " with a checkpoint" if run_dir is not None else ""
         raise Stopped(f"stopped by {signal.Signals(signum).name} at {where} (batch {done} of {n_batches})"
                       f"{kept_text}", signum)
@@ -273,11 +298,11 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
             comm.where(f"start of epoch {epoch}")
             recording = log if log is not None and log.epoch_records(n_batches, skip) else None
             if recording is not None:
-                recording.align(comm.common_moment)
-            ep = _Epoch(epoch, resumed, comm.bytes_sent)
-            with dropout.samples(seed, epoch, torch.arange(n)), batchnorm.frozen(solver.network):
-                ep.begin = start["meta"]["begin"] if resumed else solver.begin_epoch(epoch, data.x_train,
-                                                                                     data.y_train)
+                recording.align(world.common_moment)
+            ep = _Epoch(epoch, resumed, sent())
+            with dropout.samples(seed, epoch, own), batchnorm.frozen(solver.network):
+                ep.begin = start["meta"]["begin"] if resumed else solver.begin_epoch(
+                    epoch, data.x_train[own.to(data.x_train.device)], data.y_train[own.to(data.y_train.device)])
             do_augment = augment_images and data.is_image and solver.augments(epoch)
             iters, wall = ep.iters, ep.wall
             pending: _Check | None = None  # the previous step's check, still in flight
@@ -290,21 +315,28 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
                 if do_augment:  # seeded per batch, so that a run resumes at any batch alike
                     x = augment(x, torch.Generator().manual_seed((1_000_003 * seed + epoch) * 1_000_033 + b))
-                sent = comm.bytes_sent
+                samples, index = idx, idx
+                if D > 1:  # this group's share, augmented as part of the whole batch
+                    mine = grid.share(idx)
+                    samples, index = idx[mine], idx[mine] // D
+                    x, y = x[mine.to(x.device)], y[mine.to(y.device)]
+                    grid.gradients.weight = len(mine) / len(idx)  # type: ignore[union-attr]
+                    ep.shares.append([k / len(idx) for k in grid.shares(idx)])
+                before = sent()
                 comm.where(f"epoch {epoch}, step {step + 1}")
                 window = recording.step(epoch, step + 1) if recording and recording.records(b) else nullcontext()
                 with window:  # the step, and the wait for the previous step's check
-                    with dropout.samples(seed, epoch, idx), batchnorm.one_update(solver.network):
-                        record = dict(solver.step(x, y, idx))
+                    with dropout.samples(seed, epoch, samples), batchnorm.one_update(solver.network):
+                        record = dict(solver.step(x, y, index) if len(index) else solver.idle_step())
                     if faults.inject("step", comm.rank) == "nan":
                         _poison(solver, record)
-                    iters.append({**record, "bytes_sent": comm.bytes_sent - sent})
+                    iters.append({**record, "bytes_sent": sent() - before})
                     step += 1
                     wall.append(time.perf_counter() - t0)
                     if console is not None:
                         console.step(step, record)
                     # checked one step late, so that the check's collective overlaps the next step
-                    check = _Check(comm, non_finite(record), interrupt.signum, kept=len(iters),
+                    check = _Check(world, non_finite(record), interrupt.signum, kept=len(iters),
                                    loss=record.get("loss") if step_losses else False)
                     check.at = (step, b, wall[-1])
                     if pending is not None:
@@ -316,26 +348,27 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
             if pending is not None:
                 settle(ep, pending, done)
             end = solver.end_epoch(epoch)
-            bad_rank, what, _ = _Check(comm, None if finite_parameters(solver) else "a parameter", 0).result()
+            average_running_statistics(solver.network, grid.data)
+            bad_rank, what, _ = _Check(world, None if finite_parameters(solver) else "a parameter", 0).result()
             if bad_rank is not None:
                 stop_here(ep, len(iters), n_batches, bad=(bad_rank, what))
             comm.where(f"evaluation of epoch {epoch}")
-            train_acc, _ = evaluate(solver, comm, data.x_train[:_TRAIN_EVAL_MAX], data.y_train[:_TRAIN_EVAL_MAX])
+            train_acc, _ = evaluate(solver, comm, data.x_train[:_TRAIN_EVAL_MAX], data.y_train[:_TRAIN_EVAL_MAX],
+                                    grid)
             scores: dict[str, float] = {}
             if validate:
-                scores["val_acc"], scores["val_loss"] = evaluate(solver, comm, data.x_val, data.y_val)
+                scores["val_acc"], scores["val_loss"] = evaluate(solver, comm, data.x_val, data.y_val, grid)
             if epoch_test or not validate:
-                scores["test_acc"], scores["test_loss"] = evaluate(solver, comm, data.x_test, data.y_test)
-            gathered = comm.gather({"iters": iters, "begin": ep.begin, "end": end,
-                                    "bytes": comm.bytes_sent - ep.bytes})
+                scores["test_acc"], scores["test_loss"] = evaluate(solver, comm, data.x_test, data.y_test, grid)
+            gathered = world.gather({"iters": iters, "begin": ep.begin, "end": end, "bytes": sent() - ep.bytes})
             if gathered is not None:  # rank 0
                 fields = solver.record_fields()
-                records = _iter_records(gathered, wall, solver, epoch, step - len(wall))
+                records = _iter_records(gathered, wall, ep.shares, solver, epoch, step - len(wall))
                 earlier = [r for r in history.records if r["kind"] == "iter" and r["epoch"] == epoch]
                 losses = [v for r in earlier + records if isinstance(v := r.get("loss"), (int, float))]
-                begun = ep.begin if resumed else combine([g["begin"] for g in gathered], fields)
+                begun = ep.begin if resumed else _over_grid([g["begin"] for g in gathered], weights, fields)
                 last = {"kind": "epoch", "epoch": epoch, "step": step, **begun,
-                        **combine([g["end"] for g in gathered], fields)}
+                        **_over_grid([g["end"] for g in gathered], weights, fields)}
                 last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
                             wall_time=time.perf_counter() - t0,
                             bytes_sent=sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if resumed else 0),
@@ -346,9 +379,9 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
             if validate and scores["val_acc"] > best_val:  # every rank knows the score
                 best_val = scores["val_acc"]
                 comm.where(f"best model of epoch {epoch}")
-                shards = comm.gather(solver.network.problem_state())
-                if shards is not None and run_dir is not None:
-                    checkpoint.write_model(run_dir / "best.pt", shards)
+                shards = world.gather(solver.network.problem_state())
+                if shards is not None and run_dir is not None:  # the first group's layers
+                    checkpoint.write_model(run_dir / "best.pt", shards[:comm.size])
             if log is not None:
                 log.write()
             stop = bool(max_steps) and step >= max_steps
@@ -357,19 +390,19 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 due = False
             if run_dir is not None and due:
                 comm.where(f"checkpoint of epoch {epoch}")
-                meta = comm.bcast({"step": step, "wall_time": last.get("wall_time")})
+                meta = world.bcast({"step": step, "wall_time": last.get("wall_time")})
                 checkpoint.save(comm, run_dir, epoch, {"solver": solver.state_dict()}, meta=meta,
-                                partition=solver.network.partition)
+                                partition=solver.network.partition, data=grid.data)
             if stop:
                 break
     waited = [a - b for a, b in zip(comm.progress.waited, job[1])]
-    ranks = comm.gather({"train": time.perf_counter() - job[0], "waiting_messages": waited[0],
-                         "waiting_collectives": waited[1], "bytes": comm.bytes_sent - job[2]})
+    ranks = world.gather({"train": time.perf_counter() - job[0], "waiting_messages": waited[0],
+                          "waiting_collectives": waited[1], "bytes": sent() - job[2]})
     if console is not None:
         console.close()
         if ranks is not None:
             console.say(statistics(history.records, ranks, time.perf_counter() - job[0]))
-    return comm.bcast(last)
+    return world.bcast(last)
 
 
 class _kept:
@@ -386,12 +419,24 @@ class _kept:
             self.log.write()
 
 
-def _iter_records(gathered: list[dict[str, Any]], wall: list[float], solver: Solver, epoch: int,
-                  step: int) -> list[dict[str, Any]]:
-    """Rank 0: one record per step from every rank's fields, numbered from ``step + 1``."""
+def _iter_records(gathered: list[dict[str, Any]], wall: list[float], shares: list[list[float]], solver: Solver,
+                  epoch: int, step: int) -> list[dict[str, Any]]:
+    """Rank 0: one record per step from every rank's fields, numbered from ``step + 1``;
+    ``shares``: each data group's share of each step's batch (empty: one group)."""
     fields = solver.record_fields()
-    return [{"kind": "iter", "epoch": epoch, "step": step + i + 1, **combine(list(r), fields), "wall_time": w}
+    return [{"kind": "iter", "epoch": epoch, "step": step + i + 1,
+             **_over_grid(list(r), shares[i] if shares else [1.0], fields), "wall_time": w}
             for i, (r, w) in enumerate(zip(zip(*(g["iters"] for g in gathered)), wall))]
+
+
+def _over_grid(records: list[dict[str, Any]], weights: list[float], fields: dict) -> dict[str, Any]:
+    """One record from the world's records (group by group, in rank order): combined over
+    each group's layer ranks, then over the groups with their ``weights``."""
+    per = len(records) // len(weights)
+    if len(weights) == 1:
+        return combine(records, fields)
+    return combine_groups([combine(records[k * per:(k + 1) * per], fields) for k in range(len(weights))],
+                          weights, fields)
 
 
 @dataclass
@@ -404,6 +449,7 @@ class _Epoch:
     bytes: int
     begin: Any = None
     iters: list[dict[str, Any]] = field(default_factory=list)
+    shares: list[list[float]] = field(default_factory=list)  # the data groups' shares of each step
     wall: list[float] = field(default_factory=list)
 
 

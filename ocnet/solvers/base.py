@@ -147,6 +147,19 @@ class Solver:
         raise NotImplementedError
 
     # -- hooks with defaults ---------------------------------------------------------------
+    def idle_step(self) -> Record:
+        """Take part in an optimiser step without samples of one's own.
+
+        On a grid of data groups (:mod:`ocnet.replicas`) a group may own none of a batch's
+        samples; it still steps, with the gradient the other groups average into it.  The
+        default zeroes the gradients and steps each optimiser once, as :meth:`step` does; a
+        solver whose step takes its optimisers' steps otherwise (or counts steps) overrides
+        it.  Returns record fields, as :meth:`step`."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+            opt.step()
+        return {}
+
     def begin_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> Record:
         """Called before each epoch with the whole un-augmented training set; returns
         record fields for the epoch record (combined over ranks like :meth:`step`'s)."""

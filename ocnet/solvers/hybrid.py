@@ -161,10 +161,23 @@ class Hybrid(Solver):
     def end_epoch(self, epoch: int) -> Record:
         return self._solver().end_epoch(epoch)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
+    def _next_phase(self) -> str:
+        """The phase of the next step (counted)."""
         self._steps += 1
         every = self.config["serial_every"]
-        phase = "serial" if self._phase == "serial" or (every and self._steps % every == 0) else "parallel"
+        return "serial" if self._phase == "serial" or (every and self._steps % every == 0) else "parallel"
+
+    def idle_step(self) -> Record:
+        phase = self._next_phase()
+        record = dict(self.parallel.idle_step())  # the two share the optimiser
+        if phase == "serial":
+            self.parallel.network_changed()
+        else:
+            self._count += 1  # the adaptive rule divides by the same count in every data group
+        return {**record, "phase": phase}
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
+        phase = self._next_phase()
         if phase == "serial":
             record = dict(self.serial.step(x, y, index))
             self.parallel.network_changed()

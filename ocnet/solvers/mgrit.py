@@ -162,9 +162,14 @@ class MGRIT(ParallelSolver):
                 out.backward()  # the classifier's gradient, and λ_N
             loss, lam_N = float(out.detach()), uN.grad
         tol["adjoint"] = cfg["mgrit_tol"] * self._norm(lam_N) if exact else 0.0
+        # λ is the adjoint of the batch's *mean* loss, 1/n of each sample's own: the warm start
+        # keeps n λ, so that a guess fits a batch of another size (a data group's share)
+        n = len(index)
+        lam_guess = warm.guess("lam", index, points["lam"])
         try:
             adj = solve_adjoint(self.prop, fwd.u, lam_N, self.N, comm, layout=self.layout,
-                                guess=warm.guess("lam", index, points["lam"]), tol=tol["adjoint"], device=self.device,
+                                guess=None if lam_guess is None else [g / n for g in lam_guess],
+                                tol=tol["adjoint"], device=self.device,
                                 **self._solve_options(exact))
         except MGRITDivergence as e:
             self.prop.release()
@@ -177,7 +182,7 @@ class MGRIT(ParallelSolver):
         with timeline.span("update"):
             self.optimizer.step()
         warm.remember("u", index, fwd.points, fwd.u)
-        warm.remember("lam", index, adj.mgrit.points, adj.mgrit.u)
+        warm.remember("lam", index, adj.mgrit.points, [n * lam for lam in adj.mgrit.u])
 
         residual = {"forward": fwd.residual, "adjoint": adj.mgrit.residual}
         scale = dict(zip(residual, self._c_norms(fwd, adj.mgrit)))

@@ -1,0 +1,161 @@
+"""Data-parallel replicas: the P ranks as a grid of D groups × P/D layer ranks.
+
+Each group holds the whole network, cut into P/D slices as a job of P/D ranks would, and
+trains on its share of every mini-batch: the samples ``i`` with ``i mod D = g`` belong to
+group ``g``.  Ownership by sample rather than by position keeps a sample in the same group
+every epoch, so per-sample state (auxiliary states, multipliers, warm starts) lives with
+the group that sees the sample.  A group presents its samples to its solver as a training
+set of its own: sample ``i`` is the group's sample ``i // D``.
+
+The solvers stay unaware of the grid.  They receive the group's layer communicator, and a
+hook on their optimisers averages the parameter gradients over the groups before each step:
+with ``n_g`` of the batch's ``n`` samples in group ``g``, the group's gradient of its mean
+loss is weighted by ``n_g / n`` and summed over the groups, which is the gradient of the
+whole batch's mean loss.  It is one reduction per optimiser step and rank, of one flat
+buffer, started when the rank's own backward is done (so it overlaps the backward of the
+ranks before it); its payload is :func:`reduction_bytes`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .comm import Comm, SelfComm
+
+
+@dataclass
+class Grid:
+    """Where a rank sits: its group's layer communicator, and the communicator of the ranks
+    that hold the same layers in every group.
+
+    Attributes
+    ----------
+    world : Comm
+        All ranks; group ``g`` holds world ranks ``g P/D … (g + 1) P/D - 1``.
+    layers : Comm
+        The group's ranks (size P/D): what the solver receives.
+    data : Comm
+        The ranks of the same layer slice, one per group (size D), ordered by group.
+    """
+
+    world: Comm
+    layers: Comm
+    data: Comm
+    gradients: "GradientAverage | None" = field(default=None)
+
+    @staticmethod
+    def check(groups: int, ranks: int) -> None:
+        """Raise ``ValueError`` unless ``groups`` data groups divide ``ranks`` ranks evenly."""
+        if groups < 1 or ranks % groups:
+            raise ValueError(f"--data-parallel {groups} does not divide the job's {ranks} ranks into "
+                             "groups of equal size")
+
+    @classmethod
+    def split(cls, world: Comm, groups: int) -> "Grid":
+        """The grid of ``groups`` data groups over ``world`` (a collective; :meth:`check`
+        first)."""
+        cls.check(groups, world.size)
+        per_group = world.size // groups
+        group, layer_rank = divmod(world.rank, per_group)
+        layers, data = world.split(group, layer_rank), world.split(layer_rank, group)
+        layers.replicas = data if groups > 1 else None
+        return cls(world, layers, data)
+
+    @classmethod
+    def single(cls, comm: Comm) -> "Grid":
+        """One group: ``comm`` holds every layer rank and the data axis is trivial."""
+        return cls(comm, comm, SelfComm())
+
+    @property
+    def groups(self) -> int:
+        return self.data.size
+
+    @property
+    def group(self) -> int:
+        return self.data.rank
+
+    def share(self, index: torch.Tensor) -> torch.Tensor:
+        """The positions in ``index`` ``(batch,)`` of the samples this group owns."""
+        return torch.nonzero(index % self.groups == self.group).flatten()
+
+    def shares(self, index: torch.Tensor) -> list[int]:
+        """How many of the samples ``index`` each group owns, by group."""
+        return torch.bincount(index % self.groups, minlength=self.groups).tolist()
+
+
+class GradientAverage:
+    """Averages the gradients of ``network``'s parameters over the groups before every step
+    of the given optimisers (``register_step_pre_hook``).
+
+    Set :attr:`weight` to the group's share ``n_g / n`` of the batch before the step.  A
+    parameter without a gradient in some group (one the step did not reach, or a group
+    without samples) counts as zero there; it keeps ``None`` only where no group had one.
+    """
+
+    def __init__(self, network: nn.Module, optimizers: Iterable[torch.optim.Optimizer], data: Comm) -> None:
+        self.data = data
+        self.weight = 1.0
+        self._network = {id(p) for p in network.parameters()}
+        self._handles = [opt.register_step_pre_hook(self._hook) for opt in dict.fromkeys(optimizers)]
+
+    def _hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in self._network]
+        self.average(params)
+
+    def average(self, params: list[torch.Tensor]) -> None:
+        """Replace each ``p.grad`` by the weighted sum over the groups (one reduction)."""
+        if not params:
+            return
+        like = params[0]
+        parts = [(p.grad * self.weight).flatten() if p.grad is not None else like.new_zeros(p.numel())
+                 for p in params]
+        had = like.new_tensor([float(p.grad is not None) for p in params])
+        flat = self.data.allreduce(torch.cat(parts + [had]).to(like.dtype))
+        self.data.bytes_sent += flat.numel() * flat.element_size()
+        offset = 0
+        for p, present in zip(params, flat[-len(params):].tolist()):
+            g = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if present:
+                p.grad = g.to(p.device, p.dtype) if p.grad is None else p.grad.copy_(g)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def reduction_bytes(network: nn.Module) -> int:
+    """The payload of one gradient reduction of a rank holding ``network``: its parameters'
+    elements plus one presence flag per parameter, in the parameters' element size."""
+    params = list(network.parameters())
+    return sum(p.numel() * p.element_size() for p in params) + len(params) * params[0].element_size() \
+        if params else 0
+
+
+_RUNNING = ("running_mean", "running_var")
+
+
+def average_running_statistics(network: nn.Module, data: Comm) -> None:
+    """Make batch norm's running statistics the plain mean over the groups (a collective over
+    ``data``; nothing happens in a network without batch norm).
+
+    Each group moves its running statistics one momentum step per optimiser step,
+    ``r ← (1 - m) r + m s_g``.  The step is affine with the same coefficients in every group,
+    so the mean over the groups taken at the end of an epoch equals the mean taken after
+    every step: averaging once an epoch costs one reduction and changes nothing.
+    """
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms or data.size == 1:
+        return
+    flat = torch.cat([getattr(m, k).flatten() for m in norms for k in _RUNNING])
+    flat = data.allreduce(flat) / data.size
+    offset = 0
+    for m in norms:
+        for k in _RUNNING:
+            buf = getattr(m, k)
+            buf.copy_(flat[offset:offset + buf.numel()].view_as(buf))
+            offset += buf.numel()
