@@ -5,7 +5,8 @@ same directory and renamed over the target (``os.replace`` is atomic on POSIX).
 
 A checkpoint is a directory ``checkpoints/epoch_EEEE`` (after the whole epoch ``E``) or
 ``checkpoints/epoch_EEEE_batch_BBBBB`` (after its first ``B`` batches) holding one shard
-``rank_RRR.pt`` per rank; ``checkpoints/latest.json`` names the newest complete one and is
+``rank_RRR.pt`` per rank (on a grid of data groups, :mod:`ocnet.replicas`, group ``g > 0``'s
+in ``group_GGG/``); ``checkpoints/latest.json`` names the newest complete one and is
 written only after every shard is on disk.  A shard carries its identity (rank, ranks, epoch,
 batch, layer range) beside the state, and loads with ``weights_only=True``, so a checkpoint
 file cannot execute code.
@@ -109,7 +110,7 @@ def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, 
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "rank": comm.rank, "ranks": comm.size, "epoch": epoch, "batch": batch,
                 "layers": layers, "state": state}, buf)
-    atomic_write(path, buf.getvalue(), before_rename=lambda: faults.inject("checkpoint", comm.rank))
+    atomic_write(path, buf.getvalue(), before_rename=lambda: faults.inject("checkpoint", group * comm.size + comm.rank))
     comm.barrier()  # every shard is on disk before the checkpoint is declared complete
     if groups > 1 and comm.rank == 0:
         assert data is not None

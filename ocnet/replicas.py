@@ -18,7 +18,7 @@ ranks before it); its payload is :func:`reduction_bytes`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -98,14 +98,24 @@ class GradientAverage:
     def __init__(self, network: nn.Module, optimizers: Iterable[torch.optim.Optimizer], data: Comm) -> None:
         self.data = data
         self.weight = 1.0
-        self._network = {id(p) for p in network.parameters()}
+        self._network = list(network.parameters())
+        self._ids = {id(p) for p in self._network}
+        self._averaged = False  # by :meth:`now`, for the next optimiser step
         self._handles = [opt.register_step_pre_hook(self._hook) for opt in dict.fromkeys(optimizers)]
 
     def _hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in self._network]
-        self.average(params)
+        if self._averaged:
+            self._averaged = False
+            return
+        self.average([p for g in optimizer.param_groups for p in g["params"] if id(p) in self._ids])
 
-    def average(self, params: list[torch.Tensor]) -> None:
+    def now(self) -> None:
+        """Average every parameter's gradient at once, for a solver that reads the whole
+        gradient before it steps (a norm, a clip); the next optimiser step does not again."""
+        self.average(self._network)
+        self._averaged = True
+
+    def average(self, params: Sequence[torch.Tensor]) -> None:
         """Replace each ``p.grad`` by the weighted sum over the groups (one reduction)."""
         if not params:
             return

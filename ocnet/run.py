@@ -142,7 +142,7 @@ def setup(argv: list[str], world: comm_mod.Comm) -> dict[str, Any]:
     network = agree(world, lambda: problem.local(partition, comm.rank).to(device))
     solver = agree(world, lambda: build_solver(solver_cls, network, comm, config, device))
     if groups > 1:
-        grid.gradients = GradientAverage(network, solver.optimizers, grid.data)
+        grid.gradients = solver.gradient_average = GradientAverage(network, solver.optimizers, grid.data)
     start, history = None, History(out / "history.jsonl" if world.rank == 0 else None)
     if resume:
         start = agree(world, lambda: _load_checkpoint(solver, grid, out, device, config["epochs"]))

@@ -134,7 +134,7 @@ def evaluate(solver: Solver, comm: Comm, x: torch.Tensor, y: torch.Tensor,
              grid: Grid | None = None) -> tuple[float, float]:
     """``(accuracy, mean loss)`` on ``(x, y)``, known on every rank; on a ``grid`` each data
     group scores its share of the samples (``comm`` is then the group's)."""
-    faults.inject("evaluate", comm.rank)
+    faults.inject("evaluate", (grid.world if grid is not None else comm).rank)
     n = len(y)
     if grid is not None and grid.groups > 1:
         x, y = x[grid.group::grid.groups], y[grid.group::grid.groups]
@@ -328,7 +328,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 with window:  # the step, and the wait for the previous step's check
                     with dropout.samples(seed, epoch, samples), batchnorm.one_update(solver.network):
                         record = dict(solver.step(x, y, index) if len(index) else solver.idle_step())
-                    if faults.inject("step", comm.rank) == "nan":
+                    if faults.inject("step", world.rank) == "nan":
                         _poison(solver, record)
                     iters.append({**record, "bytes_sent": sent() - before})
                     step += 1

@@ -1,8 +1,8 @@
 """The shipped experiment configurations: each is valid, says in its header either what it
 reaches (``# Expect: test accuracy >= X %``) or which data it needs (``# Needs: …``), and
-keeps its word: the first kind is trained here on 2 ranks (and, with ``# Within: X points
-of OTHER.toml``, compared with that configuration's accuracy), the second stops at once with
-one clear error while its data is absent."""
+keeps its word: the first kind is trained here on 2 ranks, or as many as ``# Ranks: P``
+says (and, with ``# Within: X points of OTHER.toml``, compared with that configuration's
+accuracy), the second stops at once with one clear error while its data is absent."""
 import json
 import re
 from pathlib import Path
@@ -30,13 +30,15 @@ def test_config_resolves(path):
 
 @pytest.fixture(scope="module")
 def accuracy(tmp_path_factory):
-    """The test accuracy of a configuration trained on 2 ranks, each trained once."""
+    """The test accuracy of a configuration trained on its ranks, each trained once."""
     cache: dict[str, float] = {}
 
     def train(name: str) -> float:
         if name not in cache:
             out = tmp_path_factory.mktemp("run") / name
-            proc = run_mpi(2, "ocnet.run", "--config", str(CONFIGS_DIR / name), "--quiet", "--timeline-steps", "0",
+            ranks = re.search(r"# Ranks: (\d+)", _header(CONFIGS_DIR / name))
+            proc = run_mpi(int(ranks.group(1)) if ranks else 2, "ocnet.run", "--config", str(CONFIGS_DIR / name),
+                           "--quiet", "--timeline-steps", "0",
                            "--out", str(out), module=True, plain=True, timeout=300)
             assert proc.returncode == 0, proc.stderr
             cache[name] = json.loads((out / "summary.json").read_text())["final_test_acc"]

@@ -1,6 +1,7 @@
 """Data groups × layer ranks (``--data-parallel D``): the trained weights depend on the global
 batch, not on D or P; records, checkpoints and batch norm's running statistics span the groups."""
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,18 @@ def test_the_weights_depend_on_the_global_batch_not_on_the_grid(library, case, j
                 assert mine[key] == pytest.approx(theirs[key], rel=1e-10, abs=1e-20), (key, mine["step"])
 
 
+@pytest.mark.mpi
+def test_batch_norms_running_statistics_are_the_same_in_every_group(library):
+    """Each group normalises its own share, so the run is not one group's; but the running
+    statistics that evaluation uses end the same in both groups, and they have moved."""
+    groups = torch.load(library / "batchnorm" / "P4_D2.pt", weights_only=True)["groups"]
+    stats = [k for k in groups[0] if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for k in stats:
+        assert torch.equal(groups[0][k], groups[1][k]), k
+    assert all(float(groups[0][k].abs().max()) > 1e-3 for k in stats if k.endswith("running_mean"))
+
+
 # -- the command line ------------------------------------------------------------------------------
 def _run(tmp_path: Path, name: str, *flags: str, n: int = 4):
     out = tmp_path / name
@@ -146,3 +159,43 @@ def test_groups_that_do_not_divide_the_ranks_are_refused_on_every_rank(tmp_path)
     _, proc = _run(tmp_path, "bad", "--data-parallel", "3")
     assert proc.returncode == 2
     assert proc.stderr.count("ocnet: error: --data-parallel 3 does not divide the job's 4 ranks") == 1, proc.stderr
+
+
+@pytest.mark.mpi
+def test_the_tutorial_plugin_clips_the_whole_batchs_gradient_on_the_grid(tmp_path):
+    """docs/own_solver.rst's solver clips the gradient's norm after ``average_gradients()``: at
+    2 × 2 it trains as on one rank (a clip of each group's share would not)."""
+    from test_own_solver import _write
+    _write(tmp_path)
+    runs = {}
+    for n, groups in ((1, 1), (4, 2)):
+        out = tmp_path / f"D{groups}"
+        proc = run_mpi(n, "ocnet.run", "--plugin", str(tmp_path / "mine.py"), "--solver", "clipped", "--clip", "0.5",
+                       "--layers", "4", "--epochs", "1", "--dtype", "float64", "--data-parallel", str(groups),
+                       "--quiet", "--timeline-steps", "0", "--out", str(out), module=True, plain=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+        runs[groups] = torch.load(out / "model.pt"), [r["grad_norm"] for r in history if r["kind"] == "iter"]
+    (one, norms_one), (grid, norms_grid) = runs[1], runs[2]
+    assert max(norms_one) > 0.5  # the clip acts
+    assert norms_grid == pytest.approx(norms_one, rel=1e-10)
+    for k in one:
+        torch.testing.assert_close(grid[k], one[k], rtol=1e-10, atol=1e-14)
+
+
+def test_the_slurm_grid_script_launches_d_groups_and_refuses_a_d_that_does_not_divide(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\necho "$@"\n')
+    (bin_dir / "srun").chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "mpi_runs" / "slurm_grid.sbatch"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_NTASKS": "16", "SLURM_JOB_ID": "7"}
+    ok = subprocess.run(["bash", str(script), "4", "cifar10_serial.toml", "--epochs", "3"], env=env,
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split() == ["--mpi=pmix", "python", "-m", "ocnet.run", "--config", "cifar10_serial.toml",
+                                 "--data-parallel", "4", "--out", "runs/cifar10_serial-D4-7", "--quiet",
+                                 "--epochs", "3"]
+    bad = subprocess.run(["bash", str(script), "3", "cifar10_serial.toml"], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 2 and "3 data groups do not divide the job's 16 tasks" in bad.stderr

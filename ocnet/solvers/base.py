@@ -19,6 +19,7 @@ from ..grid import Partition
 from ..options import Option
 from ..problem import LocalNetwork
 from ..records import FIELDS, Field, Record
+from ..replicas import GradientAverage
 from ..tags import Tags
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -100,6 +101,9 @@ class Solver:
         self.state_shape = network.state_shapes[network.start]
         self.make_optimizer = make_optimizer
         self.optimizer = make_optimizer(network.parameters())
+        #: On a grid of data groups, the average of the gradients over the groups, which the
+        #: optimisers' steps take (set by whoever builds the grid; :mod:`ocnet.replicas`).
+        self.gradient_average: GradientAverage | None = None
         self.config = {k: options.get(k, o.default) for k, o in self.options.items()}
 
     # -- what the configuration asks of a class ----------------------------------------------
@@ -145,6 +149,16 @@ class Solver:
             rank the ``loss``), every rank the value of a ``"first"`` field.
         """
         raise NotImplementedError
+
+    def average_gradients(self) -> None:
+        """Make the parameters' gradients those of the whole batch now.
+
+        On a grid of data groups (:mod:`ocnet.replicas`) each group's backward pass leaves
+        its own share, and the optimiser's step averages them over the groups.  A solver
+        that reads the whole gradient before stepping (its norm, to clip it) calls this
+        first; the step then does not average again.  In one group it does nothing."""
+        if self.gradient_average is not None:
+            self.gradient_average.now()
 
     # -- hooks with defaults ---------------------------------------------------------------
     def idle_step(self) -> Record:

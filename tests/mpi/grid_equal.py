@@ -38,6 +38,8 @@ CASES = {
     "oneshot": ("mgrit", {"coarsening": 2, "mgrit_mode": "one_shot", "mgrit_warm_start": "sample"}, 8, 0.0, ADAM),
     "hybrid": ("hybrid", {"parallel": "al", "blocks": 4, "serial_every": 2, "parallel_epochs": 1,
                           "serial_epochs": 1}, 8, 0.0, SGD),
+    # batch norm normalises each group's share: the same running statistics in every group
+    "batchnorm": ("serial", {}, 4, 0.0, ADAM),
 }
 JOBS = [(1, 1), (2, 1), (4, 1), (4, 2)]  # (ranks, data groups)
 
@@ -48,26 +50,32 @@ y = torch.arange(N + 20) % 3
 centres = torch.randn(3, 8, generator=gen, dtype=torch.float64) * 2
 x = centres[y] + 0.7 * torch.randn(N + 20, 8, generator=gen, dtype=torch.float64)
 data = Dataset("blobs", x[:N], y[:N], x[N:], y[N:], 3, False)
+images = Dataset("blobs", x[:N].view(N, 1, 2, 4), y[:N], x[N:].view(20, 1, 2, 4), y[N:], 3, True)
 
 
 def job(grid: Grid, case: str, name: str) -> None:
     solver_name, options, layers, p, optimizer = CASES[case]
     cls = get(solver_name)
     comm = grid.layers
-    problem = build((8,), 3, net="dense", layers=layers, width=6, seed=1, dtype=torch.float64, dropout=p)
+    if case == "batchnorm":  # images: 1 channel of 2 × 4 pixels
+        problem = build((1, 2, 4), 3, net="conv", layers=layers, channels=[4], norm="batch", seed=1,
+                        dtype=torch.float64)
+    else:
+        problem = build((8,), 3, net="dense", layers=layers, width=6, seed=1, dtype=torch.float64, dropout=p)
     config = {k: options.get(k, o.default) for k, o in cls.options_for(options).items()}
     network = problem.local(cls.partition(problem.n_layers, comm.size, config), comm.rank)
     solver = cls(network, comm, optimizer, seed=0, **options)
     if grid.groups > 1:
-        grid.gradients = GradientAverage(network, solver.optimizers, grid.data)
+        grid.gradients = solver.gradient_average = GradientAverage(network, solver.optimizers, grid.data)
     history = History(None)
-    fit(solver, data, comm, epochs=EPOCHS, batch_size=BATCH, seed=5, lr=lambda e: 1e-2, augment_images=False,
-        history=history, grid=grid)
+    fit(solver, images if case == "batchnorm" else data, comm, epochs=EPOCHS, batch_size=BATCH, seed=5,
+        lr=lambda e: 1e-2, augment_images=False, history=history, grid=grid)
     params = grid.world.gather({k: v.clone() for k, v in network.problem_state().items()})
-    if params is not None:
+    if params is not None:  # each group's, group by group
+        groups = [{k: v for p in params[g * comm.size:(g + 1) * comm.size] for k, v in p.items()}
+                  for g in range(grid.groups)]
         (root / case).mkdir(parents=True, exist_ok=True)
-        torch.save({"records": history.records, "params": {k: v for p in params[:comm.size] for k, v in p.items()}},
-                   root / case / f"{name}.pt")
+        torch.save({"records": history.records, "params": groups[0], "groups": groups}, root / case / f"{name}.pt")
 
 
 world = Comm(MPI.COMM_WORLD)
