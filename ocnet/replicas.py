@@ -17,7 +17,7 @@ ranks before it); its payload is :func:`reduction_bytes`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -44,7 +44,6 @@ class Grid:
     world: Comm
     layers: Comm
     data: Comm
-    gradients: "GradientAverage | None" = field(default=None)
 
     @staticmethod
     def check(groups: int, ranks: int) -> None:

@@ -35,7 +35,7 @@ from .filters import FILTERS
 from .memory import check_memory
 from .problem import from_config, net_kind
 from .records import dumps
-from .replicas import GradientAverage, Grid
+from .replicas import Grid
 from .solvers import Solver, SolverError
 from .solvers import get as get_solver
 from .tags import Tags
@@ -141,8 +141,6 @@ def setup(argv: list[str], world: comm_mod.Comm) -> dict[str, Any]:
     partition = agree(world, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
     network = agree(world, lambda: problem.local(partition, comm.rank).to(device))
     solver = agree(world, lambda: build_solver(solver_cls, network, comm, config, device))
-    if groups > 1:
-        grid.gradients = solver.gradient_average = GradientAverage(network, solver.optimizers, grid.data)
     start, history = None, History(out / "history.jsonl" if world.rank == 0 else None)
     if resume:
         start = agree(world, lambda: _load_checkpoint(solver, grid, out, device, config["epochs"]))

@@ -25,7 +25,7 @@ from .comm import Comm
 from .console import Console, statistics
 from .data import Dataset, augment, batches
 from .records import combine, combine_groups, dumps, jsonable, non_finite
-from .replicas import Grid, average_running_statistics
+from .replicas import GradientAverage, Grid, average_running_statistics
 from .solvers.base import Solver
 
 _EVAL_BATCH = 1000
@@ -216,9 +216,10 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         written at the end of every epoch and when the loop stops.
     grid : Grid, optional
         Data groups (:mod:`ocnet.replicas`): ``comm`` is then this rank's group, which trains
-        on the samples it owns of every batch, with its gradient average
-        (``grid.gradients``) weighted by its share; records, checks and evaluation span
-        every group, and each group writes its own checkpoint shards.
+        on the samples it owns of every batch, and the solver's gradients are averaged over
+        the groups (``solver.gradient_average``, installed here when missing), weighted by
+        the group's share; records, checks and evaluation span every group, and each group
+        writes its own checkpoint shards.
 
     Raises
     ------
@@ -243,12 +244,15 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     best_val = world.bcast(max((r["val_acc"] for r in history.records
                                if r["kind"] == "epoch" and r.get("val_acc") is not None), default=-1.0))
     first_epoch = start["epoch"] + (start["batch"] is None)
-    def sent() -> int:  # this rank's bytes, its share of the gradient average included
-        return comm.bytes_sent + (grid.data.bytes_sent if grid.data is not comm else 0)
-
     # each group's share of the training set, by sample: sample i is the group's i // D
     own = torch.arange(grid.group, n, D)
     weights = [len(range(g, n, D)) / n for g in range(D)]
+    if D > 1 and solver.gradient_average is None:
+        solver.gradient_average = GradientAverage(solver.network, solver.optimizers, grid.data)
+
+    def sent() -> int:  # this rank's bytes, its share of the gradient average included
+        return comm.bytes_sent + (grid.data.bytes_sent if grid.data is not comm else 0)
+
     job = (time.perf_counter(), list(comm.progress.waited), sent())
     # a run resumed after its last epoch trains nothing and reports that epoch's record
     last: dict[str, Any] = next((r for r in reversed(history.records) if r["kind"] == "epoch"), {})
@@ -315,12 +319,13 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
                 if do_augment:  # seeded per batch, so that a run resumes at any batch alike
                     x = augment(x, torch.Generator().manual_seed((1_000_003 * seed + epoch) * 1_000_033 + b))
-                samples, index = idx, idx
+                samples, index, share = idx, idx, 1.0
                 if D > 1:  # this group's share, augmented as part of the whole batch
+                    assert solver.gradient_average is not None
                     mine = grid.share(idx)
-                    samples, index = idx[mine], idx[mine] // D
+                    samples, index, share = idx[mine], idx[mine] // D, len(mine) / len(idx)
                     x, y = x[mine.to(x.device)], y[mine.to(y.device)]
-                    grid.gradients.weight = len(mine) / len(idx)  # type: ignore[union-attr]
+                    solver.gradient_average.weight = share
                     ep.shares.append([k / len(idx) for k in grid.shares(idx)])
                 before = sent()
                 comm.where(f"epoch {epoch}, step {step + 1}")
@@ -336,8 +341,11 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                     if console is not None:
                         console.step(step, record)
                     # checked one step late, so that the check's collective overlaps the next step
+                    loss = record.get("loss")
+                    if isinstance(loss, float):  # the group's part of the whole batch's mean
+                        loss *= share
                     check = _Check(world, non_finite(record), interrupt.signum, kept=len(iters),
-                                   loss=record.get("loss") if step_losses else False)
+                                   loss=loss if step_losses else False)
                     check.at = (step, b, wall[-1])
                     if pending is not None:
                         settle(ep, pending, b + 1)

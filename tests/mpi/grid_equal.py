@@ -17,7 +17,7 @@ from mpi4py import MPI
 from ocnet.comm import Comm, SelfComm
 from ocnet.data import Dataset
 from ocnet.problem import build
-from ocnet.replicas import GradientAverage, Grid
+from ocnet.replicas import Grid
 from ocnet.solvers import get
 from ocnet.train import History, fit
 
@@ -65,8 +65,6 @@ def job(grid: Grid, case: str, name: str) -> None:
     config = {k: options.get(k, o.default) for k, o in cls.options_for(options).items()}
     network = problem.local(cls.partition(problem.n_layers, comm.size, config), comm.rank)
     solver = cls(network, comm, optimizer, seed=0, **options)
-    if grid.groups > 1:
-        grid.gradients = solver.gradient_average = GradientAverage(network, solver.optimizers, grid.data)
     history = History(None)
     fit(solver, images if case == "batchnorm" else data, comm, epochs=EPOCHS, batch_size=BATCH, seed=5,
         lr=lambda e: 1e-2, augment_images=False, history=history, grid=grid)
