@@ -43,6 +43,9 @@ bench: setup
 	$(BIN)/python benchmarks/bench_timeline.py
 	$(BIN)/python benchmarks/bench_scaling.py
 	$(BIN)/python benchmarks/bench_threads.py
+	$(BIN)/python benchmarks/bench_transformer.py
+	$(BIN)/python benchmarks/bench_accuracy_control.py
+	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_grid.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info docs/_build docs/_figures

@@ -27,15 +27,16 @@ _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _FOUND: weakref.WeakKeyDictionary[nn.Module, list[nn.modules.batchnorm._BatchNorm]] = weakref.WeakKeyDictionary()
 
 
-def _norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+def norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers of ``module`` that keep running statistics."""
     if module not in _FOUND:
         _FOUND[module] = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                           and m.track_running_stats]
     return _FOUND[module]
 
 
-def _snapshot(norms: list[nn.modules.batchnorm._BatchNorm]) -> list[dict[str, torch.Tensor]]:
-    return [{k: getattr(m, k).clone() for k in _BUFFERS} for m in norms]
+def _snapshot(layers: list[nn.modules.batchnorm._BatchNorm]) -> list[dict[str, torch.Tensor]]:
+    return [{k: getattr(m, k).clone() for k in _BUFFERS} for m in layers]
 
 
 def _restore(m: nn.Module, saved: dict[str, torch.Tensor]) -> None:
@@ -49,10 +50,10 @@ def _restore(m: nn.Module, saved: dict[str, torch.Tensor]) -> None:
 def one_update(module: nn.Module) -> Iterator[None]:
     """Within it, each batch-norm layer of ``module`` evaluated in training mode starts from
     its running statistics at entry, so that only its last evaluation's update remains."""
-    norms = _norms(module)
-    saved = _snapshot(norms)
+    layers = norms(module)
+    saved = _snapshot(layers)
     handles = [m.register_forward_pre_hook(lambda m, args, s=s: _restore(m, s) if m.training else None)
-               for m, s in zip(norms, saved)]
+               for m, s in zip(layers, saved)]
     try:
         yield
     finally:
@@ -63,12 +64,12 @@ def one_update(module: nn.Module) -> Iterator[None]:
 @contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """Within it, the running statistics of ``module``'s batch-norm layers do not change."""
-    norms = _norms(module)
-    saved = _snapshot(norms)
+    layers = norms(module)
+    saved = _snapshot(layers)
     try:
         yield
     finally:
-        for m, s in zip(norms, saved):
+        for m, s in zip(layers, saved):
             _restore(m, s)
 
 

@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from . import batchnorm
 from .comm import Comm, SelfComm
 
 
@@ -100,7 +101,8 @@ class GradientAverage:
         self._network = list(network.parameters())
         self._ids = {id(p) for p in self._network}
         self._averaged = False  # by :meth:`now`, for the next optimiser step
-        self._handles = [opt.register_step_pre_hook(self._hook) for opt in dict.fromkeys(optimizers)]
+        for opt in dict.fromkeys(optimizers):
+            opt.register_step_pre_hook(self._hook)
 
     def _hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._averaged:
@@ -131,10 +133,6 @@ class GradientAverage:
             if present:
                 p.grad = g.to(p.device, p.dtype) if p.grad is None else p.grad.copy_(g)
 
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
 
 def reduction_bytes(network: nn.Module) -> int:
     """The payload of one gradient reduction of a rank holding ``network``: its parameters'
@@ -144,9 +142,6 @@ def reduction_bytes(network: nn.Module) -> int:
         if params else 0
 
 
-_RUNNING = ("running_mean", "running_var")
-
-
 def average_running_statistics(network: nn.Module, data: Comm) -> None:
     """Make batch norm's running statistics the plain mean over the groups (a collective over
     ``data``; nothing happens in a network without batch norm).
@@ -154,17 +149,15 @@ def average_running_statistics(network: nn.Module, data: Comm) -> None:
     Each group moves its running statistics one momentum step per optimiser step,
     ``r ← (1 - m) r + m s_g``.  The step is affine with the same coefficients in every group,
     so the mean over the groups taken at the end of an epoch equals the mean taken after
-    every step: averaging once an epoch costs one reduction and changes nothing.
+    every step: averaging once an epoch costs one reduction and changes nothing.  (A group
+    that owns none of a batch's samples skips that step's update, as it skips the forward.)
     """
-    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and m.track_running_stats]
-    if not norms or data.size == 1:
+    layers = batchnorm.norms(network)
+    if not layers or data.size == 1:
         return
-    flat = torch.cat([getattr(m, k).flatten() for m in norms for k in _RUNNING])
-    flat = data.allreduce(flat) / data.size
+    stats = [getattr(m, k) for m in layers for k in ("running_mean", "running_var")]
+    flat = data.allreduce(torch.cat([t.flatten() for t in stats])) / data.size
     offset = 0
-    for m in norms:
-        for k in _RUNNING:
-            buf = getattr(m, k)
-            buf.copy_(flat[offset:offset + buf.numel()].view_as(buf))
-            offset += buf.numel()
+    for t in stats:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
