@@ -452,6 +452,27 @@ def run(size: int, rank_fn: Callable[[VirtualComm], Any], costs: Mapping[str, fl
     return Replay([c.clock for c in comms], [rec.events for rec in recorders], results, uncharged)
 
 
+class VirtualReplicas(Comm):
+    """The data communicator of a virtual rank whose group is one of ``size`` identical data
+    groups (:mod:`ocnet.replicas`): only this group is replayed, so a reduction returns
+    ``size`` × the rank's value (every group contributes the same) and advances the rank's
+    clock by the link's collective over ``size`` ranks of ``nbytes`` (the configured
+    network's gradient, not the miniature's)."""
+
+    def __init__(self, comm: VirtualComm, size: int, nbytes: float) -> None:  # noqa: D401 - no MPI underneath
+        self.mpi = None
+        self.comm, self.rank, self.size, self.nbytes = comm, 0, size, nbytes
+        self.bytes_sent = 0
+        self.progress = comm.progress
+
+    def allreduce(self, value: Any, op: str = "sum") -> Any:
+        comm = self.comm
+        t0 = comm.clock
+        comm.clock += comm.fabric.link.collective(self.size, self.nbytes)
+        comm.recorder_event("reduce", t0, {"what": "gradient average", "bytes": self.nbytes})
+        return value * self.size
+
+
 def make_comms(size: int, link: Link = Link(),
                message_bytes: Callable[[torch.Tensor], float] | None = None) -> list[VirtualComm]:
     """``size`` virtual communicators on one new :class:`Fabric`."""

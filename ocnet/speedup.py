@@ -9,6 +9,8 @@ of the *configured* network's state over the bandwidth.  The largest virtual clo
 step time; the critical path is the solver's schedule, whatever it is.
 
 With P ranks on C < P cores, compute stretches by P / C (the ranks take turns on the cores).
+With ``--data-parallel D`` one of the D groups is replayed on its share of the batch, its
+gradient average charged as a collective over D ranks (:func:`replay_step`).
 
 Writes ``speedup.json`` and ``speedup.png`` (speedup and efficiency against serial at P = 1)
 into ``--out`` and prints a table.  Its own flags (the rest is ``ocnet.run``'s configuration):
@@ -30,7 +32,8 @@ import torch
 
 from . import calibrate as cal
 from .config import COMMON, ConfigError, given, resolve
-from .replay import Link, make_comms, run
+from .replay import Link, VirtualReplicas, make_comms, run
+from .replicas import GradientAverage, Grid, reduction_bytes
 from .solvers import get as get_solver
 
 #: The solver variants predicted: name ↦ configuration keys that make it.
@@ -97,26 +100,39 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
 
     Runs ``steps`` steps of the real solver on :class:`Miniature` virtual ranks (set-up and
     ``begin_epoch`` uncharged) and returns ``{"step": seconds of the last step, "events":
-    per-rank timelines of it, "uncharged": kinds without a cost}``.
+    per-rank timelines of it, "uncharged": kinds without a cost}``.  With
+    ``data_parallel = D`` the ranks are D groups of P/D: one group is replayed (its share of
+    the batch is ``mini``'s and ``costs``' business), and each optimiser step's gradient
+    average is a collective over D ranks of the configured network's gradient
+    (:class:`~ocnet.replay.VirtualReplicas`), where the solver's own schedule takes it.
 
     Raises
     ------
     ValueError
-        When the solver's partition admits no ``P`` ranks for this network (the reason).
+        When the solver's partition admits no ``P`` ranks for this network, or D does not
+        divide P (the reason).
     """
     from .run import build_solver
     cls = get_solver(config["solver"])
     mini = mini or Miniature(config, cal_batch(config))
+    D = int(config.get("data_parallel", 1))
+    Grid.check(D, P)
+    P //= D
     partition = cls.partition(mini.problem.n_layers, P, config)
     mini.problem.load_state_dict(mini.pristine)
     x, y, index = mini.data()
     comms = make_comms(P, link, mini.message_bytes)
     solvers: list[Any] = [None] * P
+    gradient_bytes = gradient_bytes_per_rank(config, cls, P) if D > 1 else []
 
     def setup(comm: Any) -> None:
         net = mini.problem.local(partition, comm.rank)
-        solvers[comm.rank] = build_solver(cls, net, comm, dict(config), torch.device("cpu"))
-        solvers[comm.rank].begin_epoch(0, x, y)
+        solver = solvers[comm.rank] = build_solver(cls, net, comm, dict(config), torch.device("cpu"))
+        if D > 1:
+            average = GradientAverage(net, solver.optimizers, VirtualReplicas(comm, D, gradient_bytes[comm.rank]))
+            average.weight = 1 / D
+            solver.gradient_average = average
+        solver.begin_epoch(0, x, y)
 
     def train(comm: Any) -> list[float]:
         ends = []
@@ -139,6 +155,19 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
     start = ends[-2] if steps > 1 else 0.0
     events = [[e for e in ev if e[2] > start] for ev in replay.events]
     return {"step": step, "events": events, "uncharged": replay.uncharged}
+
+
+def gradient_bytes_per_rank(config: Mapping[str, Any], cls: Any, P: int) -> list[int]:
+    """The payload of each of ``P`` layer ranks' gradient average in the configured network
+    (:func:`ocnet.replicas.reduction_bytes`)."""
+    real = cal.build_problem(config)
+    partition = cls.partition(real.n_layers, P, config)
+    return [reduction_bytes(real.local(partition, r)) for r in range(P)]
+
+
+def group_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` as one of its ``data_parallel`` groups sees it: its share of the batch."""
+    return {**config, "batch_size": -(-config["batch_size"] // int(config.get("data_parallel", 1)))}
 
 
 def cal_batch(config: Mapping[str, Any]) -> int:
@@ -179,7 +208,10 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
     n_train = cal.DATASETS[base["problem"]][0]
     steps_per_epoch = steps_per_epoch or math.ceil(n_train / base["batch_size"])
     out: dict[str, Any] = {"ranks": ranks, "cores": cores, "link": vars(link), "steps_per_epoch": steps_per_epoch,
-                           "layers": base["layers"], "solvers": {}}
+                           "layers": base["layers"], "data_parallel": base["data_parallel"], "solvers": {}}
+    if base["data_parallel"] > 1:  # the speedups' reference: serial on one rank in one group
+        serial = variant_config({**values, "data_parallel": 1}, VARIANTS["serial"])
+        out["reference_step"] = replay_step(serial, 1, _costs(calibration, compute_batch(serial)), link)["step"]
     for name in variants or list(VARIANTS):
         try:
             config = variant_config(values, VARIANTS[name])
@@ -188,14 +220,14 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
             continue
         if config["solver"] == "mgrit":
             config = _mgrit_iterations(config, calibration)
-        costs = _costs(calibration, compute_batch(config))
-        mini = Miniature(config, cal_batch(config))
+        costs = _costs(calibration, compute_batch(group_config(config)))
+        mini = Miniature(group_config(config), cal_batch(config))
         rows: dict[str, Any] = {}
         uncharged: dict[str, int] = {}
         for P in ranks:
             try:
                 r = replay_step(config, P, stretched(costs, P, cores), link, mini)
-            except ValueError as e:  # the solver's partition admits no P ranks here
+            except ValueError as e:  # the solver's partition (or the data groups) admit no P ranks here
                 rows[str(P)] = {"skipped": str(e).splitlines()[0]}
                 continue
             for k, n in r["uncharged"].items():
@@ -229,9 +261,10 @@ def _mgrit_iterations(config: dict[str, Any], calibration: Mapping[str, Any]) ->
 
 
 def _speedups(out: dict[str, Any]) -> None:
-    """Speedup and efficiency against serial at P = 1, and the crossover P of each solver."""
+    """Speedup and efficiency against serial at P = 1 (in one data group), and the crossover
+    P of each solver."""
     serial = out["solvers"].get("serial", {}).get("per_rank_count", {}).get("1", {})
-    t1 = serial.get("step")
+    t1 = out.get("reference_step", serial.get("step"))
     for s in out["solvers"].values():
         rows = s.get("per_rank_count", {})
         for P, row in rows.items():
@@ -257,8 +290,8 @@ def recommend_mgrit(values: Mapping[str, Any], calibration: Mapping[str, Any], r
         k = exact_iterations(factor, config["mgrit_tol"], config["mgrit_max_iter"])
         if k is None:
             continue
-        costs = _costs(calibration, config["batch_size"])
-        mini = Miniature(config, 2)
+        costs = _costs(calibration, group_config(config)["batch_size"])
+        mini = Miniature(group_config(config), 2)
         for P in ranks:
             try:
                 t = [replay_step({**config, "mgrit_tol": 1e-300, "mgrit_max_iter": i}, P, stretched(costs, P, cores),
@@ -351,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     if own["calibration"]:
         calibration = cal.load(own["calibration"])
     else:
-        batches = {compute_batch(variant_config(values, VARIANTS[n])) for n in names}
+        configs = [variant_config(values, VARIANTS[n]) for n in names]
+        batches = {compute_batch(c) for c in configs} | {compute_batch(group_config(c)) for c in configs}
         mgrit = MGRIT_CANDIDATES if not own["no_recommend"] and len(base["channels"]) == 1 else []
         calibration = cal.calibrate(base, batches, mgrit, with_coverage=False)
     prediction = predict(values, calibration, max_ranks=own["max_ranks"], cores=own["cores"] or None,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ocnet import speedup
+from ocnet import calibrate, speedup
 from ocnet.config import given
 from ocnet.replay import Link
 
@@ -120,3 +120,24 @@ def test_link_calibration_under_mpiexec(mpi, tmp_path):
     seen = json.loads(out.read_text())
     assert len(seen) == 3 and all(s == seen[0] for s in seen)  # every rank holds rank 0's numbers
     assert 0 < seen[0]["latency"] < 0.1 and seen[0]["bandwidth"] > 1e6 and seen[0]["reduction"] > 0
+
+
+def test_data_groups_replay_one_group_and_its_gradient_average():
+    """2 groups × 1 rank: one rank's step on its half of the batch, then the average of the
+    configured network's gradient over 2 ranks; P = 1 cannot hold 2 groups."""
+    grid = speedup.predict(given(["--problem", "digits", "--net", "conv", "--layers", "16", "--batch-size", "32",
+                                  "--data-parallel", "2"]), CALIBRATION, max_ranks=4, cores=4, variants=["serial"],
+                           recommend=False)
+    half = speedup.predict(given(["--problem", "digits", "--net", "conv", "--layers", "16", "--batch-size", "16"]),
+                           CALIBRATION, max_ranks=1, cores=4, variants=["serial"], recommend=False)
+    rows = grid["solvers"]["serial"]["per_rank_count"]
+    assert "--data-parallel 2 does not divide the job's 1 ranks" in rows["1"]["skipped"]
+    cfg = speedup.group_config(speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "16",
+                                                             "--batch-size", "32"]), {"solver": "serial"}))
+    nbytes = speedup.gradient_bytes_per_rank(cfg, speedup.get_solver("serial"), 1)[0]
+    params = list(calibrate.build_problem(cfg).parameters())  # one rank holds them all
+    assert nbytes == 4 * (sum(p.numel() for p in params) + len(params))
+    average = Link(**CALIBRATION["link"]).collective(2, nbytes)
+    assert rows["2"]["step"] == pytest.approx(half["solvers"]["serial"]["per_rank_count"]["1"]["step"] + average)
+    assert rows["2"]["speedup"] == pytest.approx(grid["reference_step"] / rows["2"]["step"])
+    assert grid["reference_step"] == pytest.approx(2 * half["solvers"]["serial"]["per_rank_count"]["1"]["step"])
