@@ -121,27 +121,31 @@ def test_batch_norms_running_statistics_are_the_same_in_every_group(library):
 
 
 # -- the command line ------------------------------------------------------------------------------
-def _run(tmp_path: Path, name: str, *flags: str, n: int = 4):
+def _run(tmp_path: Path, name: str, *flags: str, n: int = 4, env: dict | None = None):
     out = tmp_path / name
     args = ["ocnet.run", "--layers", "4", "--epochs", "2", "--batch-size", "128", "--dtype", "float64",
             "--quiet", "--timeline-steps", "0", *flags]
     if "--resume" not in flags:
         args += ["--out", str(out)]
-    return out, run_mpi(n, *args, module=True, plain=True, timeout=180)
+    return out, run_mpi(n, *args, module=True, plain=True, timeout=180, env=env)
 
 
 @pytest.mark.mpi
-def test_a_grid_run_resumes_its_checkpoint_and_refuses_another_grid(tmp_path):
-    """Penalty with batch norm at 2 × 2, stopped after its first epoch and resumed, ends where
-    the run that was never stopped ends; a resume with another D is refused before training."""
+def test_a_grid_run_stopped_inside_an_epoch_resumes_exactly_and_refuses_another_grid(tmp_path):
+    """Penalty with batch norm at 2 × 2, stopped by SIGTERM on the second group's last rank
+    inside epoch 1 and resumed, ends where the run that was never stopped ends — each group's
+    auxiliary states from its own shards, the running statistics averaged at the stop; a
+    resume with another D is refused before training."""
     flags = ("--solver", "penalty", "--blocks", "2", "--net", "conv", "--norm", "batch", "--channels", "4",
              "--data-parallel", "2")
     whole, proc = _run(tmp_path, "whole", *flags)
     assert proc.returncode == 0, proc.stderr
-    cut, proc = _run(tmp_path, "cut", *flags, "--checkpoint-every", "1", "--epochs", "1")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((cut / "checkpoints" / "latest.json").read_text())["groups"] == 2
-    assert (cut / "checkpoints" / "epoch_0000" / "group_001" / "rank_001.pt").is_file()
+    cut, proc = _run(tmp_path, "cut", *flags, env={"OCNET_FAULT": "step:3:term:15"})
+    assert proc.returncode == 143 and "stopped by SIGTERM at epoch 1, step 16 (batch 4 of 12)" in proc.stderr, \
+        proc.stderr
+    latest = json.loads((cut / "checkpoints" / "latest.json").read_text())
+    assert (latest["epoch"], latest["batch"], latest["groups"]) == (1, 4, 2)
+    assert (cut / "checkpoints" / "epoch_0001_batch_00004" / "group_001" / "rank_001.pt").is_file()
     _, proc = _run(tmp_path, "cut", *flags[:-1], "1", "--resume", str(cut))
     assert proc.returncode == 2 and proc.stderr.count("data_parallel: 2 → 1") == 1, proc.stderr
     _, proc = _run(tmp_path, "cut", *flags, "--resume", str(cut))
@@ -150,6 +154,9 @@ def test_a_grid_run_resumes_its_checkpoint_and_refuses_another_grid(tmp_path):
     assert a.keys() == b.keys() and any("running_mean" in k for k in a)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-10, atol=1e-14)
+    losses = [[json.loads(line)["loss"] for line in (run / "history.jsonl").read_text().splitlines()]
+              for run in (whole, cut)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-10)
     summary = json.loads((whole / "summary.json").read_text())
     assert summary["ranks"] == 4 and summary["data_parallel"] == 2
 
