@@ -51,12 +51,19 @@ class Run:
 
     @property
     def base_label(self) -> str:
-        """``"{solver} P={ranks}"``, from the summary (else the config, else the directory name)."""
+        """``"{solver} P={ranks}"`` (and ``" D={groups}"`` with several data groups), from the
+        summary (else the config, else the directory name)."""
         solver = self.summary.get("solver") or self.config.get("solver")
         ranks = self.summary.get("ranks", self.config.get("ranks"))
         if not solver:
             return self.path.resolve().name  # resolve: Path(".").name is empty
-        return f"{solver} P={ranks}" if ranks is not None else str(solver)
+        groups = f" D={self.groups}" if self.groups > 1 else ""
+        return f"{solver} P={ranks}{groups}" if ranks is not None else str(solver)
+
+    @property
+    def groups(self) -> int:
+        """The run's data groups (``--data-parallel``; 1 for runs before there were any)."""
+        return int(self.summary.get("data_parallel", self.config.get("data_parallel", 1)))
 
     @property
     def label(self) -> str:
@@ -246,11 +253,11 @@ def epoch_time(run: Run) -> float | None:
 
 
 def speedups(runs: list[Run]) -> dict[str, tuple[list[int], list[float]]]:
-    """Per solver with runs at two or more rank counts: ``(P, T(P_min) / T(P))`` from the
-    median time per epoch (the first run at each P)."""
+    """Per solver (and number of data groups, ``"serial D=2"``) with runs at two or more rank
+    counts: ``(P, T(P_min) / T(P))`` from the median time per epoch (the first run at each P)."""
     by: dict[str, dict[int, float]] = {}
     for run in runs:
         solver, P, t = run.summary.get("solver") or run.config.get("solver"), run.summary.get("ranks"), epoch_time(run)
         if solver and isinstance(P, int) and t:
-            by.setdefault(str(solver), {}).setdefault(P, t)
+            by.setdefault(f"{solver} D={run.groups}" if run.groups > 1 else str(solver), {}).setdefault(P, t)
     return {s: (sorted(ts), [ts[min(ts)] / ts[P] for P in sorted(ts)]) for s, ts in by.items() if len(ts) > 1}

@@ -286,6 +286,21 @@ def test_one_epoch_run_and_a_speedup_panel(tmp_path):
     assert ax.get_xscale() == "log"
 
 
+def test_runs_on_data_groups_are_labelled_and_scaled_apart(tmp_path):
+    """Serial at P = 2 and 4 in one group, and at P = 2 and 4 in 2 data groups: two speedup
+    lines, and legends that say D."""
+    runs = []
+    for P, groups in ((2, 1), (4, 1), (2, 2), (4, 2)):
+        d = write_run(tmp_path, f"p{P}d{groups}", ranks=P)
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, "data_parallel": groups}))
+        runs.append(d)
+    figs = figures(runs)
+    assert {ln.get_label() for ln in _lines(figs["speedup"].axes[0])} >= {"serial", "serial D=2"}
+    labels = {ln.get_label() for ln in _lines(figs["convergence"].axes[0])}
+    assert {"serial P=2", "serial P=4 D=2"} <= labels
+
+
 def test_accuracy_control_figure(tmp_path):
     """The inexactness per step on a log axis with the control's tolerance, and the one-shot
     iterations as a staircase that rises where the control acted."""
