@@ -224,8 +224,8 @@ def _read_shard(path: Path, rank: int, info: dict[str, Any], device: torch.devic
 def _shards(comm: Comm, run_dir: str | Path, device: torch.device | str, partition: Partition,
             data: Comm | None = None) -> tuple[dict[str, Any], list[tuple[Path, Any]], bool]:
     """``(info, [(path, state), …], own)``: the shards this rank reads — its own (``own``)
-    where the job has the checkpoint's partition, else every shard of its data group (on
-    the CPU)."""
+    where the job has the checkpoint's partition and data groups, else every shard of its
+    data group, or of every group where their number differs (on the CPU)."""
     info = latest(run_dir)
     if info is None:
         raise CheckpointError(f"{_marker(run_dir)}: missing: {run_dir} has no complete checkpoint")
@@ -236,12 +236,12 @@ def _shards(comm: Comm, run_dir: str | Path, device: torch.device | str, partiti
         raise CheckpointError(f"{marker}: the checkpoint holds a network of {info['n_layers']} layers, "
                               f"this job's has {partition.n_layers} (another --layers?)")
     group, groups = (data.rank, data.size) if data is not None else (0, 1)
-    if info.get("groups", 1) != groups:
-        raise CheckpointError(f"{marker}: the checkpoint was written by {info.get('groups', 1)} data group(s), "
-                              f"this job has {groups} (--data-parallel {info.get('groups', 1)} resumes it)")
-    own = info["ranks"] == comm.size and info["starts"] in (None, _starts(partition))
+    written = info.get("groups", 1)
+    own = written == groups and info["ranks"] == comm.size and info["starts"] in (None, _starts(partition))
     ranks = [comm.rank] if own else range(info["ranks"])
-    paths = [(r, shard_path(run_dir, info["epoch"], r, info["batch"], group)) for r in ranks]
+    # another number of data groups: every group's shards, for the per-sample rows each kept
+    paths = [(r, shard_path(run_dir, info["epoch"], r, info["batch"], g))
+             for g in ([group] if written == groups else range(written)) for r in ranks]
     return info, [(path, _read_shard(path, r, info, device if own else "cpu")) for r, path in paths], own
 
 

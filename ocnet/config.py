@@ -105,7 +105,7 @@ CLI_ONLY = {"config": "a TOML file of keys (flags override it)"}
 # and how it runs); every other key must equal the original run's, or the resumed run
 # would not continue the same training.
 RESUMABLE = frozenset({"epochs", "checkpoint_every", "quiet", "log_every", "verbose", "resume", "out", "overwrite",
-                       "stall_timeout",
+                       "stall_timeout", "data_parallel",
                        "threads", "device", "cuda_aware", "data_dir", "plugin", "timeline_steps"})
 
 # A configuration file is a few hundred bytes; refusing anything much larger keeps a wrong

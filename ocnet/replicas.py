@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from . import batchnorm
+from . import batchnorm, store
 from .comm import Comm, SelfComm
 
 
@@ -62,11 +62,13 @@ class Grid:
         group, layer_rank = divmod(world.rank, per_group)
         layers, data = world.split(group, layer_rank), world.split(layer_rank, group)
         layers.replicas = data if groups > 1 else None
+        store.number_samples(group, groups)
         return cls(world, layers, data)
 
     @classmethod
     def single(cls, comm: Comm) -> "Grid":
         """One group: ``comm`` holds every layer rank and the data axis is trivial."""
+        store.number_samples(0, 1)
         return cls(comm, comm, SelfComm())
 
     @property

@@ -9,6 +9,12 @@ solvers refuse data augmentation: a sample must look the same every time it come
 
 The store may keep its rows through a communication filter (``encode`` on write, ``decode``
 on read) to save memory: ``s²`` less for the s×s downsampling filter.
+
+On a grid of D data groups (:mod:`ocnet.replicas`) group ``g`` numbers its own samples: its
+row ``j`` is training sample ``j·D + g``.  Its :meth:`SampleStore.state_dict` then says so in
+each key (``"3@1/2"``: key 3, group 1 of 2), so that the union of every group's state holds
+each sample once, and :meth:`SampleStore.load_state_dict` takes the rows of this process's
+samples from it under any number of groups.
 """
 from __future__ import annotations
 
@@ -17,6 +23,16 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from .filters import IDENTITY, Filter
+
+#: This process's data group and the number of groups (:func:`number_samples`).
+_NUMBERING = (0, 1)
+
+
+def number_samples(group: int, groups: int) -> None:
+    """Say that this process's rows are training samples ``j·groups + group`` (the training
+    loop's grid sets it; one group numbers them as they are)."""
+    global _NUMBERING
+    _NUMBERING = (group, groups)
 
 
 class SampleStore:
@@ -86,13 +102,42 @@ class SampleStore:
         return total
 
     def state_dict(self) -> dict[str, Any]:
-        """The rows under their keys (as strings)."""
-        return {str(k): r for k, r in self.rows.items()}
+        """The rows under their keys (as strings; ``"key@group/groups"`` on a grid)."""
+        group, groups = _NUMBERING
+        tag = f"@{group}/{groups}" if groups > 1 else ""
+        return {f"{k}{tag}": r for k, r in self.rows.items()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None,
                         keys: Iterable[int] | None = None) -> None:
         """Copy the rows of ``state`` (of :meth:`state_dict`; only those under ``keys`` when
-        given: a rank's part of the union of all ranks' states) onto ``device``."""
-        wanted = None if keys is None else {str(k) for k in keys}
-        self.rows = {int(k): r.to(device).clone() if device is not None else r.clone()
-                     for k, r in state.items() if wanted is None or k in wanted}
+        given: a rank's part of the union of all ranks' states) onto ``device``.  Rows that
+        another number of data groups wrote are gathered into this group's numbering."""
+        wanted = None if keys is None else {int(k) for k in keys}
+        blocks: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+        for name, rows in state.items():
+            key, _, numbering = name.partition("@")
+            group, groups = map(int, numbering.split("/")) if numbering else (0, 1)
+            if wanted is None or int(key) in wanted:
+                blocks.setdefault(int(key), []).append((group, groups, rows))
+        self.rows = {k: _renumber(parts).to(device) if device is not None else _renumber(parts)
+                     for k, parts in blocks.items()}
+
+
+def _renumber(parts: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+    """This process's rows from the rows ``(group, groups, rows)`` that groups kept: row ``j``
+    of group ``g`` of ``G`` is sample ``j·G + g``; ours are those of our numbering."""
+    group, groups = _NUMBERING
+    for g, G, rows in parts:
+        if (g, G) == (group, groups):
+            return rows.clone()
+    index, taken = [], []
+    for g, G, rows in parts:
+        samples = torch.arange(len(rows)) * G + g
+        keep = samples % groups == group
+        index.append(samples[keep] // groups)
+        taken.append(rows[keep.to(rows.device)])
+    at = torch.cat(index)
+    like = parts[0][2]
+    out = like.new_zeros((int(at.max()) + 1 if len(at) else 0, *like.shape[1:]))
+    out[at.to(out.device)] = torch.cat(taken)
+    return out
