@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -62,29 +63,34 @@ def main() -> None:
                                                                grid.data)
     mine = grid.share(index)
     average.weight = len(mine) / BATCH
-    steps = {
-        "1x2": (_solver(comm), comm),
-        "1x2_4micro": (_solver(comm, micro_batches=4), comm),
-        "2x1": (data_parallel, comm),
+
+    def on_rank_0(threads: int) -> Callable[[], object]:
+        """P = 1 on rank 0 with ``threads`` threads, while rank 1 waits."""
+        solver = _solver(SelfComm())
+
+        def step() -> None:
+            if comm.rank == 0:
+                torch.set_num_threads(threads)
+                solver.step(x, y, index)
+                torch.set_num_threads(1)
+        return step
+
+    pipeline, micro = _solver(comm), _solver(comm, micro_batches=4)
+    steps: dict[str, Callable[[], object]] = {
+        "P1_1thr": on_rank_0(1),
+        "P1_2thr": on_rank_0(2),
+        "1x2": lambda: pipeline.step(x, y, index),
+        "1x2_4micro": lambda: micro.step(x, y, index),
+        "2x1": lambda: data_parallel.step(x[mine], y[mine], index[mine] // 2),
     }
-    one = {1: _solver(SelfComm()), 2: _solver(SelfComm())}
 
     def run(name: str) -> float:
         t = time.perf_counter()
-        if name.startswith("P1"):
-            threads = int(name[-4])
-            if comm.rank == 0:
-                torch.set_num_threads(threads)
-                one[threads].step(x, y, index)
-                torch.set_num_threads(1)
-        elif name == "2x1":
-            data_parallel.step(x[mine], y[mine], index[mine] // 2)
-        else:
-            steps[name][0].step(x, y, index)
+        steps[name]()
         comm.barrier()
         return time.perf_counter() - t
 
-    names = ["P1_1thr", "P1_2thr", *steps]
+    names = list(steps)
     for name in names:  # warm-up
         run(name)
     times: dict[str, list[float]] = {name: [] for name in names}

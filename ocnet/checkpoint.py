@@ -70,6 +70,11 @@ def shard_path(run_dir: str | Path, epoch: int, rank: int, batch: int | None = N
     return (directory if group == 0 else directory / f"group_{group:03d}") / f"rank_{rank:03d}.pt"
 
 
+def _group(data: Comm | None) -> tuple[int, int]:
+    """``(group, groups)`` of a rank whose data communicator is ``data`` (``None``: one group)."""
+    return (data.rank, data.size) if data is not None else (0, 1)
+
+
 def _marker(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints" / "latest.json"
 
@@ -104,7 +109,7 @@ def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, 
     if partition is not None and partition.n_ranks != comm.size:
         raise ValueError(f"a partition over {partition.n_ranks} ranks for a job of {comm.size}")
     layers = list(partition.bounds(comm.rank)) if partition is not None else None
-    group, groups = (data.rank, data.size) if data is not None else (0, 1)
+    group, groups = _group(data)
     path = shard_path(run_dir, epoch, comm.rank, batch, group)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -235,7 +240,7 @@ def _shards(comm: Comm, run_dir: str | Path, device: torch.device | str, partiti
     if info["n_layers"] is not None and info["n_layers"] != partition.n_layers:
         raise CheckpointError(f"{marker}: the checkpoint holds a network of {info['n_layers']} layers, "
                               f"this job's has {partition.n_layers} (another --layers?)")
-    group, groups = (data.rank, data.size) if data is not None else (0, 1)
+    group, groups = _group(data)
     written = info.get("groups", 1)
     own = written == groups and info["ranks"] == comm.size and info["starts"] in (None, _starts(partition))
     ranks = [comm.rank] if own else range(info["ranks"])

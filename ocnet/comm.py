@@ -138,6 +138,10 @@ class Comm:
         Open MPI report it); otherwise GPU tensors are staged through pinned host buffers.
     """
 
+    #: The ranks that hold the same layers in the other data groups (:mod:`ocnet.replicas`
+    #: sets it on a grid's layer communicators).
+    replicas: "Comm | None" = None
+
     def __init__(self, mpi_comm: Any, cuda_aware: bool | None = None) -> None:
         self.mpi = mpi_comm
         self.rank: int = mpi_comm.Get_rank()
@@ -147,8 +151,6 @@ class Comm:
         self._pinned: dict[tuple, list[torch.Tensor]] = {}  # free staging buffers
         self.progress = Progress()
         self._watchdog: Watchdog | None = None
-        # the ranks that hold the same layers in the other data groups (ocnet.replicas)
-        self.replicas: Comm | None = None
 
     # -- point to point -------------------------------------------------------------------
     def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> Request:
@@ -380,7 +382,6 @@ class SelfComm(Comm):
         self._queue: dict[int, list[torch.Tensor]] = {}
         self.progress = Progress()
         self._watchdog = None
-        self.replicas = None
 
     def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> Request:
         if dest != 0:

@@ -200,7 +200,7 @@ def _load_checkpoint(solver: Solver, grid: Grid, out: Path, device: torch.device
     done = info["epoch"] + (info["batch"] is None)
     if done > epochs:
         raise ConfigError(f"{out} has trained {done} epochs already; --epochs must be at least {done}")
-    return checkpoint.restore(grid.layers, out, device, solver, grid.data if grid.groups > 1 else None)[0]
+    return checkpoint.restore(grid.layers, out, device, solver, grid.data)[0]
 
 
 def build_solver(cls: type[Solver], network: Any, comm: comm_mod.Comm, config: dict[str, Any],

@@ -78,6 +78,7 @@ class Miniature:
         self.bytes_per_sample = {m: math.prod(r) * torch.empty((), dtype=getattr(torch, config["dtype"])).element_size()
                                  for m, r in zip(mini.state_shapes, real.state_shapes)}
         self.scale = config["batch_size"] / batch
+        self._configured: Any = None  # the configured network, built when first asked for
 
     def message_bytes(self, t: torch.Tensor) -> float:
         """The bytes the configured network's message stands for (its own size when it is
@@ -86,6 +87,14 @@ class Miniature:
         if per_sample is None:
             return float(t.numel() * t.element_size())
         return t.shape[0] * self.scale * per_sample
+
+    def gradient_bytes(self, cls: Any, P: int) -> list[int]:
+        """The payload of each of ``P`` layer ranks' gradient average in the *configured*
+        network (:func:`ocnet.replicas.reduction_bytes`), under ``cls``'s partition."""
+        if self._configured is None:
+            self._configured = cal.build_problem(self.config)
+        partition = cls.partition(self._configured.n_layers, P, self.config)
+        return [reduction_bytes(self._configured.local(partition, r)) for r in range(P)]
 
     def data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -123,7 +132,7 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
     x, y, index = mini.data()
     comms = make_comms(P, link, mini.message_bytes)
     solvers: list[Any] = [None] * P
-    gradient_bytes = gradient_bytes_per_rank(config, cls, P) if D > 1 else []
+    gradient_bytes = mini.gradient_bytes(cls, P) if D > 1 else []
 
     def setup(comm: Any) -> None:
         net = mini.problem.local(partition, comm.rank)
@@ -155,14 +164,6 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
     start = ends[-2] if steps > 1 else 0.0
     events = [[e for e in ev if e[2] > start] for ev in replay.events]
     return {"step": step, "events": events, "uncharged": replay.uncharged}
-
-
-def gradient_bytes_per_rank(config: Mapping[str, Any], cls: Any, P: int) -> list[int]:
-    """The payload of each of ``P`` layer ranks' gradient average in the configured network
-    (:func:`ocnet.replicas.reduction_bytes`)."""
-    real = cal.build_problem(config)
-    partition = cls.partition(real.n_layers, P, config)
-    return [reduction_bytes(real.local(partition, r)) for r in range(P)]
 
 
 def group_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -134,7 +134,7 @@ def test_data_groups_replay_one_group_and_its_gradient_average():
     assert "--data-parallel 2 does not divide the job's 1 ranks" in rows["1"]["skipped"]
     cfg = speedup.group_config(speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "16",
                                                              "--batch-size", "32"]), {"solver": "serial"}))
-    nbytes = speedup.gradient_bytes_per_rank(cfg, speedup.get_solver("serial"), 1)[0]
+    nbytes = speedup.Miniature(cfg, 2).gradient_bytes(speedup.get_solver("serial"), 1)[0]
     params = list(calibrate.build_problem(cfg).parameters())  # one rank holds them all
     assert nbytes == 4 * (sum(p.numel() for p in params) + len(params))
     average = Link(**CALIBRATION["link"]).collective(2, nbytes)
