@@ -10,7 +10,8 @@
     against P = 1 with 1 thread and with all cores, and against
     ``torch.distributed.pipelining``'s 1F1B schedule on the same ranks (gloo).  Image-sized states (CIFAR shapes,
     synthetic values): on 8×8 digits Python overhead, not arithmetic, would dominate.
-(c) ocnet's pipeline schedules (1F1B, zero-bubble) and torch's 1F1B in one job at P = 2, their
+(c) ocnet's pipeline schedules (1F1B, zero-bubble; each as written and running one forward ahead)
+    and torch's 1F1B in one job at P = 2, their
     repeats interleaved; medians and speed ratios, with the allocator tuned and as it comes.
 
 Set ``OCNET_MALLOC=tuned`` to raise glibc's allocator thresholds for both sides.
@@ -152,9 +153,11 @@ def schedules_step(args) -> dict | None:
     local = problem.local(Partition(problem.n_layers, comm.size), comm.rank)
     steps = {}
     for schedule in SCHEDULES:
-        solver = Serial(local, comm, lambda p: torch.optim.SGD(p, lr=1e-3), micro_batches=args.micro,
-                        pipeline=schedule)
-        steps[f"ocnet_{schedule}"] = lambda solver=solver: solver.step(x, y, torch.arange(len(y)))
+        for ahead in (0, 1):
+            solver = Serial(local, comm, lambda p: torch.optim.SGD(p, lr=1e-3), micro_batches=args.micro,
+                            pipeline=schedule, ahead=ahead)
+            name = f"ocnet_{schedule}_ahead{ahead}"
+            steps[name] = lambda solver=solver: solver.step(x, y, torch.arange(len(y)))
     stage_module = torch.nn.Sequential(*[m for m in (local.opening, *local.layers, local.classifier)
                                          if m is not None])
     stage = PipelineStage(stage_module, comm.rank, comm.size, torch.device("cpu"))

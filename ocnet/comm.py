@@ -209,6 +209,10 @@ class Comm:
     def recv(self, source: int, tag: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
         return self.irecv(source, tag, device).wait()
 
+    def wait_any(self, requests: Sequence[Request]) -> None:
+        """Wait until one of ``requests`` is complete (its :meth:`Request.test` is true)."""
+        _wait(lambda: any(r.test() for r in requests), self.progress, ("request",))
+
     def exchange(self, sends: dict[int, torch.Tensor], sources: Sequence[int], tag: int = 0,
                  device: torch.device | str = "cpu") -> dict[int, torch.Tensor]:
         """Neighbour exchange: send ``sends[dest]`` to each dest, receive from each source."""

@@ -146,24 +146,48 @@ class Fabric:
         self.receives: dict[tuple[int, int, int], deque] = {}
         self.slots: dict[int, _Slot] = {}
         self.waiting: dict[int, Callable[[], bool]] = {}
+        self.testing: dict[int, float] = {}  # waiting ranks that test a request, and their clocks
+        self.released: set[int] = set()  # testing ranks told: nothing can arrive before your clock
         self.finished: set[int] = set()
         self.failed: BaseException | None = None
 
-    def block(self, rank: int, ready: Callable[[], bool], what: str) -> None:
-        """Wait (really) until ``ready()``; called with :attr:`cond` held."""
-        while not ready():
-            if self.failed is not None:
-                raise _Aborted from None
-            self.waiting[rank] = ready
-            try:
-                if len(self.waiting) + len(self.finished) == self.size and not any(p() for p in self.waiting.values()):
-                    self.failed = Deadlock(f"every rank waits and nothing can arrive (rank {rank}: {what})")
-                    self.wake_all()
-                    raise self.failed
-                self.rank_cond[rank].wait(timeout=1.0)
-            finally:
-                del self.waiting[rank]
+    def block(self, rank: int, ready: Callable[[], bool], what: str, clock: float | None = None) -> None:
+        """Wait (really) until ``ready()``; called with :attr:`cond` held.
 
+        With ``clock`` the wait is a test (may a message be there by that virtual time?) and
+        also ends, ``ready()`` still false, once every rank waits and this one's clock is the
+        least of the testing ranks': every message still to come then follows some testing
+        rank's next pass, so none can arrive before that least clock."""
+        try:
+            while not ready():
+                if self.failed is not None:
+                    raise _Aborted from None
+                if rank in self.released:
+                    return
+                self.waiting[rank] = ready
+                if clock is not None:
+                    self.testing[rank] = clock
+                try:
+                    if self._stalled():
+                        if not self.testing:
+                            self.failed = Deadlock(f"every rank waits and nothing can arrive (rank {rank}: {what})")
+                            self.wake_all()
+                            raise self.failed
+                        first = min(self.testing, key=lambda q: (self.testing[q], q))
+                        self.released.add(first)
+                        if first == rank:
+                            continue
+                        self.rank_cond[first].notify()
+                    self.rank_cond[rank].wait(timeout=1.0)
+                finally:
+                    del self.waiting[rank]
+                    self.testing.pop(rank, None)
+        finally:
+            self.released.discard(rank)
+
+    def _stalled(self) -> bool:
+        """Every rank waits or has finished, and no wait can end."""
+        return len(self.waiting) + len(self.finished) == self.size and not any(p() for p in self.waiting.values())
 
     def wake_all(self) -> None:
         """Wake every waiting rank (a collective completed, a rank failed or finished)."""
@@ -186,8 +210,13 @@ class VirtualRequest(Request):
         self.finish: Callable[[Any], Any] = lambda v: v
 
     def test(self) -> bool:
-        with self.comm.fabric.cond:
-            return self._done and self.arrival <= self.comm.clock
+        """Whether the message is there by the owner's clock.  The answer waits until it is
+        certain (:meth:`Fabric.block`), so that a replay decides as the virtual ranks'
+        clocks say and not as the threads happen to run."""
+        comm = self.comm
+        with comm.fabric.cond:
+            comm.fabric.block(comm.rank, _posted(self), self.what, clock=comm.clock)
+            return self._done and self.arrival <= comm.clock
 
     def wait(self) -> Any:
         comm = self.comm
@@ -199,6 +228,11 @@ class VirtualRequest(Request):
             comm.recorder_event("wait", t0, {"for": self.what})
         value = self.finish(self._value)
         return value.to(self.device) if isinstance(value, torch.Tensor) else value
+
+
+def _posted(request: Request) -> Callable[[], bool]:
+    """Whether the message of a request has been sent (whatever its virtual arrival)."""
+    return lambda: request._done
 
 
 class _Done(Request):
@@ -270,6 +304,22 @@ class VirtualComm(Comm):
             else:
                 fab.receives.setdefault(key, deque()).append(req)
         return req
+
+    def wait_any(self, requests: Sequence[Request]) -> None:
+        """Move the clock to the earliest arrival among ``requests``.  The first must be
+        certain to come; another counts where it is certain to arrive before the first."""
+        fab = self.fabric
+        with fab.cond:
+            first = requests[0]
+            fab.block(self.rank, _posted(first), "any request")
+            t = getattr(first, "arrival", 0.0)
+            for r in requests[1:]:
+                fab.block(self.rank, _posted(r), "any request", clock=t)
+                if r._done:
+                    t = min(t, getattr(r, "arrival", 0.0))
+        if t > self.clock:
+            t0, self.clock = self.clock, t
+            self.recorder_event("wait", t0, {"for": "any request"})
 
     # -- collectives ------------------------------------------------------------------------
     def _collective(self, value: Any, combine: Callable[[list[Any]], Any], nbytes: float, what: str) -> VirtualRequest:

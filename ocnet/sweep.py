@@ -19,7 +19,7 @@ import torch
 from . import dropout, timeline
 from .comm import Comm, Request
 from .filters import IDENTITY, Filter
-from .pipeline import SCHEDULES, one_f_one_b
+from .pipeline import SCHEDULES, live, one_f_one_b
 from .problem import LocalNetwork
 from .tags import SWEEP_BACKWARD as BACKWARD_TAG
 from .tags import SWEEP_FORWARD as FORWARD_TAG
@@ -78,8 +78,8 @@ def _given(value: torch.Tensor | None, name: str) -> torch.Tensor:
 
 
 def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Tensor | None,
-          batch_size: int, *, micro_batches: int = 1, schedule: str = "1f1b", filter: Filter = IDENTITY,
-          device: torch.device | str = "cpu",
+          batch_size: int, *, micro_batches: int = 1, schedule: str = "1f1b", ahead: int = 0,
+          filter: Filter = IDENTITY, device: torch.device | str = "cpu",
           tags: Sequence[int] = (FORWARD_TAG, BACKWARD_TAG)) -> float | None:
     """Exact forward and backward propagation of the mean loss over one mini-batch.
 
@@ -101,6 +101,11 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
         The number of samples in the batch (every rank knows it).
     schedule : str
         The name of the pipeline schedule; every rank must name the same.
+    ahead : int
+        How many micro-batches a rank may hold beyond the schedule's most (:func:`ocnet.pipeline.live`)
+        by running a later forward while the adjoint its next backward needs has not arrived.
+        Backwards and parameter gradients keep the schedule's order, so the gradient is
+        bitwise the same whatever the timing; only idle time is filled.
     tags : (int, int)
         The tags of the forward and the backward messages.
 
@@ -109,78 +114,138 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
     float or None
         The mean loss on the last rank, ``None`` elsewhere.
     """
-    first, last = comm.rank == 0, comm.rank == comm.size - 1
     micro_batches = min(micro_batches, batch_size)
     ops = SCHEDULES[schedule](comm.rank, comm.size, micro_batches)
-    split = {m for op, m in ops if op == "W"}
-    rows = torch.arange(batch_size).tensor_split(micro_batches)  # each micro-batch's samples
-    xs = _given(x, "x").tensor_split(micro_batches) if first else ()
-    ys = _given(y, "y").tensor_split(micro_batches) if last else ()
-    forward_tag, backward_tag = tags
-    steps = len(network.layers)
-    live: dict[int, _Pass] = {}
-    sends: list[Request] = []
-    total = 0.0
-    pieces = _Pieces(network) if split else None
+    pipe = _Pipe(comm, network, x, y, batch_size, micro_batches, {m for op, m in ops if op == "W"},
+                 filter, device, tags)
     try:
-        for op, m in ops:
-            if op == "F":
-                v = None if first else comm.recv(comm.rank - 1, forward_tag, device).requires_grad_(True)
-                u_in = xs[m] if v is None else filter.decode(v)
-                with timeline.span("forward_graph", steps=steps, micro_batch=m), dropout.narrow(rows[m]):
-                    if pieces is not None and m in split:
-                        u_out, outputs = pieces.forward(u_in)
-                    else:
-                        u_out, outputs = network(u_in), None
-                p = live[m] = _Pass(v, u_out, outputs)
-                if last:
-                    # Each chunk's loss is a sum scaled by the whole batch size: the chunks add
-                    # up to the batch mean exactly as one pass would compute it.  The head
-                    # gets a graph of its own, so that its time is told apart.
-                    with timeline.span("head", steps=0, micro_batch=m):
-                        p.u_head = u_out.detach().requires_grad_(True)
-                        p.loss = network.loss(network.head(p.u_head), ys[m], reduction="sum") / batch_size
-                    total += float(p.loss.detach())
-                else:
-                    p.out = filter.encode(u_out)
-                    sends.append(comm.isend(p.out, comm.rank + 1, forward_tag))
-            elif op == "B":
-                p = live[m]
-                if last:
-                    with timeline.span("head", steps=0, micro_batch=m):
-                        p.loss.backward()
-                    g, p.out = p.u_head.grad, p.u_out
-                else:
-                    g = comm.recv(comm.rank + 1, backward_tag, device)
-                if p.outputs is None:
-                    with timeline.span("backward", steps=steps, micro_batch=m):
-                        torch.autograd.backward(p.out, g)
-                    g_in = None if p.v is None else p.v.grad
-                    del live[m]
-                else:
-                    inputs = ([] if p.v is None else [p.v]) + [u for _, u in p.outputs]
-                    with timeline.span("vjp", steps=steps, micro_batch=m):
-                        # The adjoints of the block's input and of every parametrised
-                        # module's output, keeping the graph for the parameter gradients.
-                        grads = torch.autograd.grad(p.out, inputs, g, retain_graph=True)
-                    g_in = None if p.v is None else grads[0]
-                    p.grads = grads[len(inputs) - len(p.outputs):]
-                if g_in is not None:  # not the first rank: the adjoint of what came in goes back
-                    sends.append(comm.isend(g_in, comm.rank - 1, backward_tag))
-            else:
-                if m not in live:  # its B could not be split and did all the work
-                    continue
-                p = live.pop(m)
-                with timeline.span("weight_grad", steps=steps, micro_batch=m):
-                    for (params, u), g in zip(_given_outputs(p.outputs), p.grads):
-                        # Pruned to the module's own nodes: ``inputs`` reach no further back.
-                        torch.autograd.backward(u, g, inputs=params, retain_graph=True)
-        for s in sends:
+        pipe.run(ops, live(ops) + ahead)
+        for s in pipe.sends:
             s.wait()
     finally:
-        if pieces is not None:
-            pieces.close()
-    return total if last else None
+        pipe.close()
+    return pipe.total if comm.rank == comm.size - 1 else None
+
+
+class _Pipe:
+    """One rank's passes of one mini-batch: forwards, backwards and parameter-gradient passes
+    of its micro-batches, with the receives each needs posted ahead."""
+
+    def __init__(self, comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Tensor | None,
+                 batch_size: int, micro_batches: int, split: set[int], filter: Filter,
+                 device: torch.device | str, tags: Sequence[int]) -> None:
+        self.comm, self.network, self.batch_size = comm, network, batch_size
+        self.first, self.last = comm.rank == 0, comm.rank == comm.size - 1
+        self.micro_batches, self.split = micro_batches, split
+        self.filter, self.device = filter, device
+        self.forward_tag, self.backward_tag = tags
+        self.rows = torch.arange(batch_size).tensor_split(micro_batches)  # each micro-batch's samples
+        self.xs = _given(x, "x").tensor_split(micro_batches) if self.first else ()
+        self.ys = _given(y, "y").tensor_split(micro_batches) if self.last else ()
+        self.steps = len(network.layers)
+        self.live: dict[int, _Pass] = {}
+        self.sends: list[Request] = []
+        self.total = 0.0
+        self.pieces = _Pieces(network) if split else None
+        self.forwards = 0  # micro-batches whose forward has run
+        self.backwards = 0  # ... whose backward has run
+        self.inputs = self._post(self.forwards, forward=True)
+        self.adjoints = self._post(self.backwards, forward=False)
+
+    def _post(self, m: int, forward: bool) -> Request | None:
+        """The receive of micro-batch ``m``'s input (``forward``) or output adjoint, posted
+        early so that the transfer proceeds while this rank computes."""
+        if m >= self.micro_batches or (self.first if forward else self.last):
+            return None
+        if forward:
+            return self.comm.irecv(self.comm.rank - 1, self.forward_tag, self.device)
+        return self.comm.irecv(self.comm.rank + 1, self.backward_tag, self.device)
+
+    def run(self, ops: Sequence[tuple[str, int]], most: int) -> None:
+        """Run ``ops`` in order; while a backward waits for its adjoint, run the next forward
+        instead if its input is there and fewer than ``most`` micro-batches are held."""
+        for op, m in ops:
+            if op == "F":
+                if m >= self.forwards:
+                    self.forward()
+            elif op == "W":
+                self.weight(m)
+            else:  # a schedule runs F before B, so micro-batch m's forward has run
+                while self.adjoints is not None and not self.adjoints.test():
+                    ahead = self.forwards < self.micro_batches and len(self.live) < most
+                    if ahead and (self.inputs is None or self.inputs.test()):
+                        self.forward()
+                    else:
+                        self.comm.wait_any([r for r in (self.adjoints, self.inputs if ahead else None)
+                                            if r is not None])
+                self.backward(m)
+
+    def forward(self) -> None:
+        m, network = self.forwards, self.network
+        self.forwards += 1
+        if self.inputs is None:
+            v = None
+        else:
+            v = self.inputs.wait().requires_grad_(True)
+            self.inputs = self._post(self.forwards, forward=True)
+        u_in = self.xs[m] if v is None else self.filter.decode(v)
+        with timeline.span("forward_graph", steps=self.steps, micro_batch=m), dropout.narrow(self.rows[m]):
+            if self.pieces is not None and m in self.split:
+                u_out, outputs = self.pieces.forward(u_in)
+            else:
+                u_out, outputs = network(u_in), None
+        p = self.live[m] = _Pass(v, u_out, outputs)
+        if self.last:
+            # Each chunk's loss is a sum scaled by the whole batch size: the chunks add
+            # up to the batch mean exactly as one pass would compute it.  The head
+            # gets a graph of its own, so that its time is told apart.
+            with timeline.span("head", steps=0, micro_batch=m):
+                p.u_head = u_out.detach().requires_grad_(True)
+                p.loss = network.loss(network.head(p.u_head), self.ys[m], reduction="sum") / self.batch_size
+            self.total += float(p.loss.detach())
+        else:
+            p.out = self.filter.encode(u_out)
+            self.sends.append(self.comm.isend(p.out, self.comm.rank + 1, self.forward_tag))
+
+    def backward(self, m: int) -> None:
+        p = self.live[m]
+        self.backwards += 1
+        if self.last:
+            with timeline.span("head", steps=0, micro_batch=m):
+                p.loss.backward()
+            g, p.out = p.u_head.grad, p.u_out
+        else:
+            assert self.adjoints is not None  # posted for every micro-batch but on the last rank
+            g = self.adjoints.wait()
+            self.adjoints = self._post(self.backwards, forward=False)
+        if p.outputs is None:
+            with timeline.span("backward", steps=self.steps, micro_batch=m):
+                torch.autograd.backward(p.out, g)
+            g_in = None if p.v is None else p.v.grad
+            del self.live[m]
+        else:
+            inputs = ([] if p.v is None else [p.v]) + [u for _, u in p.outputs]
+            with timeline.span("vjp", steps=self.steps, micro_batch=m):
+                # The adjoints of the block's input and of every parametrised
+                # module's output, keeping the graph for the parameter gradients.
+                grads = torch.autograd.grad(p.out, inputs, g, retain_graph=True)
+            g_in = None if p.v is None else grads[0]
+            p.grads = grads[len(inputs) - len(p.outputs):]
+        if g_in is not None:  # not the first rank: the adjoint of what came in goes back
+            self.sends.append(self.comm.isend(g_in, self.comm.rank - 1, self.backward_tag))
+
+    def weight(self, m: int) -> None:
+        if m not in self.live:  # its B could not be split and did all the work
+            return
+        p = self.live.pop(m)
+        with timeline.span("weight_grad", steps=self.steps, micro_batch=m):
+            for (params, u), g in zip(_given_outputs(p.outputs), p.grads):
+                # Pruned to the module's own nodes: ``inputs`` reach no further back.
+                torch.autograd.backward(u, g, inputs=params, retain_graph=True)
+
+    def close(self) -> None:
+        if self.pieces is not None:
+            self.pieces.close()
 
 
 class _Pass:

@@ -168,3 +168,35 @@ def test_clocks_continue_on_the_same_communicators():
     second = run(2, rank_fn, {"head": 0.5}, comms=comms)
     assert first.time == pytest.approx(0.5) and second.time == pytest.approx(1.0)
     assert [e[0] for e in second.events[0]] == ["head"]
+
+
+@pytest.mark.parametrize("sender_lags", [False, True])
+def test_a_test_answers_by_the_virtual_clocks_not_the_threads(sender_lags):
+    """Rank 1 sends at virtual time 5 ms.  Rank 0 asks at 3 ms (not there) and at 6 ms
+    (there), and gets the same answers whether rank 1's thread runs late or early; a
+    receive that can only come after the asking rank acts is answered at once ("not there")."""
+    import time
+
+    def rank_fn(comm):
+        if comm.rank == 1:
+            if sender_lags:
+                time.sleep(0.05)
+            with timeline.span("forward", steps=5):
+                pass
+            comm.isend(torch.ones(1), 0, 7).wait()
+            comm.recv(0, 8)  # waits on rank 0: its own message can come only after that
+            return None
+        early = comm.irecv(1, 7)
+        with timeline.span("forward", steps=3):
+            pass
+        answers = [early.test()]
+        with timeline.span("forward", steps=3):
+            pass
+        answers.append(early.test())
+        late = comm.irecv(1, 9)  # never sent before rank 0 sends tag 8
+        answers.append(late.test())
+        comm.isend(torch.ones(1), 1, 8).wait()
+        return answers
+
+    replay = run(2, rank_fn, {"forward": 1e-3}, link=FREE)
+    assert replay.results[0] == [False, True, False]

@@ -141,3 +141,19 @@ def test_data_groups_replay_one_group_and_its_gradient_average():
     assert rows["2"]["step"] == pytest.approx(half["solvers"]["serial"]["per_rank_count"]["1"]["step"] + average)
     assert rows["2"]["speedup"] == pytest.approx(grid["reference_step"] / rows["2"]["step"])
     assert grid["reference_step"] == pytest.approx(2 * half["solvers"]["serial"]["per_rank_count"]["1"]["step"])
+
+
+def test_running_ahead_is_decided_by_the_virtual_clocks():
+    """A costly head slows the last rank: with ``ahead=1`` the first rank runs a third forward
+    before its first backward instead of waiting for the adjoint, as a real run would; the
+    replay decides by the virtual clocks, so it is deterministic, and it is no slower."""
+    costs = {**COSTS, "head": 4e-3}
+    cfg = speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "16",
+                                        "--batch-size", "16", "--micro-batches", "8"]), {"solver": "serial"})
+    runs = {ahead: speedup.replay_step({**cfg, "ahead": ahead}, 2, costs, FREE) for ahead in (0, 1)}
+    again = speedup.replay_step({**cfg, "ahead": 1}, 2, costs, FREE)
+    assert again["step"] == runs[1]["step"]
+    for ahead, run in runs.items():
+        first = [e[0] for e in run["events"][0] if e[0] in ("forward_graph", "backward")]
+        assert first.index("backward") == 2 + ahead
+    assert runs[1]["step"] <= runs[0]["step"] + 1e-12

@@ -86,7 +86,7 @@ class Hybrid(Solver):
         self.optimizer = self.parallel.optimizer
         self.serial = Serial(network, comm, lambda params: self.parallel.optimizer, device=device,
                              filter=filter, seed=seed, tags=self.tags,
-                             micro_batches=self.config["micro_batches"], pipeline=self.config["pipeline"])
+                             **{k: self.config[k] for k in Serial.options})
         self._phase = "parallel"
         self._steps = 0
         # the adaptive rule's memory: this epoch's parallel records, the last epoch's violation

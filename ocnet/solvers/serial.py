@@ -14,7 +14,8 @@ class Serial(Solver):
     """Forward across the ranks carrying the boundary state, loss on the last rank, backward
     carrying the adjoint (:func:`ocnet.sweep.train`).  With ``micro_batches > 1`` the batch
     flows through the ranks in pieces so that ranks overlap, in the order of the ``pipeline``
-    schedule (docs/pipeline.rst); the gradient is the same."""
+    schedule, with forwards run ``ahead`` into time a rank would spend waiting
+    (docs/pipeline.rst); the gradient is the same."""
 
     name = "serial"
     rank_invariant = True
@@ -23,13 +24,16 @@ class Serial(Solver):
         "pipeline": Option(str, "1f1b", "pipeline schedule of the micro-batches: 1f1b, or zb "
                            "(zero-bubble: parameter gradients deferred into idle time)",
                            choices=tuple(SCHEDULES)),
+        "ahead": Option(int, 1, "micro-batches a rank may hold beyond the schedule's by running "
+                        "a later forward while its next backward waits for its adjoint (the "
+                        "gradient is bitwise the same)", min=0),
     }
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         self.optimizer.zero_grad(set_to_none=True)
         loss = sweep.train(self.comm, self.network, x, y, len(y),
                            micro_batches=self.config["micro_batches"], schedule=self.config["pipeline"],
-                           filter=self.filter, device=self.device, tags=self.sweep_tags)
+                           ahead=self.config["ahead"], filter=self.filter, device=self.device, tags=self.sweep_tags)
         with timeline.span("update", steps=len(self.network.layers)):
             self.optimizer.step()
         return {} if loss is None else {"loss": loss}
