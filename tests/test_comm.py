@@ -90,3 +90,27 @@ def test_waits_add_up_their_time_by_kind():
     assert 0.05 <= progress.waited[0] < 0.5 and progress.waited[1] == 0.0
     Request([Late()], progress=progress, what=("allreduce",)).wait()
     assert 0.05 <= progress.waited[1] < 0.5 and progress.waited[0] < 0.5
+
+
+def test_wait_any_ends_with_the_first_request_done_and_names_the_first():
+    """``wait_any`` returns once any request completes (here the second, at its 100th poll,
+    while the first never does); while it sleeps, the watchdog sees a wait for the first."""
+    comm, seen = SelfComm(), []
+
+    class Never:
+        def Test(self):
+            seen.append(comm.progress.waiting)
+            return False
+
+    class Slow:
+        polls = 0
+
+        def Test(self):
+            self.polls += 1
+            return self.polls >= 100
+
+    first = Request([Never()], progress=comm.progress, what=("recv", 1, 2001))
+    second = Request([Slow()], progress=comm.progress, what=("recv", 3, 2000))
+    comm.wait_any([first, second])
+    assert second.test() and not first.test()
+    assert set(seen) == {None, ("recv", 1, 2001)} and comm.progress.waiting is None
