@@ -384,7 +384,8 @@ def dump_toml(config: Mapping[str, Any]) -> str:
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """The keys outside :data:`RESUMABLE` on which two configurations differ.
+    """The keys outside :data:`RESUMABLE` (and not declared ``resumable``) on which two
+    configurations differ.
 
     Parameters
     ----------
@@ -404,9 +405,10 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     schema = {**_schema(old), **_schema(new)}
     lines = []
     for key in dict.fromkeys([*new, *old]):
-        if key in RESUMABLE or key in CLI_ONLY:
+        option = schema.get(key)
+        if key in RESUMABLE or key in CLI_ONLY or (option is not None and option.resumable):
             continue
-        a, b = _value(old, key, schema.get(key)), _value(new, key, schema.get(key))
+        a, b = _value(old, key, option), _value(new, key, option)
         if a != b or type(a) is not type(b):
             lines.append(f"{key}: {_text(a)} → {_text(b)}")
     return lines

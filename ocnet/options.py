@@ -36,6 +36,7 @@ class Option:
     min: float | None = None
     max: float | None = None
     positive: bool = False  # strictly greater than 0
+    resumable: bool = False  # how the run computes, not what: a resumed run may change it
 
     def convert(self, key: str, value: Any) -> Any:
         """Check ``value`` (from TOML, or a string from the command line) and convert it.

@@ -233,11 +233,11 @@ def test_differences(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(dump_toml(original))
     old = read_toml(path)
-    # only resumable keys change: no differences
+    # only resumable keys (and options declared resumable) change: no differences
     assert differences(old, resolve(["--layers", "8", "--channels", "8,16", "--epochs", "50", "--quiet",
-                                     "--out", "elsewhere", "--stall-timeout", "5"])) == []
-    assert differences(old, resolve(["--layers", "9", "--channels", "8,16", "--lr", "0.01"])) == [
-        "layers: 8 → 9", "lr: 0.003 → 0.01"]
+                                     "--out", "elsewhere", "--stall-timeout", "5", "--ahead", "3"])) == []
+    changed = resolve(["--layers", "9", "--channels", "8,16", "--lr", "0.01", "--micro-batches", "2"])
+    assert differences(old, changed) == ["layers: 8 → 9", "lr: 0.003 → 0.01", "micro_batches: 1 → 2"]
     assert differences(old, resolve(["--layers", "8", "--solver", "penalty"])) == [
         "solver: serial → penalty", "channels: [8, 16] → [16]"]
     # a key missing from an older file compares against its default; values are converted

@@ -26,7 +26,7 @@ class Serial(Solver):
                            choices=tuple(SCHEDULES)),
         "ahead": Option(int, 1, "micro-batches a rank may hold beyond the schedule's by running "
                         "a later forward while its next backward waits for its adjoint (the "
-                        "gradient is bitwise the same)", min=0),
+                        "gradient is bitwise the same)", min=0, resumable=True),
     }
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
