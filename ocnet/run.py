@@ -264,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     network, solver = s["network"], s["solver"]
     t0 = time.perf_counter()
     augment = config["augment"] == "on" or (config["augment"] == "auto" and config["problem"].startswith("cifar"))
-    comm.start_watchdog(config["stall_timeout"])
     step_losses = config["log_every"] > 0 and not config["quiet"]
     console = None
     if comm.rank == 0 and not config["quiet"]:
@@ -275,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if config["timeline_steps"]:
         log = timeline.Log(out, comm.rank, comm.size, config["timeline_steps"], job=comm.bcast(time.time()),
                            after_step=start["meta"]["step"] if start is not None else 0)
+    comm.start_watchdog(config["stall_timeout"])
     try:
         last = fit(solver, data, grid.layers, epochs=config["epochs"], batch_size=config["batch_size"],
                    seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
@@ -296,8 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ocnet: {e}; continue with: {launch}python -m ocnet.run --resume {out}", file=sys.stderr,
                   flush=True)
         return 128 + e.signum
+    finally:
+        # Rank 0 alone writes the model and plots next: not a stall.  On every way out, or a
+        # watchdog left running in a process that goes on (a test, a notebook) would end it
+        # once its timeout passes without the ticks of a run that is over.
+        comm.stop_watchdog()
     wall = time.perf_counter() - t0
-    comm.stop_watchdog()  # rank 0 alone writes the model and plots now: not a stall
     model = comm.gather(network.problem_state())
     if model is not None:  # rank 0
         model = model[:grid.layers.size]  # the first data group's layers

@@ -2,6 +2,7 @@
 rank (set-up, steps, signals), non-finite values, strict JSON."""
 import hashlib
 import json
+import threading
 import time
 
 import pytest
@@ -157,6 +158,9 @@ def test_a_large_learning_rate_is_caught_before_a_model_is_written(tmp_path, cap
     assert not (out / "model.pt").exists()
     for line in (out / "history.jsonl").read_text().splitlines():
         _strict(line)
+    # the run's stall watchdog ended with it: left running, it would end this process once
+    # its timeout passed without a tick
+    assert not any(t.name == "ocnet-watchdog" for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("ranks,fault", [(2, "raise"), (2, "memory"), (4, "raise"), (4, "memory")])
