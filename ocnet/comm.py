@@ -211,8 +211,8 @@ class Comm:
 
     def wait_any(self, requests: Sequence[Request]) -> None:
         """Wait until one of ``requests`` is complete (its :meth:`Request.test` is true).  The
-        timeline and the stall watchdog see a wait for the first (name there the one that is
-        sure to come)."""
+        timeline and the stall watchdog see it as a wait for the first request: put first the
+        one that is sure to come."""
         _wait(lambda: any(r.test() for r in requests), self.progress, requests[0]._what)
 
     def exchange(self, sends: dict[int, torch.Tensor], sources: Sequence[int], tag: int = 0,
