@@ -221,7 +221,7 @@ class VirtualRequest(Request):
     def wait(self) -> Any:
         comm = self.comm
         with comm.fabric.cond:
-            comm.fabric.block(comm.rank, lambda: self._done, self.what)
+            comm.fabric.block(comm.rank, _posted(self), self.what)
         if self.arrival > comm.clock:
             t0 = comm.clock
             comm.clock = self.arrival
