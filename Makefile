@@ -19,10 +19,11 @@ $(VENV)/.installed: setup.py pyproject.toml
 run: setup
 	$(BIN)/mpirun -n $(NP) $(BIN)/python -m ocnet.run
 
-# Lint and types first (seconds), then the suite.
+# Lint, types and the order of the parts first (seconds), then the suite.
 test: setup
-	$(BIN)/ruff check ocnet tests benchmarks
+	$(BIN)/ruff check ocnet tests benchmarks docs/figures.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
 
 # The documentation site in docs/_build/html (its figures drawn by short runs of ocnet).

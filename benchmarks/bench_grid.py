@@ -9,7 +9,7 @@ digits Python overhead dominates), one thread per rank:
 * ``2x1``: 2 data groups of one rank, each on its half of the batch, gradients averaged.
 
 The configurations take turns, repeat after repeat, and each reports its median.  It also
-counts the bytes of one gradient reduction per rank against :func:`ocnet.replicas.reduction_bytes`
+counts the bytes of one gradient reduction per rank against :func:`ocnet.ranks.replicas.reduction_bytes`
 (every parameter element, and a presence flag per parameter, in the parameters' dtype).
 
 Prints the figures and writes benchmarks/results/bench_grid.json (rank 0).
@@ -29,10 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from ocnet.comm import SelfComm, world  # noqa: E402
-from ocnet.grid import Partition  # noqa: E402
-from ocnet.problem import build  # noqa: E402
-from ocnet.replicas import GradientAverage, Grid, reduction_bytes  # noqa: E402
+from ocnet.model.grid import Partition  # noqa: E402
+from ocnet.model.problem import build  # noqa: E402
+from ocnet.ranks.comm import SelfComm, world  # noqa: E402
+from ocnet.ranks.replicas import GradientAverage, Grid, reduction_bytes  # noqa: E402
 from ocnet.solvers import get  # noqa: E402
 
 BATCH, LAYERS, CHANNELS = 128, 8, 16

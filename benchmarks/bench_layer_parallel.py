@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from ocnet import run  # noqa: E402
-from ocnet.comm import SelfComm, world  # noqa: E402
-from ocnet.filters import FILTERS  # noqa: E402
-from ocnet.grid import Partition  # noqa: E402
-from ocnet.problem import build  # noqa: E402
+from ocnet.model.grid import Partition  # noqa: E402
+from ocnet.model.problem import build  # noqa: E402
+from ocnet.ranks.comm import SelfComm, world  # noqa: E402
+from ocnet.ranks.filters import FILTERS  # noqa: E402
 from ocnet.solvers import get  # noqa: E402
 
 BATCH, N_TRAIN, LAYERS, CHANNELS, REPEATS = 128, 512, 8, 16, 5

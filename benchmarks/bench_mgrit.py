@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, median_time, tune_malloc, write  # noqa: E402
 
-from ocnet.comm import world  # noqa: E402
-from ocnet.grid import Partition  # noqa: E402
 from ocnet.mgrit import Layout, solve  # noqa: E402
 from ocnet.mgrit.core import n_levels  # noqa: E402
 from ocnet.mgrit.network import NetworkPropagator  # noqa: E402
-from ocnet.problem import build  # noqa: E402
+from ocnet.model.grid import Partition  # noqa: E402
+from ocnet.model.problem import build  # noqa: E402
+from ocnet.ranks.comm import world  # noqa: E402
 
 
 def network(kind: str, N: int, comm, c: int, seed: int = 0):
@@ -120,7 +120,7 @@ def speedup(comm) -> dict:
     rows = []
     seq = {}
     if comm.rank == 0:  # the sequential sweep on one rank, the other waits politely
-        from ocnet.comm import SelfComm
+        from ocnet.ranks.comm import SelfComm
         prop1, u01, _, _ = network("conv", N, SelfComm(), 4)
         for threads in (1, 2):
             torch.set_num_threads(threads)

@@ -5,7 +5,7 @@
 
 The network: ``build((3, 32, 32), 10, net="conv", layers=N, channels=[16], T=2)``, batch 32,
 synthetic data, one thread per rank.  "Plain PyTorch" is the exported module
-(:meth:`~ocnet.problem.Problem.to_torch`) forward and backward on the same batch; the MGRIT
+(:meth:`~ocnet.model.problem.Problem.to_torch`) forward and backward on the same batch; the MGRIT
 step is one optimiser step of the ``mgrit`` solver (SGD with rate 0, so that every repeat
 sees the same parameters; one-shot mode, no warm start).  Times are medians of interleaved
 repeats, measured side by side in one process (on P = 2 the plain step runs on rank 0 while
@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import allocator, tune_malloc, write  # noqa: E402
 
-from ocnet import timeline  # noqa: E402
-from ocnet.comm import world  # noqa: E402
 from ocnet.mgrit import solve  # noqa: E402
-from ocnet.problem import build  # noqa: E402
+from ocnet.model.problem import build  # noqa: E402
+from ocnet.ranks import timeline  # noqa: E402
+from ocnet.ranks.comm import world  # noqa: E402
 from ocnet.solvers.mgrit import MGRIT  # noqa: E402
 
 BATCH = 32

@@ -23,9 +23,9 @@ from common import allocator, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ocnet import train  # noqa: E402
-from ocnet.comm import world  # noqa: E402
+from ocnet.ranks.comm import world  # noqa: E402
 from ocnet.run import main  # noqa: E402
+from ocnet.runs import train  # noqa: E402
 
 
 class _NoCheck:

@@ -3,7 +3,7 @@
     OCNET_MALLOC=tuned python benchmarks/bench_scaling.py [--ranks 1,2,4,8] [--solvers serial,...]
         [--epochs 2] [--target 0.8] [--out FILE.json]
 
-Each solver variant of :data:`ocnet.speedup.VARIANTS` runs as ``mpiexec -n P python -m
+Each solver variant of :data:`ocnet.perf.speedup.VARIANTS` runs as ``mpiexec -n P python -m
 ocnet.run`` on a small convolutional problem (digits as 8×8 images, ``--layers`` conv layers
 of ``--channels`` channels), one thread per rank.  Measured: the median time per step (from
 the iteration records' wall times), the time per epoch, and the time to the target test
@@ -28,9 +28,9 @@ from common import RESULTS, allocator, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ocnet import calibrate as cal  # noqa: E402
-from ocnet import speedup  # noqa: E402
-from ocnet.config import given  # noqa: E402
+from ocnet.perf import calibrate as cal  # noqa: E402
+from ocnet.perf import speedup  # noqa: E402
+from ocnet.runs.config import given  # noqa: E402
 
 
 def measure(flags: list[str], P: int, out: Path) -> dict:

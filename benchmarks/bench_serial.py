@@ -34,10 +34,10 @@ from common import allocator, median_time, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ocnet.comm import SelfComm, world  # noqa: E402
-from ocnet.grid import Partition  # noqa: E402
-from ocnet.pipeline import SCHEDULES  # noqa: E402
-from ocnet.problem import build  # noqa: E402
+from ocnet.model.grid import Partition  # noqa: E402
+from ocnet.model.problem import build  # noqa: E402
+from ocnet.ranks.comm import SelfComm, world  # noqa: E402
+from ocnet.ranks.pipeline import SCHEDULES  # noqa: E402
 from ocnet.solvers.serial import Serial  # noqa: E402
 
 SHAPE, CLASSES = (3, 32, 32), 10

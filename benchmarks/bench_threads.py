@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import allocator, tune_malloc, write  # noqa: E402
 
-from ocnet.problem import build  # noqa: E402
+from ocnet.model.problem import build  # noqa: E402
 
 
 def cases() -> dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]:

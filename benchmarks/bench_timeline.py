@@ -40,11 +40,11 @@ from common import allocator, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ocnet import timeline  # noqa: E402
-from ocnet.comm import world  # noqa: E402
-from ocnet.grid import Partition  # noqa: E402
-from ocnet.problem import build  # noqa: E402
-from ocnet.run import make_optimizer_factory, setup  # noqa: E402
+from ocnet.model.grid import Partition  # noqa: E402
+from ocnet.model.problem import build  # noqa: E402
+from ocnet.ranks import timeline  # noqa: E402
+from ocnet.ranks.comm import world  # noqa: E402
+from ocnet.runs.job import make_optimizer_factory, setup  # noqa: E402
 from ocnet.solvers.serial import Serial  # noqa: E402
 
 CASES = [("digits", 2), ("digits-penalty", 2), ("conv", 2), ("digits", 8), ("conv", 8)]
@@ -108,8 +108,8 @@ def worker(case: str, repeats: int, steps: int) -> None:
 def event_cost(n: int = 200_000) -> dict[str, float]:
     """Seconds per span and per wait's fast path, recording and not (medians of 5): the cost
     that the step times above are too noisy to resolve on a shared machine."""
-    from ocnet.comm import _wait
-    from ocnet.watchdog import Progress
+    from ocnet.ranks.comm import _wait
+    from ocnet.ranks.watchdog import Progress
     progress, ready = Progress(), (lambda: True)
 
     def spans() -> None:

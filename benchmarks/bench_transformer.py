@@ -7,7 +7,7 @@ The network: a vision transformer on CIFAR-shaped inputs (3×32×32, 4×4 patche
 class token), width 64, 4 heads, an MLP 4× wider, ``N`` layers, batch 32, synthetic data, one
 thread, float32.  Times are medians of interleaved repeats in one process.
 
-(a) forward + backward of ``N`` steps: ocnet's :class:`~ocnet.steps.AttentionStep` layers
+(a) forward + backward of ``N`` steps: ocnet's :class:`~ocnet.model.steps.AttentionStep` layers
     (``h = 1``) against ``N`` ``nn.TransformerEncoderLayer(norm_first=True, dropout=0,
     activation="gelu", batch_first=True)`` of the same size;
 (b) one training step of the exported network in plain PyTorch against ocnet's solvers at
@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import allocator, tune_malloc, write  # noqa: E402
 
-from ocnet.calibrate import median_interleaved  # noqa: E402
-from ocnet.comm import SelfComm  # noqa: E402
-from ocnet.grid import Partition  # noqa: E402
-from ocnet.problem import build  # noqa: E402
+from ocnet.model.grid import Partition  # noqa: E402
+from ocnet.model.problem import build  # noqa: E402
+from ocnet.model.steps import AttentionStep, Residual  # noqa: E402
+from ocnet.perf.calibrate import median_interleaved  # noqa: E402
+from ocnet.ranks.comm import SelfComm  # noqa: E402
 from ocnet.solvers import get  # noqa: E402
-from ocnet.steps import AttentionStep, Residual  # noqa: E402
 
 SHAPE, WIDTH, HEADS, BATCH = (3, 32, 32), 64, 4, 32
 TOKENS = 1 + (32 // 4) ** 2

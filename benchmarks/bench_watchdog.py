@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ocnet.comm import world  # noqa: E402
+from ocnet.ranks.comm import world  # noqa: E402
 
 
 def cli() -> None:

@@ -6,14 +6,14 @@ The names a solver author needs::
 
 and a finished run as a plain module: ``ocnet.load_run(RUN_DIR).model``.
 """
-from . import sweep
 from .mgrit import solve
-from .options import ConfigError, Option
-from .problem import LocalNetwork, Problem
-from .records import Field
+from .model.options import ConfigError, Option
+from .model.problem import LocalNetwork, Problem
+from .ranks import sweep
 from .results import load_run
+from .runs.testing import check_solver
 from .solvers import ParallelSolver, Solver, SolverError, register
-from .testing import check_solver
+from .solvers.records import Field
 
 __all__ = ["ConfigError", "Field", "LocalNetwork", "Option", "ParallelSolver", "Problem", "Solver",
            "SolverError", "check_solver", "load_run", "register", "solve", "sweep"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocnet import testing
+from ocnet.runs import testing
 
 ROOT = Path(__file__).resolve().parents[1]
 MPI_SCRIPTS = Path(__file__).resolve().parent / "mpi"
@@ -18,8 +18,8 @@ MPI_SCRIPTS = Path(__file__).resolve().parent / "mpi"
 def one_step(solver: str, problem, x: torch.Tensor, y: torch.Tensor, **options) -> tuple[dict, dict]:
     """One step of the registered ``solver`` on one process, its parameters kept (SGD at rate
     0): ``({name: gradient}, record)`` in the problem's parameter order."""
-    from ocnet.comm import SelfComm
-    from ocnet.grid import Partition
+    from ocnet.model.grid import Partition
+    from ocnet.ranks.comm import SelfComm
     from ocnet.solvers import get
     s = get(solver)(problem.local(Partition(problem.n_layers, 1), 0), SelfComm(),
                     lambda p: torch.optim.SGD(p, lr=0.0), **options)

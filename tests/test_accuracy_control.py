@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import flat, one_step, run_mpi
 
-from ocnet.comm import SelfComm
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks.comm import SelfComm
+from ocnet.runs.testing import check_solver
 from ocnet.solvers.mgrit import MGRIT
-from ocnet.testing import check_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ocnet import solvers
-from ocnet.config import COMMON
 from ocnet.run import main
+from ocnet.runs.config import COMMON
 
 TINY = ["--layers", "4", "--quiet", "--dtype", "float64", "--batch-size", "512"]
 _SKIP = {"out", "resume", "overwrite"}  # cases of their own below: a valid value would start a run

@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import flat, one_step, run_mpi
 
-from ocnet import batchnorm
-from ocnet.config import resolve
-from ocnet.data import batches, load
-from ocnet.problem import build, from_config
+from ocnet.model import batchnorm
+from ocnet.model.data import batches, load
+from ocnet.model.problem import build, from_config
+from ocnet.runs.config import resolve
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,11 +7,11 @@ import stat
 import pytest
 import torch
 
-from ocnet import checkpoint, faults
-from ocnet.checkpoint import CheckpointError
-from ocnet.comm import SelfComm
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks.comm import SelfComm
+from ocnet.runs import checkpoint, faults
+from ocnet.runs.checkpoint import CheckpointError
 from ocnet.solvers import get
 from ocnet.solvers.serial import Serial
 

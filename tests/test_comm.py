@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from ocnet.comm import Request, SelfComm
-from ocnet.watchdog import Progress
+from ocnet.ranks.comm import Request, SelfComm
+from ocnet.ranks.watchdog import Progress
 
 
 def test_pipeline_of_compute_is_not_starved(mpi, tmp_path):

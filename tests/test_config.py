@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ocnet.config import (
+from ocnet.runs.config import (
     COMMON,
     MAX_TOML_BYTES,
     RESUMABLE,

@@ -11,7 +11,16 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from ocnet import solvers
-from ocnet.config import COMMON, ConfigError, all_solver_keys, dump_toml, read_toml, resolve, solver_options, toml_value
+from ocnet.runs.config import (
+    COMMON,
+    ConfigError,
+    all_solver_keys,
+    dump_toml,
+    read_toml,
+    resolve,
+    solver_options,
+    toml_value,
+)
 
 # Fast enough for every run of the suite (well under a second per test); set
 # OCNET_HYPOTHESIS_EXAMPLES to search harder.

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ocnet.console import statistics
+from ocnet.runs.console import statistics
 
 SMALL = ["--layers", "4", "--width", "8", "--epochs", "2", "--timeline-steps", "0"]
 

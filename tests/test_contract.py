@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import ocnet
-from ocnet.comm import SelfComm
-from ocnet.config import ConfigError, help_text, resolve
-from ocnet.grid import Partition
-from ocnet.records import FIELDS, Field, combine, reduce
+from ocnet.model.grid import Partition
+from ocnet.ranks.comm import SelfComm
+from ocnet.ranks.tags import Tags
 from ocnet.run import main
+from ocnet.runs.config import ConfigError, help_text, resolve
 from ocnet.solvers import MGRIT, Hybrid, Penalty, Serial
-from ocnet.tags import Tags
+from ocnet.solvers.records import FIELDS, Field, combine, reduce
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_tags_are_handed_out_once():
 
 
 def test_solvers_of_a_hybrid_send_with_their_own_tags():
-    from ocnet.testing import _make
+    from ocnet.runs.testing import _make
     _, hybrid = _make(Hybrid, {"parallel": "mgrit", "coarsening": 2})
     used = [set(hybrid.parallel.sweep_tags), set(hybrid.parallel.mgrit_tags), set(hybrid.serial.sweep_tags),
             set(hybrid.sweep_tags)]
@@ -156,9 +156,9 @@ class Deferred(Serial):
 
 
 def test_end_of_epoch_hook_finishes_the_epoch_before_evaluation():
-    from ocnet.data import Dataset
-    from ocnet.testing import _make, _toy
-    from ocnet.train import fit
+    from ocnet.model.data import Dataset
+    from ocnet.runs.testing import _make, _toy
+    from ocnet.runs.train import fit
     x, y = _toy()
     data = Dataset("toy", x, y, x, y, 3, False)
     problem, solver = _make(Deferred, {})
@@ -174,7 +174,7 @@ def test_public_names():
     for name in ("Solver", "ParallelSolver", "register", "Option", "check_solver", "sweep", "Problem", "solve",
                  "SolverError", "Field"):
         assert hasattr(ocnet, name), name
-    assert ocnet.sweep.train is not None and callable(ocnet.solve)
+    assert ocnet.ranks.sweep.train is not None and callable(ocnet.solve)
 
 
 def _imports(path: Path, module: str) -> set[str]:
@@ -192,7 +192,7 @@ def _imports(path: Path, module: str) -> set[str]:
                 base = ".".join(parts + ([node.module] if node.module else []))
             if not base.startswith("ocnet"):
                 continue
-            for alias in node.names:  # `from . import sweep` imports the module ocnet.sweep
+            for alias in node.names:  # `from . import sweep` imports the module ocnet.ranks.sweep
                 sub = f"{base}.{alias.name}"
                 found.add(sub if (ROOT / (sub.replace(".", "/") + ".py")).exists()
                           or (ROOT / sub.replace(".", "/")).is_dir() else base)
@@ -220,7 +220,7 @@ def test_the_package_has_no_import_circle():
 
     for m in sorted(graph):
         visit(m, [])
-    assert "ocnet.solvers" in graph["ocnet.config"], "config reads the registry at the top"
+    assert "ocnet.solvers" in graph["ocnet.runs.config"], "config reads the registry at the top"
 
 
 # -- a diverged solve ends the run with one line ----------------------------------------------------

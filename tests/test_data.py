@@ -1,4 +1,4 @@
-"""Tests for ocnet.data: loaders on small format-faithful files, batching, augmentation."""
+"""Tests for ocnet.model.data: loaders on small format-faithful files, batching, augmentation."""
 from __future__ import annotations
 
 import os
@@ -12,8 +12,8 @@ import pytest
 import torch
 from fixtures_data import MNIST_N_TEST, MNIST_N_TRAIN, idx_bytes, idx_header, write_cifar10, write_cifar100, write_mnist
 
-from ocnet import data
-from ocnet.data import DATASETS, DataError, augment, batches, load
+from ocnet.model import data
+from ocnet.model.data import DATASETS, DataError, augment, batches, generated, load, problems
 
 
 def assert_normalised_from(ds: data.Dataset, raw_train: np.ndarray, raw_test: np.ndarray) -> None:
@@ -226,12 +226,12 @@ def test_digits():
 
 def test_peaks_function_and_thresholds():
     # MATLAB: peaks(0, 0) = 8/3 e^-1 = 0.98101...
-    assert data._peaks_z(np.array([[0.0, 0.0]]))[0] == pytest.approx(8 / 3 / np.e, rel=1e-12)
-    t = data._peaks_thresholds()
+    assert generated._peaks_z(np.array([[0.0, 0.0]]))[0] == pytest.approx(8 / 3 / np.e, rel=1e-12)
+    t = generated._peaks_thresholds()
     assert t.shape == (4,) and np.all(np.diff(t) > 0)
     # the global maximum (~8.1 near (0, 1.58)) is in the top class, the minimum (~-6.55
     # near (0.23, -1.63)) in the bottom one
-    z = data._peaks_z(np.array([[0.0, 1.58], [0.23, -1.63]]))
+    z = generated._peaks_z(np.array([[0.0, 1.58], [0.23, -1.63]]))
     assert z[0] > 8.0 and z[1] < -6.5
     assert z[0] > t[-1] and z[1] < t[0]
 
@@ -250,7 +250,7 @@ def test_peaks():
     rng = np.random.default_rng(3)
     raw_tr, raw_te = rng.uniform(-3, 3, (5000, 2)), rng.uniform(-3, 3, (1000, 2))
     for raw, y in ((raw_tr, a.y_train), (raw_te, a.y_test)):
-        expected = np.searchsorted(data._peaks_thresholds(), data._peaks_z(raw), side="right")
+        expected = np.searchsorted(generated._peaks_thresholds(), generated._peaks_z(raw), side="right")
         np.testing.assert_array_equal(y.numpy(), expected)
     assert_normalised_from_features(a, raw_tr, raw_te)
 
@@ -285,7 +285,7 @@ def test_batches_ignore_global_rng_and_agree_across_processes():
     torch.rand(10)
     assert torch.equal(first, torch.cat(batches(50, 7, seed=1, epoch=4)))
     # another process (another "rank") must compute the same permutation
-    code = ("import torch; from ocnet.data import batches; "
+    code = ("import torch; from ocnet.model.data import batches; "
             "print(torch.cat(batches(50, 7, seed=1, epoch=4)).tolist())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONHASHSEED": "77"})
@@ -457,5 +457,5 @@ def test_cifar_directory_where_a_batch_belongs(tmp_path):
 
 def test_an_empty_data_set_is_refused(monkeypatch):
     empty = np.zeros((0, 2)), np.zeros(0, np.int64)
-    monkeypatch.setitem(data._LOADERS, "peaks", lambda root, seed: (*empty, np.ones((3, 2)), np.zeros(3), 5))
+    monkeypatch.setitem(problems._LOADERS, "peaks", lambda root, seed: (*empty, np.ones((3, 2)), np.zeros(3), 5))
     assert _message(lambda: load("peaks")) == "data set 'peaks': the training set is empty"

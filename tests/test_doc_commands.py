@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ocnet import testing
+from ocnet.runs import testing
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ("mpirun ", "mpiexec ", "python ", "make ", "pip ", "OCNET_", ".venv/", "PATH=", "GLIBC_")

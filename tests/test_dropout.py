@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import flat, one_step, run_mpi
 
-from ocnet import dropout, sweep
-from ocnet.comm import SelfComm
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet import sweep
+from ocnet.model import dropout
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks.comm import SelfComm
 
 
 def test_masks_drop_the_rate_and_follow_the_sample():

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from ocnet.comm import SelfComm
-from ocnet.config import ConfigError, resolve
-from ocnet.filters import FILTERS, IDENTITY, Downsample
+from ocnet.ranks.comm import SelfComm
+from ocnet.ranks.filters import FILTERS, IDENTITY, Downsample
+from ocnet.runs.config import ConfigError, resolve
 
 
 def test_downsample_shapes_and_bytes():

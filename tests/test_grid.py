@@ -1,7 +1,7 @@
 """Time grids and partitions."""
 import pytest
 
-from ocnet.grid import Partition, TimeGrid
+from ocnet.model.grid import Partition, TimeGrid
 
 
 def test_time_grid_points_and_levels():

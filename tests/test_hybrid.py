@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from ocnet.comm import SelfComm
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks.comm import SelfComm
+from ocnet.runs.testing import check_solver
 from ocnet.solvers.base import ParallelSolver
 from ocnet.solvers.hybrid import Hybrid
 from ocnet.solvers.serial import Serial
-from ocnet.testing import check_solver
 
 
 def _data(n=24):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ocnet
-from ocnet.data import DataError, load
+from ocnet.model.data import DataError, load
 from ocnet.run import main
 
 TINY = ["--layers", "4", "--quiet", "--timeline-steps", "0"]

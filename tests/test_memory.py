@@ -6,11 +6,11 @@ import time
 import pytest
 import torch
 
-from ocnet import memory as memory_mod
-from ocnet.config import resolve
-from ocnet.memory import LAYER_OVERHEAD, MemoryEstimate, check_memory, format_bytes, memory_estimate
-from ocnet.options import ConfigError
-from ocnet.problem import build
+from ocnet.model.options import ConfigError
+from ocnet.model.problem import build
+from ocnet.runs import memory as memory_mod
+from ocnet.runs.config import resolve
+from ocnet.runs.memory import LAYER_OVERHEAD, MemoryEstimate, check_memory, format_bytes, memory_estimate
 
 GB = 10**9
 

@@ -313,9 +313,9 @@ def test_layout_first_rank_is_the_first_nonempty_one():
     (4, "FCF", "V", 1e-3, 20, False)])
 def test_stored_graphs_are_at_the_final_states(levels, relaxation, cycle, tol, max_iter, skip):
     # the latest recorded evaluation of every fine step is the one from the solution's states
-    from ocnet.grid import Partition
     from ocnet.mgrit.network import NetworkPropagator
-    from ocnet.problem import build
+    from ocnet.model.grid import Partition
+    from ocnet.model.problem import build
     N = 24
     problem = build((4,), 2, net="dense", layers=N, width=4, seed=0, dtype=torch.float64)
     prop = NetworkPropagator(problem.local(Partition(N, 1), 0), c=2)

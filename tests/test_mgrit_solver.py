@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import MPI_SCRIPTS, run_mpi
 
-from ocnet.comm import SelfComm
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks.comm import SelfComm
+from ocnet.runs.testing import check_solver
 from ocnet.solvers.mgrit import MGRIT
-from ocnet.testing import check_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,7 +132,7 @@ def test_torchbraids_settings_evaluate_its_steps():
     # skip, F on the fine level, FCF on the coarse ones, one correction (XBraid's max_iter 2):
     # 106 forward steps per solve at N = 32, c = 4, 3 levels; the adjoint's 106 steps are
     # input-gradients of the stored graphs, so no layer runs forward again.
-    from ocnet import timeline
+    from ocnet.ranks import timeline
     problem = build((8,), 3, net="dense", layers=32, width=4, seed=0, dtype=torch.float64)
     cfg = {"coarsening": 4, "mgrit_levels": 3}
     network = problem.local(MGRIT.partition(32, 1, cfg), 0)

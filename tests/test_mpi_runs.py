@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_mpi
 
-from ocnet.config import read_toml, resolve
+from ocnet.runs.config import read_toml, resolve
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "mpi_runs" / "configs"
 CONFIGS = sorted(CONFIGS_DIR.glob("*.toml"))

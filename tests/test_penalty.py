@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocnet.comm import SelfComm
-from ocnet.filters import FILTERS
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks.comm import SelfComm
+from ocnet.ranks.filters import FILTERS
+from ocnet.runs.testing import check_solver
 from ocnet.solvers.al import AugmentedLagrangian
 from ocnet.solvers.penalty import Penalty
-from ocnet.testing import check_solver
 
 _spec = importlib.util.spec_from_file_location(
     "penalty_gradients", Path(__file__).parent / "mpi" / "penalty_gradients.py")

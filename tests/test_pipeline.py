@@ -4,10 +4,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocnet import pipeline, sweep, timeline
-from ocnet.comm import SelfComm
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet import sweep
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks import pipeline, timeline
+from ocnet.ranks.comm import SelfComm
 
 sizes = st.integers(1, 6)
 counts = st.integers(1, 12)

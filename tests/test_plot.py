@@ -1,4 +1,4 @@
-"""Tests for ocnet.plot: loading run directories and drawing the figures."""
+"""Tests for ocnet.results.plot: loading run directories and drawing the figures."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ocnet.plot import figures, load_run, load_runs, main, plot_runs
-from ocnet.series import factor as _factor
+from ocnet.results.plot import figures, load_run, load_runs, main, plot_runs
+from ocnet.results.series import factor as _factor
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

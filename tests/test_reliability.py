@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from ocnet.run import EXIT_SETUP, EXIT_SOLVER, main
+from ocnet.run import main
+from ocnet.runs.job import EXIT_SETUP, EXIT_SOLVER
 
 # digits: 1,437 training samples, batches of 512 give 3 steps per epoch
 TINY = ["--layers", "4", "--quiet", "--dtype", "float64", "--batch-size", "512"]
@@ -133,7 +134,7 @@ def test_a_nan_stops_the_run_in_its_step(tmp_path, capsys, monkeypatch):
     rank; the epoch-0 checkpoint stays the newest; no model; strict JSON."""
     import importlib
 
-    from ocnet import faults
+    from ocnet.runs import faults
     monkeypatch.setattr(faults, "_FAULTS", faults.parse("step:0:nan:5"))
     monkeypatch.setattr(faults, "_reached", {})
     out = tmp_path / "run"

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from ocnet import timeline
-from ocnet.replay import Deadlock, Link, make_comms, run
+from ocnet.perf.replay import Deadlock, Link, make_comms, run
+from ocnet.ranks import timeline
 
 FREE = Link(latency=0.0, bandwidth=math.inf, reduction=0.0)
 
@@ -22,7 +22,7 @@ def one_f_one_b(rank: int, size: int, micro_batches: int) -> list[tuple[str, int
 
 
 def pipeline(micro_batches: int):
-    """A toy 1F1B pipeline in the style of :func:`ocnet.sweep.train`: spans and a Comm."""
+    """A toy 1F1B pipeline in the style of :func:`ocnet.ranks.sweep.train`: spans and a Comm."""
 
     def rank_fn(comm):
         first, last = comm.rank == 0, comm.rank == comm.size - 1

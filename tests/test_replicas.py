@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import run_mpi
 
-from ocnet import store
-from ocnet.records import FIELDS, combine_groups
-from ocnet.replicas import GradientAverage, Grid, average_running_statistics, reduction_bytes
+from ocnet.ranks import store
+from ocnet.ranks.replicas import GradientAverage, Grid, average_running_statistics, reduction_bytes
+from ocnet.solvers.records import FIELDS, combine_groups
 
 CASES = ["serial", "mgrit", "penalty", "al", "serial_dropout", "oneshot", "hybrid"]
 

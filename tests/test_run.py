@@ -42,8 +42,8 @@ def test_default_run_on_eight_ranks(mpi, tmp_path):
 def test_exported_model_reproduces_test_accuracy(tmp_path):
     out = tmp_path / "run"
     assert main(["--out", str(out), "--epochs", "2", "--quiet", "--layers", "4"]) == 0
-    from ocnet.data import load
-    from ocnet.problem import build
+    from ocnet.model.data import load
+    from ocnet.model.problem import build
     data = load("digits")
     problem = build(data.input_shape, data.n_classes, net="dense", layers=4)
     problem.load_state_dict(torch.load(out / "model.pt", weights_only=True))
@@ -107,8 +107,8 @@ def test_multistage_cifar_run_with_augmentation(tmp_path):
 @pytest.mark.parametrize("env,net,expected", [("3", "dense", 3), ("3", "conv", 3), ("", "dense", 1),
                                               (None, "dense", 1), ("zero", "dense", 1), ("0", "dense", 1)])
 def test_default_threads(monkeypatch, env, net, expected):
-    from ocnet.comm import SelfComm
-    from ocnet.run import default_threads
+    from ocnet.ranks.comm import SelfComm
+    from ocnet.runs.job import default_threads
     if env is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
@@ -119,8 +119,8 @@ def test_default_threads(monkeypatch, env, net, expected):
 def test_default_threads_of_a_conv_net_are_the_cores(monkeypatch):
     import os
 
-    from ocnet.comm import SelfComm
-    from ocnet.run import default_threads
+    from ocnet.ranks.comm import SelfComm
+    from ocnet.runs.job import default_threads
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert default_threads(SelfComm(), "conv") == len(os.sched_getaffinity(0))
 
@@ -130,7 +130,7 @@ def test_load_run_gives_the_trained_network(tmp_path, flags):
     """The module load_run rebuilds reaches the run's own test accuracy on the test set,
     also without the shape in the summary (a run written before it held one)."""
     import ocnet
-    from ocnet.data import load
+    from ocnet.model.data import load
     out = tmp_path / "run"
     assert main([*flags, "--epochs", "2", "--quiet", "--timeline-steps", "0", "--out", str(out)]) == 0
     data = load("digits", None, 0)
@@ -148,4 +148,4 @@ def test_load_run_gives_the_trained_network(tmp_path, flags):
             (out / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(FileNotFoundError, match="model.pt is missing"):
         (out / "model.pt").unlink()
-        ocnet.load_run(out)
+        _ = ocnet.load_run(out).model

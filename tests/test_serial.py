@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from ocnet import sweep
-from ocnet.comm import SelfComm
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks.comm import SelfComm
 from ocnet.solvers.serial import Serial
 
 NETS = {
@@ -89,7 +89,7 @@ def test_ranks_give_same_parameters(mpi, tmp_path, single_rank, net, ranks, pipe
 
 def test_pipeline_option():
     """``pipeline`` names a schedule; another name fails with a message that lists them."""
-    from ocnet.options import ConfigError
+    from ocnet.model.options import ConfigError
     option = Serial.options["pipeline"]
     assert set(option.choices) == {"1f1b", "zb"} and option.default in option.choices
     assert option.convert("pipeline", "zb") == "zb"

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from ocnet import calibrate, speedup
-from ocnet.config import given
-from ocnet.replay import Link
+from ocnet.perf import calibrate, speedup
+from ocnet.perf.replay import Link
+from ocnet.runs.config import given
 
 FREE = Link(latency=0.0, bandwidth=math.inf, reduction=0.0)
 COSTS = {"forward": 1e-3, "forward_graph": 2e-3, "backward": 5e-3, "vjp": 2e-3, "vjp_recompute": 4e-3,

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from ocnet.runs.testing import check_solver
 from ocnet.solvers import MGRIT, Hybrid, Penalty
 from ocnet.solvers.serial import Serial
-from ocnet.testing import check_solver
 
 
 def test_serial_passes_the_contract():

@@ -6,14 +6,15 @@ import json
 import pytest
 import torch
 
-from ocnet import gantt, timeline
-from ocnet.comm import Request, SelfComm, _wait
-from ocnet.config import ConfigError, differences, help_text, resolve
-from ocnet.grid import Partition
-from ocnet.plot import main as plot_main
-from ocnet.problem import build
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks import timeline
+from ocnet.ranks.comm import Request, SelfComm, _wait
+from ocnet.ranks.watchdog import Progress
+from ocnet.results import gantt
+from ocnet.results.plot import main as plot_main
+from ocnet.runs.config import ConfigError, differences, help_text, resolve
 from ocnet.solvers.penalty import Penalty
-from ocnet.watchdog import Progress
 
 COMPUTE = {k for k in timeline.KINDS if k not in ("send", "wait", "reduce")}
 

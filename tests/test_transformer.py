@@ -10,12 +10,12 @@ import torch
 from conftest import one_step, run_mpi
 
 from ocnet import sweep
-from ocnet.comm import SelfComm
-from ocnet.data import load, vocabulary
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet.model.data import load, vocabulary
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.model.steps import AttentionStep, Residual
+from ocnet.ranks.comm import SelfComm
 from ocnet.solvers import get
-from ocnet.steps import AttentionStep, Residual
 
 NETS = {  # a vision transformer on 8×8 images (2×2 patches: 17 tokens) and one on token ids
     "vit": dict(input_shape=(1, 8, 8), vocab=0),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ocnet import testing
-from ocnet.watchdog import Progress, Watchdog, process_end, ranks_text, summary
+from ocnet.ranks.watchdog import Progress, Watchdog, process_end, ranks_text, summary
+from ocnet.runs import testing
 
 SCRIPTS = Path(__file__).resolve().parent / "mpi"
 ROOT = SCRIPTS.parents[1]
@@ -31,11 +31,11 @@ def test_ranks_text():
 
 
 def test_summary_names_the_stuck_rank_first_and_groups_the_waiting_ones():
-    statuses = {0: _status(waiting=("recv", 1, 11)), 1: {**_status(), "line": "ocnet/faults.py:81 in inject"},
+    statuses = {0: _status(waiting=("recv", 1, 11)), 1: {**_status(), "line": "ocnet/runs/faults.py:81 in inject"},
                 2: _status(waiting=("allreduce",)), 3: _status(waiting=("allreduce",))}
     assert summary(statuses, 5, 5.0) == (
         "ocnet: error: no progress for 5 s in epoch 0, step 3: "
-        "rank 1 is stuck (not communicating, at ocnet/faults.py:81 in inject); "
+        "rank 1 is stuck (not communicating, at ocnet/runs/faults.py:81 in inject); "
         "rank 4 did not answer (frozen, or in a call that holds the interpreter); "
         "rank 0 waits for a message from rank 1 (tag 11); ranks 2, 3 wait in allreduce")
 

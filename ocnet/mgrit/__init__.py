@@ -5,6 +5,8 @@
     result.residual        # residual norm per iteration
 
 See docs/mgrit.rst.
+
+May use: :mod:`ocnet.ranks`, :mod:`ocnet.model`.
 """
 from .adjoint import AdjointResult, solve_adjoint
 from .core import MGRITDivergence, MGRITResult, solve

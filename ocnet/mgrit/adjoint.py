@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import tags as tag_blocks
-from ..comm import Comm, SelfComm
+from ..ranks import tags as tag_blocks
+from ..ranks.comm import Comm, SelfComm
 from .core import MGRITDivergence, MGRITResult, solve
 from .layout import Layout
 from .levels import GHOST, GHOST_ADJOINT, Differentiable, coarsening, tag

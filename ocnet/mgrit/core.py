@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .. import tags as tag_blocks
-from ..comm import Comm, SelfComm
+from ..ranks import tags as tag_blocks
+from ..ranks.comm import Comm, SelfComm
 from .fas import correct, inject, restrict
 from .layout import Layout
 from .levels import DONE, LAST, MAY_BE_LAST, NOT_LAST, Context, Level, Propagator, coarsening
@@ -177,8 +177,8 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
     device : device, optional
         Where received states go (default: that of ``u0`` or ``guess``, else cpu).
     tags : range
-        The message tags the solve may use, ten per level (default :data:`ocnet.tags.MGRIT`;
-        a solver passes a block of its own, see :class:`ocnet.tags.Tags`).
+        The message tags the solve may use, ten per level (default :data:`ocnet.ranks.tags.MGRIT`;
+        a solver passes a block of its own, see :class:`ocnet.ranks.tags.Tags`).
 
     Returns
     -------

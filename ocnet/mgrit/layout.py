@@ -6,7 +6,7 @@ Each rank owns one contiguous slice of the fine points, possibly empty; on a coa
 owns the coarse points that fall into its slice, so a rank may own no point of a level (it
 then sits that level out, as in XBraid).
 
-The default slices follow the layers (:class:`ocnet.grid.Partition`): the rank holding
+The default slices follow the layers (:class:`ocnet.model.grid.Partition`): the rank holding
 steps ``start … stop-1`` owns the points *after* them, ``start+1 … stop``, and rank 0 also
 owns point 0.  So the step into a point is always computed by the point's owner, the rank
 that holds the step's controls.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from ..grid import Partition
+from ..model.grid import Partition
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from typing import Protocol, Sequence
 
 import torch
 
-from .. import tags as tag_blocks
-from ..comm import Comm, Request
+from ..ranks import tags as tag_blocks
+from ..ranks.comm import Comm, Request
 from .layout import Layout
 
 # Message tags: one block of ten per level (kinds below), so that no two kinds of message
 # between the same pair of ranks can be confused; the block of tags comes from the caller
-# (a solver's own, or :data:`ocnet.tags.MGRIT`).
+# (a solver's own, or :data:`ocnet.ranks.tags.MGRIT`).
 RELAX, PREV_FINE, PREV_COARSE, COARSEST, GHOST, GHOST_ADJOINT = 1, 2, 3, 4, 5, 6
 
 # What :func:`~ocnet.mgrit.core.solve` tells a propagator's optional ``fine_pass(last)`` before

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import timeline
-from ..problem import LocalNetwork
-from ..steps import Residual
+from ..model.problem import LocalNetwork
+from ..model.steps import Residual
+from ..ranks import timeline
 from .layout import Layout
 from .levels import DONE, LAST, MAY_BE_LAST, NOT_LAST
 
@@ -35,7 +35,7 @@ class NetworkPropagator:
     Parameters
     ----------
     network : LocalNetwork
-        A single-stage network: every layer a :class:`~ocnet.steps.Residual` of one shape.
+        A single-stage network: every layer a :class:`~ocnet.model.steps.Residual` of one shape.
     c : int
         Coarsening factor (coarse step ``c^ℓ h``), the one :func:`~ocnet.mgrit.core.solve`
         coarsens by.

@@ -71,7 +71,7 @@ def mask(shape: torch.Size, layer: int, p: float, device: torch.device, dtype: t
         return None
     if len(draw.index) != shape[0]:
         raise RuntimeError(f"dropout: {shape[0]} states but {len(draw.index)} samples; a piece of a batch "
-                           "must narrow the samples (ocnet.dropout.narrow)")
+                           "must narrow the samples (ocnet.model.dropout.narrow)")
     key = torch.tensor(draw.seed, dtype=torch.int64, device=device)
     for part in (draw.epoch, layer):
         key = _hash(_hash(key) ^ part)

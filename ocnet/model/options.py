@@ -1,6 +1,6 @@
 """Configuration keys: :class:`Option` declares one, :class:`ConfigError` reports a bad value.
 
-Both the run configuration (:mod:`ocnet.config`) and the solvers (their ``options``) read
+Both the run configuration (:mod:`ocnet.runs.config`) and the solvers (their ``options``) read
 this module, and it imports neither, so solvers and configuration never import each other
 in a circle.
 """

@@ -30,8 +30,8 @@ class Problem(nn.Module):
     opening : nn.Module
         ``x ↦ u_0``.
     layers : sequence of nn.Module
-        The layer maps in order: :class:`~ocnet.steps.Residual` steps, with a
-        :class:`~ocnet.steps.Transition` between stages.
+        The layer maps in order: :class:`~ocnet.model.steps.Residual` steps, with a
+        :class:`~ocnet.model.steps.Transition` between stages.
     classifier : nn.Module
         ``u_N ↦ logits``, shape ``(batch, n_classes)``.
     stages : sequence of TimeGrid
@@ -212,8 +212,8 @@ def transformer_problem(input_shape: Sequence[int], n_classes: int, width: int =
                         n_layers: int = 8, T: float = 1.0, act: str = "gelu", patch: int = 0,
                         vocab: int = 0) -> Problem:
     """Images ``(batch, C, H, W)`` cut into patches (a vision transformer), or token sequences
-    ``(batch, L)`` of ids below ``vocab``: a :class:`~ocnet.tokens.Tokens` opening to
-    ``(batch, 1 + tokens, width)``, ``n_layers`` :class:`~ocnet.steps.AttentionStep` steps on
+    ``(batch, L)`` of ids below ``vocab``: a :class:`~ocnet.model.tokens.Tokens` opening to
+    ``(batch, 1 + tokens, width)``, ``n_layers`` :class:`~ocnet.model.steps.AttentionStep` steps on
     ``[0, T]``, a classifier on the class token."""
     embed: nn.Module
     if vocab:
@@ -242,7 +242,7 @@ def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, 
     ``layers`` residual steps evenly over the stages given by ``channels``;
     ``net='transformer'`` takes images (``patch`` × ``patch`` patches) or, with ``vocab``,
     token sequences, into tokens of ``width`` with ``heads`` attention heads.  ``dropout``
-    is the rate of every residual step's (:class:`~ocnet.steps.Residual`).  Parameters are
+    is the rate of every residual step's (:class:`~ocnet.model.steps.Residual`).  Parameters are
     initialised from ``seed`` alone, so every rank builds the same network.
     """
     with torch.random.fork_rng(devices=[]):

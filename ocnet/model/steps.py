@@ -31,7 +31,7 @@ def normalisation(kind: str, channels: int) -> nn.Module:
     couple samples, so that a micro-batch or a single sample gives the same result as the
     whole batch; ``batch`` normalises with the statistics of the states it is given (a
     micro-batch in a pipeline) and keeps running statistics for evaluation
-    (:mod:`ocnet.batchnorm`)."""
+    (:mod:`ocnet.model.batchnorm`)."""
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
@@ -114,7 +114,7 @@ class Residual(nn.Module):
     """One forward-Euler step ``Φ(u) = u + h F(u; θ)`` of the state equation.
 
     With ``dropout = p`` the update is ``u + h D ⊙ F(u; θ)`` in training, with ``D`` the mask
-    of :mod:`ocnet.dropout` for this layer (its ``index`` in the network) and the batch's
+    of :mod:`ocnet.model.dropout` for this layer (its ``index`` in the network) and the batch's
     samples; elsewhere ``D = 1``.
     """
 

@@ -1,8 +1,8 @@
 """Measuring the machine for the performance model (:mod:`ocnet.speedup`).
 
-``[mpiexec -n 2] python -m ocnet.calibrate [--config FILE.toml] [--key value …] --save FILE``
+``[mpiexec -n 2] python -m ocnet.perf.calibrate [--config FILE.toml] [--key value …] --save FILE``
 
-* **Compute**: seconds per layer step of each compute kind of :data:`ocnet.timeline.KINDS`
+* **Compute**: seconds per layer step of each compute kind of :data:`ocnet.ranks.timeline.KINDS`
   on the configured network at the configured batch (and at the micro-batch sizes asked
   for), one thread, medians of interleaved repeats.  A sample of the network is timed (up to
   :data:`SAMPLE_LAYERS` layers, its stages in proportion): the cost per layer step is the
@@ -30,13 +30,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .problem import from_config
+from ..model.problem import from_config
 from .replay import Link
 
 #: Layers of the configured network timed for the compute costs.
 SAMPLE_LAYERS = 16
 #: Measured on the 2-core development machine (``link_costs`` on 2 ranks, shared memory):
-#: the latency is that of :mod:`ocnet.comm`'s polite waits, which sleep between polls.
+#: the latency is that of :mod:`ocnet.ranks.comm`'s polite waits, which sleep between polls.
 DEFAULT_LINK = Link(latency=150e-6, bandwidth=1.2e10, reduction=5e-6)
 
 #: Train-set sizes and input shapes of the data sets (no need to load them to calibrate).
@@ -73,7 +73,7 @@ def compute_costs(config: Mapping[str, Any], batch: int, repeats: int = 5) -> di
     """Seconds per layer step of each compute kind at ``batch`` samples (``head``: per head
     span, a third of the opening's and the classifier's forward and backward; ``update``:
     per layer's optimiser step)."""
-    from .run import make_optimizer_factory
+    from ..runs.job import make_optimizer_factory
     problem = build_problem(config, min(config["layers"], SAMPLE_LAYERS))
     x = problem.examples(batch)
     y = torch.randint(0, problem.n_classes, (batch,))
@@ -161,10 +161,10 @@ def compute_costs(config: Mapping[str, Any], batch: int, repeats: int = 5) -> di
 def coverage(config: Mapping[str, Any], steps: int = 3) -> float | None:
     """The fraction of a real step's time (P = 1, one thread) that compute spans cover: what
     the replay charges of what a step costs (``None`` when no span was recorded)."""
-    from . import timeline
-    from .comm import SelfComm
-    from .run import build_solver
-    from .solvers import get
+    from ..ranks import timeline
+    from ..ranks.comm import SelfComm
+    from ..runs.job import build_solver
+    from ..solvers import get
     problem = build_problem(config)
     cls = get(config["solver"])
     network = problem.local(cls.partition(problem.n_layers, 1, config), 0)
@@ -189,9 +189,9 @@ def coverage(config: Mapping[str, Any], steps: int = 3) -> float | None:
 
 def mgrit_factor(config: Mapping[str, Any], c: int, levels: int, iterations: int = 4, batch: int = 8) -> float:
     """The forward solve's mean convergence factor on the configured network (one process)."""
-    from .grid import Partition
-    from .mgrit import solve
-    from .mgrit.network import NetworkPropagator
+    from ..mgrit import solve
+    from ..mgrit.network import NetworkPropagator
+    from ..model.grid import Partition
     problem = build_problem(config)
     network = problem.local(Partition(problem.n_layers, 1), 0)
     prop = NetworkPropagator(network, c)
@@ -258,8 +258,8 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import comm as comm_mod
-    from .config import ConfigError, resolve
+    from ..ranks import comm as comm_mod
+    from ..runs.config import ConfigError, resolve
     argv = sys.argv[1:] if argv is None else list(argv)
     save_to = "calibration.json"
     if "--save" in argv:

@@ -3,7 +3,7 @@
 Each virtual rank is a Python thread with a :class:`VirtualComm`: the communicator every
 solver talks through, except that the tensors pass between threads and each rank keeps a
 clock of its own in seconds.  Nothing is timed: a compute span of the solver's own code
-(:func:`ocnet.timeline.span`) advances its rank's clock by a calibrated cost
+(:func:`ocnet.ranks.timeline.span`) advances its rank's clock by a calibrated cost
 (:class:`ChargingRecorder`), and the communicator advances clocks by the link model
 (:class:`Link`):
 
@@ -28,11 +28,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import timeline
-from .comm import Comm, Request
-from .watchdog import Progress
+from ..ranks import timeline
+from ..ranks.comm import Comm, Request
+from ..ranks.watchdog import Progress
 
-#: The compute kinds of :data:`ocnet.timeline.KINDS` (the others are the communicator's).
+#: The compute kinds of :data:`ocnet.ranks.timeline.KINDS` (the others are the communicator's).
 COMPUTE = ("forward", "forward_graph", "backward", "vjp", "vjp_recompute", "weight_grad", "head", "update")
 
 
@@ -68,7 +68,7 @@ class Link:
 
 
 class ChargingRecorder(timeline.Recorder):
-    """A :class:`~ocnet.timeline.Recorder` on a virtual clock: a compute span advances the
+    """A :class:`~ocnet.ranks.timeline.Recorder` on a virtual clock: a compute span advances the
     clock by its cost (:meth:`charge`) and records the event.  A kind without a cost is
     charged nothing but still recorded, and counted in :attr:`uncharged`."""
 
@@ -242,7 +242,7 @@ class _Done(Request):
 
 
 class VirtualComm(Comm):
-    """A :class:`~ocnet.comm.Comm` between threads of one process, on a virtual clock.
+    """A :class:`~ocnet.ranks.comm.Comm` between threads of one process, on a virtual clock.
 
     Attributes
     ----------
@@ -504,7 +504,7 @@ def run(size: int, rank_fn: Callable[[VirtualComm], Any], costs: Mapping[str, fl
 
 class VirtualReplicas(Comm):
     """The data communicator of a virtual rank whose group is one of ``size`` identical data
-    groups (:mod:`ocnet.replicas`): only this group is replayed, so a reduction returns
+    groups (:mod:`ocnet.ranks.replicas`): only this group is replayed, so a reduction returns
     ``size`` × the rank's value (every group contributes the same) and advances the rank's
     clock by the link's collective over ``size`` ranks of ``nbytes`` (the configured
     network's gradient, not the miniature's)."""

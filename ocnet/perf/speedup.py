@@ -1,10 +1,10 @@
 """The performance model: ``python -m ocnet.speedup [--config FILE.toml] [--key value …]``.
 
 For each solver it predicts the time per step and per epoch on P = 1, 2, 4, … ranks by
-*replaying the solver's own code* (:mod:`ocnet.replay`): P virtual ranks run the real solver
+*replaying the solver's own code* (:mod:`ocnet.perf.replay`): P virtual ranks run the real solver
 classes on a miniature of the configured network (same layers, stages and solver options;
 a few channels, a few samples), each compute span is charged the cost calibrated on the
-configured network (:mod:`ocnet.calibrate`), each message the link's latency plus the bytes
+configured network (:mod:`ocnet.perf.calibrate`), each message the link's latency plus the bytes
 of the *configured* network's state over the bandwidth.  The largest virtual clock is the
 step time; the critical path is the solver's schedule, whatever it is.
 
@@ -14,7 +14,7 @@ gradient average charged as a collective over D ranks (:func:`replay_step`).
 
 Writes ``speedup.json`` and ``speedup.png`` (speedup and efficiency against serial at P = 1)
 into ``--out`` and prints a table.  Its own flags (the rest is ``ocnet.run``'s configuration):
-``--calibration FILE`` (from ``python -m ocnet.calibrate``; measured now otherwise),
+``--calibration FILE`` (from ``python -m ocnet.perf.calibrate``; measured now otherwise),
 ``--max-ranks`` (1024), ``--cores`` (of the predicted machine; default this one's),
 ``--solvers`` (comma-separated variants, default all of :data:`VARIANTS`), ``--out``
 (default ``speedup``), ``--no-recommend`` (skip the MGRIT settings search).
@@ -30,11 +30,11 @@ from typing import Any, Mapping
 
 import torch
 
+from ..ranks.replicas import GradientAverage, Grid, reduction_bytes
+from ..runs.config import COMMON, ConfigError, given, resolve
+from ..solvers import get as get_solver
 from . import calibrate as cal
-from .config import COMMON, ConfigError, given, resolve
 from .replay import Link, VirtualReplicas, make_comms, run
-from .replicas import GradientAverage, Grid, reduction_bytes
-from .solvers import get as get_solver
 
 #: The solver variants predicted: name ↦ configuration keys that make it.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -90,7 +90,7 @@ class Miniature:
 
     def gradient_bytes(self, cls: Any, P: int) -> list[int]:
         """The payload of each of ``P`` layer ranks' gradient average in the *configured*
-        network (:func:`ocnet.replicas.reduction_bytes`), under ``cls``'s partition."""
+        network (:func:`ocnet.ranks.replicas.reduction_bytes`), under ``cls``'s partition."""
         if self._configured is None:
             self._configured = cal.build_problem(self.config)
         partition = cls.partition(self._configured.n_layers, P, self.config)
@@ -113,7 +113,7 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
     ``data_parallel = D`` the ranks are D groups of P/D: one group is replayed (its share of
     the batch is ``mini``'s and ``costs``' business), and each optimiser step's gradient
     average is a collective over D ranks of the configured network's gradient
-    (:class:`~ocnet.replay.VirtualReplicas`), where the solver's own schedule takes it.
+    (:class:`~ocnet.perf.replay.VirtualReplicas`), where the solver's own schedule takes it.
 
     Raises
     ------
@@ -121,7 +121,7 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
         When the solver's partition admits no ``P`` ranks for this network, or D does not
         divide P (the reason).
     """
-    from .run import build_solver
+    from ..runs.job import build_solver
     cls = get_solver(config["solver"])
     mini = mini or Miniature(config, cal_batch(config))
     D = int(config.get("data_parallel", 1))
@@ -201,7 +201,7 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
             cores: int | None = None, variants: list[str] | None = None, recommend: bool = True,
             steps_per_epoch: int | None = None) -> dict[str, Any]:
     """The model's predictions for the configuration ``values`` (raw keys, as
-    :func:`ocnet.config.given` returns them): see the module docstring; JSON-ready."""
+    :func:`ocnet.runs.config.given` returns them): see the module docstring; JSON-ready."""
     cores = cores or os.cpu_count() or 1
     link = Link(**{k: calibration["link"][k] for k in ("latency", "bandwidth", "reduction")})
     ranks = [2 ** k for k in range(int(math.log2(max_ranks)) + 1)]
@@ -359,7 +359,12 @@ def table(prediction: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m ocnet.speedup``: predict, write ``speedup.json`` / ``speedup.png``, print the
+    table; returns the exit status (2 for a bad configuration)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        return 0
     own: dict[str, Any] = {"calibration": "", "max_ranks": 1024, "cores": 0, "solvers": "", "out": "speedup",
                            "no_recommend": False}
     rest: list[str] = []
@@ -398,7 +403,3 @@ def main(argv: list[str] | None = None) -> int:
     print(table(prediction))
     print(f"wrote {out / 'speedup.json'} and {out / 'speedup.png'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

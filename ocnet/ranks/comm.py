@@ -9,10 +9,10 @@ MPI waits spin and starve those ranks (measured 4x slower with 8 ranks on 2 core
 interface.  Tensors on a GPU travel through reused pinned host buffers unless the MPI
 library is CUDA-aware, so no CUDA-aware MPI build is needed.
 
-Every wait records what it waits for in the communicator's :class:`~ocnet.watchdog.Progress`
+Every wait records what it waits for in the communicator's :class:`~ocnet.ranks.watchdog.Progress`
 (in its slow path only: a wait that completes while spinning just counts), so that the stall
 watchdog (:meth:`Comm.start_watchdog`) can say who waits for whom.  While a timeline records
-(:mod:`ocnet.timeline`), posting a message is a ``"send"`` event, every wait a ``"wait"``
+(:mod:`ocnet.ranks.timeline`), posting a message is a ``"send"`` event, every wait a ``"wait"``
 event (a collective's a ``"reduce"`` event), fast path included.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _wait(test: Callable[[], bool], progress: Progress, what: tuple) -> None:
     """Wait until ``test()`` is true, sleeping between polls; ``what`` says what for.
 
     Its duration adds to ``progress.waited``.  While a timeline records
-    (:mod:`ocnet.timeline`), the wait becomes a ``"wait"`` event (``"reduce"`` for a
+    (:mod:`ocnet.ranks.timeline`), the wait becomes a ``"wait"`` event (``"reduce"`` for a
     collective) naming ``what``; otherwise it costs one lookup more."""
     rec = timeline.current()
     t0 = rec.clock() if rec is not None else 0.0
@@ -138,7 +138,7 @@ class Comm:
         Open MPI report it); otherwise GPU tensors are staged through pinned host buffers.
     """
 
-    #: The ranks that hold the same layers in the other data groups (:mod:`ocnet.replicas`
+    #: The ranks that hold the same layers in the other data groups (:mod:`ocnet.ranks.replicas`
     #: sets it on a grid's layer communicators).
     replicas: "Comm | None" = None
 
@@ -284,7 +284,7 @@ class Comm:
 
     def split(self, color: int, key: int) -> "Comm":
         """The communicator of the ranks that pass the same ``color``, ordered by ``key`` (a
-        collective).  It shares this one's :class:`~ocnet.watchdog.Progress`, so the stall
+        collective).  It shares this one's :class:`~ocnet.ranks.watchdog.Progress`, so the stall
         watchdog sees its waits; one of a single rank is a :class:`SelfComm`."""
         mpi = self.mpi.Split(color, key)
         sub: Comm = Comm(mpi, self.cuda_aware) if mpi.Get_size() > 1 else SelfComm()

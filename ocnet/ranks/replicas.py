@@ -23,7 +23,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from . import batchnorm, store
+from ..model import batchnorm
+from . import store
 from .comm import Comm, SelfComm
 
 

@@ -10,7 +10,7 @@ solvers refuse data augmentation: a sample must look the same every time it come
 The store may keep its rows through a communication filter (``encode`` on write, ``decode``
 on read) to save memory: ``s²`` less for the s×s downsampling filter.
 
-On a grid of D data groups (:mod:`ocnet.replicas`) group ``g`` numbers its own samples: its
+On a grid of D data groups (:mod:`ocnet.ranks.replicas`) group ``g`` numbers its own samples: its
 row ``j`` is training sample ``j·D + g``.  Its :meth:`SampleStore.state_dict` then says so in
 each key (``"3@1/2"``: key 3, group 1 of 2), so that the union of every group's state holds
 each sample once, and :meth:`SampleStore.load_state_dict` takes the rows of this process's

@@ -16,11 +16,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import dropout, timeline
+from ..model import dropout
+from ..model.problem import LocalNetwork
+from . import timeline
 from .comm import Comm, Request
 from .filters import IDENTITY, Filter
 from .pipeline import SCHEDULES, live, one_f_one_b
-from .problem import LocalNetwork
 from .tags import SWEEP_BACKWARD as BACKWARD_TAG
 from .tags import SWEEP_FORWARD as FORWARD_TAG
 
@@ -85,7 +86,7 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
 
     Accumulates ``∂J/∂θ`` into the ``.grad`` of this rank's parameters.  The batch is cut into
     ``micro_batches`` chunks that flow through the ranks in a pipeline, so ranks overlap; the
-    order of the passes is the ``schedule`` (:data:`ocnet.pipeline.SCHEDULES`: ``"1f1b"``, or
+    order of the passes is the ``schedule`` (:data:`ocnet.ranks.pipeline.SCHEDULES`: ``"1f1b"``, or
     ``"zb"`` that defers some parameter gradients into the pipeline's idle time).
 
     Parameters
@@ -102,7 +103,7 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
     schedule : str
         The name of the pipeline schedule; every rank must name the same.
     ahead : int
-        How many micro-batches a rank may hold beyond the schedule's most (:func:`ocnet.pipeline.live`)
+        How many micro-batches a rank may hold beyond the schedule's most (:func:`ocnet.ranks.pipeline.live`)
         by running a later forward while the adjoint its next backward needs has not arrived.
         Backwards and parameter gradients keep the schedule's order, so the gradient is
         bitwise the same whatever the timing; only idle time is filled.

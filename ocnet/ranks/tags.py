@@ -10,11 +10,11 @@ from __future__ import annotations
 
 UPPER = 32767  # the largest tag every MPI library must accept (MPI_TAG_UB ≥ 32767)
 
-SWEEP_FORWARD = 11  # :mod:`ocnet.sweep`'s defaults, for sweeps outside a solver
+SWEEP_FORWARD = 11  # :mod:`ocnet.ranks.sweep`'s defaults, for sweeps outside a solver
 SWEEP_BACKWARD = 12
 MGRIT = range(1000, 2000)  # :func:`ocnet.mgrit.solve`'s default block: 10 tags per level
 SOLVERS = range(2000, 32000)  # handed out to solvers by :class:`Tags`
-GATHER = 32000  # :meth:`ocnet.comm.Comm.gather`
+GATHER = 32000  # :meth:`ocnet.ranks.comm.Comm.gather`
 
 
 class Tags:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 from .atomic import atomic_write
 
 #: The kinds of span, and what one of them covers.  Compute kinds count ``steps`` (layer
-#: steps of one state each); communication kinds are recorded by :mod:`ocnet.comm`.
+#: steps of one state each); communication kinds are recorded by :mod:`ocnet.ranks.comm`.
 KINDS = {
     "forward": "layer steps evaluated without an autograd graph (MGRIT relaxation, prediction)",
     "forward_graph": "layer steps evaluated while recording their autograd graph (training forward)",
@@ -232,7 +232,7 @@ class Log:
 
     def align(self, moment: Callable[[Callable[[], float]], float]) -> None:
         """Count time from ``moment(clock)``, a collective that returns a reading of the
-        clock marking the same moment on every rank (:meth:`ocnet.comm.Comm.common_moment`)."""
+        clock marking the same moment on every rank (:meth:`ocnet.ranks.comm.Comm.common_moment`)."""
         self.recorder.restart(moment(self.recorder.clock))
 
     def step(self, epoch: int, step: int) -> "_Step":

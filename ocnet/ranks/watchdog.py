@@ -2,7 +2,7 @@
 
 A :class:`Watchdog` thread on every rank watches the rank's :class:`Progress`, which the
 rank's communicator updates whenever a wait completes and the training loop updates with
-:meth:`~ocnet.comm.Comm.where`.  When a rank has made no progress for ``timeout`` seconds,
+:meth:`~ocnet.ranks.comm.Comm.where`.  When a rank has made no progress for ``timeout`` seconds,
 or the peer it waits for has died on its node, its watchdog reports to rank 0's, which asks
 every rank what it is doing, prints one line naming the stuck (or dead) ranks and what the
 others wait for, and aborts the job.  Should rank 0 not manage (it is frozen, or holds the
@@ -10,7 +10,7 @@ interpreter in a long C call), rank 1 takes over after :data:`GRACE` seconds, an
 rank that reported after twice that, so the job always ends.
 
 The watchdog talks over a channel of its own (a duplicate of the run's communicator, see
-:mod:`ocnet.comm`), so its messages never mix with the run's.  Without a channel (one
+:mod:`ocnet.ranks.comm`), so its messages never mix with the run's.  Without a channel (one
 process, or an MPI library without thread support) a stalled rank prints its own status.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Progress:
     Attributes
     ----------
     ticks : int
-        Grows with every completed wait and every :meth:`~ocnet.comm.Comm.where`; any
+        Grows with every completed wait and every :meth:`~ocnet.ranks.comm.Comm.where`; any
         change is progress.
     waiting : tuple or None
         What the current wait is for, while the rank is inside one: ``("recv", source,
@@ -139,7 +139,7 @@ def process_end(pid: int) -> str | None:
 
 
 def _main_line() -> str | None:
-    """Where the main thread is, ``"ocnet/faults.py:79 in inject"`` (its innermost frame)."""
+    """Where the main thread is, ``"ocnet/runs/faults.py:79 in inject"`` (its innermost frame)."""
     frame = sys._current_frames().get(threading.main_thread().ident or 0)
     if frame is None:
         return None

@@ -1,7 +1,7 @@
 """The Gantt chart of a run's timelines: one row per rank, one bar per recorded event.
 
 ``python -m ocnet.plot RUN_DIR`` draws it as ``timeline.png`` when the run recorded
-timelines (``--timeline-steps``, :mod:`ocnet.timeline`); ``--steps A:B`` chooses the steps
+timelines (``--timeline-steps``, :mod:`ocnet.ranks.timeline`); ``--steps A:B`` chooses the steps
 shown.  Compute is drawn in a colour per kind, labelled with its MGRIT level (``L1``) or
 micro-batch (``m3``) where the bar is wide enough, coarser levels in lighter shades;
 waiting and collectives are hatched bars drawn over whatever they fall in, so that
@@ -16,7 +16,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .timeline import KINDS, Window, load
+from ..ranks.timeline import KINDS, Window, load
 
 __all__ = ["choose", "draw", "parse_steps"]
 
@@ -109,7 +109,7 @@ def draw(run_dir: str | Path, path: str | Path | None = None, steps: tuple[int, 
     steps : (int, int), optional
         The first and last step to draw (:func:`choose`).
     windows : dict, optional
-        The timelines, when already loaded (:func:`ocnet.timeline.load`).
+        The timelines, when already loaded (:func:`ocnet.ranks.timeline.load`).
     """
     chosen = choose(load(run_dir) if windows is None else windows, steps)
     chosen = {r: ws for r, ws in chosen.items() if ws}

@@ -9,7 +9,7 @@ A run directory holds ``history.jsonl`` (one JSON record per line), ``summary.js
 
 * one run directory and no ``--out``: into that run directory, named ``convergence.png``,
   ``mgrit_residuals.png``, ``mgrit_convergence.png``, ``constraints.png``, ``bytes.png``, and
-  ``timeline.png`` (a Gantt chart, :mod:`ocnet.gantt`; ``--steps FIRST:LAST`` picks its steps)
+  ``timeline.png`` (a Gantt chart, :mod:`ocnet.results.gantt`; ``--steps FIRST:LAST`` picks its steps)
   when the run recorded timelines;
 * one run directory and ``--out DIR``: the same names, in ``DIR``;
 * several run directories: one comparison figure per kind, in ``--out`` (default: the current
@@ -39,17 +39,14 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..solvers.records import FIELDS
 from . import gantt
-from .records import FIELDS
+from .rundir import Run, load_run, load_runs, num
 from .series import (
-    Run,
     against_bytes,
     bytes_per_epoch,
     factors,
     gapped,
-    load_run,
-    load_runs,
-    num,
     phase_spans,
     phases,
     positive,
@@ -422,7 +419,3 @@ def _steps(text: str) -> tuple[int, int]:
         return gantt.parse_steps(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

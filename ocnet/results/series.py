@@ -1,152 +1,16 @@
-"""Run directories read for plotting, and the series the figures draw from them.
+"""The series the figures draw from a run's records.
 
-:func:`load_run` reads ``history.jsonl`` (skipping a torn last line: a run still writing),
-``summary.json`` and ``config.toml``; the functions below turn its records into arrays —
+The functions below turn the records of a :class:`~ocnet.results.rundir.Run` into arrays —
 values that are missing, None, NaN or inf are left out — and into derived series
 (convergence factors, phases of the hybrid, bytes, time per epoch, speedups).
 """
 from __future__ import annotations
 
-import json
-import math
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-try:  # Python >= 3.11; the config is read only for labels and layer counts
-    import tomllib
-except ImportError:  # pragma: no cover
-    tomllib = None
-
-
-@dataclass
-class Run:
-    """One run directory, loaded.
-
-    Attributes
-    ----------
-    path : Path
-        The run directory.
-    summary : dict
-        ``summary.json``, or ``{}`` when it is missing or unreadable (a run still going).
-    iters, epochs : list of dict
-        The ``kind == "iter"`` and ``kind == "epoch"`` records of ``history.jsonl``, in file order.
-    config : dict
-        ``config.toml``, or ``{}``.
-    suffix : str
-        Appended to :attr:`label` to tell apart runs whose labels would collide
-        (set by :func:`load_runs`).
-    """
-
-    path: Path
-    summary: dict = field(default_factory=dict)
-    iters: list = field(default_factory=list)
-    epochs: list = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-    suffix: str = ""
-
-    @property
-    def base_label(self) -> str:
-        """``"{solver} P={ranks}"`` (and ``" D={groups}"`` with several data groups), from the
-        summary (else the config, else the directory name)."""
-        solver = self.summary.get("solver") or self.config.get("solver")
-        ranks = self.summary.get("ranks", self.config.get("ranks"))
-        if not solver:
-            return self.path.resolve().name  # resolve: Path(".").name is empty
-        groups = f" D={self.groups}" if self.groups > 1 else ""
-        return f"{solver} P={ranks}{groups}" if ranks is not None else str(solver)
-
-    @property
-    def groups(self) -> int:
-        """The run's data groups (``--data-parallel``; 1 for runs before there were any)."""
-        return int(self.summary.get("data_parallel", self.config.get("data_parallel", 1)))
-
-    @property
-    def label(self) -> str:
-        """Legend label: :attr:`base_label`, plus the directory name when labels collide."""
-        return f"{self.base_label} ({self.suffix})" if self.suffix else self.base_label
-
-    @property
-    def n_layers(self) -> int | None:
-        """Number of layers N: from the records, else the summary, else the config."""
-        for rec in reversed(self.iters + self.epochs):
-            if num(rec.get("n_layers")) is not None:
-                return int(rec["n_layers"])
-        for src in (self.summary, self.config):
-            for key in ("n_layers", "layers"):
-                if num(src.get(key)) is not None:
-                    return int(src[key])
-        return None
-
-
-def num(v: Any) -> float | None:
-    """``v`` as a finite float, or None (for None, NaN, inf, bools, strings, lists)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory.
-
-    Parameters
-    ----------
-    run_dir : str or Path
-        Directory holding ``history.jsonl`` (required), ``summary.json``, ``config.toml``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``run_dir/history.jsonl`` does not exist.
-    """
-    path = Path(run_dir)
-    hist = path / "history.jsonl"
-    if not hist.is_file():
-        raise FileNotFoundError(f"{path} is not a run directory (no history.jsonl)")
-    run = Run(path=path)
-    lines = [ln for ln in hist.read_text(encoding="utf-8", errors="replace").splitlines()
-             if ln.strip()]
-    for i, line in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:  # a torn last line is a run still writing; anything else is not
-                warnings.warn(f"{hist}: skipping unparsable line {i + 1}", stacklevel=2)
-            continue
-        kind = rec.get("kind") if isinstance(rec, dict) else None
-        {"iter": run.iters, "epoch": run.epochs}.get(str(kind), []).append(rec)
-    try:
-        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-        run.summary = summary if isinstance(summary, dict) else {}
-    except (OSError, ValueError):
-        pass
-    if tomllib is not None:
-        try:
-            run.config = tomllib.loads((path / "config.toml").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            pass
-    return run
-
-
-def load_runs(run_dirs: Iterable[str | Path | Run]) -> list[Run]:
-    """Load several run directories and make their labels distinct.
-
-    Runs whose ``"{solver} P={ranks}"`` labels collide get the directory name appended (or the
-    whole path, where directory names collide too).
-    """
-    runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
-    base = Counter(r.base_label for r in runs)
-    names = Counter(r.path.resolve().name for r in runs)
-    for r in runs:
-        name = r.path.resolve().name
-        if base[r.base_label] > 1:
-            r.suffix = name if names[name] == 1 else str(r.path)
-    return runs
+from .rundir import Run, num
 
 
 def with_key(run: Run, key: str) -> list:

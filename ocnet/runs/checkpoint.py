@@ -5,7 +5,7 @@ same directory and renamed over the target (``os.replace`` is atomic on POSIX).
 
 A checkpoint is a directory ``checkpoints/epoch_EEEE`` (after the whole epoch ``E``) or
 ``checkpoints/epoch_EEEE_batch_BBBBB`` (after its first ``B`` batches) holding one shard
-``rank_RRR.pt`` per rank (on a grid of data groups, :mod:`ocnet.replicas`, group ``g > 0``'s
+``rank_RRR.pt`` per rank (on a grid of data groups, :mod:`ocnet.ranks.replicas`, group ``g > 0``'s
 in ``group_GGG/``); ``checkpoints/latest.json`` names the newest complete one and is
 written only after every shard is on disk.  A shard carries its identity (rank, ranks, epoch,
 batch, layer range) beside the state, and loads with ``weights_only=True``, so a checkpoint
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import faults
-from .atomic import atomic_write
-from .comm import Comm
-from .grid import Partition
-from .records import jsonable
+from ..ranks.atomic import atomic_write
+from ..ranks.comm import Comm
+from ..model.grid import Partition
+from ..solvers.records import jsonable
 
 if TYPE_CHECKING:
-    from .solvers.base import Solver
+    from ..solvers.base import Solver
 
 FORMAT = "ocnet-checkpoint-1"  # the shard's and latest.json's format tag
 _DIR = re.compile(r"epoch_(\d+)(?:_batch_(\d+))?")
@@ -65,7 +65,7 @@ def checkpoint_dir(run_dir: str | Path, epoch: int, batch: int | None = None) ->
 
 
 def shard_path(run_dir: str | Path, epoch: int, rank: int, batch: int | None = None, group: int = 0) -> Path:
-    """The shard of layer rank ``rank`` (of data group ``group``: :mod:`ocnet.replicas`)."""
+    """The shard of layer rank ``rank`` (of data group ``group``: :mod:`ocnet.ranks.replicas`)."""
     directory = checkpoint_dir(run_dir, epoch, batch)
     return (directory if group == 0 else directory / f"group_{group:03d}") / f"rank_{rank:03d}.pt"
 
@@ -102,7 +102,7 @@ def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, 
         and a job with the same number of ranks but other cuts takes its part correctly.
     data : Comm, optional
         On a grid of data groups, the ranks that hold this rank's layers in every group
-        (:class:`ocnet.replicas.Grid`): ``comm`` is then the group's, each group writes its
+        (:class:`ocnet.ranks.replicas.Grid`): ``comm`` is then the group's, each group writes its
         own shards (group ``g > 0`` into ``group_GGG/``), and the first rank of the first
         group marks the checkpoint once all are written.
     """

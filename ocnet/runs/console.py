@@ -5,7 +5,7 @@ until the run ends.  :class:`Console` prints
 
 * a line per epoch: loss, train and test (or validation) accuracy, the solver's own fields (MGRIT's last
   residual and convergence factor per phase, the constraint violation and ρ of the
-  penalty methods, …, labelled by the record schema of :mod:`ocnet.records`), the run's
+  penalty methods, …, labelled by the record schema of :mod:`ocnet.solvers.records`), the run's
   seconds so far and the megabytes the epoch sent;
 * with ``log_every = K``, a line every K steps (the step's loss reaches rank 0 with the
   per-step check the training loop makes anyway, one step late);
@@ -23,7 +23,7 @@ import statistics as stats
 import sys
 from typing import Any, Mapping, Sequence, TextIO
 
-from .records import Field
+from ..solvers.records import Field
 
 #: Fields every epoch line shows in its own words, or that say nothing per epoch.
 _OWN = frozenset({"loss", "bytes_sent", "wall_time", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss",

@@ -26,19 +26,20 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from . import checkpoint, faults, timeline
-from . import comm as comm_mod
+from . import checkpoint, faults
+from ..ranks import timeline
+from ..ranks import comm as comm_mod
 from .config import ConfigError, differences, dump_toml, given, help_text, read_toml, resolve
 from .console import Console
-from .data import DataError, Dataset, load, vocabulary
-from .filters import FILTERS
+from ..model.data import DataError, Dataset, load, vocabulary
+from ..ranks.filters import FILTERS
 from .memory import check_memory
-from .problem import from_config, net_kind
-from .records import dumps
-from .replicas import Grid
-from .solvers import Solver, SolverError
-from .solvers import get as get_solver
-from .tags import Tags
+from ..model.problem import from_config, net_kind
+from ..solvers.records import dumps
+from ..ranks.replicas import Grid
+from ..solvers import Solver, SolverError
+from ..solvers import get as get_solver
+from ..ranks.tags import Tags
 from .train import History, NonFinite, Stopped, evaluate, fit, lr_schedule, steps_per_epoch
 
 T = TypeVar("T")
@@ -228,7 +229,11 @@ def _prepare(out: Path, config: dict[str, Any], resuming: bool) -> None:
     checkpoint.atomic_write(out / "config.toml", dump_toml(config))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, draw: Callable[[Path], None] | None = None) -> int:
+    """Train as the command line ``argv`` says; returns the exit status.
+
+    ``draw`` is called on rank 0 with the finished run directory to draw its figures (the
+    entry point ``python -m ocnet.run`` passes the plotting of :mod:`ocnet.results`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = comm_mod.world()
     comm_mod.abort_on_exception(comm)  # from the first line on: no exception leaves a rank waiting
@@ -307,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         model = model[:grid.layers.size]  # the first data group's layers
         network_of = {"net": kind, "input_shape": list(data.input_shape), "n_classes": data.n_classes}
         _finish(out, config, comm.size, s["history"].records, wall, model, network_of, final_test,
-                best_test=_best_test(out, config, data), resumed=start is not None)
+                best_test=_best_test(out, config, data), resumed=start is not None, draw=draw)
     return 0
 
 
@@ -335,12 +340,12 @@ def _best_test(out: Path, config: dict[str, Any], data: Dataset) -> float | None
 
 def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict],
             network: dict[str, Any], final_test: float, best_test: float | None = None,
-            resumed: bool = False) -> None:
-    """Rank 0: the exported model, summary.json, plots, and the one-line summary.
+            resumed: bool = False, draw: Callable[[Path], None] | None = None) -> None:
+    """Rank 0: the exported model, summary.json, the plots ``draw`` makes, and the one-line summary.
 
     ``wall`` is this job's time; the summary's ``wall_time`` and ``bytes_sent`` cover the
     whole run, over every job that resumed it.  ``network`` (``net``, ``input_shape``,
-    ``n_classes``) goes into the summary, so that :func:`ocnet.results.load_run` can
+    ``n_classes``) goes into the summary, so that :func:`ocnet.load_run` can
     rebuild the network without the data.  ``final_test`` is the final model's test
     accuracy; with a validation set, ``best_test`` that of ``best.pt``."""
     checkpoint.write_model(out / "model.pt", shards)
@@ -358,8 +363,8 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
                        best_test_acc=best_test)
     checkpoint.atomic_write(out / "summary.json", dumps(summary, indent=2) + "\n")
     try:
-        from .plot import plot_runs
-        plot_runs([out])
+        if draw is not None:
+            draw(out)
     except Exception as e:  # plots are a convenience; the data is already safe on disk
         print(f"ocnet: warning: plotting failed: {e}", file=sys.stderr)
     best_text = "" if best is None else \
@@ -369,7 +374,3 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
           f"test acc {100 * final_test:.2f} %{best_text}, train acc {100 * last['train_acc']:.2f} %, "
           f"loss {last['loss']:.4g}, {summary['wall_time']:.1f} s{f' ({wall:.1f} s in this job)' if resumed else ''}, "
           f"{summary['bytes_sent'] / 1e6:.2f} MB sent -> {out}", flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,11 +10,11 @@ from typing import Sequence
 
 import torch
 
-from .options import ConfigError
-from .tokens import patch_size
+from ..model.options import ConfigError
+from ..model.tokens import patch_size
 
 # Python objects of one layer (module, parameters, their dictionaries): 11–14 KiB measured
-# for the layers of ocnet.steps; counted so that very many small layers do not look free.
+# for the layers of ocnet.model.steps; counted so that very many small layers do not look free.
 LAYER_OVERHEAD = 16 * 1024
 # Per layer, autograd keeps about this many tensors of the state's size for the backward
 # pass: the input, the linear map's or convolution's output, the normalisation's, the

@@ -15,7 +15,7 @@ breaks the contract of :class:`ocnet.solvers.Solver`:
   every rank that resumes bit for bit, two runs from one seed that agree, and — when the
   solver claims ``rank_invariant`` — the losses and parameters of one process.
 
-``python -m mpi4py -m ocnet.testing SPEC OPTIONS OUT`` is the ranks' side (internal).
+``python -m mpi4py -m ocnet.runs.testing SPEC OPTIONS OUT`` is the ranks' side (internal).
 """
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .comm import Comm, SelfComm
-from .problem import Problem, build
-from .records import Record, combine
-from .solvers.base import Solver
-from .solvers.serial import Serial
+from ..ranks.comm import Comm, SelfComm
+from ..model.problem import Problem, build
+from ..solvers.records import Record, combine
+from ..solvers.base import Solver
+from ..solvers.serial import Serial
 
 
 def _toy(seed: int = 0, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +81,7 @@ def _check_fields(solver: Solver, records: list[Record]) -> None:
         assert isinstance(r, dict), f"step() and the hooks must return a dict, got {type(r).__name__}"
         for key in r:
             assert key in fields, (f"record field {key!r} is not declared: add it to {type(solver).__name__}"
-                                   f".fields with its combine rule (ocnet.records.Field)")
+                                   f".fields with its combine rule (ocnet.solvers.records.Field)")
     combine(records, fields)
 
 
@@ -252,7 +252,7 @@ def _check_on_ranks(cls: type[Solver], options: dict[str, Any], layers: int, n: 
                     reference: dict[str, Any] | None, rtol: float, timeout: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        args = [sys.executable, "-m", "mpi4py", "-m", "ocnet.testing", _spec(cls), json.dumps(options),
+        args = [sys.executable, "-m", "mpi4py", "-m", "ocnet.runs.testing", _spec(cls), json.dumps(options),
                 str(layers), str(out)]
         env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
@@ -278,7 +278,7 @@ def _check_on_ranks(cls: type[Solver], options: dict[str, Any], layers: int, n: 
 
 
 def _main(argv: Sequence[str]) -> None:
-    from .comm import world
+    from ..ranks.comm import world
     spec, options, layers, out = argv
     result = _ranks_side(_load(spec), json.loads(options), int(layers), world())
     if result is not None:

@@ -3,7 +3,7 @@
 The loop owns everything a solver does not: it hands each solver mini-batches (augmented
 when the solver allows it), evaluates after each epoch, and on rank 0 writes the history.
 Per-step record fields come back from every rank and are combined once per epoch, each by
-the rule its schema declares (:mod:`ocnet.records`), so that no collective interrupts the
+the rule its schema declares (:mod:`ocnet.solvers.records`), so that no collective interrupts the
 pipeline between steps.
 """
 from __future__ import annotations
@@ -20,13 +20,15 @@ from typing import Any, Callable
 
 import torch
 
-from . import batchnorm, checkpoint, dropout, faults, timeline
-from .comm import Comm
+from ..model import batchnorm, dropout
+from . import checkpoint, faults
+from ..ranks import timeline
+from ..ranks.comm import Comm
 from .console import Console, statistics
-from .data import Dataset, augment, batches
-from .records import combine, combine_groups, dumps, jsonable, non_finite
-from .replicas import GradientAverage, Grid, average_running_statistics
-from .solvers.base import Solver
+from ..model.data import Dataset, augment, batches
+from ..solvers.records import combine, combine_groups, dumps, jsonable, non_finite
+from ..ranks.replicas import GradientAverage, Grid, average_running_statistics
+from ..solvers.base import Solver
 
 _EVAL_BATCH = 1000
 _TRAIN_EVAL_MAX = 10_000  # train accuracy is measured on at most this many samples
@@ -215,7 +217,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         some starts with a barrier, which aligns the ranks' clocks), and its file is
         written at the end of every epoch and when the loop stops.
     grid : Grid, optional
-        Data groups (:mod:`ocnet.replicas`): ``comm`` is then this rank's group, which trains
+        Data groups (:mod:`ocnet.ranks.replicas`): ``comm`` is then this rank's group, which trains
         on the samples it owns of every batch, and the solver's gradients are averaged over
         the groups (``solver.gradient_average``, installed here when missing), weighted by
         the group's share; records, checks and evaluation span every group, and each group

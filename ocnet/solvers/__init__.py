@@ -12,6 +12,9 @@ Register your own without editing ocnet::
 and make it reachable from the command line by ``--plugin my_module`` (or a ``.py`` path), or
 by an entry point of your package in the group ``ocnet.solvers``
 (``mine = "my_package.solvers:Mine"``), which :func:`available` loads.
+
+The solvers part also holds the record fields they report (:mod:`ocnet.solvers.records`).
+May use: :mod:`ocnet.mgrit`, :mod:`ocnet.ranks`, :mod:`ocnet.model`.
 """
 from __future__ import annotations
 

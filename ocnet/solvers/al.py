@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..options import Option
+from ..model.options import Option
 from .penalty import Penalty
 
 

@@ -12,15 +12,15 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 
-from .. import sweep
-from ..comm import Comm
-from ..filters import IDENTITY, Filter
-from ..grid import Partition
-from ..options import Option
-from ..problem import LocalNetwork
-from ..records import FIELDS, Field, Record
-from ..replicas import GradientAverage
-from ..tags import Tags
+from ..model.grid import Partition
+from ..model.options import Option
+from ..model.problem import LocalNetwork
+from ..ranks import sweep
+from ..ranks.comm import Comm
+from ..ranks.filters import IDENTITY, Filter
+from ..ranks.replicas import GradientAverage
+from ..ranks.tags import Tags
+from .records import FIELDS, Field, Record
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -65,18 +65,18 @@ class Solver:
     options : dict of str to Option
         The solver's own configuration keys with types, defaults and help.
     fields : dict of str to Field
-        How the record fields this solver adds combine over ranks (:mod:`ocnet.records`);
+        How the record fields this solver adds combine over ranks (:mod:`ocnet.solvers.records`);
         the common ones (``loss``, ``rho``, ``residual``, …) are declared already.
     rank_invariant : bool
         Whether the trained parameters are the same on any number of ranks (up to
-        floating-point reassociation); :func:`ocnet.testing.check_solver` holds it to it.
+        floating-point reassociation); :func:`ocnet.runs.testing.check_solver` holds it to it.
     n_classes : int
         Number of classes of the problem.
     state_shape : tuple of int
         Shape of one sample's state entering this rank's first layer (``network.state_shapes``
         has it at every layer).
     sweep_tags : range
-        Two tags for this solver's forward and backward sweeps (:mod:`ocnet.sweep`).
+        Two tags for this solver's forward and backward sweeps (:mod:`ocnet.ranks.sweep`).
     """
 
     name: ClassVar[str] = ""
@@ -102,7 +102,7 @@ class Solver:
         self.make_optimizer = make_optimizer
         self.optimizer = make_optimizer(network.parameters())
         #: On a grid of data groups, the average of the gradients over the groups, which the
-        #: optimisers' steps take (set by whoever builds the grid; :mod:`ocnet.replicas`).
+        #: optimisers' steps take (set by whoever builds the grid; :mod:`ocnet.ranks.replicas`).
         self.gradient_average: GradientAverage | None = None
         self.config = {k: options.get(k, o.default) for k, o in self.options.items()}
 
@@ -145,7 +145,7 @@ class Solver:
         dict
             This rank's record fields: numbers, strings, or dicts of numbers (per phase).
             Each field combines over ranks by its declared rule (:attr:`fields`,
-            :mod:`ocnet.records`): a rank reports its own share of a summed field (the last
+            :mod:`ocnet.solvers.records`): a rank reports its own share of a summed field (the last
             rank the ``loss``), every rank the value of a ``"first"`` field.
         """
         raise NotImplementedError
@@ -153,7 +153,7 @@ class Solver:
     def average_gradients(self) -> None:
         """Make the parameters' gradients those of the whole batch now.
 
-        On a grid of data groups (:mod:`ocnet.replicas`) each group's backward pass leaves
+        On a grid of data groups (:mod:`ocnet.ranks.replicas`) each group's backward pass leaves
         its own share, and the optimiser's step averages them over the groups.  A solver
         that reads the whole gradient before stepping (its norm, to clip it) calls this
         first; the step then does not average again.  In one group it does nothing."""
@@ -164,7 +164,7 @@ class Solver:
     def idle_step(self) -> Record:
         """Take part in an optimiser step without samples of one's own.
 
-        On a grid of data groups (:mod:`ocnet.replicas`) a group may own none of a batch's
+        On a grid of data groups (:mod:`ocnet.ranks.replicas`) a group may own none of a batch's
         samples; it still steps, with the gradient the other groups average into it.  The
         default zeroes the gradients and steps each optimiser once, as :meth:`step` does; a
         solver whose step takes its optimisers' steps otherwise (or counts steps) overrides
@@ -222,7 +222,7 @@ class Solver:
         The state is keyed globally, not by rank: parameters and buffers under the whole
         problem's names (``layers.5.weight``), optimiser state per parameter name.  The union
         of all ranks' states is then the state of the whole run, and a job on another number
-        of ranks takes its part of it (:mod:`ocnet.checkpoint`).
+        of ranks takes its part of it (:mod:`ocnet.runs.checkpoint`).
         """
         names = self._parameter_names()
         return {"network": self.network.problem_state(),

@@ -2,7 +2,7 @@
 
 Parallel phases (penalty or augmented Lagrangian, on un-augmented data: per-sample states)
 alternate with a serial correction — exact forward/backward passes through
-:func:`ocnet.sweep.train`, with data augmentation.  After a correction the parallel solver's
+:func:`ocnet.ranks.sweep.train`, with data augmentation.  After a correction the parallel solver's
 auxiliary states are stale; it is told so (:meth:`Solver.network_changed`) and rebuilds them
 by a forward sweep at the start of its next epoch.  Written against the solver interface
 only, so any registered parallel solver (:class:`~.base.ParallelSolver`) gains a serial
@@ -27,14 +27,14 @@ from typing import Any, Mapping
 
 import torch
 
-from ..comm import Comm
-from ..filters import IDENTITY, Filter
-from ..grid import Partition
-from ..options import ConfigError, Option
-from ..problem import LocalNetwork
-from ..records import Field, Record, reduce
-from ..tags import Tags
+from ..model.grid import Partition
+from ..model.options import ConfigError, Option
+from ..model.problem import LocalNetwork
+from ..ranks.comm import Comm
+from ..ranks.filters import IDENTITY, Filter
+from ..ranks.tags import Tags
 from .base import OptimizerFactory, ParallelSolver, Solver
+from .records import Field, Record, reduce
 from .registry import get
 from .serial import Serial
 

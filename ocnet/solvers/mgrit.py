@@ -32,17 +32,17 @@ from typing import Any, Mapping
 
 import torch
 
-from .. import tags, timeline
-from ..comm import Comm
-from ..filters import IDENTITY, Filter
-from ..grid import Partition
 from ..mgrit import Layout, MGRITDivergence, solve, solve_adjoint
 from ..mgrit.core import MGRITResult, n_levels
 from ..mgrit.network import STORAGES, NetworkPropagator, check_layout
-from ..options import Option
-from ..problem import LocalNetwork
-from ..records import Record, reduce
+from ..model.grid import Partition
+from ..model.options import Option
+from ..model.problem import LocalNetwork
+from ..ranks import tags, timeline
+from ..ranks.comm import Comm
+from ..ranks.filters import IDENTITY, Filter
 from .base import OptimizerFactory, ParallelSolver, SolverError
+from .records import Record, reduce
 from .warm_start import WARM_STARTS, WarmStart
 
 

@@ -33,15 +33,16 @@ from typing import Any, Mapping
 
 import torch
 
-from .. import dropout, sweep, timeline
-from ..comm import Comm
-from ..filters import IDENTITY, Filter
-from ..grid import Partition
-from ..options import Option
-from ..problem import LocalNetwork
-from ..records import Record
-from ..store import SampleStore
+from ..model import dropout
+from ..model.grid import Partition
+from ..model.options import Option
+from ..model.problem import LocalNetwork
+from ..ranks import sweep, timeline
+from ..ranks.comm import Comm
+from ..ranks.filters import IDENTITY, Filter
+from ..ranks.store import SampleStore
 from .base import OptimizerFactory, ParallelSolver
+from .records import Record
 
 _CHUNK = 1024  # samples per chunk of the initialising forward sweep
 

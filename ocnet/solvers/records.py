@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
-from .comm import Comm
+from ..ranks.comm import Comm
 
 Value = Union[float, int, str, None, dict[str, Any]]
 Record = dict[str, Value]
@@ -45,7 +45,7 @@ class Field:
         Whether it is plotted on a logarithmic axis.
     mean : bool
         Whether it is a mean over the step's samples (``loss``): over data groups
-        (:mod:`ocnet.replicas`), whose shares of a batch differ, it is then weighted by
+        (:mod:`ocnet.ranks.replicas`), whose shares of a batch differ, it is then weighted by
         each group's share rather than summed.
     """
 
@@ -126,7 +126,7 @@ def reduce(comm: Comm, name: str, value: float, fields: Mapping[str, Field] = FI
     """The combined value of a numeric field over the ranks, on every rank (a collective:
     every rank calls it, with 0 where it has no share of a ``"sum"`` field).
 
-    On a grid of data groups (:mod:`ocnet.replicas`) it is the mean of the groups' values
+    On a grid of data groups (:mod:`ocnet.ranks.replicas`) it is the mean of the groups' values
     (the largest or smallest for ``"max"`` or ``"min"``), the same number in every group:
     a solver that decides on it decides alike everywhere."""
     how = rule(name, value, fields)

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from .. import sweep, timeline
-from ..options import Option
-from ..pipeline import SCHEDULES
-from ..records import Record
+from ..model.options import Option
+from ..ranks import sweep, timeline
+from ..ranks.pipeline import SCHEDULES
 from .base import Solver
+from .records import Record
 
 
 class Serial(Solver):
     """Forward across the ranks carrying the boundary state, loss on the last rank, backward
-    carrying the adjoint (:func:`ocnet.sweep.train`).  With ``micro_batches > 1`` the batch
+    carrying the adjoint (:func:`ocnet.ranks.sweep.train`).  With ``micro_batches > 1`` the batch
     flows through the ranks in pieces so that ranks overlap, in the order of the ``pipeline``
     schedule, with forwards run ``ahead`` into time a rank would spend waiting
     (docs/pipeline.rst); the gradient is the same."""

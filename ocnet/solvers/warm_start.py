@@ -15,7 +15,7 @@ from typing import Any, Mapping, Protocol
 
 import torch
 
-from ..store import SampleStore
+from ..ranks.store import SampleStore
 
 
 class WarmStart(Protocol):

@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from ocnet.comm import world
+from ocnet.ranks.comm import world
 
 comm = world()
 r, P = comm.rank, comm.size

@@ -2,7 +2,7 @@
 
 argv: ROOT
 
-Each case trains two epochs (float64) with :func:`ocnet.train.fit` four times: one group on
+Each case trains two epochs (float64) with :func:`ocnet.runs.train.fit` four times: one group on
 the first 1, 2 and 4 ranks, and 2 groups × 2 layer ranks on all 4.  49 samples in batches of
 16 end each epoch with a batch of one sample, which one group does not own (its idle step).
 Rank 0 of each job writes ``ROOT/CASE/JOB.pt``: the history and the final parameters under
@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from mpi4py import MPI
 
-from ocnet.comm import Comm, SelfComm
-from ocnet.data import Dataset
-from ocnet.problem import build
-from ocnet.replicas import Grid
+from ocnet.model.data import Dataset
+from ocnet.model.problem import build
+from ocnet.ranks.comm import Comm, SelfComm
+from ocnet.ranks.replicas import Grid
+from ocnet.runs.train import History, fit
 from ocnet.solvers import get
-from ocnet.train import History, fit
 
 N, BATCH, EPOCHS = 49, 16, 2
 ADAM = lambda params: torch.optim.Adam(params, lr=1e-2)  # noqa: E731

@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from ocnet.comm import world
 from ocnet.mgrit import LinearODE, solve, solve_adjoint
+from ocnet.ranks.comm import world
 
 torch.set_default_dtype(torch.float64)
 

@@ -6,9 +6,9 @@ import sys
 
 import torch
 
-from ocnet.comm import world
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks.comm import world
 from ocnet.solvers import get
 
 LAYERS = 32

@@ -6,9 +6,9 @@ import sys
 
 import torch
 
-from ocnet import timeline
-from ocnet.comm import world
-from ocnet.problem import build
+from ocnet.model.problem import build
+from ocnet.ranks import timeline
+from ocnet.ranks.comm import world
 from ocnet.solvers import get
 
 LAYERS = 16

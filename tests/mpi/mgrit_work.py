@@ -6,8 +6,8 @@ import sys
 
 import torch
 
-from ocnet.comm import world
 from ocnet.mgrit import LinearODE, solve, solve_adjoint
+from ocnet.ranks.comm import world
 
 CASES = [  # N, c, levels, relaxation, cf_sweeps, cycle, skip, max_iter, fine relaxation
     (37, 2, 4, "FCF", 1, "F", True, 2, None), (30, 3, 3, "FCF", 2, "V", False, 2, "F"),

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ocnet import run
-from ocnet.grid import Partition
+from ocnet.model.grid import Partition
+from ocnet.runs import job
 
 out, root = sys.argv[1], Path(sys.argv[2])
 COMMON = ["--quiet", "--threads", "1", "--seed", "0"]
@@ -35,7 +36,7 @@ RUNS = {
     "penalty": CONV,  # the defaults: ρ = 1·3^epoch (≤ 1e4), aux_lr 0.5
     "al": CONV,  # and mu_step 0.01
 }
-comm = run.comm_mod.world()
+comm = job.comm_mod.world()
 summaries = {}
 for name, args in RUNS.items():
     solver = name.split("_")[0]
@@ -45,7 +46,7 @@ for name, args in RUNS.items():
         summaries[name] = json.loads((root / name / "summary.json").read_text())
 
 # the initial network (same seed), built on every rank (setup is collective)
-s = run.setup(["--out", str(root / "init"), *COMMON, *CONV], comm)
+s = job.setup(["--out", str(root / "init"), *COMMON, *CONV], comm)
 if comm.rank == 0:
     problem, data = s["problem"], s["data"].to("cpu", getattr(torch, s["config"]["dtype"]))
     init = {k: v.clone() for k, v in problem.state_dict().items()}

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from ocnet.filters import FILTERS
+from ocnet.ranks.filters import FILTERS
 
 
 def reference_objective(problem, blocks, rank_starts, x, y, z, mu, rho, filter, filter_aux=False):
@@ -92,9 +92,9 @@ def local_pieces(solver, problem, x, y, index):
 
 
 def main() -> None:
-    from ocnet.comm import world
-    from ocnet.grid import Partition
-    from ocnet.problem import build
+    from ocnet.model.grid import Partition
+    from ocnet.model.problem import build
+    from ocnet.ranks.comm import world
     from ocnet.solvers import get
 
     out, solver_name, net, blocks, filter_name = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]

@@ -12,11 +12,12 @@ import time
 
 import torch
 
-from ocnet import pipeline, sweep, timeline
-from ocnet.comm import world
-from ocnet.filters import FILTERS
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet import sweep
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks import pipeline, timeline
+from ocnet.ranks.comm import world
+from ocnet.ranks.filters import FILTERS
 
 
 def split_all(rank: int, size: int, micro_batches: int) -> list:

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from ocnet.comm import world
+from ocnet.ranks.comm import world
 
 torch.set_num_threads(1)
 comm = world()

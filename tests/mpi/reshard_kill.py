@@ -25,8 +25,9 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401
 
-from ocnet import faults, run  # noqa: E402
-from ocnet.data import load  # noqa: E402
+from ocnet import run  # noqa: E402
+from ocnet.model.data import load  # noqa: E402
+from ocnet.runs import faults  # noqa: E402
 
 FLAGS = ["--layers", "4", "--epochs", "3", "--checkpoint-every", "1", "--dtype", "float64", "--quiet",
          "--threads", "1"]

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from mpi4py import MPI
 
-from ocnet import checkpoint
-from ocnet.comm import Comm, SelfComm
-from ocnet.data import batches
-from ocnet.problem import build
+from ocnet.model.data import batches
+from ocnet.model.problem import build
+from ocnet.ranks.comm import Comm, SelfComm
+from ocnet.runs import checkpoint
 from ocnet.solvers import get
 
 EPOCHS, N, BATCH = 3, 48, 16  # three batches per epoch

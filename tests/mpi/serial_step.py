@@ -7,9 +7,9 @@ import sys
 
 import torch
 
-from ocnet.comm import world
-from ocnet.grid import Partition
-from ocnet.problem import build
+from ocnet.model.grid import Partition
+from ocnet.model.problem import build
+from ocnet.ranks.comm import world
 from ocnet.solvers.serial import Serial
 
 out, net, micros = sys.argv[1], sys.argv[2], [int(m) for m in sys.argv[3].split(",")]

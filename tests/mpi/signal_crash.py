@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from ocnet.comm import abort_on_exception, world
+from ocnet.ranks.comm import abort_on_exception, world
 
 mode, culprit = sys.argv[1], int(sys.argv[2])
 comm = world()

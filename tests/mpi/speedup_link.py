@@ -1,10 +1,10 @@
-"""Measure the link on P ranks (:func:`ocnet.calibrate.link_costs`); rank 0 writes what
+"""Measure the link on P ranks (:func:`ocnet.perf.calibrate.link_costs`); rank 0 writes what
 every rank measured to argv[1]."""
 import json
 import sys
 
-from ocnet.calibrate import link_costs
-from ocnet.comm import world
+from ocnet.perf.calibrate import link_costs
+from ocnet.ranks.comm import world
 
 comm = world()
 link = link_costs(comm, repeats=10)

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ocnet.comm import abort_on_exception, world
+from ocnet.ranks.comm import abort_on_exception, world
 
 timeout, mode, culprit = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 comm = world()
