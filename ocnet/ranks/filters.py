@@ -14,6 +14,9 @@ class Filter:
     """The identity filter, and the interface of every filter."""
 
     name = "identity"
+    #: Whether it acts on image states ``(batch, channels, height, width)`` only, and leaves
+    #: every other state as it is.
+    spatial = False
 
     def encode(self, u: torch.Tensor) -> torch.Tensor:
         """What is sent for state ``u``."""
@@ -48,6 +51,8 @@ class Downsample(Filter):
         fields constant on each window, which makes the penalty solvers' local gradients
         exact for the filtered objective (the projection is symmetric; docs/layer_parallel.rst).
     """
+
+    spatial = True
 
     def __init__(self, s: int, mode: str = "nearest") -> None:
         if s < 1:

@@ -138,11 +138,13 @@ def load_plugins(spec: str) -> list[str]:
     """
     names = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
+        before = dict(solvers.SOLVERS)
         try:
             if item.endswith(".py"):
                 path = Path(item).resolve()
                 name = f"ocnet_plugin_{path.stem}"
-                if name not in sys.modules:
+                fresh = name not in sys.modules
+                if fresh:
                     loader_spec = importlib.util.spec_from_file_location(name, path)
                     if path.exists() and not path.is_file():  # a FIFO would block the import
                         raise ConfigError(f"plugin file {item!r} is not a regular file")
@@ -157,6 +159,7 @@ def load_plugins(spec: str) -> list[str]:
                         raise
             else:
                 name = item
+                fresh = name not in sys.modules
                 importlib.import_module(item)
         except ConfigError:
             raise
@@ -164,8 +167,26 @@ def load_plugins(spec: str) -> list[str]:
             raise ConfigError(f"plugin {item!r} cannot be imported: {e}") from None
         except Exception as e:
             raise ConfigError(f"plugin {item!r} failed while importing: {type(e).__name__}: {e}") from None
+        if fresh:
+            _REGISTERED[name] = [key for key, cls in solvers.SOLVERS.items() if before.get(key) is not cls]
         names.append(name)
     return names
+
+
+#: Plug-in module ↦ the solvers its import registered (for the modules ``load_plugins`` imported).
+_REGISTERED: dict[str, list[str]] = {}
+
+
+def idle_plugins(spec: str) -> list[str]:
+    """The plug-ins of ``spec`` (as given) whose import registered nothing (already imported)."""
+    idle = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name = f"ocnet_plugin_{Path(item).stem}" if item.endswith(".py") else item
+        if _REGISTERED.get(name) == []:
+            idle.append(item)
+    return idle
+
+
 
 
 def parse_argv(argv: Sequence[str]) -> dict[str, Any]:
@@ -229,13 +250,73 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
         else:
             error = ConfigError(f"unknown key {show(key)}" + _did_you_mean(key, [*schema, *owners, *CLI_ONLY]))
         raise _at(origin, key, error)
-    config = {key: opt.default for key, opt in schema.items()}
+    config = Config({key: opt.default for key, opt in schema.items()})
+    config.given = frozenset(values)
     for key, value in values.items():
         config[key] = _convert(schema[key], key, value, origin)
     if config["filter"] not in FILTERS:
         error = ConfigError(f"unknown filter {config['filter']!r}; choose from {', '.join(FILTERS)}")
         raise _at(origin, "filter", error)
+    _check_steps(config, origin)
     return config
+
+
+class Config(dict[str, Any]):
+    """A resolved configuration (:func:`resolve`): every key and its value, and in
+    :attr:`given` the keys that the file and the flags gave."""
+
+    given: frozenset[str] = frozenset()
+
+
+#: The largest number of each ``--dtype``.
+LARGEST = {"float32": 3.4028234663852886e38, "float64": sys.float_info.max}
+
+
+def _check_steps(config: Mapping[str, Any], origin: Mapping[str, str]) -> None:
+    """Refuse a learning rate or weight decay that the optimiser cannot apply in the run's
+    dtype: torch refuses to scale a tensor by a number beyond its dtype's range (Adam's first
+    step scales by lr / (1 − β₁) = 10 × lr), which every rank would meet in its first step."""
+    dtype, largest = config["dtype"], LARGEST[config["dtype"]]
+    scale, step = (10.0, "Adam's first step is 10 × lr") if config["optimizer"] == "adam" else (1.0, "SGD steps by lr")
+    if config["lr"] * scale > largest:
+        raise _at(origin, "lr", ConfigError(
+            f"lr {config['lr']:g} is too large for {dtype}: {step}, beyond the largest {dtype} number "
+            f"{largest:.4g}; use an lr of at most {largest / scale:.4g}"))
+    if config["weight_decay"] > largest:
+        raise _at(origin, "weight_decay", ConfigError(
+            f"weight_decay {config['weight_decay']:g} is beyond the largest {dtype} number {largest:.4g}"))
+
+
+def check_filter(name: str, net: str) -> None:
+    """Refuse a filter that would leave every state of a ``net`` network as it is: a spatial
+    one (``downsample*``) acts on image states, which only a convolutional network has."""
+    if FILTERS[name].spatial and net != "conv":
+        raise ConfigError(f"filter {name} averages windows of image states, and a {net} network's states have "
+                          "none: it would send every state whole; use --filter identity (or --net conv on images)")
+
+
+def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: str) -> list[str]:
+    """The options the file or the flags give (:attr:`Config.given`) that change nothing in a
+    run of a ``net`` network on ``image`` data, on ``device`` (``"cpu"`` or ``"cuda"``): one
+    line each, saying why, for a warning."""
+    keys: frozenset[str] = getattr(config, "given", frozenset())
+    lines = []
+    if "patch" in keys and not (net == "transformer" and image):
+        what = "a transformer on token sequences" if net == "transformer" else f"a {net} network"
+        lines.append(f"--patch has no effect: it is the patch size of a vision transformer "
+                     f"(--net transformer on images), and this run trains {what}")
+    if "norm" in keys and net != "conv":
+        lines.append(f"--norm has no effect: it normalises the steps of a convolutional network, "
+                     f"and this run trains a {net} network")
+    if "epoch_test" in keys and config["epoch_test"] and not config["val_split"]:
+        lines.append("--epoch-test has no effect without --val-split: without a validation set the test "
+                     "set is evaluated after every epoch anyway")
+    if "cuda_aware" in keys and config["cuda_aware"] != "auto" and device == "cpu":
+        lines.append(f"--cuda-aware {config['cuda_aware']} has no effect: this run computes on the CPU, "
+                     "so no GPU buffer crosses a rank boundary")
+    for item in idle_plugins(config["plugin"]):
+        lines.append(f"--plugin {item}: importing it registered no solver")
+    return lines
 
 
 def given(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = None) -> dict[str, Any]:

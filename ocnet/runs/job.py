@@ -30,6 +30,7 @@ from . import checkpoint, faults
 from ..ranks import timeline
 from ..ranks import comm as comm_mod
 from .config import ConfigError, differences, dump_toml, given, help_text, read_toml, resolve
+from .config import check_filter, without_effect
 from .console import Console
 from ..model.data import DataError, Dataset, load, vocabulary
 from ..ranks.filters import FILTERS
@@ -142,6 +143,10 @@ def setup(argv: list[str], world: comm_mod.Comm) -> dict[str, Any]:
     partition = agree(world, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
     network = agree(world, lambda: problem.local(partition, comm.rank).to(device))
     solver = agree(world, lambda: build_solver(solver_cls, network, comm, config, device))
+    agree(world, lambda: check_filter(config["filter"], kind))  # after the solver's own refusal of filters
+    if world.rank == 0:
+        for line in without_effect(config, net=kind, image=data.is_image, device=device.type):
+            print(f"ocnet: warning: {line}", file=sys.stderr, flush=True)
     start, history = None, History(out / "history.jsonl" if world.rank == 0 else None)
     if resume:
         start = agree(world, lambda: _load_checkpoint(solver, grid, out, device, config["epochs"]))
