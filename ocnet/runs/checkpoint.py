@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
+import stat
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,10 +187,18 @@ def _check_info(marker: Path, info: Any) -> None:
     if starts is not None:
         if not (_is_int(n, 1) and isinstance(starts, list) and all(_is_int(s) for s in starts)):
             raise bad(f"'n_layers' must be an integer >= 1 and 'starts' a list of integers, got {n!r}, {starts!r}")
+        # fields that disagree: say so, not what a job of that many ranks would need
+        if len(starts) != info["ranks"]:
+            raise bad(f"'ranks' is {info['ranks']} but 'starts' gives the first layers of {len(starts)}: "
+                      "the file is damaged")
+        if info["ranks"] > n:
+            raise bad(f"'ranks' is {info['ranks']} but 'n_layers' is {n}: no job of more ranks than layers "
+                      "wrote it; the file is damaged")
         try:
             Partition(n, info["ranks"], tuple(starts))
         except ValueError as e:
             raise bad(str(e)) from None
+
 
 
 def _first_line(error: BaseException) -> str:
@@ -196,11 +206,53 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def check_files(run_dir: str | Path, info: dict[str, Any]) -> None:
+    """Check that the checkpoint ``info`` (its ``latest.json``) names is there, before anything
+    else believes it: its directory, and a regular file for each shard (of each data group).
+
+    Raises
+    ------
+    CheckpointError
+        Naming what is missing or is no shard (a directory, a device, a dangling link).
+    """
+    marker = _marker(run_dir)
+    directory = checkpoint_dir(run_dir, info["epoch"], info["batch"])
+    after = f"epoch {info['epoch']}" if info["batch"] is None else f"batch {info['batch']} of epoch {info['epoch']}"
+    if not directory.is_dir():
+        there = "is not there" if not os.path.lexists(directory) else "is not a directory"
+        raise CheckpointError(f"{marker} names the checkpoint after {after}, but {directory} {there}: "
+                              "latest.json is damaged, or that checkpoint was removed")
+    for group in range(info.get("groups", 1)):
+        for rank in range(info["ranks"]):
+            path = shard_path(run_dir, info["epoch"], rank, info["batch"], group)
+            problem = _not_a_file(path)
+            if problem is not None:
+                raise CheckpointError(f"{path}: {problem}")
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a checkpoint file it could read, or ``None`` when it is a regular file."""
+    link = f"a link to {os.readlink(path)}, " if path.is_symlink() else ""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{link}which does not exist" if link else "missing (the checkpoint is incomplete)"
+    except OSError as e:
+        return f"{link}cannot be read: {e.strerror or e}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((kind for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                                         (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                                         (stat.S_ISSOCK, "a socket")) if test(mode)), "a special file")
+    return f"{link}{kind}, not a checkpoint file"
+
+
 def _read_shard(path: Path, rank: int, info: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
     """The state in shard ``path`` of rank ``rank`` of the checkpoint ``info``, its identity
     checked; memory-mapped, so that only the tensors used are read."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
+    problem = _not_a_file(path)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty")
     if not zipfile.is_zipfile(path):  # a torch file is a zip archive, whose directory comes last
@@ -234,6 +286,7 @@ def _shards(comm: Comm, run_dir: str | Path, device: torch.device | str, partiti
     info = latest(run_dir)
     if info is None:
         raise CheckpointError(f"{_marker(run_dir)}: missing: {run_dir} has no complete checkpoint")
+    check_files(run_dir, info)
     marker = _marker(run_dir)
     if partition.n_ranks != comm.size:
         raise ValueError(f"a partition over {partition.n_ranks} ranks for a job of {comm.size}")

@@ -203,6 +203,7 @@ def _load_checkpoint(solver: Solver, grid: Grid, out: Path, device: torch.device
     info = checkpoint.latest(out)
     if info is None:
         raise ConfigError(f"cannot resume {out}: it has no complete checkpoint (--checkpoint-every K writes them)")
+    checkpoint.check_files(out, info)  # what latest.json names is there, before it is believed
     done = info["epoch"] + (info["batch"] is None)
     if done > epochs:
         raise ConfigError(f"{out} has trained {done} epochs already; --epochs must be at least {done}")
