@@ -4,9 +4,11 @@ Builds everything from the configuration — communicator, device, data, network
 solver — trains, and writes the run directory (config.toml, history.jsonl, summary.json,
 plots, checkpoints).  This is the only module that reaches for ``COMM_WORLD``.
 
-A run directory belongs to one run: a new run refuses a non-empty ``--out`` (unless
-``--overwrite``), and ``--resume D`` continues in ``D`` itself, from its newest checkpoint, on
-any number of ranks, refusing a configuration that differs in a key that must not change.
+A run directory belongs to one run, and to one job at a time: before set-up rank 0 claims it
+(:mod:`ocnet.runs.directory`, :mod:`ocnet.runs.claim`), and the job holds the claim until it
+ends.  A new run refuses a non-empty ``--out`` (unless ``--overwrite``), and ``--resume D``
+continues in ``D`` itself, from its newest checkpoint, on any number of ranks, refusing a
+configuration that differs in a key that must not change.
 
 Exit status: 0 done; 2 a set-up error (configuration, plug-ins, data, memory, run directory,
 checkpoint, building the solver — checked on every rank and agreed on with one collective,
@@ -18,7 +20,6 @@ exception on any rank aborts the whole job (no rank is left waiting), from the f
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,10 +27,10 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from . import checkpoint, faults
+from . import checkpoint, claim, directory, faults
 from ..ranks import timeline
 from ..ranks import comm as comm_mod
-from .config import ConfigError, differences, dump_toml, given, help_text, read_toml, resolve
+from .config import ConfigError, dump_toml, given, help_text, resolve
 from .config import check_filter, without_effect
 from .console import Console
 from ..model.data import DataError, Dataset, load, vocabulary
@@ -118,15 +119,47 @@ def make_optimizer_factory(config: dict[str, Any]):
 
 
 def setup(argv: list[str], world: comm_mod.Comm) -> dict[str, Any]:
-    """Everything before training, each step agreed on by all ranks; no file is written."""
+    """Everything before training, each step agreed on by all ranks.  The first, once the
+    configuration is known: rank 0 claims the run directory (making it if need be), and every
+    rank checks it can write there; no other file is written.  A set-up that fails gives the
+    claim up again, with any directory made for it."""
     config = agree(world, lambda: resolve(argv))
+    held, out, resume = agree(world, lambda: _claim(config, world))
+    config["out"] = str(out)
+    try:
+        agree(world, lambda: directory.probe(out))
+        return {**_build(config, world, out, resume), "claim": held}
+    except BaseException:
+        if held is not None:
+            held.release(started=False)
+        raise
+
+
+def _claim(config: dict[str, Any], world: comm_mod.Comm) -> tuple[claim.Claim | None, Path, bool]:
+    """``(claim, out, resuming)``: rank 0 claims the run directory (and holds the claim);
+    every rank learns where the run writes, or fails with rank 0's error (one line for the
+    job, not one of rank 0's own)."""
+    taken, error = None, None
+    if world.rank == 0:
+        try:
+            taken = directory.claim_for(config, world.size)
+        except BaseException as e:  # Ctrl-C included: every rank waits for the broadcast
+            error = e
+    where = world.bcast(_message(error) if error is not None else (taken[0].directory, taken[1]) if taken else None)
+    if error is not None:
+        raise error
+    if isinstance(where, str):
+        raise ConfigError(where)
+    return (taken[0] if taken else None), where[0], where[1]
+
+
+def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool) -> dict[str, Any]:
+    """The set-up steps after the claim: grid, device, data, network, solver, checkpoint."""
     groups = config["data_parallel"]
     agree(world, lambda: Grid.check(groups, world.size))
     grid = Grid.split(world, groups) if groups > 1 else Grid.single(world)
     comm = grid.layers  # the solver's ranks: this rank's data group
     dtype = getattr(torch, config["dtype"])
-    out, resume = agree(world, lambda: run_directory(config, world.size))
-    config["out"] = str(out)
     device = agree(world, lambda: pick_device(config["device"], world))
     data = agree(world, lambda: load(config["problem"], config["data_dir"] or None, config["seed"],
                                      config["val_split"]))
@@ -156,47 +189,6 @@ def setup(argv: list[str], world: comm_mod.Comm) -> dict[str, Any]:
                 solver=solver, out=out, start=start, history=history, grid=grid)
 
 
-_RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "model.pt", "best.pt", "checkpoints", "timeline")
-
-
-def run_directory(config: dict[str, Any], ranks: int) -> tuple[Path, bool]:
-    """``(out, resuming)``: where the run writes, checked without writing anything.
-
-    A resumed run continues in its own directory, with the configuration it started with
-    but for the keys that may change; a new run starts only into an empty or new directory
-    (or replaces a run's files with ``--overwrite``).  Without ``--out`` a new run takes
-    ``runs/<problem>-<solver>-P<ranks>``, numbered ``-2``, ``-3``, … past those in use.
-    """
-    if config["resume"]:
-        out = Path(config["resume"])
-        if config["out"] and Path(config["out"]).resolve() != out.resolve():
-            raise ConfigError(f"--resume continues in its run directory {out}; --out {config['out']} names another")
-        if not (out / "config.toml").is_file():
-            raise ConfigError(f"cannot resume {out}: it is not a run directory (no config.toml)")
-        changed = differences(read_toml(out / "config.toml"), config)
-        if changed:
-            raise ConfigError(f"cannot resume {out} with another configuration: {'; '.join(changed)}")
-        return out, True
-    if config["out"]:
-        out = Path(config["out"])
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} is a file, not a directory")
-        if _in_use(out) and not config["overwrite"]:
-            raise ConfigError(f"run directory {out} is not empty: choose another --out, continue it with "
-                              f"--resume {out}, or replace its run with --overwrite")
-        return out, False
-    base = Path("runs") / f"{config['problem']}-{config['solver']}-P{ranks}"
-    out, n = base, 1
-    while _in_use(out):
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out, False
-
-
-def _in_use(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
-
-
 def _load_checkpoint(solver: Solver, grid: Grid, out: Path, device: torch.device,
                      epochs: int) -> dict[str, Any]:
     """Load the newest checkpoint of ``out`` into ``solver``; returns its ``latest.json``."""
@@ -219,17 +211,10 @@ def build_solver(cls: type[Solver], network: Any, comm: comm_mod.Comm, config: d
 
 
 def _prepare(out: Path, config: dict[str, Any], resuming: bool) -> None:
-    """Rank 0, once every set-up step has passed: the run directory and its config.toml."""
+    """Rank 0, under the claim, once every set-up step has passed: the run directory and its
+    config.toml."""
     if config["overwrite"] and not resuming:
-        for name in _RUN_FILES:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        for plot in out.glob("*.png"):
-            plot.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        directory.remove_run_files(out)
     if resuming:
         checkpoint.remove_leftovers(out)
     checkpoint.atomic_write(out / "config.toml", dump_toml(config))
@@ -256,6 +241,15 @@ def main(argv: list[str] | None = None, draw: Callable[[Path], None] | None = No
         s = setup(argv, comm)
     except SetupError:
         return EXIT_SETUP
+    try:
+        return _run(s, comm, draw)
+    finally:
+        if s["claim"] is not None:  # rank 0, however the job ends (SIGKILL leaves a stale claim)
+            s["claim"].release()
+
+
+def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | None) -> int:
+    """Train what :func:`setup` built; returns the exit status."""
     config, device, out, start, grid = s["config"], s["device"], s["out"], s["start"], s["grid"]
     if start is not None and start["batch"] is None and start["epoch"] >= config["epochs"] - 1 \
             and (out / "summary.json").exists():
