@@ -20,7 +20,7 @@ import pytest
 from ocnet.results.plot import plot_runs
 from ocnet.run import main
 from ocnet.runs import claim, directory
-from ocnet.runs.job import EXIT_SETUP
+from ocnet.runs.job import EXIT_SETUP, EXIT_WRITE
 from ocnet.runs.testing import mpiexec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,6 +249,26 @@ def test_overwrite_removes_every_figure_ocnet_draws(tmp_path):
     (d / "mine.png").write_bytes(b"mine")
     directory.remove_run_files(d)
     assert sorted(p.name for p in d.iterdir()) == ["mine.png"]
+
+
+# -- 5. the minor findings --------------------------------------------------------------------------
+@pytest.mark.mpi
+def test_a_full_disk_at_a_checkpoint_ends_with_one_line(tmp_path):
+    """ENOSPC on rank 1's shard of the epoch-1 checkpoint: one line naming the file, the free
+    space and the resume command, exit 1; the epoch-0 checkpoint stays the newest and resumes."""
+    out = tmp_path / "run"
+    flags = [*TINY, "--checkpoint-every", "1", "--epochs", "3"]
+    proc = run(2, *flags, "--out", str(out), env={"OCNET_FAULT": "checkpoint:1:nospace:2"})
+    assert proc.returncode == EXIT_WRITE
+    line = _one_error(proc.stderr)
+    shard = out / "checkpoints" / "epoch_0001" / "rank_001.pt"
+    assert line.startswith(f"ocnet: error: cannot write {shard}: No space left on device ("), line
+    assert " free there); the checkpoint after epoch 0 is kept; once there is room, continue with: " \
+           f"mpirun -n 2 python -m ocnet.run --resume {out}" in line, line
+    assert _latest(out)["epoch"] == 0 and not (out / "checkpoints" / "epoch_0001").exists()
+    resumed = run(2, "--resume", str(out), *flags)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _epochs(out) == [0, 1, 2]
 
 
 # -- the claim itself -----------------------------------------------------------------------------

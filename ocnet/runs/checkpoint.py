@@ -27,7 +27,7 @@ import shutil
 import stat
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -48,6 +48,12 @@ _SHARD = re.compile(r"rank_(\d+)\.pt")
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed: missing, torn, corrupt, misplaced, or written for
     another configuration; the one-line message names the file."""
+
+
+class WriteError(Exception):
+    """A checkpoint file could not be written (a full disk, a quota): raised by :func:`save` on
+    every rank together.  The one-line message names the file and the space free there; the
+    checkpoint before stays the newest complete one."""
 
 
 # -- where things are ---------------------------------------------------------------------------
@@ -107,27 +113,90 @@ def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, 
         (:class:`ocnet.ranks.replicas.Grid`): ``comm`` is then the group's, each group writes its
         own shards (group ``g > 0`` into ``group_GGG/``), and the first rank of the first
         group marks the checkpoint once all are written.
+
+    Raises
+    ------
+    WriteError
+        On every rank, when some rank could not write its shard or ``latest.json`` (the
+        lowest such rank's message); the incomplete checkpoint is removed, and the one
+        before stays the newest.
     """
     if partition is not None and partition.n_ranks != comm.size:
         raise ValueError(f"a partition over {partition.n_ranks} ranks for a job of {comm.size}")
     layers = list(partition.bounds(comm.rank)) if partition is not None else None
     group, groups = _group(data)
     path = shard_path(run_dir, epoch, comm.rank, batch, group)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "rank": comm.rank, "ranks": comm.size, "epoch": epoch, "batch": batch,
                 "layers": layers, "state": state}, buf)
-    atomic_write(path, buf.getvalue(), before_rename=lambda: faults.inject("checkpoint", group * comm.size + comm.rank))
-    comm.barrier()  # every shard is on disk before the checkpoint is declared complete
-    if groups > 1 and comm.rank == 0:
-        assert data is not None
-        data.barrier()  # … in every group
-    if comm.rank == 0 and group == 0:
-        info = {"format": FORMAT, "epoch": epoch, "batch": batch, "ranks": comm.size,
-                "n_layers": partition.n_layers if partition is not None else None,
-                "starts": _starts(partition) if partition is not None else None,
-                "meta": jsonable(meta or {}), **({"groups": groups} if groups > 1 else {})}
-        atomic_write(_marker(run_dir), json.dumps(info, allow_nan=False) + "\n")
+
+    def shard() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, buf.getvalue(),
+                     before_rename=lambda: faults.inject("checkpoint", group * comm.size + comm.rank))
+
+    # every shard is on disk (in every group) before the checkpoint is declared complete; a
+    # rank that could not write its shard tells every other, so that all stop together
+    error = _agreed(_written(path, shard), comm, data if groups > 1 else None)
+    first = comm.rank == 0 and group == 0
+    if error is None:
+        if first:
+            info = {"format": FORMAT, "epoch": epoch, "batch": batch, "ranks": comm.size,
+                    "n_layers": partition.n_layers if partition is not None else None,
+                    "starts": _starts(partition) if partition is not None else None,
+                    "meta": jsonable(meta or {}), **({"groups": groups} if groups > 1 else {})}
+            error = _written(_marker(run_dir), lambda: atomic_write(_marker(run_dir),
+                                                                    json.dumps(info, allow_nan=False) + "\n"))
+        error = _agreed(error, data if groups > 1 else None, comm)  # from the first rank of the first group
+    if error is not None:
+        if first:  # the space the other shards took is of no use: latest.json does not name them
+            _discard(run_dir, epoch, batch)
+        raise WriteError(error)
+
+
+def _written(path: Path, write: Callable[[], Any]) -> str | None:
+    """Run ``write`` (of the file ``path``): ``None`` when it succeeds, else the one line that
+    says why not, with the space free where it was to go."""
+    try:
+        write()
+        return None
+    except OSError as e:
+        where = next((p for p in path.parents if p.is_dir()), Path("."))
+        try:
+            free = f" ({_size(shutil.disk_usage(where).free)} free there)"
+        except OSError:
+            free = ""
+        return f"cannot write {path}: {e.strerror or e}{free}"
+
+
+def _agreed(error: str | None, *comms: Comm | None) -> str | None:
+    """Every rank's answer to whether some rank failed: over each communicator in turn, the
+    message of its lowest failing rank (one reduction each while none fails)."""
+    for c in comms:
+        if c is None:
+            continue
+        failed = c.allreduce(c.rank if error is not None else c.size, op="min")
+        if failed < c.size:
+            error = c.bcast(error, root=failed)
+    return error
+
+
+def _discard(run_dir: str | Path, epoch: int, batch: int | None) -> None:
+    """Remove the incomplete checkpoint of ``(epoch, batch)`` unless ``latest.json`` names it."""
+    try:
+        info = latest(run_dir)
+    except CheckpointError:
+        return
+    if info is None or (info["epoch"], info["batch"]) != (epoch, batch):
+        shutil.rmtree(checkpoint_dir(run_dir, epoch, batch), ignore_errors=True)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 10 else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -15,17 +15,20 @@ and the actions are
 * ``raise`` (``RuntimeError``), ``memory`` (``MemoryError``),
 * ``hang`` (sleep for ever), ``kill`` (``SIGKILL`` to oneself), ``term`` / ``int``
   (``SIGTERM`` / ``SIGINT`` to oneself),
-* ``nan`` — :func:`inject` returns ``"nan"`` and the caller poisons its own values.
+* ``nan`` — :func:`inject` returns ``"nan"`` and the caller poisons its own values,
+* ``nospace`` — ``OSError`` ENOSPC, as a full disk gives a write (at ``checkpoint``: the shard
+  that was to be renamed into place).
 
 Without ``OCNET_FAULT`` :func:`inject` costs a dictionary look-up.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
 
-ACTIONS = ("raise", "memory", "hang", "kill", "term", "int", "nan")
+ACTIONS = ("raise", "memory", "hang", "kill", "term", "int", "nan", "nospace")
 POINTS = ("setup", "step", "evaluate", "checkpoint")
 
 
@@ -76,6 +79,8 @@ def inject(point: str, rank: int) -> str | None:
         raise InjectedFault(f"injected fault at {where}")
     if action == "memory":
         raise MemoryError(f"injected out-of-memory at {where}")
+    if action == "nospace":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if action == "hang":
         while True:
             time.sleep(3600)

@@ -10,7 +10,8 @@ ends.  A new run refuses a non-empty ``--out`` (unless ``--overwrite``), and ``-
 continues in ``D`` itself, from its newest checkpoint, on any number of ranks, refusing a
 configuration that differs in a key that must not change.
 
-Exit status: 0 done; 2 a set-up error (configuration, plug-ins, data, memory, run directory,
+Exit status: 0 done; 1 a checkpoint could not be written (a full disk: one line says what
+to free and how to continue); 2 a set-up error (configuration, plug-ins, data, memory, run directory,
 checkpoint, building the solver — checked on every rank and agreed on with one collective,
 so the job prints one message and changes no file); 3 the method failed on every rank
 together (a diverged MGRIT solve, a non-finite loss or parameter); 128 + the signal's number
@@ -45,6 +46,7 @@ from ..ranks.tags import Tags
 from .train import History, NonFinite, Stopped, evaluate, fit, lr_schedule, steps_per_epoch
 
 T = TypeVar("T")
+EXIT_WRITE = 1
 EXIT_SETUP = 2
 EXIT_SOLVER = 3
 
@@ -297,10 +299,16 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
         return EXIT_SOLVER
     except Stopped as e:
         if comm.rank == 0:
-            launch = f"mpirun -n {comm.size} " if comm.size > 1 else ""
-            print(f"ocnet: {e}; continue with: {launch}python -m ocnet.run --resume {out}", file=sys.stderr,
-                  flush=True)
+            print(f"ocnet: {e}; continue with: {_resume_command(comm, out)}", file=sys.stderr, flush=True)
         return 128 + e.signum
+    except checkpoint.WriteError as e:  # raised by every rank together
+        if comm.rank == 0:
+            info = checkpoint.latest(out)
+            kept = "no checkpoint is complete yet" if info is None else "the checkpoint after " + (
+                f"epoch {info['epoch']}" if info["batch"] is None else f"batch {info['batch']} of epoch {info['epoch']}"
+            ) + " is kept; once there is room, continue with: " + _resume_command(comm, out)
+            print(f"ocnet: error: {e}; {kept}", file=sys.stderr, flush=True)
+        return EXIT_WRITE
     finally:
         # Rank 0 alone writes the model and plots next: not a stall.  On every way out, or a
         # watchdog left running in a process that goes on (a test, a notebook) would end it
@@ -314,6 +322,24 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
         _finish(out, config, comm.size, s["history"].records, wall, model, network_of, final_test,
                 best_test=_best_test(out, config, data), resumed=start is not None, draw=draw)
     return 0
+
+
+def _resume_command(comm: comm_mod.Comm, out: Path) -> str:
+    launch = f"mpirun -n {comm.size} " if comm.size > 1 else ""
+    return f"{launch}python -m ocnet.run --resume {out}"
+
+
+def _left(comm: comm_mod.Comm, e: SystemExit) -> int:
+    """A rank that raised ``SystemExit`` after set-up: one line, then the whole job ends at
+    once; returns the exit status (where this rank is the whole job)."""
+    code = e.code if isinstance(e.code, int) and not isinstance(e.code, bool) and e.code else 1
+    where = f"in {comm.progress.where}" if comm.progress.where else "after set-up"
+    print(f"ocnet: error: rank {comm.rank} (pid {os.getpid()}) raised SystemExit({e.code!r}) {where}, "
+          "before the job finished", file=sys.stderr, flush=True)
+    if comm.size > 1:
+        time.sleep(0.5)  # let the launcher forward the line before the abort tears the job down
+        comm.abort(code)
+    return code
 
 
 def _steps_left(config: dict, start: dict | None, n_batches: int) -> int:
