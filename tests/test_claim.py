@@ -22,6 +22,7 @@ from ocnet.run import main
 from ocnet.runs import claim, directory
 from ocnet.runs.job import EXIT_SETUP, EXIT_WRITE
 from ocnet.runs.testing import mpiexec
+from ocnet.runs.train import Interrupt
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--layers", "4", "--width", "8", "--quiet", "--timeline-steps", "0", "--limit-batches", "2"]
@@ -269,6 +270,40 @@ def test_a_full_disk_at_a_checkpoint_ends_with_one_line(tmp_path):
     resumed = run(2, "--resume", str(out), *flags)
     assert resumed.returncode == 0, resumed.stderr
     assert _epochs(out) == [0, 1, 2]
+
+
+@pytest.mark.mpi
+def test_a_second_signal_during_the_stop_checkpoint_changes_nothing(tmp_path):
+    """SIGTERM on rank 1 in its 4th step, then SIGINT while rank 1 writes the stop checkpoint's
+    shard: exit 143 as for SIGTERM alone, no traceback, the checkpoint intact."""
+    out = tmp_path / "run"
+    flags = [*TINY, "--epochs", "3"]
+    proc = run(2, *flags, "--out", str(out), env={"OCNET_FAULT": "step:1:term:4,checkpoint:1:int"})
+    assert proc.returncode == 143, proc.stderr
+    assert "ocnet: stopped by SIGTERM at epoch 1, step 4 (batch 2 of 2) with a checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    assert (_latest(out)["epoch"], _latest(out)["batch"]) == (1, 2)
+    resumed = run(2, "--resume", str(out), *flags)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_second_signal_within_a_second_is_the_same_request():
+    """SIGTERM, then SIGINT 10 ms later: the loop stops for SIGTERM.  While the stop checkpoint
+    is written any signal is ignored; otherwise a later second one stops at once."""
+    with Interrupt() as interrupt:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert interrupt.signum == signal.SIGTERM
+        interrupt._at -= 2.0  # as if the first came two seconds ago
+        interrupt.finishing = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        interrupt.finishing = False
+        with pytest.raises(KeyboardInterrupt, match="SIGINT again"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
 
 
 # -- the claim itself -----------------------------------------------------------------------------

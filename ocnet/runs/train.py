@@ -106,13 +106,17 @@ class Stopped(Exception):
 class Interrupt:
     """While active, SIGTERM and SIGINT (what schedulers and Ctrl-C send) set
     :attr:`signum` instead of killing the process, so the loop can stop at the next step
-    boundary with a checkpoint.  The same signal again within a second is a duplicate
-    (a launcher forwarding the terminal's Ctrl-C); a later second signal stops at once."""
+    boundary with a checkpoint.  Another signal within a second of the first is part of the
+    same request (a launcher forwarding the terminal's Ctrl-C, a scheduler's SIGTERM and then
+    SIGINT), and so is any signal once :attr:`finishing` is set, while the stop checkpoint is
+    written: the job stops as the first signal asked, with its checkpoint intact.  A later
+    second signal stops at once (a loop that does not reach its next step boundary)."""
 
     _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.signum = 0
+        self.finishing = False
         self._at = 0.0
         self._previous: dict[int, Any] = {}
 
@@ -128,7 +132,7 @@ class Interrupt:
     def _handle(self, signum: int, frame: Any) -> None:
         if not self.signum:
             self.signum, self._at = signum, time.monotonic()
-        elif signum != self.signum or time.monotonic() - self._at > 1.0:
+        elif not self.finishing and time.monotonic() - self._at > 1.0:
             raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: stopping at once, without a checkpoint")
 
 
@@ -277,6 +281,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                             "nothing after the last checkpoint was saved — a smaller --lr may help")
         if run_dir is not None:
             comm.where(f"checkpoint of {where}")
+            interrupt.finishing = True  # a second signal now must not tear the stop checkpoint
             average_running_statistics(solver.network, grid.data)
             checkpoint.save(comm, run_dir, ep.epoch, {"solver": solver.state_dict()}, batch=done,
                             meta=world.bcast(meta), partition=solver.network.partition, data=grid.data)
