@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ocnet.results.plot import main as plot_main
 from ocnet.results.plot import plot_runs
 from ocnet.run import main
 from ocnet.runs import claim, directory
@@ -304,6 +305,25 @@ def test_a_second_signal_within_a_second_is_the_same_request():
         with pytest.raises(KeyboardInterrupt, match="SIGINT again"):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.1)
+
+
+def test_plotting_a_run_in_progress_says_so(tmp_path, capsys):
+    d = tmp_path / "run"
+    d.mkdir()
+    held = claim.take(d)
+    try:  # set-up, then the first epoch: a claim (and a config.toml), no history yet
+        assert plot_main([str(d)]) == 2
+        (d / "config.toml").write_text('solver = "serial"\n')
+        assert plot_main([str(d)]) == 2
+    finally:
+        held.release()
+    assert plot_main([str(d)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "not a run directory" not in "".join(err[:2]), err
+    for line in err[:2]:
+        assert line.startswith(f"ocnet.plot: error: {d}: the run is in progress and has not finished an "
+                               f"epoch yet (the job on host {socket.gethostname()}, pid {os.getpid()}, "), line
+    assert err[2] == f"ocnet.plot: error: {d}: the run has no finished epoch (it stopped before its first epoch ended)"
 
 
 # -- the claim itself -----------------------------------------------------------------------------

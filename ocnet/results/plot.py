@@ -39,6 +39,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..runs import claim
 from ..solvers.records import FIELDS
 from . import gantt
 from .rundir import Run, load_run, load_runs, num
@@ -401,8 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for d in args.run_dirs:
         if not (Path(d) / "history.jsonl").is_file():
-            print(f"ocnet.plot: error: {d} is not a run directory (no history.jsonl)",
-                  file=sys.stderr)
+            print(f"ocnet.plot: error: {_nothing_to_draw(Path(d))}", file=sys.stderr)
             return 2
     try:
         written = plot_runs(args.run_dirs, args.out, args.steps)
@@ -412,6 +412,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _nothing_to_draw(run_dir: Path) -> str:
+    """Why ``run_dir``, which has no history yet, cannot be drawn: a run is written there
+    (its claim names the job), a run stopped there before its first epoch ended, or it is
+    not a run directory at all."""
+    holder = claim.holder_of(run_dir) if run_dir.is_dir() else None
+    if holder is not None:
+        return (f"{run_dir}: the run is in progress and has not finished an epoch yet ({holder}); "
+                "its figures can be drawn once its first epoch ends")
+    if (run_dir / "config.toml").is_file():
+        return f"{run_dir}: the run has no finished epoch (it stopped before its first epoch ended)"
+    return f"{run_dir} is not a run directory (no history.jsonl)"
 
 
 def _steps(text: str) -> tuple[int, int]:
