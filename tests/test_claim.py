@@ -21,6 +21,7 @@ from ocnet.results.plot import main as plot_main
 from ocnet.results.plot import plot_runs
 from ocnet.run import main
 from ocnet.runs import claim, directory
+from ocnet.runs.config import resolve
 from ocnet.runs.job import EXIT_SETUP, EXIT_WRITE
 from ocnet.runs.testing import mpiexec
 from ocnet.runs.train import Interrupt
@@ -324,6 +325,23 @@ def test_plotting_a_run_in_progress_says_so(tmp_path, capsys):
         assert line.startswith(f"ocnet.plot: error: {d}: the run is in progress and has not finished an "
                                f"epoch yet (the job on host {socket.gethostname()}, pid {os.getpid()}, "), line
     assert err[2] == f"ocnet.plot: error: {d}: the run has no finished epoch (it stopped before its first epoch ended)"
+
+
+def test_tilde_in_paths_is_the_home_directory(tmp_path, monkeypatch):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    (cwd / "c.toml").write_text('out = "~/from-toml"\ndata_dir = "~/data"\n')
+    assert resolve(["--out=~/x"])["out"] == str(home / "x")
+    assert resolve(["--resume=~/r"])["resume"] == str(home / "r")
+    config = resolve(["--config", "c.toml"])
+    assert (config["out"], config["data_dir"]) == (str(home / "from-toml"), str(home / "data"))
+    assert resolve(["--config=~/../cwd/c.toml"])["out"] == str(home / "from-toml")
+    assert main([*TINY, "--epochs", "1", "--config", "c.toml"]) == 0
+    assert _epochs(home / "from-toml") == [0]
+    assert not (cwd / "~").exists()
 
 
 # -- the claim itself -----------------------------------------------------------------------------

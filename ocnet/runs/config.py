@@ -258,7 +258,26 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
         error = ConfigError(f"unknown filter {config['filter']!r}; choose from {', '.join(FILTERS)}")
         raise _at(origin, "filter", error)
     _check_steps(config, origin)
+    for key in PATHS:
+        config[key] = _at_home(config[key], key, origin)
     return config
+
+
+#: The keys that name a path: ``~`` in them is the home directory, as in a shell (which does
+#: not expand it in ``--out=~/x``, nor in a TOML file).
+PATHS = ("out", "resume", "data_dir")
+
+
+def _at_home(value: str, key: str, origin: Mapping[str, str]) -> str:
+    """``value`` with a leading ``~`` or ``~user`` expanded; never a path that starts with a
+    literal ``~`` (which would make a directory of that name)."""
+    if not value.startswith("~"):
+        return value
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):
+        raise _at(origin, key, ConfigError(f"{key}: cannot expand {value!r}: no such home directory "
+                                           "(write ./~ for a directory named ~)"))
+    return expanded
 
 
 class Config(dict[str, Any]):
@@ -333,6 +352,7 @@ def _gather(argv: Sequence[str], file_values: Mapping[str, Any] | None) -> tuple
     values = dict(file_values or {})
     origin: dict[str, str] = {}
     if path is not None:
+        path = os.path.expanduser(path)  # --config=~/x.toml: no shell expands that ~
         from_file = read_toml(path)
         values.update(from_file)
         origin = {key: f"configuration file {str(path)!r}" for key in from_file if key not in flags}
