@@ -6,6 +6,13 @@ The names a solver author needs::
 
 and a finished run as a plain module: ``ocnet.load_run(RUN_DIR).model``.
 """
+# ruff: noqa: E402
+# The first thing `python -m ocnet.run` runs: a Ctrl-C during the imports below (most of a
+# job's start-up) then ends the job with one line, not a traceback from every rank.
+from .runs import startup as _startup
+
+_startup.install()
+
 from .mgrit import solve
 from .model.options import ConfigError, Option
 from .model.problem import LocalNetwork, Problem

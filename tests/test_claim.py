@@ -344,6 +344,30 @@ def test_tilde_in_paths_is_the_home_directory(tmp_path, monkeypatch):
     assert not (cwd / "~").exists()
 
 
+@pytest.mark.mpi
+def test_ctrl_c_while_the_ranks_import_prints_one_line(tmp_path):
+    """Ctrl-C reaches mpiexec (as a terminal sends it) while both ranks import torch (held
+    there by an import hook of the test's): one line for the job, exit 130."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys, time\n"
+        "class Slow:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            sys.meta_path.remove(self)\n"
+        f"            open(os.path.join({str(tmp_path)!r}, f'importing.{{os.getpid()}}'), 'w').close()\n"
+        "            time.sleep(600)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Slow())\n")
+    job = start(2, *TINY, "--out", str(tmp_path / "run"), env={"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"})
+    wait_for(lambda: len(list(tmp_path.glob("importing.*"))) == 2, job, "both ranks importing torch")
+    os.kill(job.pid, signal.SIGINT)
+    proc = finish(job)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["ocnet: interrupted while starting"], proc.stderr
+
+
 # -- the claim itself -----------------------------------------------------------------------------
 def test_a_claim_is_one_jobs_until_released(tmp_path):
     first = claim.take(tmp_path)

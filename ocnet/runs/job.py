@@ -28,7 +28,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from . import checkpoint, claim, directory, faults
+from . import checkpoint, claim, directory, faults, startup
 from ..ranks import timeline
 from ..ranks import comm as comm_mod
 from .config import ConfigError, dump_toml, given, help_text, resolve
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None, draw: Callable[[Path], None] | None = No
     entry point ``python -m ocnet.run`` passes the plotting of :mod:`ocnet.results`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = comm_mod.world()
+    startup.uninstall()  # the job's own handling of Ctrl-C and errors from here on
     comm_mod.abort_on_exception(comm)  # from the first line on: no exception leaves a rank waiting
     if "--help" in argv or "-h" in argv:
         try:
