@@ -2,13 +2,15 @@
 
 Trains as the configuration says and writes the run directory: the job is
 :func:`ocnet.runs.job.main`; this entry point adds the figures that :mod:`ocnet.results`
-draws of the finished run.
+draws of the finished run, and runs each rank under a supervisor that reports however the
+rank's process ends (:mod:`ocnet.ranks.supervisor`).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from .ranks import supervisor
 from .runs import job
 
 
@@ -25,4 +27,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    supervisor.start()  # each rank a supervisor and the worker that returns here
+    sys.exit(supervisor.finished(main()))

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import tags, timeline
+from . import supervisor, tags, timeline
 from .watchdog import Progress, Watchdog, say
 
 # Polling: spin briefly (a message that is already there costs no sleep), then sleep in
@@ -305,14 +305,18 @@ class Comm:
         return next(t for h, t in readings if h == host)
 
     def abort(self, code: int = 1) -> None:
+        """End the whole job with exit status ``code``, once this rank has said why."""
+        supervisor.reported()
         self.mpi.Abort(code)
 
     # -- watchdog -----------------------------------------------------------------------------
     def where(self, label: str) -> None:
         """Say what this rank does now (``"epoch 0, step 3"``), for the stall watchdog's
-        message; counts as progress.  Costs two attribute writes."""
+        message and the supervisor's (:mod:`ocnet.ranks.supervisor`); counts as progress.
+        Costs two attribute writes, and a copy of the label where a supervisor runs."""
         self.progress.where = label
         self.progress.ticks += 1
+        supervisor.note(f"in {label}")
 
     def start_watchdog(self, timeout: float) -> None:
         """End the job with one line when a rank makes no progress for ``timeout`` seconds.
@@ -422,6 +426,7 @@ class SelfComm(Comm):
         return sub
 
     def abort(self, code: int = 1) -> None:
+        supervisor.reported()
         os._exit(code)
 
     def start_watchdog(self, timeout: float) -> None:

@@ -8,7 +8,8 @@ POINT, ACTION happens.  The points ocnet reaches are
 * ``setup`` — each set-up step (configuration, device, data, network, solver),
 * ``step`` — each training step, after the solver's step,
 * ``evaluate`` — each evaluation,
-* ``checkpoint`` — each checkpoint shard, after its bytes are written, before its rename;
+* ``checkpoint`` — each checkpoint shard, after its bytes are written, before its rename,
+* ``finish`` — once training is over, before rank 0 writes the model, summary and figures;
 
 and the actions are
 
@@ -29,7 +30,7 @@ import signal
 import time
 
 ACTIONS = ("raise", "memory", "hang", "kill", "term", "int", "nan", "nospace")
-POINTS = ("setup", "step", "evaluate", "checkpoint")
+POINTS = ("setup", "step", "evaluate", "checkpoint", "finish")
 
 
 class InjectedFault(RuntimeError):

@@ -17,6 +17,8 @@ so the job prints one message and changes no file); 3 the method failed on every
 together (a diverged MGRIT solve, a non-finite loss or parameter); 128 + the signal's number
 after SIGTERM / SIGINT stopped the run at a step boundary with a checkpoint.  Any other
 exception on any rank aborts the whole job (no rank is left waiting), from the first line on.
+A ``SystemExit`` after set-up does too, with one line (:func:`_left`); a rank that leaves without
+a word (``os._exit``, a signal) is named by its supervisor (:mod:`ocnet.ranks.supervisor`).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from . import checkpoint, claim, directory, faults, startup
-from ..ranks import timeline
+from ..ranks import supervisor, timeline
 from ..ranks import comm as comm_mod
 from .config import ConfigError, dump_toml, given, help_text, resolve
 from .config import check_filter, without_effect
@@ -67,7 +69,7 @@ def agree(comm: comm_mod.Comm, what: Callable[[], T]) -> T:
         result = what()
     except Exception as e:  # a user's plug-in may raise anything while it is built
         error = e
-    except KeyboardInterrupt as e:  # Ctrl-C during set-up: stop like any other set-up failure
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or a plug-in that exits: a set-up failure
         error = e
     first = comm.allreduce(comm.rank if error is not None else comm.size, op="min")
     if first < comm.size:
@@ -84,6 +86,8 @@ def _message(error: BaseException | None) -> str:
     where the type is not one of the expected kinds of bad input."""
     if isinstance(error, KeyboardInterrupt):
         return "interrupted during set-up"
+    if isinstance(error, SystemExit):
+        return f"raised SystemExit({error.code!r}) during set-up (a plug-in that exits?)"
     if isinstance(error, (ConfigError, DataError, ValueError, OSError)) and str(error):
         return str(error).splitlines()[0]
     return f"{type(error).__name__}: {error}".splitlines()[0]
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None, draw: Callable[[Path], None] | None = No
     comm = comm_mod.world()
     startup.uninstall()  # the job's own handling of Ctrl-C and errors from here on
     comm_mod.abort_on_exception(comm)  # from the first line on: no exception leaves a rank waiting
+    supervisor.note("during set-up")
     if "--help" in argv or "-h" in argv:
         try:
             given([a for a in argv if a not in ("--help", "-h")])  # the plug-ins' solvers join the list
@@ -294,6 +299,8 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
         if final_test is None:  # with a validation set the test set is scored once, now
             comm.where("evaluation of the test set")
             final_test = evaluate(solver, grid.layers, data.x_test, data.y_test, grid)[0]
+    except SystemExit as e:  # a solver or plug-in that exits: the other ranks would wait for this one
+        return _left(comm, e)
     except (SolverError, NonFinite) as e:  # raised by every rank together: one message, every rank exits
         if comm.rank == 0:
             print(f"ocnet: error: {e}", file=sys.stderr, flush=True)
@@ -316,6 +323,9 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
         # once its timeout passes without the ticks of a run that is over.
         comm.stop_watchdog()
     wall = time.perf_counter() - t0
+    supervisor.note("while writing the model, summary and figures" if comm.rank == 0
+                    else "after training, while rank 0 writes the model, summary and figures")
+    faults.inject("finish", comm.rank)
     model = comm.gather(network.problem_state())
     if model is not None:  # rank 0
         model = model[:grid.layers.size]  # the first data group's layers
