@@ -459,3 +459,29 @@ def test_an_empty_data_set_is_refused(monkeypatch):
     empty = np.zeros((0, 2)), np.zeros(0, np.int64)
     monkeypatch.setitem(problems._LOADERS, "peaks", lambda root, seed: (*empty, np.ones((3, 2)), np.zeros(3), 5))
     assert _message(lambda: load("peaks")) == "data set 'peaks': the training set is empty"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 42, 2**31 - 1])
+def test_digits_split_is_scikit_learns(seed):
+    """The digits are read without importing scikit-learn, and split as its stratified
+    train_test_split splits them, sample for sample."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    digits = load_digits()
+    x = digits.images.reshape(-1, 1, 8, 8) / 16.0
+    x_tr, x_te, y_tr, y_te = train_test_split(x, digits.target, test_size=0.2, random_state=seed,
+                                              stratify=digits.target)
+    for ours, theirs in zip(generated._load_digits(None, seed)[:4], (x_tr, y_tr, x_te, y_te)):
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stratified_split_draws_as_scikit_learn_does(seed):
+    from sklearn.model_selection import StratifiedShuffleSplit
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2 + seed, size=40 + 17 * seed)
+    y[:2 * (2 + seed)] = np.repeat(np.arange(2 + seed), 2)  # every class at least twice
+    test_size = [0.2, 0.25, 0.3, 0.5, 0.15, 0.35][seed]
+    theirs = next(StratifiedShuffleSplit(1, test_size=test_size, random_state=seed).split(y, y))
+    for a, b in zip(generated.stratified_split(y, test_size, seed), theirs):
+        assert np.array_equal(a, b)

@@ -2,12 +2,15 @@
 ``digits``."""
 from __future__ import annotations
 
+import gzip
+import importlib.util
+import math
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .dataset import Raw
+from .dataset import DataError, Raw
 
 # --------------------------------------------------------------------------- peaks
 
@@ -71,11 +74,53 @@ def _load_sequences(data_dir: Path | None, seed: int) -> Raw:
 # -------------------------------------------------------------------------- digits
 
 def _load_digits(data_dir: Path | None, seed: int) -> Raw:
-    from sklearn.datasets import load_digits  # imported lazily: only this loader needs it
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's 8×8 digits (1,797 images), read from the file scikit-learn ships without
+    importing scikit-learn, which would add about a second to the start of every rank; split
+    80 / 20 by class as ``train_test_split(..., test_size=0.2, stratify=y, random_state=seed)``
+    splits them (asserted against it in the tests)."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data set 'digits' needs scikit-learn, which ships it: pip install scikit-learn")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    x, y = data[:, :-1].reshape(-1, 1, 8, 8) / 16.0, data[:, -1].astype(int)  # pixel values are 0 … 16
+    train, test = stratified_split(y, 0.2, seed)
+    return x[train], y[train], x[test], y[test], 10
 
-    digits = load_digits()
-    x = digits.images.reshape(-1, 1, 8, 8) / 16.0  # pixel values are 0 … 16
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, digits.target, test_size=0.2, random_state=seed, stratify=digits.target)
-    return x_tr, y_tr, x_te, y_te, 10
+
+def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` of one split of the samples with labels ``y`` that keeps each
+    class's share in both parts: the split of scikit-learn's ``StratifiedShuffleSplit`` with
+    ``random_state=seed`` (the same draws from the same ``RandomState``, in the same order)."""
+    n_test = math.ceil(test_size * len(y))
+    n_train = len(y) - n_test
+    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i, indices in enumerate(members):
+        shuffled = indices.take(rng.permutation(counts[i]), mode="clip")
+        train.extend(shuffled[:n_i[i]])
+        test.extend(shuffled[n_i[i]:n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """Samples per class when ``n_draws`` are drawn from classes of ``counts``: the floor of
+    each class's share, plus one for the largest remainders (ties broken by ``rng``)."""
+    continuous = counts / counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need = int(n_draws - floored.sum())
+    remainder = continuous - floored
+    for value in np.sort(np.unique(remainder))[::-1]:
+        if need <= 0:
+            break
+        (tied,) = np.where(remainder == value)
+        add = min(len(tied), need)
+        floored[rng.choice(tied, size=add, replace=False)] += 1
+        need -= add
+    return floored.astype(int)
