@@ -6,7 +6,7 @@ NP ?= 8
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench docs clean
+.PHONY: setup run lint test test-fast check-configs check-gpu bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -19,12 +19,33 @@ $(VENV)/.installed: setup.py pyproject.toml
 run: setup
 	$(BIN)/mpirun -n $(NP) $(BIN)/python -m ocnet.run
 
-# Lint, types and the order of the parts first (seconds), then the suite.
-test: setup
+# The venv's mpiexec first on PATH: MPI tests launch it.
+PYTEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
+# Two pytest workers: MPI tests spend much of their time starting ranks and waiting.
+WORKERS ?= 2
+
+# Lint, types and the order of the parts (seconds).
+lint: setup
 	$(BIN)/ruff check ocnet tests benchmarks docs/figures.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
+
+# Lint, then the whole suite but the configuration reproductions (make check-configs).
+test: lint
+	$(PYTEST) -n $(WORKERS) --dist worksteal -m "not configs" tests
+
+# After each change: everything but the tests that launch ranks, the site build and the reproductions.
+test-fast: setup
+	$(PYTEST) -n $(WORKERS) --dist worksteal -m "not mpi and not docs and not configs" tests
+
+# The shipped configurations trained to the accuracy each promises (minutes each).
+check-configs: setup
+	@start=$$(date +%s); $(PYTEST) -m configs tests; status=$$?; \
+	echo "check-configs: $$(( $$(date +%s) - start )) s"; exit $$status
+
+# On a machine with CUDA: the device tests, the default run and solver timings on the GPU.
+check-gpu: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/check_gpu.py
 
 # The documentation site in docs/_build/html (its figures drawn by short runs of ocnet).
 docs: setup

@@ -21,6 +21,6 @@ setup(
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.6", "mypy>=1.10", "hypothesis>=6.100", "sphinx>=7", "furo>=2024.1",
-                             "import-linter>=2.1"],
+                             "import-linter>=2.1", "pytest-xdist>=3.5"],
                     "docs": ["sphinx>=7", "furo>=2024.1", "grimp>=3.5"]},
 )

@@ -1,6 +1,7 @@
 """Shared fixtures: the test device and a launcher for scripts under mpiexec."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -30,6 +31,52 @@ def one_step(solver: str, problem, x: torch.Tensor, y: torch.Tensor, **options) 
 def flat(grads: dict) -> torch.Tensor:
     """The gradients of :func:`one_step` as one vector."""
     return torch.cat([g.flatten() for g in grads.values()])
+
+
+def _launches_ranks(args) -> bool:
+    program = args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]
+    return os.path.basename(str(program)) in ("mpiexec", "mpirun")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that take the ``device`` fixture are the device-dependent ones (``-m device``:
+    what ``make check-gpu`` runs with ``OCNET_TEST_DEVICE=cuda``)."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@contextlib.contextmanager
+def _no_ranks_unless_marked(item):
+    """A test that launches ranks under mpiexec (in its body or its fixtures) must say so
+    (``@pytest.mark.mpi``), so that ``make test-fast`` (``-m "not mpi"``) leaves every one out."""
+    if item.get_closest_marker("mpi") is not None:
+        yield
+        return
+
+    class Popen(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            if _launches_ranks(args):
+                pytest.fail(f"{item.nodeid} launches ranks under mpiexec: mark it @pytest.mark.mpi")
+            super().__init__(args, *rest, **kwargs)
+
+    unguarded, subprocess.Popen = subprocess.Popen, Popen
+    try:
+        yield
+    finally:
+        subprocess.Popen = unguarded
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _no_ranks_unless_marked(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _no_ranks_unless_marked(item):
+        return (yield)
 
 
 @pytest.fixture(scope="module")

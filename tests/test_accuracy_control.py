@@ -85,6 +85,7 @@ def _run(tmp_path, name: str, *options: str) -> list[dict]:
     return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.mpi
 def test_fixed_one_shot_stalls_where_the_controlled_runs_do_not(tmp_path):
     """Peaks, a dense net of 16 layers on [0, 4], 3 levels, c = 2, 2 ranks.  One-shot MGRIT with
     one iteration per solve stalls (its loss ends at least 25 % above serial training's);

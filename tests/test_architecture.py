@@ -12,6 +12,7 @@ import torch
 import ocnet
 from ocnet.model.data import load
 from ocnet.run import main
+from ocnet.runs.launcher import run
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE_PARTS = Path(__file__).resolve().parent / "fixtures" / "run_before_parts"
@@ -21,9 +22,8 @@ FIXTURE_FLAGS = ["--layers", "4", "--width", "8", "--limit-batches", "6", "--che
 
 
 def lint_imports(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("lint-imports")), "--no-cache", *args], cwd=cwd,
-                          env={"PYTHONPATH": str(cwd), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                          timeout=300)
+    return run([str(Path(sys.executable).with_name("lint-imports")), "--no-cache", *args], cwd=cwd,
+               env={"PYTHONPATH": str(cwd)}, timeout=300)
 
 
 def test_the_parts_keep_their_order():
@@ -48,8 +48,7 @@ def test_the_public_names_and_entry_points_stay():
     for name in ocnet.__all__:
         assert getattr(ocnet, name) is not None
     for module in ("ocnet.run", "ocnet.plot", "ocnet.speedup"):
-        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
-                              cwd=ROOT)
+        proc = run([sys.executable, "-m", module, "--help"], timeout=120, cwd=ROOT)
         assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr
 
 

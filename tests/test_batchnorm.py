@@ -18,6 +18,7 @@ FLAGS = ["--net", "conv", "--norm", "batch", "--layers", "4", "--channels", "8",
          "--epochs", "1", "--limit-batches", "3"]
 
 
+@pytest.mark.mpi
 def test_serial_on_two_ranks_equals_plain_pytorch(tmp_path):
     """``--norm batch``, one micro-batch, P = 2, three Adam steps on the digits: the parameters
     and the running statistics equal those of the exported module trained by plain PyTorch

@@ -8,6 +8,7 @@ from ocnet.ranks.comm import Request, SelfComm
 from ocnet.ranks.watchdog import Progress
 
 
+@pytest.mark.mpi
 def test_pipeline_of_compute_is_not_starved(mpi, tmp_path):
     """8 ranks on this machine's cores: the chain takes at most 1.5 x its compute."""
     out = tmp_path / "wait.json"
@@ -32,6 +33,7 @@ def test_self_comm_counts_bytes_and_round_trips():
     assert comm.allreduce(2.5) == 2.5 and comm.gather("a") == ["a"] and comm.bcast(7) == 7
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_operations_on_several_ranks(mpi, tmp_path, ranks):
     out = tmp_path / "ops.json"

@@ -15,6 +15,7 @@ def _records(out):
     return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.mpi
 def test_one_line_per_epoch_from_rank_0_through_a_pipe(mpi, tmp_path):
     out = tmp_path / "run"
     proc = mpi(2, "ocnet.run", *SMALL, "--log-every", "5", "--out", str(out), module=True, plain=True)
@@ -44,6 +45,7 @@ def test_one_line_per_epoch_from_rank_0_through_a_pipe(mpi, tmp_path):
     assert lines[-1].startswith("ocnet: serial P=2 on digits")
 
 
+@pytest.mark.mpi
 def test_quiet_prints_only_the_summary(mpi, tmp_path):
     proc = mpi(2, "ocnet.run", *SMALL, "--quiet", "--out", str(tmp_path / "run"), module=True, plain=True)
     assert proc.returncode == 0, proc.stderr
@@ -82,6 +84,7 @@ def test_statistics_block():
     assert statistics([], ranks, 0.0).splitlines()[0] == "statistics: 0 epochs, 0 steps, this job 0.0 s of training"
 
 
+@pytest.mark.mpi
 def test_a_resumed_runs_summary_covers_the_whole_run(mpi, tmp_path):
     """2 epochs, then resumed to 3 on the same 2 ranks: the summary's epochs and bytes are the
     uninterrupted 3-epoch run's, its wall time the two jobs' together; the resumed job goes

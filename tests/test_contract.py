@@ -32,6 +32,7 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.mpi
 def test_penalty_on_three_ranks_equals_one_rank(mpi, tmp_path):
     """K = 4 blocks on 16 layers: the same method at P = 3 as at P = 1 (float64)."""
     flags = ["--solver", "penalty", "--blocks", "4", "--epochs", "2", "--dtype", "float64", "--quiet",
@@ -100,6 +101,7 @@ def test_hybrid_takes_its_partners_options():
     assert not issubclass(Serial, ParallelSolver) and not issubclass(Hybrid, ParallelSolver)
 
 
+@pytest.mark.mpi
 def test_hybrid_with_mgrit_adaptive_records_factors(mpi, tmp_path):
     out = tmp_path / "run"
     proc = mpi(2, "ocnet.run", "--solver", "hybrid", "--parallel", "mgrit", "--mgrit-levels", "3",
@@ -224,6 +226,7 @@ def test_the_package_has_no_import_circle():
 
 
 # -- a diverged solve ends the run with one line ----------------------------------------------------
+@pytest.mark.mpi
 def test_mgrit_divergence_is_the_runs_clear_error(mpi, tmp_path):
     """Steps of h = 6e4 with ReLU overflow float32: the solve stops at the first non-finite
     residual and every rank ends with one message and status 3."""

@@ -16,6 +16,9 @@ PROGRAMS = ("mpirun ", "mpiexec ", "python ", "make ", "pip ", "OCNET_", ".venv/
 ELSEWHERE = {
     "make run": "the set-up; `make test` (CI) runs the same set-up, test_run.py the default run on 8 ranks",
     "make test": "CI's own command",
+    "make test-fast": "a subset of `make test` (CI)",
+    "make check-configs": "CI runs it after `make test` (.ci/run)",
+    "make check-gpu": "needs CUDA; without it, it says so and exits 0",
     "make docs": "tests/test_docs.py builds the site",
     'pip install -e ".[test]"': "the set-up of `make test`",
     "python -m pytest tests": "the suite itself",
@@ -36,10 +39,13 @@ ELSEWHERE = {
 BENCHMARK = "benchmarks/"  # minutes each: `make bench`
 
 
-def commands() -> list[str]:
-    """The command lines of the docs' literal blocks (continuations joined, comments cut)."""
+PAGES = sorted((ROOT / "docs").glob("*.rst")) + [ROOT / "README.rst"]
+
+
+def commands(pages: list[Path] = PAGES) -> list[str]:
+    """The command lines of the literal blocks of ``pages`` (continuations joined, comments cut)."""
     out = []
-    for path in sorted((ROOT / "docs").glob("*.rst")) + [ROOT / "README.rst"]:
+    for path in pages:
         lines = path.read_text().splitlines()
         i = 0
         while i < len(lines):
@@ -53,24 +59,29 @@ def commands() -> list[str]:
     return out
 
 
-RUNS = [c for c in commands() if c not in ELSEWHERE and BENCHMARK not in c]
+def runs(pages: list[Path] = PAGES) -> list[str]:
+    """The commands of ``pages`` that this file runs."""
+    return [c for c in commands(pages) if c not in ELSEWHERE and BENCHMARK not in c]
 
 
 def test_every_command_is_run_or_accounted_for():
     shown = set(commands())
     assert set(ELSEWHERE) <= shown, set(ELSEWHERE) - shown  # no stale entries
-    for c in RUNS:
-        assert re.fullmatch(r"((mpirun|mpiexec) -n \d )?python -m ocnet\.(run|plot|calibrate)( \S+)*", c), \
+    for c in runs():
+        assert re.fullmatch(r"((mpirun|mpiexec) -n \d )?python -m ocnet\.(run|plot|perf\.calibrate)( \S+)*", c), \
             f"a command in the docs is neither run by tests/test_doc_commands.py nor listed there: {c}"
 
 
-def test_the_docs_commands_run(tmp_path):
-    """In the order the docs give them (a plot reads the run directory made before it)."""
+@pytest.mark.mpi
+@pytest.mark.parametrize("page", [p for p in PAGES if runs([p])], ids=lambda p: p.name)
+def test_the_docs_commands_run(tmp_path, page):
+    """Page by page, in the order the page gives them (a plot reads the run directory made
+    before it)."""
     if testing.mpiexec() is None:
         pytest.skip("no mpiexec available")
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     (tmp_path / "run.toml").write_text('problem = "digits"\nlayers = 8\n')  # the docs' "run.toml"
-    for c in RUNS:
+    for c in runs([page]):
         args = c.split()
         n = int(args[2]) if args[0] in ("mpirun", "mpiexec") else 1
         args = args[args.index("-m") + 1:]

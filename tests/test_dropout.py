@@ -78,6 +78,7 @@ def test_mgrit_relaxations_reuse_the_masks():
     assert float((grads["mgrit"] - grads["serial"]).norm() / grads["serial"].norm()) < 1e-8
 
 
+@pytest.mark.mpi
 def test_history_is_the_same_on_any_ranks_and_micro_batches(tmp_path):
     """``--dropout 0.1``, float64, two epochs of three steps: P = 1, 2, 4, with 1 or 4
     micro-batches, give the same losses and parameters."""

@@ -58,6 +58,7 @@ def test_a_run_with_validation_keeps_its_best_epoch_and_tests_once(tmp_path):
     assert all("val_acc" in r and "test_acc" in r for r in _records(again) if r["kind"] == "epoch")
 
 
+@pytest.mark.mpi
 def test_validation_on_two_ranks_resumes(mpi, tmp_path):
     out = tmp_path / "run"
     flags = [*TINY, "--val-split", "0.2", "--checkpoint-every", "1"]

@@ -21,6 +21,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_same_history_as_one_rank(runs, n):
     one, many = runs[1], runs[n]
@@ -41,6 +42,7 @@ def test_same_history_as_one_rank(runs, n):
             assert ref["residual"][-1] <= 1e-13, case
 
 
+@pytest.mark.mpi
 def test_bytes_sent_grow_with_ranks(runs):
     # each message carries one state of 3 float64 (24 bytes); one process sends none
     for case in ("fcf_v3", "f_v2"):
@@ -48,6 +50,7 @@ def test_bytes_sent_grow_with_ranks(runs):
         assert b1 == 0 and 0 < b2 < b4 and b2 % 24 == 0 and b4 % 24 == 0
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("n", [2, 3])
 def test_divergence_raises_on_every_rank(mpi, tmp_path, n):
     path = tmp_path / "nan.json"

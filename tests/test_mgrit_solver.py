@@ -39,6 +39,7 @@ def test_exact_gradients_match_serial(one_rank):
     assert one_rank["exact"]["n_layers"] == 32
 
 
+@pytest.mark.mpi
 def test_four_ranks_same_gradients_and_one_shot_history(one_rank, tmp_path):
     path = tmp_path / "p4.json"
     proc = run_mpi(4, "mgrit_network.py", str(path), timeout=180)
@@ -82,6 +83,7 @@ def test_unaligned_partition_and_several_stages_fail_clearly():
         MGRIT(staged.local(Partition(staged.n_layers, 1), 0), SelfComm(), lambda p: torch.optim.SGD(p, lr=0.1))
 
 
+@pytest.mark.mpi
 def test_one_shot_training_on_digits_matches_serial_accuracy(tmp_path):
     common = ["--epochs", "10", "--layers", "16", "--quiet"]
     serial = run_mpi(1, "ocnet.run", "--solver", "serial", "--out", str(tmp_path / "serial"), *common,
@@ -121,6 +123,7 @@ def test_graph_storage_gives_the_gradients_of_states_storage():
     _check_storage(_storage_script().run(SelfComm()))
 
 
+@pytest.mark.mpi
 def test_graph_storage_on_three_ranks(tmp_path):
     path = tmp_path / "storage.json"
     proc = run_mpi(3, "mgrit_storage.py", str(path), timeout=180)

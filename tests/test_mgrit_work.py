@@ -95,6 +95,7 @@ def test_torchbraid_settings_count():
     assert solve_work(64, 4, 3, "FCF", 1, "V", True, 1, 1, fine="F")[-1] == 212
 
 
+@pytest.mark.mpi
 def test_step_evals_on_several_ranks(mpi, tmp_path):
     spec = importlib.util.spec_from_file_location("mgrit_work", MPI_SCRIPTS / "mgrit_work.py")
     script = importlib.util.module_from_spec(spec)

@@ -46,6 +46,8 @@ def accuracy(tmp_path_factory):
     return train
 
 
+@pytest.mark.configs
+@pytest.mark.mpi
 @pytest.mark.parametrize("path", [p for p in CONFIGS if "# Expect:" in _header(p)], ids=lambda p: p.name)
 def test_config_reaches_what_it_promises(accuracy, path):
     promised = float(re.search(r"# Expect: test accuracy >= ([0-9.]+) %", _header(path)).group(1)) / 100

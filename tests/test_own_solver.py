@@ -2,11 +2,13 @@
 command line under mpiexec, the launcher script, an entry point, and check_solver at P = 2."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import mpiexec
+
+from ocnet.runs.launcher import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,27 +36,28 @@ def _write(tmp_path):
         (tmp_path / name).write_text(code)
 
 
+@pytest.mark.mpi
 def test_tutorial_solver_runs_from_the_command_line(tmp_path):
     _write(tmp_path)
     cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "ocnet.run", "--plugin", "mine.py", "--solver", "clipped",
            "--clip", "0.5", "--epochs", "1", "--layers", "4", "--quiet", "--out", "run"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = run(cmd, cwd=tmp_path, env=_env(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert 'plugin = "mine.py"' in (tmp_path / "run" / "config.toml").read_text()
     iters = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     norms = [r["grad_norm"] for r in iters if r["kind"] == "iter"]
     assert norms and all(n > 0 for n in norms)  # one value per step, not summed over the two ranks
-    help_text = subprocess.run([sys.executable, "-m", "ocnet.run", "--plugin", "mine.py", "--help"], cwd=tmp_path,
-                               env=_env(tmp_path), capture_output=True, text=True, timeout=60).stdout
+    help_text = run([sys.executable, "-m", "ocnet.run", "--plugin", "mine.py", "--help"], cwd=tmp_path,
+                    env=_env(tmp_path), timeout=60).stdout
     assert "--clip" in help_text and "clipped" in help_text
 
 
+@pytest.mark.mpi
 def test_tutorial_test_passes_with_check_solver_on_two_ranks(tmp_path):
     _write(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_mine.py"],
-                          cwd=tmp_path, env={**_env(tmp_path), "PATH": f"{Path(sys.executable).parent}"
-                                                                      f"{os.pathsep}{os.environ['PATH']}"},
-                          capture_output=True, text=True, timeout=300)
+    proc = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_mine.py"],
+               cwd=tmp_path, env={**_env(tmp_path), "PATH": f"{Path(sys.executable).parent}"
+               f"{os.pathsep}{os.environ['PATH']}"}, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
 
@@ -63,9 +66,8 @@ def test_plugin_through_the_launcher_and_its_config(tmp_path):
     _write(tmp_path)
     (tmp_path / "mine.toml").write_text(f'plugin = "{tmp_path / "mine.py"}"\nsolver = "clipped"\nlayers = 4\n'
                                         'epochs = 1\nquiet = true\n')
-    proc = subprocess.run(["bash", str(ROOT / "mpi_runs" / "local.sh"), "2", "mine.toml", "--out", "run"],
-                          cwd=tmp_path, env={**_env(tmp_path), "OCNET_BIN": str(Path(sys.executable).parent)},
-                          capture_output=True, text=True, timeout=120)
+    proc = run(["bash", str(ROOT / "mpi_runs" / "local.sh"), "2", "mine.toml", "--out", "run"],
+               cwd=tmp_path, env={**_env(tmp_path), "OCNET_BIN": str(Path(sys.executable).parent)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["solver"] == "clipped"
 
@@ -76,16 +78,16 @@ def test_solver_declared_as_an_entry_point(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mine\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[ocnet.solvers]\nclipped = mine:Clipped\n")
-    proc = subprocess.run([sys.executable, "-m", "ocnet.run", "--solver", "clipped", "--clip", "0.5",
-                           "--epochs", "1", "--layers", "4", "--quiet", "--out", "run"],
-                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = run([sys.executable, "-m", "ocnet.run", "--solver", "clipped", "--clip", "0.5",
+               "--epochs", "1", "--layers", "4", "--quiet", "--out", "run"],
+               cwd=tmp_path, env=_env(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_a_plugin_that_fails_to_import_is_a_configuration_error(tmp_path):
     (tmp_path / "broken.py").write_text("raise RuntimeError('half-written plug-in')\n")
-    proc = subprocess.run([sys.executable, "-m", "ocnet.run", "--plugin", "broken.py", "--out", "run"],
-                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    proc = run([sys.executable, "-m", "ocnet.run", "--plugin", "broken.py", "--out", "run"],
+               cwd=tmp_path, env=_env(tmp_path), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("ocnet: error: plugin 'broken.py' failed while importing: "
                                    "RuntimeError: half-written plug-in")

@@ -18,6 +18,7 @@ def _gradients(tmp_path, n, *args):
 
 @pytest.mark.parametrize("args", [("penalty", "conv", "6", "identity"),  # two blocks per rank
                                   ("al", "conv", "3", "downsample2")])  # the filtered objective
+@pytest.mark.mpi
 def test_local_gradients_across_ranks(tmp_path, args):
     r = _gradients(tmp_path, 3, *args)
     assert r["all_params"] and r["n_z"] == int(args[2]) - 1
@@ -32,6 +33,7 @@ def test_local_gradients_across_ranks(tmp_path, args):
     assert r["bytes"] == [STATE_BYTES // scale, 2 * STATE_BYTES // scale, STATE_BYTES // scale]
 
 
+@pytest.mark.mpi
 def test_accuracy_on_digits(tmp_path):
     """P = 4, one block per rank, the conv net on digits, 12 epochs for every solver, default
     solver options (penalty_accuracy.py; docs/layer_parallel.rst, "Accuracy"): penalty and al

@@ -127,6 +127,7 @@ def test_weight_pass_counts_nothing_twice(monkeypatch):
     assert len(seen) == 2
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_schedules_give_the_same_gradients_on_many_ranks(mpi, tmp_path, ranks):
     """P = 2, 3; micro-batches 1, 3, 8; with and without a downsampling filter: every

@@ -2,7 +2,6 @@
 batch, not on D or P; records, checkpoints and batch norm's running statistics span the groups."""
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from conftest import run_mpi
 
 from ocnet.ranks import store
 from ocnet.ranks.replicas import GradientAverage, Grid, average_running_statistics, reduction_bytes
+from ocnet.runs import launcher
 from ocnet.solvers.records import FIELDS, combine_groups
 
 CASES = ["serial", "mgrit", "penalty", "al", "serial_dropout", "oneshot", "hybrid"]
@@ -237,12 +237,10 @@ def test_the_slurm_grid_script_launches_d_groups_and_refuses_a_d_that_does_not_d
     (bin_dir / "srun").chmod(0o755)
     script = Path(__file__).resolve().parents[1] / "mpi_runs" / "slurm_grid.sbatch"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_NTASKS": "16", "SLURM_JOB_ID": "7"}
-    ok = subprocess.run(["bash", str(script), "4", "cifar10_serial.toml", "--epochs", "3"], env=env,
-                        capture_output=True, text=True, timeout=30)
+    ok = launcher.run(["bash", str(script), "4", "cifar10_serial.toml", "--epochs", "3"], env=env, timeout=30)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.split() == ["--mpi=pmix", "python", "-m", "ocnet.run", "--config", "cifar10_serial.toml",
                                  "--data-parallel", "4", "--out", "runs/cifar10_serial-D4-7", "--quiet",
                                  "--epochs", "3"]
-    bad = subprocess.run(["bash", str(script), "3", "cifar10_serial.toml"], env=env, capture_output=True,
-                         text=True, timeout=30)
+    bad = launcher.run(["bash", str(script), "3", "cifar10_serial.toml"], env=env, timeout=30)
     assert bad.returncode == 2 and "3 data groups do not divide the job's 16 tasks" in bad.stderr

@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import MPI_SCRIPTS, ROOT, run_mpi
 
+from ocnet.runs import launcher
+
 pytestmark = pytest.mark.mpi
 
 CASES = ["serial_4to2", "serial_2to3", "penalty_4to2", "hybrid_2to3", "mgrit_2to1", "oneshot_2to1"]
@@ -65,10 +67,9 @@ CHAINS = {
 @pytest.fixture(scope="module")
 def kills(tmp_path_factory):
     root = tmp_path_factory.mktemp("kills")
-    import subprocess
-    proc = subprocess.run([sys.executable, str(MPI_SCRIPTS / "reshard_kill.py"), str(root), json.dumps(CHAINS)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    proc = launcher.run([sys.executable, str(MPI_SCRIPTS / "reshard_kill.py"), str(root), json.dumps(CHAINS)],
+                        cwd=ROOT, timeout=300,
+                        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, json.loads((root / "result.json").read_text())
 

@@ -72,6 +72,7 @@ def single_rank(tmp_path_factory):
 @pytest.mark.parametrize("net,ranks,pipeline", [("dense", 2, "1f1b"), ("dense", 4, "1f1b"), ("conv", 2, "1f1b"),
                                                ("conv", 4, "1f1b"), ("conv", 2, "zb"), ("dense", 4, "zb"),
                                                ("transformer", 2, "1f1b"), ("transformer", 4, "zb")])
+@pytest.mark.mpi
 def test_ranks_give_same_parameters(mpi, tmp_path, single_rank, net, ranks, pipeline):
     """Two training steps on P ranks, with and without micro-batches, under each pipeline
     schedule, equal P = 1 (float64, rtol 1e-10)."""

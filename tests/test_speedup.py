@@ -113,6 +113,7 @@ def test_cli_rejects_a_bad_key(capsys):
     assert "unknown key" in capsys.readouterr().err
 
 
+@pytest.mark.mpi
 def test_link_calibration_under_mpiexec(mpi, tmp_path):
     out = tmp_path / "link.json"
     proc = mpi(3, "speedup_link.py", str(out), timeout=60)

@@ -48,6 +48,7 @@ def test_contract_catches_broken_solvers(cls, message):
     (MGRIT, {"coarsening": 2, "mgrit_levels": 2}),
     (Hybrid, {"blocks": 3, "parallel_epochs": 1, "serial_epochs": 1}),
 ])
+@pytest.mark.mpi
 def test_builtin_solvers_pass_on_two_and_three_ranks(cls, options):
     check_solver(cls, ranks=(2, 3), **options)
 
@@ -81,6 +82,7 @@ class Deadlock(Serial):
     (BlocksPerRank, "on 2 ranks differ", {}),
     (Deadlock, "deadlock on 2 ranks hangs", {"timeout": 8}),  # it hangs whenever the timeout falls
 ])
+@pytest.mark.mpi
 def test_multi_rank_checks_catch_broken_solvers(cls, message, kw):
     with pytest.raises(AssertionError, match=message):
         check_solver(cls, ranks=(2,), **kw)

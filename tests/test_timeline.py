@@ -178,6 +178,7 @@ def _check_common(run_dir, ranks: int) -> dict[int, list[timeline.Window]]:
     return loaded
 
 
+@pytest.mark.mpi
 def test_pipeline_timeline_of_a_real_run(mpi, tmp_path):
     out = tmp_path / "serial"
     proc = mpi(2, "ocnet.run", "--solver", "serial", "--micro-batches", "4", "--layers", "4", "--width", "8",
@@ -195,6 +196,7 @@ def test_pipeline_timeline_of_a_real_run(mpi, tmp_path):
         assert forward[1][0][1] >= forward[0][0][2]
 
 
+@pytest.mark.mpi
 def test_penalty_timeline_of_a_real_run(mpi, tmp_path):
     out = tmp_path / "penalty"
     proc = mpi(2, "ocnet.run", "--solver", "penalty", "--layers", "4", "--width", "8", "--epochs", "1",

@@ -140,6 +140,7 @@ def test_sequences_data_set():
     assert torch.equal(load("sequences", seed=3).x_test, data.x_test)
 
 
+@pytest.mark.mpi
 def test_mgrit_on_two_ranks_equals_one(tmp_path):
     """Exact-mode MGRIT on the token transformer: P = 2 gives P = 1's loss and parameters."""
     runs = {}
@@ -159,6 +160,7 @@ def test_mgrit_on_two_ranks_equals_one(tmp_path):
         torch.testing.assert_close(m2[k], m1[k], rtol=1e-8, atol=1e-12, msg=k)
 
 
+@pytest.mark.mpi
 def test_vision_transformer_on_mnist_format_files(tmp_path):
     """``--net transformer`` on IDX files: 28×28 images in 7×7 patches (16 tokens and the
     class token); the run trains and its exported model reproduces the solver's predictions."""

@@ -40,6 +40,7 @@ from ..model.problem import Problem, build
 from ..solvers.records import Record, combine
 from ..solvers.base import Solver
 from ..solvers.serial import Serial
+from .launcher import launch, mpiexec
 
 
 def _toy(seed: int = 0, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,33 +220,6 @@ def _load(spec: str) -> type[Solver]:
     where, _, name = spec.rpartition(":")
     module = sys.modules[load_plugins(where)[0]]
     return getattr(module, name)
-
-
-def mpiexec() -> str | None:
-    """The mpiexec beside this Python (e.g. the ``mpich`` wheel's in a venv), else the one on PATH."""
-    local = Path(sys.executable).parent / "mpiexec"
-    return str(local) if local.exists() else shutil.which("mpiexec")
-
-
-def launch(n: int, args: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
-           cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-    """``mpiexec -n n ARGS`` in a session of its own, so that a timeout kills every rank.
-
-    Raises ``TimeoutError`` (with the output so far) when the ranks do not finish in time."""
-    exe = mpiexec()
-    if exe is None:
-        raise FileNotFoundError("no mpiexec found beside this Python or on PATH")
-    cmd = [exe, "-n", str(n), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise TimeoutError(f"{' '.join(cmd)} did not finish within {timeout} s (deadlock?)\n"
-                           f"stdout: {out}\nstderr: {err}") from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _check_on_ranks(cls: type[Solver], options: dict[str, Any], layers: int, n: int,
