@@ -25,9 +25,6 @@ import io
 import json
 import math
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -35,12 +32,12 @@ from typing import Any, Sequence
 
 import torch
 
-from ..ranks.comm import Comm, SelfComm
 from ..model.problem import Problem, build
-from ..solvers.records import Record, combine
+from ..ranks.comm import Comm, SelfComm
 from ..solvers.base import Solver
+from ..solvers.records import Record, combine
 from ..solvers.serial import Serial
-from .launcher import launch, mpiexec
+from .launcher import launch
 
 
 def _toy(seed: int = 0, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
