@@ -269,7 +269,6 @@ def _check_info(marker: Path, info: Any) -> None:
             raise bad(str(e)) from None
 
 
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

@@ -187,8 +187,6 @@ def idle_plugins(spec: str) -> list[str]:
     return idle
 
 
-
-
 def parse_argv(argv: Sequence[str]) -> dict[str, Any]:
     """``['--batch-size', '32', '--quiet']`` ↦ ``{'batch_size': '32', 'quiet': 'true'}``
     (values stay strings; :func:`resolve` converts them)."""
