@@ -14,8 +14,8 @@ import pytest
 from ocnet.ranks import supervisor
 from ocnet.ranks.supervisor import clean, verdict
 from ocnet.run import main
-from ocnet.runs import testing
 from ocnet.runs.job import EXIT_SETUP
+from ocnet.runs.launcher import Stopwatch, mpiexec
 from ocnet.solvers import SOLVERS
 from ocnet.solvers.serial import Serial
 
@@ -162,7 +162,6 @@ def test_a_rank_that_leaves_while_starting_fails_the_job(mpi, tmp_path):
 def test_system_exit_on_one_rank_ends_the_job_at_once(mpi, tmp_path):
     """SystemExit(0) in rank 1's second step: the job ends at once, not after the stall
     timeout (600 s) with rank 1 taken for a frozen one."""
-    from ocnet.runs.launcher import Stopwatch  # seconds on a quiet machine
     plugin = tmp_path / "exiting.py"
     plugin.write_text(
         "from ocnet import register\nfrom ocnet.solvers.serial import Serial\n\n"
@@ -197,9 +196,20 @@ def test_a_rank_killed_by_a_signal_is_named(mpi, tmp_path, fault, status, line):
 
 
 @pytest.mark.mpi
+def test_a_stop_leaves_no_mpich_notes(mpi, tmp_path):
+    """A stop by SIGTERM completes the step check every rank had posted, so that
+    MPI_Finalize has no pending reference to report: even without the supervisor's filter."""
+    proc = mpi(2, "ocnet.run", "--out", str(tmp_path / "run"), "--epochs", "2", *TINY, module=True, plain=True,
+               timeout=120, env={"OCNET_FAULT": "step:1:term:1", "OCNET_SUPERVISOR": "0"})
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert _lines(proc.stderr) == proc.stderr.splitlines(), proc.stderr
+    assert len(_lines(proc.stderr)) == 1 and "stopped by SIGTERM at epoch 0, step 2" in proc.stderr
+
+
+@pytest.mark.mpi
 def test_ctrl_c_at_mpiexec_reaches_the_workers(tmp_path):
     """mpiexec passes Ctrl-C to the processes it started, the supervisors; they pass it on."""
-    exe = testing.mpiexec()
+    exe = mpiexec()
     if exe is None:
         pytest.skip("no mpiexec available")
     out = tmp_path / "run"

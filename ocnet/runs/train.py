@@ -355,7 +355,11 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                                    loss=loss if step_losses else False)
                     check.at = (step, b, wall[-1])
                     if pending is not None:
-                        settle(ep, pending, b + 1)
+                        try:
+                            settle(ep, pending, b + 1)
+                        except (NonFinite, Stopped):  # every rank posted this step's check: complete it,
+                            check.request.wait()      # or MPI_Finalize reports it as a pending reference
+                            raise
                     pending = check
                 if max_steps and step >= max_steps:
                     done = b + 1
