@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import faults
+from ..model.grid import Partition
 from ..ranks.atomic import atomic_write
 from ..ranks.comm import Comm
-from ..model.grid import Partition
 from ..solvers.records import jsonable
+from . import faults
 
 if TYPE_CHECKING:
     from ..solvers.base import Solver

@@ -24,8 +24,8 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from .. import solvers
-from ..ranks.filters import FILTERS
 from ..model.options import ConfigError, Option, show
+from ..ranks.filters import FILTERS
 
 __all__ = ["COMMON", "RESUMABLE", "ConfigError", "Option", "differences", "dump_toml", "given",
            "help_text", "load_plugins", "parse_argv", "read_toml", "resolve"]

@@ -30,21 +30,20 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from . import checkpoint, claim, directory, faults, startup
-from ..ranks import supervisor, timeline
-from ..ranks import comm as comm_mod
-from .config import ConfigError, dump_toml, given, help_text, resolve
-from .config import check_filter, without_effect
-from .console import Console
 from ..model.data import DataError, Dataset, load, vocabulary
-from ..ranks.filters import FILTERS
-from .memory import check_memory
 from ..model.problem import from_config, net_kind
-from ..solvers.records import dumps
+from ..ranks import comm as comm_mod
+from ..ranks import supervisor, timeline
+from ..ranks.filters import FILTERS
 from ..ranks.replicas import Grid
+from ..ranks.tags import Tags
 from ..solvers import Solver, SolverError
 from ..solvers import get as get_solver
-from ..ranks.tags import Tags
+from ..solvers.records import dumps
+from . import checkpoint, claim, directory, faults, startup
+from .config import ConfigError, check_filter, dump_toml, given, help_text, resolve, without_effect
+from .console import Console
+from .memory import check_memory
 from .train import History, NonFinite, Stopped, evaluate, fit, lr_schedule, steps_per_epoch
 
 T = TypeVar("T")

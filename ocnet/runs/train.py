@@ -21,14 +21,14 @@ from typing import Any, Callable
 import torch
 
 from ..model import batchnorm, dropout
-from . import checkpoint, faults
+from ..model.data import Dataset, augment, batches
 from ..ranks import timeline
 from ..ranks.comm import Comm
-from .console import Console, statistics
-from ..model.data import Dataset, augment, batches
-from ..solvers.records import combine, combine_groups, dumps, jsonable, non_finite
 from ..ranks.replicas import GradientAverage, Grid, average_running_statistics
 from ..solvers.base import Solver
+from ..solvers.records import combine, combine_groups, dumps, jsonable, non_finite
+from . import checkpoint, faults
+from .console import Console, statistics
 
 _EVAL_BATCH = 1000
 _TRAIN_EVAL_MAX = 10_000  # train accuracy is measured on at most this many samples
