@@ -23,7 +23,7 @@ from ocnet.run import main
 from ocnet.runs import claim, directory
 from ocnet.runs.config import resolve
 from ocnet.runs.job import EXIT_SETUP, EXIT_WRITE
-from ocnet.runs.testing import mpiexec
+from ocnet.runs.launcher import mpiexec
 from ocnet.runs.train import Interrupt
 
 ROOT = Path(__file__).resolve().parents[1]
