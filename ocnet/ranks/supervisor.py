@@ -17,7 +17,9 @@ on; any other end (an exit of any status before the job finished, a signal) is o
     ocnet: error: rank 1 (pid 4242) was killed by SIGKILL in epoch 0, step 3
 
 and the supervisor exits with the worker's status (128 + the signal's number; 1 for an exit
-with status 0), which the launcher makes the job's as it ends the other ranks.  The
+with status 0), which the launcher makes the job's as it ends the other ranks (MPICH's
+``mpiexec`` now and then reports instead, with status 9, a rank it killed itself: a race in
+its clean-up that plain MPI programs meet too).  The
 supervisor passes the signals the launcher sends (Ctrl-C at ``mpiexec``, a scheduler's
 SIGTERM) on to the worker, and the worker's output on to the launcher, less MPICH's notes
 about pending references at ``MPI_Finalize``.  Under a launcher the worker writes only into
