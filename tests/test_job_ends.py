@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,8 @@ def test_ctrl_c_at_mpiexec_reaches_the_workers(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                             start_new_session=True)
+    hung = threading.Timer(600, os.killpg, (proc.pid, signal.SIGKILL))  # a start-up that hangs fails
+    hung.start()
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -238,6 +241,7 @@ def test_ctrl_c_at_mpiexec_reaches_the_workers(tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
+        hung.cancel()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
