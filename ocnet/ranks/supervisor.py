@@ -121,8 +121,9 @@ def _become_worker(page: int, relay: tuple[tuple[int, int], tuple[int, int]] | N
     if relay is None:
         return
     (out, out_w), (err, err_w) = relay
-    # The launcher's output pipes close only once no process holds them: none but the
-    # supervisor may, or a supervisor that the launcher kills would not end when it dies.
+    # The launcher's output pipes close only once no process holds them: only the supervisor
+    # may, so that they close when it ends (a launcher that sees a process end with its output
+    # still open takes the process for one that died: MPICH's mpiexec then prints its banner).
     launcher = {_identity(1), _identity(2)} - {None}
     for fd in _open_fds():
         if fd > 2 and fd not in (out, out_w, err, err_w) and _identity(fd) in launcher:
