@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocnet.runs import testing
+from ocnet.runs import launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 MPI_SCRIPTS = Path(__file__).resolve().parent / "mpi"
@@ -97,7 +97,7 @@ def device() -> torch.device:
 
 def mpiexec() -> str:
     """The mpiexec beside this Python (the venv's mpich wheel), else the one on PATH."""
-    found = testing.mpiexec()
+    found = launcher.mpiexec()
     if found is None:
         pytest.skip("no mpiexec available")
     return found
@@ -113,7 +113,7 @@ def run_mpi(n: int, *args: str, timeout: float = 120, env: dict | None = None,
     cmd = [sys.executable] + ([] if plain else ["-m", "mpi4py"])
     cmd += ["-m", *args] if module else [str(MPI_SCRIPTS / args[0]), *args[1:]]
     try:
-        return testing.launch(n, cmd, timeout=timeout, cwd=ROOT,
+        return launcher.launch(n, cmd, timeout=timeout, cwd=ROOT,
                               env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})})
     except TimeoutError as e:
         pytest.fail(str(e))

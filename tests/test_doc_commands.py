@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ocnet.runs import testing
+from ocnet.runs import launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ("mpirun ", "mpiexec ", "python ", "make ", "pip ", "OCNET_", ".venv/", "PATH=", "GLIBC_")
@@ -77,7 +77,7 @@ def test_every_command_is_run_or_accounted_for():
 def test_the_docs_commands_run(tmp_path, page):
     """Page by page, in the order the page gives them (a plot reads the run directory made
     before it)."""
-    if testing.mpiexec() is None:
+    if launcher.mpiexec() is None:
         pytest.skip("no mpiexec available")
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     (tmp_path / "run.toml").write_text('problem = "digits"\nlayers = 8\n')  # the docs' "run.toml"
@@ -87,5 +87,5 @@ def test_the_docs_commands_run(tmp_path, page):
         args = args[args.index("-m") + 1:]
         if args[0] == "ocnet.run" and "--help" not in args:
             args += ["--max-steps", "2", "--quiet", "--timeline-steps", "0"]
-        proc = testing.launch(n, [sys.executable, "-m", *args], timeout=180, env=env, cwd=tmp_path)
+        proc = launcher.launch(n, [sys.executable, "-m", *args], timeout=180, env=env, cwd=tmp_path)
         assert proc.returncode == 0, f"{c}\n{proc.stderr[-2000:]}"

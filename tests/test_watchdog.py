@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ocnet.ranks.watchdog import Progress, Watchdog, process_end, ranks_text, summary
-from ocnet.runs import testing
+from ocnet.runs import launcher
 from ocnet.runs.launcher import Stopwatch, run
 
 SCRIPTS = Path(__file__).resolve().parent / "mpi"
@@ -102,10 +102,10 @@ def test_progress_keeps_a_watchdog_quiet_and_a_stall_ends_it(capfd):
 
 
 def _launch(n, script, *args, timeout=60.0):
-    if testing.mpiexec() is None:
+    if launcher.mpiexec() is None:
         pytest.skip("no mpiexec available")
     try:
-        return testing.launch(n, [sys.executable, str(SCRIPTS / script), *args], timeout=timeout,
+        return launcher.launch(n, [sys.executable, str(SCRIPTS / script), *args], timeout=timeout,
                               env=ENV, cwd=ROOT)
     except TimeoutError as e:
         pytest.fail(str(e))
@@ -194,7 +194,7 @@ def test_a_segmentation_fault_shows_the_python_stack():
 @pytest.mark.mpi
 def test_ctrl_c_at_mpiexec_ends_the_job_with_one_line():
     """hydra forwards SIGINT to every rank: one of them (rank 0) says so."""
-    exe = testing.mpiexec()
+    exe = launcher.mpiexec()
     if exe is None:
         pytest.skip("no mpiexec available")
     cmd = [exe, "-n", "3", sys.executable, str(SCRIPTS / "signal_crash.py"), "loop", "0"]
