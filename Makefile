@@ -32,7 +32,7 @@ lint: setup
 
 # Lint, then the whole suite but the configuration reproductions (make check-configs).
 test: lint
-	$(PYTEST) -n $(WORKERS) --dist worksteal -m "not configs" tests
+	$(PYTEST) -n $(WORKERS) --dist worksteal -m "not configs" --durations=30 tests
 
 # After each change: everything but the tests that launch ranks, the site build and the reproductions.
 test-fast: setup
