@@ -14,10 +14,10 @@ import os
 import sys
 from typing import Any
 
+# The supervisor's module imports nothing beyond the standard library: cheap this early.
+from ..ranks.supervisor import launched_rank
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program Ctrl-C ended
-#: Where launchers put a process's rank before MPI is initialised (MPICH's Hydra and Slurm's
-#: PMI-2, Open MPI, PMIx).
-RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 _previous: Any = None  # the excepthook before install(), while ours is in place
 
@@ -36,7 +36,7 @@ def install() -> None:
         if not issubclass(kind, KeyboardInterrupt):
             return _previous(kind, value, tb)
         try:
-            if launched_rank() == 0:
+            if launched_rank() in (0, None):  # the first rank, or a process started alone
                 sys.stderr.write("ocnet: interrupted while starting\n")
             sys.stderr.flush()
             sys.stdout.flush()
@@ -51,12 +51,3 @@ def uninstall() -> None:
     global _previous
     if _previous is not None:
         sys.excepthook, _previous = _previous, None
-
-
-def launched_rank() -> int:
-    """This process's rank as the launcher says it (0 when started alone)."""
-    for name in RANK_VARIABLES:
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
