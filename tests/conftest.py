@@ -53,6 +53,7 @@ def _no_ranks_unless_marked(item):
     if item.get_closest_marker("mpi") is not None:
         yield
         return
+    pool = launcher.use_pool(None)  # a pooled job would start no mpiexec for the check below
 
     class Popen(subprocess.Popen):
         def __init__(self, args, *rest, **kwargs):
@@ -65,6 +66,7 @@ def _no_ranks_unless_marked(item):
         yield
     finally:
         subprocess.Popen = unguarded
+        launcher.use_pool(pool)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -77,6 +79,25 @@ def pytest_runtest_setup(item):
 def pytest_runtest_call(item):
     with _no_ranks_unless_marked(item):
         return (yield)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rank_pool():
+    """Multi-rank jobs of the tests run in a pool of warm ranks (``OCNET_TEST_POOL`` ranks, 4 by
+    default; 0: every job under an mpiexec of its own), started at the first such job: most
+    of a small job's time is its ranks importing torch."""
+    from ocnet.runs.pool import Pool
+    size = int(os.environ.get("OCNET_TEST_POOL", "4"))
+    if size < 1:
+        yield None
+        return
+    pool = Pool(size, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    previous = launcher.use_pool(pool)
+    try:
+        yield pool
+    finally:
+        launcher.use_pool(previous)
+        pool.close()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 _POLL = 0.25  # seconds between looks at the job and the load
 
@@ -215,10 +215,32 @@ def run(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None = None
     return subprocess.CompletedProcess(list(cmd), proc.returncode, stdout, stderr)
 
 
+class _Pool(Protocol):
+    def task(self, n: int, cmd: Sequence[str], env: dict[str, str] | None,
+             cwd: str | Path | None) -> dict | None: ...
+
+    def launch(self, task: dict, timeout: float) -> subprocess.CompletedProcess: ...
+
+
+_pool: _Pool | None = None
+
+
+def use_pool(pool: _Pool | None) -> _Pool | None:
+    """From now on :func:`launch` sends the jobs that ``pool`` (an :class:`ocnet.runs.pool.Pool`)
+    can run to it; ``None``: every job under a ``mpiexec`` of its own. Returns the previous pool."""
+    global _pool
+    previous, _pool = _pool, pool
+    return previous
+
+
 def launch(n: int, args: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
            cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     """``mpiexec -n n ARGS`` under :func:`run`'s deadline (a session of its own, so that a hang
-    kills every rank)."""
+    kills every rank), or in the pool of warm ranks of :func:`use_pool` where it can run there."""
+    if _pool is not None:
+        task = _pool.task(n, args, env, cwd)
+        if task is not None:
+            return _pool.launch(task, timeout)
     exe = mpiexec()
     if exe is None:
         raise FileNotFoundError("no mpiexec found beside this Python or on PATH")

@@ -1,0 +1,134 @@
+"""The pool of warm ranks runs a job as mpiexec would, and leaves nothing of it for the next."""
+import sys
+import textwrap
+
+import pytest
+
+from ocnet.runs import launcher
+from ocnet.runs.pool import Pool
+
+PROBE = """
+import os, sys
+from mpi4py import MPI
+import torch
+comm = MPI.COMM_WORLD
+print(f"rank {comm.Get_rank()} of {comm.Get_size()} argv {sys.argv[1:]} cwd {os.getcwd()} "
+      f"var {os.environ.get('OMP_NUM_THREADS')} dtype {torch.get_default_dtype()} "
+      f"sum {comm.allreduce(comm.Get_rank() + 1)}", flush=True)
+"""
+
+MESS = """
+import os, signal, sys, warnings
+import torch
+from ocnet.solvers import SOLVERS
+from ocnet.solvers.serial import Serial
+os.environ["OCNET_LEFT"] = "1"
+os.chdir("/")
+torch.set_default_dtype(torch.float64)
+torch.set_num_threads(2)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+warnings.simplefilter("error")
+SOLVERS["left-behind"] = Serial
+sys.path.insert(0, "/nowhere")
+import helper_module
+print("messed", helper_module.VALUE, flush=True)
+"""
+
+LOOK = """
+import os, signal, sys, warnings
+import torch
+from ocnet.solvers import SOLVERS
+print(os.environ.get("OCNET_LEFT"), torch.get_default_dtype(), torch.get_num_threads(),
+      signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, "left-behind" in SOLVERS, "/nowhere" in sys.path,
+      "helper_module" in sys.modules, any(f[0] == "error" and f[2] is Warning for f in warnings.filters), flush=True)
+"""
+
+
+@pytest.fixture
+def pool():
+    with Pool(2, env={"OMP_NUM_THREADS": "1"}, warm=("ocnet.solvers",)) as p:
+        yield p
+
+
+def _launch(n, script, *args, timeout=60.0, env=None, cwd=None):
+    return launcher.launch(n, [sys.executable, "-m", "mpi4py", str(script), *args], timeout=timeout,
+                           env={"OMP_NUM_THREADS": "1", **(env or {})}, cwd=cwd)
+
+
+@pytest.mark.mpi
+def test_a_pooled_job_is_what_mpiexec_gives(pool, tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    fresh = _launch(2, script, "a", "b c", cwd=tmp_path)
+    previous = launcher.use_pool(pool)
+    try:
+        pooled = [_launch(n, script, "a", "b c", cwd=tmp_path) for n in (2, 1, 2)]
+    finally:
+        launcher.use_pool(previous)
+    assert fresh.returncode == 0, fresh.stderr
+    assert pool.jobs == 3 and pool.restarts == 1  # one start, three jobs
+    lines = sorted(fresh.stdout.splitlines())
+    assert lines == [f"rank {r} of 2 argv ['a', 'b c'] cwd {tmp_path} var 1 dtype torch.float32 sum 3"
+                     for r in range(2)]
+    assert pooled[0].returncode == 0 and pooled[0].stdout.splitlines() == lines  # in rank order
+    assert pooled[1].stdout == f"rank 0 of 1 argv ['a', 'b c'] cwd {tmp_path} var 1 dtype torch.float32 sum 1\n"
+    assert pooled[2].stdout.splitlines() == lines
+
+
+@pytest.mark.mpi
+def test_the_next_job_finds_nothing_of_the_last(pool, tmp_path):
+    (tmp_path / "helper_module.py").write_text("VALUE = 7\n")
+    (tmp_path / "mess.py").write_text(MESS)
+    (tmp_path / "look.py").write_text(LOOK)
+    env = {"PYTHONPATH": str(tmp_path)}
+    before = pool.launch(pool.task(2, [sys.executable, str(tmp_path / "look.py")], env, tmp_path), 60)
+    messed = pool.launch(pool.task(2, [sys.executable, str(tmp_path / "mess.py")], env, tmp_path), 60)
+    after = pool.launch(pool.task(2, [sys.executable, str(tmp_path / "look.py")], {}, tmp_path), 60)
+    assert messed.stdout == "messed 7\n" * 2, messed.stderr
+    assert before.stdout == "None torch.float32 1 False False False False False\n" * 2, before.stderr
+    assert after.stdout == before.stdout, after.stderr
+    assert pool.restarts == 1
+
+
+@pytest.mark.mpi
+def test_exit_status_exceptions_and_hangs(pool, tmp_path):
+    def job(body, n=2, timeout=60.0):
+        script = tmp_path / "job.py"
+        script.write_text(textwrap.dedent(body))
+        return pool.launch(pool.task(n, [sys.executable, "-m", "mpi4py", str(script)], {}, tmp_path), timeout)
+
+    exits = job("import sys\nfrom mpi4py import MPI\nsys.exit(3 + MPI.COMM_WORLD.Get_rank())")
+    assert exits.returncode == 4 and pool.restarts == 1  # the largest status; the ranks stay warm
+
+    failed = job("""
+        from mpi4py import MPI
+        if MPI.COMM_WORLD.Get_rank() == 1:
+            raise ValueError("broken on one rank")
+        MPI.COMM_WORLD.Barrier()
+    """)
+    assert failed.returncode != 0 and "ValueError: broken on one rank" in failed.stderr
+    assert job("print('again', flush=True)", n=1).stdout == "again\n"
+    assert pool.restarts == 2  # the exception ended the ranks (as python -m mpi4py does); new ones ran the next job
+
+    with pytest.raises(TimeoutError, match="hung") as hung:
+        job("""
+            import time
+            def waits_for_ever():
+                while True:
+                    time.sleep(0.1)
+            waits_for_ever()
+        """, timeout=5)
+    assert "waits_for_ever" in str(hung.value)  # each rank's stack
+    assert job("print('alive', flush=True)", n=1).stdout == "alive\n" and pool.restarts == 3
+
+
+def test_what_the_pool_leaves_to_mpiexec():
+    p = Pool(2)
+    py = sys.executable
+    assert p.task(2, [py, "-m", "mpi4py", "x.py"], {"OMP_NUM_THREADS": "1"}, None)["argv"] == ["x.py"]
+    run = [py, "-m", "ocnet.run", "--epochs", "1"]
+    assert p.task(2, run, None, None)["argv"] == run[1:]
+    assert p.task(3, [py, "x.py"], None, None) is None  # more ranks than the pool
+    assert p.task(2, [py, "x.py"], {"OCNET_FAULT": "step:1:hang:3"}, None) is None  # read at import
+    assert p.task(2, ["/bin/sh", "x.sh"], None, None) is None
+    assert p.task(2, [py, "-c", "print(1)"], None, None) is None
