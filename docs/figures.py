@@ -117,7 +117,7 @@ def draw(out: Path) -> list[Path]:
         dirs = []
         for name, flags in RUNS.items():
             run = Path(tmp) / name
-            if main([*flags, "--quiet", "--timeline-steps", "4", "--out", str(run)]) != 0:
+            if main([*flags, "--quiet", "--timeline-steps", "4", "--plots", "false", "--out", str(run)]) != 0:
                 raise SystemExit(f"docs/figures.py: the {name} run failed")
             for path in plot_runs([run]):
                 written.append(Path(shutil.copy(path, out / f"{name}_{path.name}")))

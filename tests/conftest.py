@@ -51,7 +51,14 @@ def _no_ranks_unless_marked(item):
     """A test that launches ranks under mpiexec (in its body or its fixtures) must say so
     (``@pytest.mark.mpi``), so that ``make test-fast`` (``-m "not mpi"``) leaves every one out."""
     if item.get_closest_marker("mpi") is not None:
-        yield
+        if item.get_closest_marker("processes") is None:
+            yield
+            return
+        pool = launcher.use_pool(None)  # how a job's processes end: no pool of warm ranks
+        try:
+            yield
+        finally:
+            launcher.use_pool(pool)
         return
     pool = launcher.use_pool(None)  # a pooled job would start no mpiexec for the check below
 
@@ -100,6 +107,15 @@ def rank_pool():
         pool.close()
 
 
+@pytest.fixture(autouse=True)
+def _figures(request, monkeypatch):
+    """``ocnet.run.main`` in this process draws no figures unless the test is marked
+    ``@pytest.mark.figures`` (the figures' own tests draw them from run directories)."""
+    if request.node.get_closest_marker("figures") is None:
+        import ocnet.run
+        monkeypatch.setattr(ocnet.run, "draw", None)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module's tests: on tiny tensors threads only contend (several
@@ -125,12 +141,15 @@ def mpiexec() -> str:
 
 
 def run_mpi(n: int, *args: str, timeout: float = 120, env: dict | None = None,
-            module: bool = False, plain: bool = False) -> subprocess.CompletedProcess:
+            module: bool = False, plain: bool = False, plots: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m mpi4py SCRIPT args`` (or ``-m MODULE`` with ``module=True``) on ``n``
     ranks.  ``-m mpi4py`` turns an exception on one rank into MPI_Abort, and the timeout
     turns a deadlock into a failed test instead of a hung suite.  ``plain=True`` leaves
-    ``-m mpi4py`` out, as a user's ``mpirun -n P python -m ocnet.run`` does."""
+    ``-m mpi4py`` out, as a user's ``mpirun -n P python -m ocnet.run`` does.  A run of
+    ``ocnet.run`` draws its figures only with ``plots=True`` (or a ``--plots`` of its own)."""
     mpiexec()
+    if module and args[0] == "ocnet.run" and not plots and "--plots" not in args:
+        args = (*args, "--plots", "false")
     cmd = [sys.executable] + ([] if plain else ["-m", "mpi4py"])
     cmd += ["-m", *args] if module else [str(MPI_SCRIPTS / args[0]), *args[1:]]
     try:

@@ -224,7 +224,7 @@ def test_overwrite_and_stall_timeout():
 def test_resumable_keys():
     assert RESUMABLE == {"epochs", "checkpoint_every", "quiet", "log_every", "verbose", "resume", "out", "overwrite",
                          "stall_timeout", "data_parallel", "threads", "device", "cuda_aware", "data_dir", "plugin",
-                         "timeline_steps"}
+                         "timeline_steps", "plots"}
     assert RESUMABLE <= set(COMMON)
 
 

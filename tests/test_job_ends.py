@@ -20,6 +20,8 @@ from ocnet.runs.launcher import Stopwatch, mpiexec
 from ocnet.solvers import SOLVERS
 from ocnet.solvers.serial import Serial
 
+pytestmark = pytest.mark.processes  # how jobs end: each under an mpiexec of its own
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--layers", "4", "--width", "8", "--quiet", "--timeline-steps", "0", "--limit-batches", "2"]
 PID = r"\(pid \d+\)"

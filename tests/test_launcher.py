@@ -7,6 +7,8 @@ import pytest
 
 from ocnet.runs import launcher
 
+pytestmark = pytest.mark.processes  # how jobs end: each under an mpiexec of its own
+
 
 def table(job: int, others: int, root: int = 100) -> dict[int, tuple[int, bool]]:
     """A process table: ``root`` with a child mpiexec and ``job`` runnable ranks under it, and

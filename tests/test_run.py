@@ -17,7 +17,7 @@ def test_default_run_on_eight_ranks(mpi, tmp_path):
     """The built-in default (digits, serial) on 8 ranks: >= 95 % test accuracy, about a minute."""
     out = tmp_path / "default"
     watch = Stopwatch().start()
-    proc = mpi(8, "ocnet.run", "--out", str(out), module=True, plain=True, timeout=240)
+    proc = mpi(8, "ocnet.run", "--out", str(out), module=True, plain=True, plots=True, timeout=240)
     wall = watch.stop()  # seconds of a quiet machine
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -77,6 +77,7 @@ def test_bad_input_stops_every_rank_with_one_message(mpi, tmp_path, ranks, flags
 
 
 @pytest.mark.mpi
+@pytest.mark.processes
 def test_a_crash_on_one_rank_ends_the_job(mpi, tmp_path):
     watch = Stopwatch().start()
     proc = mpi(4, "crash.py", "--solver", "crashing", "--out", str(tmp_path / "run"), "--quiet",
@@ -152,3 +153,14 @@ def test_load_run_gives_the_trained_network(tmp_path, flags):
     with pytest.raises(FileNotFoundError, match="model.pt is missing"):
         (out / "model.pt").unlink()
         _ = ocnet.load_run(out).model
+
+
+@pytest.mark.figures
+def test_plots_false_leaves_the_figures_to_ocnet_plot(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--problem", "peaks", "--layers", "2", "--width", "4", "--limit-batches", "2", "--quiet",
+             "--timeline-steps", "0", "--checkpoint-every", "1"]
+    assert main([*flags, "--epochs", "1", "--plots", "false", "--out", str(out)]) == 0
+    assert not list(out.glob("*.png"))
+    assert main([*flags, "--epochs", "2", "--resume", str(out)]) == 0  # a key a resumed run may change
+    assert sorted(p.name for p in out.glob("*.png")) == ["convergence.png"]

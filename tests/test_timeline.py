@@ -147,6 +147,7 @@ def test_steps_shown_by_default_and_on_request(tmp_path, capsys):
 
 
 # -- real runs -------------------------------------------------------------------------------------
+@pytest.mark.figures
 def test_run_resumed_in_one_process_adds_to_its_timeline(tmp_path):
     from ocnet.run import main
     out = str(tmp_path / "run")
@@ -182,7 +183,8 @@ def _check_common(run_dir, ranks: int) -> dict[int, list[timeline.Window]]:
 def test_pipeline_timeline_of_a_real_run(mpi, tmp_path):
     out = tmp_path / "serial"
     proc = mpi(2, "ocnet.run", "--solver", "serial", "--micro-batches", "4", "--layers", "4", "--width", "8",
-               "--epochs", "1", "--timeline-steps", "2", "--quiet", "--out", str(out), module=True, plain=True)
+               "--epochs", "1", "--timeline-steps", "2", "--quiet", "--out", str(out), module=True, plain=True,
+               plots=True)
     assert proc.returncode == 0, proc.stderr
     loaded = _check_common(out, 2)
     first, last = loaded[0][0], loaded[1][0]
@@ -200,7 +202,7 @@ def test_pipeline_timeline_of_a_real_run(mpi, tmp_path):
 def test_penalty_timeline_of_a_real_run(mpi, tmp_path):
     out = tmp_path / "penalty"
     proc = mpi(2, "ocnet.run", "--solver", "penalty", "--layers", "4", "--width", "8", "--epochs", "1",
-               "--timeline-steps", "2", "--quiet", "--out", str(out), module=True, plain=True)
+               "--timeline-steps", "2", "--quiet", "--out", str(out), module=True, plain=True, plots=True)
     assert proc.returncode == 0, proc.stderr
     loaded = _check_common(out, 2)
     for r, windows in loaded.items():

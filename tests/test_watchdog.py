@@ -13,6 +13,8 @@ from ocnet.ranks.watchdog import Progress, Watchdog, process_end, ranks_text, su
 from ocnet.runs import launcher
 from ocnet.runs.launcher import Stopwatch, run
 
+pytestmark = pytest.mark.processes  # how jobs end: each under an mpiexec of its own
+
 SCRIPTS = Path(__file__).resolve().parent / "mpi"
 ROOT = SCRIPTS.parents[1]
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -96,6 +96,8 @@ COMMON: dict[str, Option] = {
                       "and their ratios)"),
     "timeline_steps": Option(int, 4, "record the per-rank timeline (compute, waits, sends) of this many steps of "
                              "every epoch, from its second step, into <out>/timeline/ (0: off)", min=0, max=10_000),
+    "plots": Option(bool, True, "draw the run directory's figures when the job ends (false: leave them to "
+                    "python -m ocnet.plot RUN_DIR, e.g. for many batch jobs)"),
     "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: solvers that "
                      "register themselves there become choices of --solver"),
 }
@@ -106,7 +108,7 @@ CLI_ONLY = {"config": "a TOML file of keys (flags override it)"}
 # would not continue the same training.
 RESUMABLE = frozenset({"epochs", "checkpoint_every", "quiet", "log_every", "verbose", "resume", "out", "overwrite",
                        "stall_timeout", "data_parallel",
-                       "threads", "device", "cuda_aware", "data_dir", "plugin", "timeline_steps"})
+                       "threads", "device", "cuda_aware", "data_dir", "plugin", "timeline_steps", "plots"})
 
 # A configuration file is a few hundred bytes; refusing anything much larger keeps a wrong
 # path (a data file, a disk image) from being read at all.
