@@ -93,12 +93,15 @@ def rank_pool():
     """Multi-rank jobs of the tests run in a pool of warm ranks (``OCNET_TEST_POOL`` ranks, 4 by
     default; 0: every job under an mpiexec of its own), started at the first such job: most
     of a small job's time is its ranks importing torch."""
+    if launcher.mpiexec() is None:
+        yield None
+        return
     from ocnet.runs.pool import Pool
     size = int(os.environ.get("OCNET_TEST_POOL", "4"))
     if size < 1:
         yield None
         return
-    pool = Pool(size, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    pool = Pool(size, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}).start()  # ready by the first job
     previous = launcher.use_pool(pool)
     try:
         yield pool

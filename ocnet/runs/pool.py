@@ -59,7 +59,8 @@ class Pool:
         self.size = size
         self.env = dict(env or {})
         self.warm = list(warm)
-        self.jobs = self.restarts = 0
+        self.jobs = self.starts = 0
+        self._ready = False
         self._proc: subprocess.Popen | None = None
         self._dir: Path | None = None
         self._next = 0
@@ -115,6 +116,7 @@ class Pool:
         if not whole or not all(r["clean"] for r in done):
             ended, said = self._end(kill=hung, since=offset)  # what a job left behind cannot be trusted
             stderr += said
+            self.start()  # new ranks get ready while the caller goes on
             if hung:
                 raise TimeoutError(f"{' '.join(cmd)} (in a pool of warm ranks) did not finish within {timeout:g} s "
                                    f"of a quiet machine's time: hung\nstdout: {stdout}\n"
@@ -124,15 +126,17 @@ class Pool:
         return subprocess.CompletedProcess(cmd, code, stdout, stderr)
 
     # -- its ranks --------------------------------------------------------------------------------
-    def _start(self) -> None:
+    def start(self) -> "Pool":
+        """Start the ranks, unless they run; they get ready while the caller goes on, and the
+        next job waits for them."""
         if self._proc is not None and self._proc.poll() is None:
-            return
+            return self
         self._end()
         exe = launcher.mpiexec()
         if exe is None:
             raise FileNotFoundError("no mpiexec found beside this Python or on PATH")
         self._dir = Path(tempfile.mkdtemp(prefix="ocnet-pool-"))
-        self._next = 0
+        self._next, self._ready = 0, False
         with open(self._dir / "pool.out", "w") as out, open(self._dir / "pool.err", "w") as err:
             self._proc = subprocess.Popen(
                 [exe, "-n", str(self.size), sys.executable, "-m", "ocnet.runs.pool", str(self._dir), str(os.getpid()),
@@ -140,14 +144,22 @@ class Pool:
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
                 # A job is the pool rank's own process: no supervisor (ocnet.ranks.supervisor) of its own.
                 env={**os.environ, "PYTHONFAULTHANDLER": "1", "OCNET_SUPERVISOR": "0", **self.env})
-        clock = launcher.QuietClock(self._proc.pid)
-        while not all((self._dir / f"ready-{r}").exists() for r in range(self.size)):
-            if self._proc.poll() is not None or clock.tick() > 300:
+        self._clock = launcher.QuietClock(self._proc.pid)
+        self.starts += 1
+        return self
+
+    def _start(self) -> None:
+        """Start the ranks if need be, and wait until each is ready."""
+        self.start()
+        assert self._proc is not None and self._dir is not None
+        while not self._ready:
+            self._ready = all((self._dir / f"ready-{r}").exists() for r in range(self.size))
+            if not self._ready and (self._proc.poll() is not None or self._clock.tick() > 300):
+                said = _read(self._dir / "pool.err")
                 self._broken = True  # every later job gets processes of its own
                 self._end()
-                raise RuntimeError(f"the pool of {self.size} ranks did not start:\n{_read(Path(err.name))}")
+                raise RuntimeError(f"the pool of {self.size} ranks did not start:\n{said}")
             time.sleep(0.05)
-        self.restarts += 1
 
     def _end(self, kill: bool = False, since: int = 0) -> tuple[int | None, str]:
         """End the ranks (if any); returns their mpiexec's exit status and what it wrote to
