@@ -10,14 +10,15 @@ from ocnet.ranks.watchdog import Progress
 
 @pytest.mark.mpi
 def test_pipeline_of_compute_is_not_starved(mpi, tmp_path):
-    """8 ranks on this machine's cores: the chain takes at most 1.5 x its compute."""
+    """8 ranks on this machine's cores, each computing in turn: the seven that wait burn less CPU
+    time than the chain computes (about a fifth of it here; spinning waits would share the cores
+    with the computing rank and burn about four times its time). CPU seconds, not wall ones:
+    other load on the machine slows the chain, but does not make a polite wait burn more."""
     out = tmp_path / "wait.json"
     proc = mpi(8, "pipeline_wait.py", str(out), timeout=120)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
-    assert r["total"] <= 1.5 * r["compute"], r
-    # and no rank's compute was slowed much by the waiting ones
-    assert r["compute"] <= 1.5 * r["ranks"] * r["alone"], r
+    assert r["waiting_cpu"] < r["compute_cpu"], r
 
 
 def test_self_comm_counts_bytes_and_round_trips():

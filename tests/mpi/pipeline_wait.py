@@ -1,7 +1,9 @@
 """A pipeline of compute across all ranks: rank r works, then passes a token to r + 1.
 
-Writes {"total": wall seconds of the chain, "compute": sum of the ranks' compute} to argv[1].
-Waiting ranks must not steal the cores of the working one (polite waits).
+Writes {"total": wall seconds of the chain, "compute": sum of the ranks' compute (wall),
+"compute_cpu": the same in CPU seconds, "waiting_cpu": the CPU seconds the ranks spent while
+waiting for the token} to argv[1]. Waiting ranks must not steal the cores of the working one
+(polite waits): what they burn is CPU time, which other load on the machine does not change.
 """
 import json
 import sys
@@ -34,17 +36,19 @@ if comm.rank == 0:
 n, alone = comm.bcast((n, alone))
 comm.barrier()
 
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 token = torch.zeros(1)
 if comm.rank > 0:
     token = comm.recv(comm.rank - 1, tag=5)
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
+waiting_cpu = c - cpu
 work(n)
-mine = time.perf_counter() - t
+mine, mine_cpu = time.perf_counter() - t, time.process_time() - c
 if comm.rank < comm.size - 1:
     comm.send(token + 1, comm.rank + 1, tag=5)
-compute = comm.allreduce(mine)
+compute, compute_cpu, waiting_cpu = comm.allreduce(mine), comm.allreduce(mine_cpu), comm.allreduce(waiting_cpu)
 total = comm.bcast(time.perf_counter() - start, root=comm.size - 1)
 if comm.rank == 0:
     with open(sys.argv[1], "w") as f:
-        json.dump({"total": total, "compute": compute, "alone": alone, "ranks": comm.size}, f)
+        json.dump({"total": total, "compute": compute, "alone": alone, "ranks": comm.size,
+                   "compute_cpu": compute_cpu, "waiting_cpu": waiting_cpu}, f)
