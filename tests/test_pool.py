@@ -1,6 +1,7 @@
 """The pool of warm ranks runs a job as mpiexec would, and leaves nothing of it for the next."""
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -135,3 +136,39 @@ def test_what_the_pool_leaves_to_mpiexec():
     assert p.task(2, [py, "x.py"], {"OCNET_FAULT": "step:1:hang:3"}, None) is None  # read at import
     assert p.task(2, ["/bin/sh", "x.sh"], None, None) is None
     assert p.task(2, [py, "-c", "print(1)"], None, None) is None
+
+
+@pytest.mark.mpi
+def test_a_pool_that_cannot_start_leaves_every_job_to_mpiexec():
+    p = Pool(2, warm=("no_such_module_anywhere",))
+    task = p.task(1, [sys.executable, "x.py"], None, None)
+    with pytest.raises(RuntimeError, match="(?s)did not start.*no_such_module_anywhere"):
+        p.launch(task, 60)
+    assert p.task(1, [sys.executable, "x.py"], None, None) is None
+    p.close()
+
+
+@pytest.mark.mpi
+def test_the_ranks_leave_when_their_client_has_gone(tmp_path):
+    """A client that dies without closing its pool (a killed pytest) leaves no ranks behind."""
+    client = launcher.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from ocnet.runs.pool import Pool
+        p = Pool(2, warm=()).start()
+        p._start()  # until the ranks are ready
+        print(p._proc.pid, flush=True)
+        """)], timeout=120)
+    assert client.returncode == 0, client.stderr
+    pid = int(client.stdout.split()[-1])
+    deadline = launcher.Stopwatch().start()
+    while launcher._tree(pid, launcher._processes()) - {pid} or _running(pid):
+        assert deadline.elapsed < 30, "the pool's ranks outlived their client"
+        time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
