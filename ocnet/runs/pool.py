@@ -97,15 +97,17 @@ class Pool:
         offset = len(_read(d / "pool.err"))
         _write_atomically(d / f"task-{k}.json", json.dumps(task))
         results = [d / f"result-{k}-{r}.json" for r in range(n)]
-        clock, hung = launcher.QuietClock(self._proc.pid), False
+        clock, hung, looked = launcher.QuietClock(self._proc.pid), False, time.monotonic()
         while not all(p.exists() for p in results):
             if self._proc.poll() is not None:
                 break
-            if clock.tick() > timeout:
-                hung = True
-                launcher._dump_stacks(self._proc.pid)
-                time.sleep(1.0)
-                break
+            if time.monotonic() - looked >= launcher._POLL:  # a tick reads all of /proc: a millisecond
+                looked = time.monotonic()
+                if clock.tick() > timeout:
+                    hung = True
+                    launcher._dump_stacks(self._proc.pid)
+                    time.sleep(1.0)
+                    break
             time.sleep(_IDLE)
         done = [json.loads(p.read_text()) for p in results if p.exists()]
         stdout = "".join(_read(d / f"out-{k}-{r}") for r in range(n))
