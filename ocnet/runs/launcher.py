@@ -162,6 +162,15 @@ def _dump_stacks(root: int) -> None:
             pass
 
 
+def kill(pids: set[int]) -> None:
+    """``SIGKILL`` to each of ``pids`` that still runs (e.g. ``_tree(root, _processes())``)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def _program(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -198,11 +207,7 @@ def run(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None = None
                         proc.wait(5)  # the stacks reach the output, mpiexec forwards them
                     except subprocess.TimeoutExpired:
                         pass
-                    for pid in ranks:  # whatever is left of the job
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except OSError:
-                            pass
+                    kill(ranks)  # whatever is left of the job
                     proc.wait()
                     break
         out.seek(0)

@@ -176,11 +176,7 @@ class Pool:
                 except subprocess.TimeoutExpired:
                     pass
             if proc.poll() is None:
-                for pid in launcher._tree(proc.pid, launcher._processes()):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+                launcher.kill(launcher._tree(proc.pid, launcher._processes()))
             code = proc.wait()
         if d is not None:
             said = _read(d / "pool.err")[since:]
