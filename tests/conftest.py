@@ -46,21 +46,21 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.device)
 
 
+_session_pool = None  # the pool of warm ranks (rank_pool), once it has started
+
+
 @contextlib.contextmanager
 def _no_ranks_unless_marked(item):
     """A test that launches ranks under mpiexec (in its body or its fixtures) must say so
-    (``@pytest.mark.mpi``), so that ``make test-fast`` (``-m "not mpi"``) leaves every one out."""
-    if item.get_closest_marker("mpi") is not None:
-        if item.get_closest_marker("processes") is None:
-            yield
-            return
-        pool = launcher.use_pool(None)  # how a job's processes end: no pool of warm ranks
-        try:
-            yield
-        finally:
-            launcher.use_pool(pool)
+    (``@pytest.mark.mpi``), so that ``make test-fast`` (``-m "not mpi"``) leaves every one out.
+    Its jobs go to the pool of warm ranks unless it is also marked ``processes`` (how a job's
+    own processes end)."""
+    mpi = item.get_closest_marker("mpi") is not None
+    # Set, not saved and put back: the session's pool starts inside the first test's set-up.
+    launcher.use_pool(_session_pool if mpi and item.get_closest_marker("processes") is None else None)
+    if mpi:
+        yield
         return
-    pool = launcher.use_pool(None)  # a pooled job would start no mpiexec for the check below
 
     class Popen(subprocess.Popen):
         def __init__(self, args, *rest, **kwargs):
@@ -74,7 +74,6 @@ def _no_ranks_unless_marked(item):
         yield
     finally:
         subprocess.Popen = unguarded
-        launcher.use_pool(pool)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -102,13 +101,15 @@ def rank_pool():
     if size < 1:
         yield None
         return
-    pool = Pool(size, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}).start()  # ready by the first job
-    previous = launcher.use_pool(pool)
+    global _session_pool
+    _session_pool = Pool(size, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}).start()  # ready by the first job
+    launcher.use_pool(_session_pool)  # for the jobs of this test's later fixtures
     try:
-        yield pool
+        yield _session_pool
     finally:
-        launcher.use_pool(previous)
-        pool.close()
+        launcher.use_pool(None)
+        _session_pool.close()
+        _session_pool = None
 
 
 @pytest.fixture(autouse=True)
