@@ -115,7 +115,7 @@ def test_the_fault_point_is_between_the_bytes_and_the_rename(tmp_path, monkeypat
 
 
 def test_an_injected_fault_leaves_the_last_complete_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(faults, "_FAULTS", faults.parse("checkpoint:0:raise:2"))
+    monkeypatch.setenv("OCNET_FAULT", "checkpoint:0:raise:2")
     monkeypatch.setattr(faults, "_reached", {})
     checkpoint.save(SelfComm(), tmp_path, 0, {"x": 1})
     with pytest.raises(faults.InjectedFault):

@@ -24,6 +24,7 @@ for r in range(comm.Get_size()):  # in turn: mpiexec may cut lines written at on
 MESS = """
 import os, signal, sys, warnings
 import torch
+from ocnet.ranks import store
 from ocnet.solvers import SOLVERS
 from ocnet.solvers.serial import Serial
 os.environ["OCNET_LEFT"] = "1"
@@ -33,6 +34,7 @@ torch.set_num_threads(2)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 warnings.simplefilter("error")
 SOLVERS["left-behind"] = Serial
+store.number_samples(1, 2)  # a module-level name of ocnet's
 sys.path.insert(0, "/nowhere")
 import helper_module
 print("messed", helper_module.VALUE, flush=True)
@@ -41,8 +43,9 @@ print("messed", helper_module.VALUE, flush=True)
 LOOK = """
 import os, signal, sys, warnings
 import torch
+from ocnet.ranks import store
 from ocnet.solvers import SOLVERS
-print(os.environ.get("OCNET_LEFT"), torch.get_default_dtype(), torch.get_num_threads(),
+print(os.environ.get("OCNET_LEFT"), store._NUMBERING, torch.get_default_dtype(), torch.get_num_threads(),
       signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, "left-behind" in SOLVERS, "/nowhere" in sys.path,
       "helper_module" in sys.modules, any(f[0] == "error" and f[2] is Warning for f in warnings.filters), flush=True)
 """
@@ -89,7 +92,7 @@ def test_the_next_job_finds_nothing_of_the_last(pool, tmp_path):
     messed = pool.launch(pool.task(2, [sys.executable, str(tmp_path / "mess.py")], env, tmp_path), 60)
     after = pool.launch(pool.task(2, [sys.executable, str(tmp_path / "look.py")], {}, tmp_path), 60)
     assert messed.stdout == "messed 7\n" * 2, messed.stderr
-    assert before.stdout == "None torch.float32 1 False False False False False\n" * 2, before.stderr
+    assert before.stdout == "None (0, 1) torch.float32 1 False False False False False\n" * 2, before.stderr
     assert after.stdout == before.stdout, after.stderr
     assert pool.starts == 1
 
@@ -133,7 +136,8 @@ def test_what_the_pool_leaves_to_mpiexec():
     run = [py, "-m", "ocnet.run", "--epochs", "1"]
     assert p.task(2, run, None, None)["argv"] == run[1:]
     assert p.task(3, [py, "x.py"], None, None) is None  # more ranks than the pool
-    assert p.task(2, [py, "x.py"], {"OCNET_FAULT": "step:1:hang:3"}, None) is None  # read at import
+    assert p.task(2, [py, "x.py"], {"OCNET_FAULT": "step:1:hang:3"}, None)["env"] == {"OCNET_FAULT": "step:1:hang:3"}
+    assert p.task(2, [py, "x.py"], {"MALLOC_ARENA_MAX": "2"}, None) is None  # read as the process starts
     assert p.task(2, ["/bin/sh", "x.sh"], None, None) is None
     assert p.task(2, [py, "-c", "print(1)"], None, None) is None
 

@@ -135,7 +135,7 @@ def test_a_nan_stops_the_run_in_its_step(tmp_path, capsys, monkeypatch):
     import importlib
 
     from ocnet.runs import faults
-    monkeypatch.setattr(faults, "_FAULTS", faults.parse("step:0:nan:5"))
+    monkeypatch.setenv("OCNET_FAULT", "step:0:nan:5")
     monkeypatch.setattr(faults, "_reached", {})
     out = tmp_path / "run"
     assert main(["--out", str(out), "--epochs", "4", "--checkpoint-every", "1", *TINY]) == EXIT_SOLVER

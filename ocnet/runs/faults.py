@@ -20,7 +20,9 @@ and the actions are
 * ``nospace`` — ``OSError`` ENOSPC, as a full disk gives a write (at ``checkpoint``: the shard
   that was to be renamed into place).
 
-Without ``OCNET_FAULT`` :func:`inject` costs a dictionary look-up.
+The variable is read at each visit, so that one process can run many jobs (a pool of warm
+ranks, :mod:`ocnet.runs.pool`) each with its own faults; without it :func:`inject` costs two
+dictionary look-ups.
 """
 from __future__ import annotations
 
@@ -59,8 +61,15 @@ def parse(spec: str) -> dict[tuple[str, int], tuple[str, int]]:
     return faults
 
 
-_FAULTS = parse(os.environ.get("OCNET_FAULT", ""))
+_plans: dict[str, dict[tuple[str, int], tuple[str, int]]] = {"": {}}  # OCNET_FAULT's values, parsed
 _reached: dict[tuple[str, int], int] = {}
+
+
+def _planned() -> dict[tuple[str, int], tuple[str, int]]:
+    spec = os.environ.get("OCNET_FAULT", "")
+    if spec not in _plans:
+        _plans[spec] = parse(spec)
+    return _plans[spec]
 
 
 def inject(point: str, rank: int) -> str | None:
@@ -68,7 +77,7 @@ def inject(point: str, rank: int) -> str | None:
 
     Returns ``"nan"`` when the caller is to poison its values, else ``None`` (or does not
     return at all)."""
-    planned = _FAULTS.get((point, rank))
+    planned = _planned().get((point, rank))
     if planned is None:
         return None
     _reached[point, rank] = visits = _reached.get((point, rank), 0) + 1

@@ -15,8 +15,8 @@ of the pool, whose ``MPI.COMM_WORLD`` is for its duration a communicator of just
 with the job's arguments, working directory and environment, its output captured per rank,
 and afterwards the process state it may have changed put back (environment, working
 directory, ``sys.path``, signal handlers, exception hook, warnings filters, torch's default
-dtype and threads, the module-level registries of ``ocnet``, the modules it imported from
-outside the installed packages). The ranks run without ``python -m ocnet.run``'s per-rank
+dtype and threads, the module-level names and registries of ``ocnet``, the modules it imported
+from outside the installed packages). The ranks run without ``python -m ocnet.run``'s per-rank
 supervisor (``OCNET_SUPERVISOR=0``).
 
 The result is what :func:`ocnet.runs.launcher.launch` returns: the exit status (the largest of
@@ -24,8 +24,9 @@ the ranks'), the ranks' output in rank order. What cannot be undone ends the poo
 job starts a new one: an exception that leaves a rank (as ``python -m mpi4py`` does, it ends
 the whole job: the pool's ranks are aborted), ``MPI_Abort``, a rank that exits, a thread left
 running, a job that hangs (its ranks' stacks are in the error, as with :func:`launcher.run`).
-Jobs with other environment variables than ``OMP_NUM_THREADS`` and ``PYTHONPATH`` (fault
-injection, say), on more ranks than the pool has, or of another program, go to ``mpiexec``.
+Jobs with other environment variables than ``OMP_NUM_THREADS``, ``PYTHONPATH`` and
+``OCNET_FAULT`` (read at each fault point, so each job plans its own), on more ranks than the
+pool has, or of another program, go to ``mpiexec``.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from typing import Any, Sequence
 from . import launcher
 
 #: The environment variables a pooled job may set (others change what happens at import).
-POOLED_ENV = frozenset({"OMP_NUM_THREADS", "PYTHONPATH", "PYTHONFAULTHANDLER"})
+POOLED_ENV = frozenset({"OMP_NUM_THREADS", "PYTHONPATH", "PYTHONFAULTHANDLER", "OCNET_FAULT"})
 _IDLE = 0.01  # seconds between an idle rank's looks for the next job
 
 
@@ -335,10 +336,11 @@ class _State:
         self.signals = {s: signal.getsignal(s) for s in _signals()}
         self.warnings = list(warnings.filters)
         self.dtype, self.threads = torch.get_default_dtype(), torch.get_num_threads()
-        # Registries (solvers, fields, filters, …) of ocnet's modules, which plug-ins extend.
-        self.registries = [(d, dict(d)) for name, m in list(sys.modules.items())
-                           if name == "ocnet" or name.startswith("ocnet.")
-                           for key, d in vars(m).items() if type(d) is dict and not key.startswith("__")]
+        # ocnet's module-level names (a data group's sample numbering, say) and the contents of
+        # its registries (solvers, fields, filters, …), which plug-ins extend.
+        self.names = [(m, {k: v for k, v in vars(m).items() if not k.startswith("__")})
+                      for name, m in list(sys.modules.items()) if name == "ocnet" or name.startswith("ocnet.")]
+        self.registries = [(d, dict(d)) for _, names in self.names for d in names.values() if type(d) is dict]
 
     def restore(self) -> None:
         import warnings
@@ -356,6 +358,10 @@ class _State:
         warnings.filters[:] = self.warnings  # type: ignore[index]
         torch.set_default_dtype(self.dtype)
         torch.set_num_threads(self.threads)
+        for m, names in self.names:
+            for k, v in names.items():
+                if getattr(m, k, None) is not v:
+                    setattr(m, k, v)
         for d, before in self.registries:
             d.clear()
             d.update(before)
