@@ -123,6 +123,9 @@ def draw(run_dir: str | Path, path: str | Path | None = None, steps: tuple[int, 
     ax = fig.add_subplot(1, 1, 1)
     scale = 1e3  # milliseconds
     seen: set[str] = set()
+    # The bars of one row, kind and shade go in one collection: thousands of one-bar
+    # collections took seconds to draw.
+    bars: dict[tuple[int, str, float], list[tuple[float, float]]] = {}
     for r, ws in chosen.items():
         y = rows - 1 - r
         for w in ws:
@@ -131,25 +134,25 @@ def draw(run_dir: str | Path, path: str | Path | None = None, steps: tuple[int, 
             if r == min(chosen):
                 ax.text((w.start + s) * scale, rows - 0.45, f" step {w.step}", fontsize=7, va="bottom",
                         color="0.3")
-            compute = [e for e in w.events if e[0] not in COMM and e[0] != "send"]
-            for kind, a, b, info in compute:
+            for kind, a, b, info in w.events:
+                seen.add(kind)
+                if kind == "send":
+                    ax.plot([(a + s) * scale] * 2, [y + 0.25, y + 0.45], color="k", lw=1.0, zorder=3)
+                    continue
                 level = info.get("level", 0)
-                ax.broken_barh([((a + s) * scale, (b - a) * scale)], (y - 0.38, 0.76), zorder=1,
-                               facecolors=COLORS.get(kind, "0.6"), alpha=max(0.35, 1.0 - 0.2 * level)
-                               if isinstance(level, int) else 1.0, edgecolor="none")
+                shade = 1.0 if kind in COMM or not isinstance(level, int) else max(0.35, 1.0 - 0.2 * level)
+                bars.setdefault((y, kind, shade), []).append(((a + s) * scale, (b - a) * scale))
                 text = _label(info)
-                if text and (b - a) > 0.025 * end:
+                if kind not in COMM and text and (b - a) > 0.025 * end:
                     ax.text((a + b) / 2 * scale + s * scale, y, text, ha="center", va="center", fontsize=7,
                             zorder=5)
-                seen.add(kind)
-            for kind, a, b, _ in w.events:
-                if kind in COMM:
-                    ax.broken_barh([((a + s) * scale, (b - a) * scale)], (y - 0.38, 0.76), zorder=2,
-                                   facecolors=COLORS[kind], edgecolor=EDGE[kind], hatch=HATCH[kind], lw=0.5)
-                    seen.add(kind)
-                elif kind == "send":
-                    ax.plot([(a + s) * scale] * 2, [y + 0.25, y + 0.45], color="k", lw=1.0, zorder=3)
-                    seen.add(kind)
+    for (y, kind, shade), spans in bars.items():
+        if kind in COMM:
+            ax.broken_barh(spans, (y - 0.38, 0.76), zorder=2, facecolors=COLORS[kind], edgecolor=EDGE[kind],
+                           hatch=HATCH[kind], lw=0.5)
+        else:
+            ax.broken_barh(spans, (y - 0.38, 0.76), zorder=1, facecolors=COLORS.get(kind, "0.6"), alpha=shade,
+                           edgecolor="none")
     ax.set_yticks(range(rows))
     ax.set_yticklabels([f"rank {rows - 1 - y}" for y in range(rows)])
     ax.set_ylim(-0.6, rows - 0.1)
