@@ -34,6 +34,7 @@ def test_local_gradients_across_ranks(tmp_path, args):
 
 
 @pytest.mark.mpi
+@pytest.mark.configs  # docs/layer_parallel.rst's accuracy table, reproduced: minutes, with make check-configs
 def test_accuracy_on_digits(tmp_path):
     """P = 4, one block per rank, the conv net on digits, 12 epochs for every solver, default
     solver options (penalty_accuracy.py; docs/layer_parallel.rst, "Accuracy"): penalty and al
