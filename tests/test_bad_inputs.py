@@ -36,7 +36,8 @@ def _flag_cases() -> list[tuple[str, list[str]]]:
         keys.update(cls.options)
     cases = []
     for key, opt in keys.items():
-        if key in _SKIP or (opt.type is str and not opt.choices and key not in ("solver", "filter", "plugin")):
+        named = key in ("solver", "filter", "plugin", "problem")  # checked against a registry
+        if key in _SKIP or (opt.type is str and not opt.choices and not named):
             continue
         for value in BAD_VALUES[opt.type]:
             owner = ["--solver", _owner(key)] if key not in COMMON else []

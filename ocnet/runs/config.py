@@ -24,6 +24,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from .. import solvers
+from ..model import data
 from ..model.options import ConfigError, Option, show
 from ..ranks.filters import FILTERS
 
@@ -32,8 +33,8 @@ __all__ = ["COMMON", "RESUMABLE", "ConfigError", "Option", "differences", "dump_
 
 # -- the keys every run accepts -----------------------------------------------------------------
 COMMON: dict[str, Option] = {
-    "problem": Option(str, "digits", "data set",
-                      choices=("peaks", "sequences", "digits", "mnist", "cifar10", "cifar100")),
+    "problem": Option(str, "digits", "data set: a built-in one, arrays (your own, from --data) or one a "
+                      "plug-in registers (listed below)"),
     "solver": Option(str, "serial", "training algorithm: a registered solver (those with options are listed below)"),
     "net": Option(str, "auto", "residual step (auto: transformer for token sequences, conv for images but "
                   "digits, dense otherwise)", choices=("auto", "dense", "conv", "transformer")),
@@ -75,6 +76,8 @@ COMMON: dict[str, Option] = {
     "dtype": Option(str, "float32", "floating-point precision", choices=("float32", "float64")),
     "out": Option(str, "", "run directory (default runs/<problem>-<solver>-P<ranks>)"),
     "data_dir": Option(str, "", "directory holding mnist / cifar files"),
+    "data": Option(str, "", "the arrays of --problem arrays: a .npz file (x_train, y_train, x_test, y_test; "
+                   "x_val, y_val optional) or a folder of those .npy files"),
     "device": Option(str, "auto", "where each rank computes (auto: cuda:local_rank when CUDA is present)",
                      choices=("auto", "cpu", "cuda")),
     "cuda_aware": Option(str, "auto", "whether MPI takes GPU buffers (auto: detect)",
@@ -98,8 +101,8 @@ COMMON: dict[str, Option] = {
                              "every epoch, from its second step, into <out>/timeline/ (0: off)", min=0, max=10_000),
     "plots": Option(bool, True, "draw the run directory's figures when the job ends (false: leave them to "
                     "python -m ocnet.plot RUN_DIR, e.g. for many batch jobs)"),
-    "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: solvers that "
-                     "register themselves there become choices of --solver"),
+    "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: solvers and "
+                     "data sets they register become choices of --solver and --problem"),
 }
 CLI_ONLY = {"config": "a TOML file of keys (flags override it)"}
 
@@ -108,7 +111,7 @@ CLI_ONLY = {"config": "a TOML file of keys (flags override it)"}
 # would not continue the same training.
 RESUMABLE = frozenset({"epochs", "checkpoint_every", "quiet", "log_every", "verbose", "resume", "out", "overwrite",
                        "stall_timeout", "data_parallel",
-                       "threads", "device", "cuda_aware", "data_dir", "plugin", "timeline_steps", "plots"})
+                       "threads", "device", "cuda_aware", "data_dir", "data", "plugin", "timeline_steps", "plots"})
 
 # A configuration file is a few hundred bytes; refusing anything much larger keeps a wrong
 # path (a data file, a disk image) from being read at all.
@@ -140,7 +143,7 @@ def load_plugins(spec: str) -> list[str]:
     """
     names = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        before = dict(solvers.SOLVERS)
+        before = {**solvers.SOLVERS, **data.REGISTERED}
         try:
             if item.endswith(".py"):
                 path = Path(item).resolve()
@@ -170,12 +173,14 @@ def load_plugins(spec: str) -> list[str]:
         except Exception as e:
             raise ConfigError(f"plugin {item!r} failed while importing: {type(e).__name__}: {e}") from None
         if fresh:
-            _REGISTERED[name] = [key for key, cls in solvers.SOLVERS.items() if before.get(key) is not cls]
+            _REGISTERED[name] = [key for key, cls in {**solvers.SOLVERS, **data.REGISTERED}.items()
+                                 if before.get(key) is not cls]
         names.append(name)
     return names
 
 
-#: Plug-in module ↦ the solvers its import registered (for the modules ``load_plugins`` imported).
+#: Plug-in module ↦ the solvers and data sets its import registered (for the modules
+#: ``load_plugins`` imported).
 _REGISTERED: dict[str, list[str]] = {}
 
 
@@ -258,6 +263,13 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
         error = ConfigError(f"unknown filter {config['filter']!r}; choose from {', '.join(FILTERS)}")
         raise _at(origin, "filter", error)
     _check_steps(config, origin)
+    problems = data.available()
+    if config["problem"] not in problems:
+        raise _at(origin, "problem", ConfigError(f"unknown problem {config['problem']!r}; choose from "
+                                                 f"{', '.join(problems)}" + _did_you_mean(config["problem"], problems)))
+    if config["data"] and config["problem"] != "arrays":
+        raise _at(origin, "data", ConfigError(f"--data names the arrays of --problem arrays; this run's problem "
+                                              f"is {config['problem']!r}"))
     for key in PATHS:
         config[key] = _at_home(config[key], key, origin)
     return config
@@ -265,7 +277,7 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
 
 #: The keys that name a path: ``~`` in them is the home directory, as in a shell (which does
 #: not expand it in ``--out=~/x``, nor in a TOML file).
-PATHS = ("out", "resume", "data_dir")
+PATHS = ("out", "resume", "data_dir", "data")
 
 
 def _at_home(value: str, key: str, origin: Mapping[str, str]) -> str:
@@ -334,7 +346,7 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
         lines.append(f"--cuda-aware {config['cuda_aware']} has no effect: this run computes on the CPU, "
                      "so no GPU buffer crosses a rank boundary")
     for item in idle_plugins(config["plugin"]):
-        lines.append(f"--plugin {item}: importing it registered no solver")
+        lines.append(f"--plugin {item}: importing it registered no solver and no data set")
     return lines
 
 
@@ -564,7 +576,7 @@ def help_text() -> str:
     lines = ["usage: [mpirun -n P] python -m ocnet.run [--config FILE.toml] [--key value ...]", "",
              f"  --{'config FILE':<22} {CLI_ONLY['config']}"]
     lines += [row(key, opt) for key, opt in COMMON.items()]
-    lines += ["", f"solvers: {', '.join(registered)}"]
+    lines += ["", f"problems: {', '.join(data.available())}", f"solvers: {', '.join(registered)}"]
     shown: dict[str, str] = {}  # key ↦ the solver under which it was listed
     for name, cls in registered.items():
         shared = sorted({shown[k] for k in cls.options if k in shown})

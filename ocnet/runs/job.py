@@ -167,7 +167,7 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
     dtype = getattr(torch, config["dtype"])
     device = agree(world, lambda: pick_device(config["device"], world))
     data = agree(world, lambda: load(config["problem"], config["data_dir"] or None, config["seed"],
-                                     config["val_split"]))
+                                     config["val_split"], config["data"] or None))
     kind = net_kind(config, data.is_image)
     sharing = comm_mod.node_rank_and_size(world)[1]  # a collective: outside agree's step
     agree(world, lambda: check_memory(

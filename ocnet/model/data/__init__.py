@@ -1,6 +1,7 @@
 """Datasets, batching and augmentation.
 
-Six classification problems, all returned as one :class:`Dataset` of torch tensors:
+Six classification problems, the user's own arrays and the data sets plug-ins register
+(:func:`register`), all returned as one :class:`Dataset` of torch tensors:
 
 ``peaks``     2-D points in ``[-3, 3]^2``, 5 level-set classes of MATLAB's ``peaks``
               (Günther et al., SIMODS 2020); generated, no files.
@@ -10,6 +11,7 @@ Six classification problems, all returned as one :class:`Dataset` of torch tenso
 ``mnist``     IDX files (plain or ``.gz``) in ``--data-dir`` or ``--data-dir/MNIST/raw``.
 ``cifar10``   the python pickle batches in ``--data-dir/cifar-10-batches-py`` (or directly).
 ``cifar100``  ``train`` / ``test`` pickles in ``--data-dir/cifar-100-python`` (or directly).
+``arrays``    the user's ``.npz`` file or folder of ``.npy`` files (:mod:`.arrays`).
 
 Inputs are normalised per channel with the mean and standard deviation of the *training*
 set, applied to both splits (token ids are not: they index an embedding).  Every rank calls
@@ -19,6 +21,7 @@ generators, never by global RNG state.
 from .batching import augment, batches
 from .dataset import DataError, Dataset
 from .generated import vocabulary
-from .problems import DATASETS, load
+from .problems import DATASETS, REGISTERED, available, load, register
 
-__all__ = ["DataError", "Dataset", "DATASETS", "load", "batches", "augment", "vocabulary"]
+__all__ = ["DataError", "Dataset", "DATASETS", "REGISTERED", "available", "load", "register", "batches", "augment",
+           "vocabulary"]
