@@ -223,8 +223,8 @@ def test_overwrite_and_stall_timeout():
 
 def test_resumable_keys():
     assert RESUMABLE == {"epochs", "checkpoint_every", "quiet", "log_every", "verbose", "resume", "out", "overwrite",
-                         "stall_timeout", "data_parallel", "threads", "device", "cuda_aware", "data_dir", "plugin",
-                         "timeline_steps", "plots"}
+                         "stall_timeout", "data_parallel", "threads", "device", "cuda_aware", "data_dir", "data",
+                         "plugin", "timeline_steps", "plots"}
     assert RESUMABLE <= set(COMMON)
 
 
