@@ -36,7 +36,7 @@ def _flag_cases() -> list[tuple[str, list[str]]]:
         keys.update(cls.options)
     cases = []
     for key, opt in keys.items():
-        named = key in ("solver", "filter", "plugin", "problem")  # checked against a registry
+        named = key in ("solver", "filter", "plugin", "problem", "net")  # checked against a registry
         if key in _SKIP or (opt.type is str and not opt.choices and not named):
             continue
         for value in BAD_VALUES[opt.type]:

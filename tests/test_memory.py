@@ -27,6 +27,8 @@ def parameter_bytes(p: torch.nn.Module) -> int:
     ((1, 8, 8), dict(net="transformer", layers=4, width=16, heads=2)),
     ((3, 32, 32), dict(net="transformer", layers=3, width=24, heads=3, patch=4)),
     ((16,), dict(net="transformer", layers=2, width=8, heads=1, vocab=8)),
+    ((1, 40), dict(net="conv1d", layers=6, channels=[8, 16])),
+    ((3, 17), dict(net="conv1d", layers=3, channels=[4, 4, 4], norm="none")),
 ])
 def test_parameters_counted_exactly(shape, sizes):
     """On one rank the slice is the whole network: parameters + gradients + Adam's two

@@ -71,7 +71,7 @@ def test_options_without_effect_warn_once_each(tmp_path, capsys):
         "is evaluated after every epoch anyway",
         "ocnet: warning: --cuda-aware on has no effect: this run computes on the CPU, so no GPU buffer crosses "
         "a rank boundary",
-        f"ocnet: warning: --plugin {idle}: importing it registered no solver and no data set",
+        f"ocnet: warning: --plugin {idle}: importing it registered no solver, data set or step kind",
     ]
 
 

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from torch.nn import functional as Fn
 
-from . import batchnorm, dropout
+from . import batchnorm, dropout, kinds
 from .data import vocabulary
 from .grid import Partition, TimeGrid
-from .steps import AttentionStep, ConvStep, DenseStep, Residual, Transition, activation, normalisation
+from .steps import AttentionStep, ConvStep, DenseStep, Residual, Transition, activation, convolution, normalisation
 from .tokens import ClassToken, Patches, Tokens, Vocabulary, patch_size
 
 
@@ -188,23 +188,25 @@ def dense_problem(in_features: int | Sequence[int], n_classes: int, width: int =
 def conv_problem(input_shape: Sequence[int], n_classes: int, channels: Sequence[int] = (16,),
                  layers_per_stage: Sequence[int] = (8,), T: float = 1.0, act: str = "relu",
                  norm: str = "group") -> Problem:
-    """Images ``(batch, in_channels, H, W)``: a 3×3 convolutional opening, then one stage of
-    convolutional residual steps per entry of ``channels`` (each stage on ``[0, T]``), a
-    strided :class:`Transition` between stages, global average pooling and a linear
-    classifier."""
+    """Images ``(batch, in_channels, H, W)``, or signals ``(batch, in_channels, L)``: a
+    convolutional opening (3×3, or 3 wide), then one stage of convolutional residual steps per
+    entry of ``channels`` (each stage on ``[0, T]``), a strided :class:`Transition` between
+    stages, global average pooling and a linear classifier."""
     if len(channels) != len(layers_per_stage):
         raise ValueError("give one layer count per stage")
-    opening = nn.Sequential(nn.Conv2d(input_shape[0], channels[0], 3, padding=1),
-                            normalisation(norm, channels[0]), activation(act))
+    dims = len(input_shape) - 1
+    opening = nn.Sequential(convolution(dims)(input_shape[0], channels[0], 3, padding=1),
+                            normalisation(norm, channels[0], dims), activation(act))
     layers: list[nn.Module] = []
     grids = []
     for s, (c, n) in enumerate(zip(channels, layers_per_stage)):
         if s:
-            layers.append(Transition(channels[s - 1], c, act, norm))
+            layers.append(Transition(channels[s - 1], c, act, norm, dims=dims))
         grid = TimeGrid(n, T)
         grids.append(grid)
-        layers += [Residual(ConvStep(c, act, norm), grid.h) for _ in range(n)]
-    classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], n_classes))
+        layers += [Residual(ConvStep(c, act, norm, dims=dims), grid.h) for _ in range(n)]
+    pool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool1d(1)
+    classifier = nn.Sequential(pool, nn.Flatten(), nn.Linear(channels[-1], n_classes))
     return Problem(opening, layers, classifier, grids, input_shape, n_classes)
 
 
@@ -232,16 +234,36 @@ def transformer_problem(input_shape: Sequence[int], n_classes: int, width: int =
                    input_shape, n_classes)
 
 
+def registered_problem(kind: kinds.StepKind, settings: kinds.Settings, n_layers: int, T: float = 1.0) -> Problem:
+    """The network of a registered step kind (:mod:`ocnet.model.kinds`): its opening (or
+    ``σ(W flatten(x))`` to ``width``), ``n_layers`` steps of its ``F`` on ``[0, T]``, its
+    classifier (or a linear map of the flattened last state)."""
+    if kind.opening is not None:
+        opening = kind.opening(settings)
+    else:
+        opening = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(settings.input_shape), settings.width),
+                                activation(settings.activation or "tanh"))
+    with torch.no_grad():
+        state = tuple(opening(torch.zeros(1, *settings.input_shape)).shape[1:])
+    grid = TimeGrid(n_layers, T)
+    layers = [Residual(kind.step(settings), grid.h) for _ in range(n_layers)]
+    classifier = (kind.classifier(settings, state) if kind.classifier is not None
+                  else nn.Sequential(nn.Flatten(), nn.Linear(math.prod(state), settings.n_classes)))
+    return Problem(opening, layers, classifier, [grid], settings.input_shape, settings.n_classes)
+
+
 def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, width: int = 32,
           channels: Sequence[int] = (16,), T: float = 1.0, activation: str | None = None,
           norm: str = "group", heads: int = 4, patch: int = 0, vocab: int = 0, dropout: float = 0.0,
           seed: int = 0, dtype: torch.dtype = torch.float32) -> Problem:
     """Build the network for data of ``input_shape`` (without the batch dimension).
 
-    ``net='dense'`` flattens the input; ``net='conv'`` needs images ``(C, H, W)`` and splits
-    ``layers`` residual steps evenly over the stages given by ``channels``;
+    ``net='dense'`` flattens the input; ``net='conv'`` needs images ``(C, H, W)`` (and
+    ``net='conv1d'`` signals ``(C, L)``) and splits ``layers`` residual steps evenly over the
+    stages given by ``channels``;
     ``net='transformer'`` takes images (``patch`` × ``patch`` patches) or, with ``vocab``,
-    token sequences, into tokens of ``width`` with ``heads`` attention heads.  ``dropout``
+    token sequences, into tokens of ``width`` with ``heads`` attention heads; any other ``net``
+    is a registered step kind (:func:`registered_problem`).  ``dropout``
     is the rate of every residual step's (:class:`~ocnet.model.steps.Residual`).  Parameters are
     initialised from ``seed`` alone, so every rank builds the same network.
     """
@@ -249,9 +271,11 @@ def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, 
         torch.manual_seed(seed)
         if net == "dense":
             problem = dense_problem(input_shape, n_classes, width, layers, T, activation or "tanh")
-        elif net == "conv":
-            if len(input_shape) != 3:
+        elif net in ("conv", "conv1d"):
+            if net == "conv" and len(input_shape) != 3:
                 raise ValueError(f"net 'conv' needs image data (C, H, W), got shape {tuple(input_shape)}")
+            if net == "conv1d" and len(input_shape) != 2:
+                raise ValueError(f"net 'conv1d' needs signals (C, L), got shape {tuple(input_shape)}")
             n_stages = len(channels)
             if layers < n_stages:
                 raise ValueError(f"{layers} layers cannot fill {n_stages} stages")
@@ -262,29 +286,32 @@ def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, 
             problem = transformer_problem(input_shape, n_classes, width, heads, layers, T,
                                           activation or "gelu", patch, vocab)
         else:
-            raise ValueError(f"unknown net {net!r}; choose dense, conv or transformer")
+            settings = kinds.Settings(tuple(input_shape), n_classes, width, tuple(channels), activation, norm, heads)
+            problem = registered_problem(kinds.get(net), settings, layers, T)
     for layer in problem.layers:
         if isinstance(layer, Residual):
             layer.dropout = dropout
     return problem.to(dtype)
 
 
-def net_kind(config: Mapping[str, Any], is_image: bool) -> str:
-    """The kind of network a run configuration asks for: its ``net``, or by default
-    ``transformer`` for token sequences, ``conv`` for images other than the 8×8 digits and
-    ``dense`` otherwise."""
+def net_kind(config: Mapping[str, Any], input_shape: Sequence[int]) -> str:
+    """The kind of network a run configuration asks for on samples of ``input_shape``: its
+    ``net``, or by default ``transformer`` for token sequences, ``conv`` for images ``(C, H, W)``
+    other than the 8×8 digits, ``conv1d`` for signals ``(C, L)`` and ``dense`` otherwise."""
     if config["net"] != "auto":
         return config["net"]
     if vocabulary(config["problem"]):
         return "transformer"
-    return "conv" if is_image and config["problem"] != "digits" else "dense"
+    if len(input_shape) == 2:
+        return "conv1d"
+    return "conv" if len(input_shape) == 3 and config["problem"] != "digits" else "dense"
 
 
 def from_config(config: Mapping[str, Any], input_shape: Sequence[int], n_classes: int, **overrides: Any) -> Problem:
     """The network a run of ``config`` trains on inputs of ``input_shape``; ``overrides``
     (``layers``, ``channels``, ``width``, …; ``None`` keeps the configured value) change
     :func:`build`'s arguments."""
-    kwargs = dict(net=net_kind(config, len(input_shape) == 3), layers=config["layers"], width=config["width"],
+    kwargs = dict(net=net_kind(config, input_shape), layers=config["layers"], width=config["width"],
                   channels=list(config["channels"]), T=config["final_time"],
                   activation=None if config["activation"] == "auto" else config["activation"],
                   norm=config["norm"], heads=config["heads"], patch=config["patch"], dropout=config["dropout"],

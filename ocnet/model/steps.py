@@ -5,8 +5,8 @@ layer ``Residual(F, h)`` is one forward-Euler step ``u + h F(u; θ)``.  Solvers 
 the step size (MGRIT's coarse levels) call ``layer(u, h=...)``.  :class:`Transition` joins
 two stages of different shapes (a strided convolution); it is not a time step.
 
-The steps: :class:`DenseStep` (vectors), :class:`ConvStep` (images) and
-:class:`AttentionStep` (tokens: a pre-layer-norm transformer encoder layer).
+The steps: :class:`DenseStep` (vectors), :class:`ConvStep` (images, or signals with
+``dims=1``) and :class:`AttentionStep` (tokens: a pre-layer-norm transformer encoder layer).
 """
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ def activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}") from None
 
 
-def normalisation(kind: str, channels: int) -> nn.Module:
-    """The normalisation of a convolutional step: ``group``, ``instance`` and ``none`` do not
-    couple samples, so that a micro-batch or a single sample gives the same result as the
-    whole batch; ``batch`` normalises with the statistics of the states it is given (a
-    micro-batch in a pipeline) and keeps running statistics for evaluation
-    (:mod:`ocnet.model.batchnorm`)."""
+def normalisation(kind: str, channels: int, dims: int = 2) -> nn.Module:
+    """The normalisation of a convolutional step over ``dims`` spatial dimensions (2: images,
+    1: signals): ``group``, ``instance`` and ``none`` do not couple samples, so that a
+    micro-batch or a single sample gives the same result as the whole batch; ``batch``
+    normalises with the statistics of the states it is given (a micro-batch in a pipeline) and
+    keeps running statistics for evaluation (:mod:`ocnet.model.batchnorm`)."""
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
     if kind == "instance":
@@ -55,13 +55,21 @@ class DenseStep(nn.Module):
         return self.act(self.linear(u))
 
 
-class ConvStep(nn.Module):
-    """``F(u) = σ(N(K * u + b))`` for states of shape ``(batch, channels, height, width)``."""
+def convolution(dims: int) -> type[nn.Conv1d] | type[nn.Conv2d]:
+    """The convolution over ``dims`` spatial dimensions: 1 (signals), 2 (images)."""
+    if dims not in (1, 2):
+        raise ValueError(f"convolutions over {dims} dimensions: 1 (signals) or 2 (images)")
+    return nn.Conv1d if dims == 1 else nn.Conv2d
 
-    def __init__(self, channels: int, act: str = "relu", norm: str = "group", kernel: int = 3) -> None:
+
+class ConvStep(nn.Module):
+    """``F(u) = σ(N(K * u + b))`` for states of shape ``(batch, channels, height, width)``, or
+    ``(batch, channels, length)`` with ``dims=1``."""
+
+    def __init__(self, channels: int, act: str = "relu", norm: str = "group", kernel: int = 3, dims: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
-        self.norm = normalisation(norm, channels)
+        self.conv = convolution(dims)(channels, channels, kernel, padding=kernel // 2)
+        self.norm = normalisation(norm, channels, dims)
         self.act = activation(act)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
@@ -141,13 +149,14 @@ class Residual(nn.Module):
 
 
 class Transition(nn.Module):
-    """Strided convolution between stages: ``(b, c_in, H, W) → (b, c_out, H/s, W/s)``."""
+    """Strided convolution between stages: ``(b, c_in, H, W) → (b, c_out, H/s, W/s)``, or
+    ``(b, c_in, L) → (b, c_out, L/s)`` with ``dims=1``."""
 
     def __init__(self, c_in: int, c_out: int, act: str = "relu", norm: str = "group",
-                 stride: int = 2) -> None:
+                 stride: int = 2, dims: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
-        self.norm = normalisation(norm, c_out)
+        self.conv = convolution(dims)(c_in, c_out, 3, stride=stride, padding=1)
+        self.norm = normalisation(norm, c_out, dims)
         self.act = activation(act)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from .. import solvers
-from ..model import data
+from ..model import data, kinds
 from ..model.options import ConfigError, Option, show
 from ..ranks.filters import FILTERS
 
@@ -36,8 +36,9 @@ COMMON: dict[str, Option] = {
     "problem": Option(str, "digits", "data set: a built-in one, arrays (your own, from --data) or one a "
                       "plug-in registers (listed below)"),
     "solver": Option(str, "serial", "training algorithm: a registered solver (those with options are listed below)"),
-    "net": Option(str, "auto", "residual step (auto: transformer for token sequences, conv for images but "
-                  "digits, dense otherwise)", choices=("auto", "dense", "conv", "transformer")),
+    "net": Option(str, "auto", "residual step: dense, conv, conv1d, transformer or one a plug-in registers "
+                  "(auto: transformer for token sequences, conv for images but digits, conv1d for signals, "
+                  "dense otherwise)"),
     # Every layer is a Python module of its own (some kilobytes each, built on every rank).
     "layers": Option(int, 16, "number of residual layers N (all stages together)", min=1, max=100_000),
     "width": Option(int, 32, "state width of a dense network, token width of a transformer", min=1),
@@ -101,8 +102,8 @@ COMMON: dict[str, Option] = {
                              "every epoch, from its second step, into <out>/timeline/ (0: off)", min=0, max=10_000),
     "plots": Option(bool, True, "draw the run directory's figures when the job ends (false: leave them to "
                     "python -m ocnet.plot RUN_DIR, e.g. for many batch jobs)"),
-    "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: solvers and "
-                     "data sets they register become choices of --solver and --problem"),
+    "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: the solvers, data "
+                     "sets and step kinds they register become choices of --solver, --problem and --net"),
 }
 CLI_ONLY = {"config": "a TOML file of keys (flags override it)"}
 
@@ -143,7 +144,7 @@ def load_plugins(spec: str) -> list[str]:
     """
     names = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        before = {**solvers.SOLVERS, **data.REGISTERED}
+        before = {**solvers.SOLVERS, **data.REGISTERED, **kinds.KINDS}
         try:
             if item.endswith(".py"):
                 path = Path(item).resolve()
@@ -173,7 +174,7 @@ def load_plugins(spec: str) -> list[str]:
         except Exception as e:
             raise ConfigError(f"plugin {item!r} failed while importing: {type(e).__name__}: {e}") from None
         if fresh:
-            _REGISTERED[name] = [key for key, cls in {**solvers.SOLVERS, **data.REGISTERED}.items()
+            _REGISTERED[name] = [key for key, cls in {**solvers.SOLVERS, **data.REGISTERED, **kinds.KINDS}.items()
                                  if before.get(key) is not cls]
         names.append(name)
     return names
@@ -263,6 +264,10 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
         error = ConfigError(f"unknown filter {config['filter']!r}; choose from {', '.join(FILTERS)}")
         raise _at(origin, "filter", error)
     _check_steps(config, origin)
+    nets = kinds.available()
+    if config["net"] not in nets:
+        raise _at(origin, "net", ConfigError(f"unknown net {config['net']!r}; choose from {', '.join(nets)}"
+                                             + _did_you_mean(config["net"], nets)))
     problems = data.available()
     if config["problem"] not in problems:
         raise _at(origin, "problem", ConfigError(f"unknown problem {config['problem']!r}; choose from "
@@ -336,7 +341,7 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
         what = "a transformer on token sequences" if net == "transformer" else f"a {net} network"
         lines.append(f"--patch has no effect: it is the patch size of a vision transformer "
                      f"(--net transformer on images), and this run trains {what}")
-    if "norm" in keys and net != "conv":
+    if "norm" in keys and net in ("dense", "transformer"):
         lines.append(f"--norm has no effect: it normalises the steps of a convolutional network, "
                      f"and this run trains a {net} network")
     if "epoch_test" in keys and config["epoch_test"] and not config["val_split"]:
@@ -346,7 +351,7 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
         lines.append(f"--cuda-aware {config['cuda_aware']} has no effect: this run computes on the CPU, "
                      "so no GPU buffer crosses a rank boundary")
     for item in idle_plugins(config["plugin"]):
-        lines.append(f"--plugin {item}: importing it registered no solver and no data set")
+        lines.append(f"--plugin {item}: importing it registered no solver, data set or step kind")
     return lines
 
 
@@ -576,7 +581,8 @@ def help_text() -> str:
     lines = ["usage: [mpirun -n P] python -m ocnet.run [--config FILE.toml] [--key value ...]", "",
              f"  --{'config FILE':<22} {CLI_ONLY['config']}"]
     lines += [row(key, opt) for key, opt in COMMON.items()]
-    lines += ["", f"problems: {', '.join(data.available())}", f"solvers: {', '.join(registered)}"]
+    lines += ["", f"problems: {', '.join(data.available())}", f"nets: {', '.join(kinds.available())}",
+              f"solvers: {', '.join(registered)}"]
     shown: dict[str, str] = {}  # key ↦ the solver under which it was listed
     for name, cls in registered.items():
         shared = sorted({shown[k] for k in cls.options if k in shown})

@@ -168,7 +168,7 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
     device = agree(world, lambda: pick_device(config["device"], world))
     data = agree(world, lambda: load(config["problem"], config["data_dir"] or None, config["seed"],
                                      config["val_split"], config["data"] or None))
-    kind = net_kind(config, data.is_image)
+    kind = net_kind(config, data.input_shape)
     sharing = comm_mod.node_rank_and_size(world)[1]  # a collective: outside agree's step
     agree(world, lambda: check_memory(
         data.input_shape, data.n_classes, net=kind, layers=config["layers"], width=config["width"],
@@ -266,7 +266,7 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
         return 0
     if config["cuda_aware"] != "auto":
         comm.cuda_aware = config["cuda_aware"] == "on"
-    kind = net_kind(config, s["data"].is_image)
+    kind = net_kind(config, s["data"].input_shape)
     torch.set_num_threads(config["threads"] or default_threads(comm, kind))
     if comm.rank == 0:
         _prepare(out, config, start is not None)

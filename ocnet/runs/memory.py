@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from ..model.options import ConfigError
+from ..model.problem import build
 from ..model.tokens import patch_size
 
 # Python objects of one layer (module, parameters, their dictionaries): 11–14 KiB measured
@@ -98,19 +99,21 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
     norm_params = (lambda c: 0) if norm == "none" else (lambda c: 2 * c)
     shape = [int(s) for s in input_shape]
     d = math.prod(shape)
-    if net == "conv":
-        c_in, H, W = shape if len(shape) == 3 else (d, 1, 1)  # build refuses other shapes itself
+    if net in ("conv", "conv1d"):
+        # images (C, H, W) with 3×3 kernels, signals (C, L) as (C, L, 1) with kernels 3 wide
+        k, dims = (9, 3) if net == "conv" else (3, 2)
+        c_in, H, W = (*shape, 1)[:3] if len(shape) == dims else (d, 1, 1)  # build refuses other shapes itself
         S = len(channels)
         per_stage = [layers // S + (s < layers % S) for s in range(S)]
-        opening = 9 * c_in * channels[0] + channels[0] + norm_params(channels[0])
+        opening = k * c_in * channels[0] + channels[0] + norm_params(channels[0])
         classifier = channels[-1] * n_classes + n_classes
         kinds = []  # (count, parameters, numbers kept per sample) of each kind of layer
         opening_state = channels[0] * H * W
         for s, (c, n) in enumerate(zip(channels, per_stage)):
             if s:
                 H, W = (H + 1) // 2, (W + 1) // 2  # the stride-2 transition
-                kinds.append((1, 9 * channels[s - 1] * c + c + norm_params(c), STATES_PER_LAYER * c * H * W))
-            kinds.append((n, 9 * c * c + c + norm_params(c), STATES_PER_LAYER * c * H * W))
+                kinds.append((1, k * channels[s - 1] * c + c + norm_params(c), STATES_PER_LAYER * c * H * W))
+            kinds.append((n, k * c * c + c + norm_params(c), STATES_PER_LAYER * c * H * W))
     elif net == "transformer":
         if vocab or len(shape) != 3:  # token ids (build refuses other shapes without them itself)
             n_tokens, opening = d, vocab * width
@@ -127,11 +130,19 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
                   # MLP's 4w-wide hidden layer and activation) and each head's attention row
                   n_tokens * (16 * width + heads * n_tokens))]
         opening_state = n_tokens * width
-    else:
+    elif net == "dense":
         opening = d * width + width
         classifier = width * n_classes + n_classes
         kinds = [(layers, width * width + width, STATES_PER_LAYER * width)]
         opening_state = width
+    else:  # a registered step kind: its sizes from one layer of it, built
+        one = build(tuple(shape), n_classes, net=net, layers=1, width=width, channels=channels, norm=norm,
+                    heads=heads)
+        size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        opening, classifier = size(one.opening), size(one.classifier)
+        with torch.no_grad():
+            opening_state = one.opening(torch.zeros(1, *shape)).numel()
+        kinds = [(layers, size(one.layers[0]), STATES_PER_LAYER * opening_state)]
     n_layers = sum(count for count, _, _ in kinds)
     per_rank = -(-n_layers // max(1, n_ranks))
     total = opening + classifier + sum(count * p for count, p, _ in kinds)

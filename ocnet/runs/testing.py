@@ -1,4 +1,4 @@
-"""A contract test for solvers, for people who write their own.
+"""Contract tests for solvers and step kinds, for people who write their own.
 
     from ocnet import check_solver
     check_solver(MySolver, my_option=3)                 # one process
@@ -14,6 +14,8 @@ breaks the contract of :class:`ocnet.solvers.Solver`:
   instead of hanging): records that combine over the ranks, a ``state_dict`` round trip on
   every rank that resumes bit for bit, two runs from one seed that agree, and — when the
   solver claims ``rank_invariant`` — the losses and parameters of one process.
+
+:func:`check_step` checks a step kind of one's own (``--net NAME``) likewise.
 
 ``python -m mpi4py -m ocnet.runs.testing SPEC OPTIONS OUT`` is the ranks' side (internal).
 """
@@ -33,6 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from ..model.problem import Problem, build
+from ..model.steps import Residual
 from ..ranks.comm import Comm, SelfComm
 from ..solvers.base import Solver
 from ..solvers.records import Record, combine
@@ -165,6 +168,77 @@ def check_solver(cls: type[Solver], *, exact: bool = False, rtol: float = 1e-10,
         reference = _ranks_side(cls, options, layers, SelfComm())
         for n in ranks:
             _check_on_ranks(cls, options, layers, n, reference, rtol, timeout)
+
+
+def check_step(net: str, input_shape: Sequence[int] = (8,), n_classes: int = 3, batch: int = 6,
+               **settings: Any) -> None:
+    """Check that the step kind ``net`` (:func:`ocnet.model.kinds.register_step`) gives what
+    every solver relies on, on ``batch`` random samples of ``input_shape``; raises
+    ``AssertionError`` naming the property that fails:
+
+    * the network builds, in float32 and in float64, and its logits are
+      ``(batch, n_classes)``, finite, in the network's dtype;
+    * ``F`` keeps the state's shape and dtype (``u + h F(u)`` is a step of one state space);
+    * ``F`` is deterministic: twice the same input, bit for bit the same output (in training
+      and in evaluation mode);
+    * ``F`` does not couple the samples of a batch, unless the kind declares
+      ``couples_samples``: each sample alone gives what it gives in the batch (micro-batches,
+      pipelines and the penalty methods' per-sample states depend on it);
+    * every parameter of ``F`` gets a finite gradient.
+
+    ``settings`` are :func:`~ocnet.model.problem.build`'s (``width``, ``channels``, …).
+    """
+    from ..model import kinds
+
+    # the built-in kinds couple samples with batch norm only
+    couples = kinds.get(net).couples_samples if net not in kinds.BUILT_IN else settings.get("norm") == "batch"
+    name = f"check_step({net!r})"
+    nets = {}
+    for dtype in (torch.float32, torch.float64):
+        try:
+            nets[dtype] = build(tuple(input_shape), n_classes, net=net, layers=2, seed=0, dtype=dtype, **settings)
+        except Exception as e:
+            raise AssertionError(f"{name}: the network does not build in {dtype}: {type(e).__name__}: {e}") from e
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *input_shape, generator=gen, dtype=torch.float64)
+    problem = nets[torch.float64]
+    with torch.no_grad():
+        u = problem.opening(x)
+    step = problem.layers[0]
+    assert isinstance(step, Residual)
+    F = step.F
+    try:
+        f = F(u)
+    except Exception as e:
+        raise AssertionError(f"{name}: F fails on states {tuple(u.shape)}: {type(e).__name__}: {e}") from e
+    assert f.shape == u.shape, f"{name}: F changes the state's shape: {tuple(u.shape)} -> {tuple(f.shape)}"
+    assert f.dtype == u.dtype, f"{name}: F gives {f.dtype} states for {u.dtype} ones (a fixed dtype inside?)"
+    for mode in ("training", "evaluation"):
+        F.train(mode == "training")
+        with torch.no_grad():
+            assert torch.equal(F(u), F(u)), f"{name}: F is not deterministic (in {mode} mode): one input, two outputs"
+    F.train()
+    if not couples:
+        with torch.no_grad():
+            whole = F(u)
+            for i in range(batch):
+                assert torch.allclose(F(u[i:i + 1]), whole[i:i + 1], rtol=1e-10, atol=1e-12), \
+                    f"{name}: F couples the samples of a batch: sample {i} alone gives another F than in the " \
+                    "batch (declare couples_samples=True if it must)"
+    for dtype, problem in nets.items():
+        try:
+            logits = problem(x.to(dtype))
+        except Exception as e:
+            raise AssertionError(f"{name}: the {dtype} network fails: {type(e).__name__}: {e}") from e
+        assert logits.shape == (batch, n_classes), \
+            f"{name}: the logits have shape {tuple(logits.shape)}, not (batch, n_classes) = {(batch, n_classes)}"
+        assert logits.dtype == dtype, f"{name}: a {dtype} network gives {logits.dtype} logits (a fixed dtype inside?)"
+        assert torch.isfinite(logits).all(), f"{name}: the logits of a {dtype} network are not finite"
+    F.zero_grad()
+    F(u).square().sum().backward()
+    for key, p in F.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), \
+            f"{name}: parameter {key} of F gets {'no' if p.grad is None else 'a non-finite'} gradient"
 
 
 # -- the multi-rank checks -----------------------------------------------------------------------
