@@ -89,11 +89,13 @@ def pytest_runtest_call(item):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def rank_pool():
+def rank_pool(request):
     """Multi-rank jobs of the tests run in a pool of warm ranks (``OCNET_TEST_POOL`` ranks, 4 by
-    default; 0: every job under an mpiexec of its own), started at the first such job: most
-    of a small job's time is its ranks importing torch."""
-    if launcher.mpiexec() is None:
+    default; 0: every job under an mpiexec of its own), started with the session when it has
+    tests that may use it: most of a small job's time is its ranks importing torch."""
+    pooled = any(item.get_closest_marker("mpi") and not item.get_closest_marker("processes")
+                 for item in request.session.items)
+    if launcher.mpiexec() is None or not pooled:
         yield None
         return
     from ocnet.runs.pool import Pool
