@@ -3,12 +3,14 @@ or a folder of ``.npy`` files, checked before anything trains.
 
 The arrays (keys of the ``.npz``, or file names without ``.npy``):
 
-``x_train``, ``x_test``  one sample per row, of any of the shapes a network kind takes:
-                         vectors ``(n, d)``, signals ``(n, C, L)``, images ``(n, C, H, W)``;
-                         real numbers, finite;
-``y_train``, ``y_test``  integer class labels ``(n,)`` in ``0 … C-1``, where ``C`` is the
-                         largest training label + 1;
-``x_val``, ``y_val``     optional: validation samples (then ``--val-split`` does not apply).
+``x_train``, ``x_test``
+    one sample per row, of any of the shapes a network kind takes: vectors ``(n, d)``,
+    signals ``(n, C, L)``, images ``(n, C, H, W)``; real numbers, finite;
+``y_train``, ``y_test``
+    integer class labels ``(n,)`` in ``0 … C-1``, where ``C`` is the largest training
+    label + 1;
+``x_val``, ``y_val``
+    optional: validation samples (then ``--val-split`` does not apply).
 
 Nothing is unpickled (``allow_pickle=False``: an array of Python objects is refused, never
 loaded), and an array whose header claims more than :data:`MAX_BYTES` is refused before it
