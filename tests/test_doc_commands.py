@@ -29,6 +29,7 @@ ELSEWHERE = {
     "python -m ocnet.run --solver penalty --net conv --channels 8,16,32 --layers 9 --lr 0.01 --epochs 12 "
     "--schedule cosine --threads 1 --blocks 4 --seed S [options]": "a template; tests/test_penalty_mpi.py",
     "mpiexec -n 4 python tests/mpi/penalty_accuracy.py acc.json runs": "tests/test_penalty_mpi.py",
+    "mpiexec -n 2 python own_loop.py out": "tests/test_own_loop.py, against the command line",
     "mpiexec -n 4 python -m ocnet.run --solver penalty|al --net conv --channels 8,16,32 --layers 9 --lr 0.01 "
     "--epochs 12 --schedule cosine --threads 1": "a template; tests/test_penalty_mpi.py",
     "python -m ocnet.speedup --config run.toml --calibration cal.json --layers 4096 --out pred/":

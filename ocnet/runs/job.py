@@ -208,11 +208,13 @@ def _load_checkpoint(solver: Solver, grid: Grid, out: Path, device: torch.device
 
 
 def build_solver(cls: type[Solver], network: Any, comm: comm_mod.Comm, config: dict[str, Any],
-                 device: torch.device) -> Solver:
-    """The solver of the configuration, on this rank's slice (no communication: every rank
-    builds its own, and :func:`agree` collects the errors)."""
-    return cls(network, comm, make_optimizer_factory(config), device=device, filter=FILTERS[config["filter"]],
-               seed=config["seed"], tags=Tags(), **{k: config[k] for k in cls.options_for(config)})
+                 device: torch.device, optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> Solver:
+    """The solver of the configuration, on this rank's slice, with the configuration's
+    optimiser unless ``optimizer`` makes another (no communication: every rank builds its
+    own, and :func:`agree` collects the errors)."""
+    return cls(network, comm, optimizer or make_optimizer_factory(config), device=device,
+               filter=FILTERS[config["filter"]], seed=config["seed"], tags=Tags(),
+               **{k: config[k] for k in cls.options_for(config)})
 
 
 def _prepare(out: Path, config: dict[str, Any], resuming: bool) -> None:

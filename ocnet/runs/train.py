@@ -171,6 +171,17 @@ def _poison(solver: Solver, record: dict[str, Any]) -> None:
         next(solver.network.parameters()).fill_(float("nan"))
 
 
+def training_batch(data: Dataset, idx: torch.Tensor, seed: int, epoch: int, b: int,
+                   augmented: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples ``idx`` of the training set as batch ``b`` of ``epoch``: ``(x, y)`` on the
+    data's device, ``x`` randomly cropped and flipped when ``augmented`` (seeded per batch, so
+    that a run resumes at any batch alike)."""
+    x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
+    if augmented:
+        x = augment(x, torch.Generator().manual_seed((1_000_003 * seed + epoch) * 1_000_033 + b))
+    return x, y
+
+
 def steps_per_epoch(n: int, batch_size: int, limit_batches: int = 0) -> int:
     """The batches of an epoch over ``n`` samples, at most ``limit_batches`` (0: no limit)."""
     n_batches = math.ceil(n / batch_size)
@@ -323,9 +334,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                     break
                 if b < skip:
                     continue
-                x, y = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
-                if do_augment:  # seeded per batch, so that a run resumes at any batch alike
-                    x = augment(x, torch.Generator().manual_seed((1_000_003 * seed + epoch) * 1_000_033 + b))
+                x, y = training_batch(data, idx, seed, epoch, b, do_augment)
                 samples, index, share = idx, idx, 1.0
                 if D > 1:  # this group's share, augmented as part of the whole batch
                     assert solver.gradient_average is not None
