@@ -24,10 +24,11 @@ checks what the solvers rely on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Callable, Sequence
 
 from torch import nn
+
+from . import plugins
 
 #: The kinds ocnet builds itself (:func:`ocnet.model.problem.build`).
 BUILT_IN = ("dense", "conv", "conv1d", "transformer")
@@ -66,7 +67,6 @@ class StepKind:
 
 
 KINDS: dict[str, StepKind] = {}
-_loaded_entry_points = False
 
 
 def register_step(name: str, step: Callable[[Settings], nn.Module], *,
@@ -87,16 +87,13 @@ def register_step(name: str, step: Callable[[Settings], nn.Module], *,
 def available() -> tuple[str, ...]:
     """The names ``--net`` accepts: ``auto``, the built-in kinds, the registered ones (after
     loading the entry points of ``ocnet.steps``, once)."""
-    global _loaded_entry_points
-    if not _loaded_entry_points:
-        _loaded_entry_points = True
-        for entry in metadata.entry_points(group=ENTRY_POINTS):
-            if entry.name not in KINDS:
-                found = entry.load()
-                if isinstance(found, StepKind):
-                    KINDS[entry.name] = found
-                else:
-                    register_step(entry.name, found)
+    for entry in plugins.entry_points(ENTRY_POINTS):
+        if entry.name not in KINDS:
+            found = entry.load()
+            if isinstance(found, StepKind):
+                KINDS[entry.name] = found
+            else:
+                register_step(entry.name, found)
     return ("auto", *BUILT_IN, *KINDS)
 
 

@@ -1,13 +1,11 @@
 """The registry of solvers by name, built-in and plug-in (entry points of ``ocnet.solvers``)."""
 from __future__ import annotations
 
-from importlib import metadata
-
+from ..model import plugins
 from .base import Solver
 
 ENTRY_POINTS = "ocnet.solvers"
 SOLVERS: dict[str, type[Solver]] = {}
-_loaded_entry_points = False
 
 
 def register(cls: type[Solver]) -> type[Solver]:
@@ -21,13 +19,10 @@ def register(cls: type[Solver]) -> type[Solver]:
 def available() -> dict[str, type[Solver]]:
     """The registry, after loading the solvers that installed packages declare as entry points
     of the group ``ocnet.solvers`` (once)."""
-    global _loaded_entry_points
-    if not _loaded_entry_points:
-        _loaded_entry_points = True
-        for entry in metadata.entry_points(group=ENTRY_POINTS):
-            cls = entry.load()
-            if entry.name not in SOLVERS:
-                register(cls)
+    for entry in plugins.entry_points(ENTRY_POINTS):
+        cls = entry.load()
+        if entry.name not in SOLVERS:
+            register(cls)
     return SOLVERS
 
 

@@ -3,13 +3,13 @@ a data set by name, normalised, with its validation samples held out."""
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
+from .. import plugins
 from . import arrays
 from .batching import _generator
 from .dataset import DataError, Dataset, Raw
@@ -33,7 +33,6 @@ _LOADERS: dict[str, Callable[[Path | None, int], Raw]] = {
 Loader = Callable[[Path | None, int], Mapping[str, np.ndarray]]
 ENTRY_POINTS = "ocnet.datasets"
 REGISTERED: dict[str, Loader] = {}
-_loaded_entry_points = False
 
 
 def register(name: str, loader: Loader | None = None) -> Callable[[Loader], Loader] | Loader:
@@ -54,12 +53,9 @@ def register(name: str, loader: Loader | None = None) -> Callable[[Loader], Load
 def available() -> tuple[str, ...]:
     """The names ``--problem`` accepts: the built-in ones, then the registered ones (after
     loading the entry points of ``ocnet.datasets``, once)."""
-    global _loaded_entry_points
-    if not _loaded_entry_points:
-        _loaded_entry_points = True
-        for entry in metadata.entry_points(group=ENTRY_POINTS):
-            if entry.name not in REGISTERED:
-                register(entry.name, entry.load())
+    for entry in plugins.entry_points(ENTRY_POINTS):
+        if entry.name not in REGISTERED:
+            register(entry.name, entry.load())
     return DATASETS + tuple(REGISTERED)
 
 
