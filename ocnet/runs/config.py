@@ -144,7 +144,7 @@ def load_plugins(spec: str) -> list[str]:
     """
     names = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        before = {**solvers.SOLVERS, **data.REGISTERED, **kinds.KINDS}
+        before = _registries()
         try:
             if item.endswith(".py"):
                 path = Path(item).resolve()
@@ -174,15 +174,19 @@ def load_plugins(spec: str) -> list[str]:
         except Exception as e:
             raise ConfigError(f"plugin {item!r} failed while importing: {type(e).__name__}: {e}") from None
         if fresh:
-            _REGISTERED[name] = [key for key, cls in {**solvers.SOLVERS, **data.REGISTERED, **kinds.KINDS}.items()
-                                 if before.get(key) is not cls]
+            _REGISTERED[name] = [key for key, cls in _registries().items() if before.get(key) is not cls]
         names.append(name)
     return names
 
 
-#: Plug-in module ↦ the solvers and data sets its import registered (for the modules
-#: ``load_plugins`` imported).
+#: Plug-in module ↦ the solvers, data sets and step kinds its import registered (for the
+#: modules ``load_plugins`` imported).
 _REGISTERED: dict[str, list[str]] = {}
+
+
+def _registries() -> dict[str, Any]:
+    """What plug-ins register, by name: solvers, data sets, step kinds."""
+    return {**solvers.SOLVERS, **data.REGISTERED, **kinds.KINDS}
 
 
 def idle_plugins(spec: str) -> list[str]:
