@@ -16,6 +16,7 @@ setup(
         "scipy>=1.10",
         "matplotlib>=3.7",
         "scikit-learn>=1.3",
+        "mnist1d>=0.0.2",
         "tqdm>=4.60",
         "mpi4py>=3.1",
         "tomli>=2.0; python_version<'3.11'",

@@ -76,7 +76,7 @@ COMMON: dict[str, Option] = {
     "seed": Option(int, 0, "random seed (parameters, data split, batches)", min=0),
     "dtype": Option(str, "float32", "floating-point precision", choices=("float32", "float64")),
     "out": Option(str, "", "run directory (default runs/<problem>-<solver>-P<ranks>)"),
-    "data_dir": Option(str, "", "directory holding mnist / cifar files"),
+    "data_dir": Option(str, "", "directory holding mnist / cifar files, and where mnist1d keeps its generated arrays (default ~/.cache/ocnet)"),
     "data": Option(str, "", "the arrays of --problem arrays: a .npz file (x_train, y_train, x_test, y_test; "
                    "x_val, y_val optional) or a folder of those .npy files"),
     "device": Option(str, "auto", "where each rank computes (auto: cuda:local_rank when CUDA is present)",

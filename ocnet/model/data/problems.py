@@ -10,18 +10,19 @@ import numpy as np
 import torch
 
 from .. import plugins
-from . import arrays
+from . import arrays, mnist1d
 from .batching import _generator
 from .dataset import DataError, Dataset, Raw
 from .files import _load_cifar10, _load_cifar100, _load_mnist
 from .generated import _load_digits, _load_peaks, _load_sequences, vocabulary
 
-DATASETS = ("peaks", "sequences", "digits", "mnist", "cifar10", "cifar100", "arrays")
+DATASETS = ("peaks", "sequences", "digits", "mnist1d", "mnist", "cifar10", "cifar100", "arrays")
 
 _LOADERS: dict[str, Callable[[Path | None, int], Raw]] = {
     "peaks": _load_peaks,
     "sequences": _load_sequences,
     "digits": _load_digits,
+    "mnist1d": mnist1d.load,
     "mnist": _load_mnist,
     "cifar10": _load_cifar10,
     "cifar100": _load_cifar100,
