@@ -90,7 +90,7 @@ def _write(path: Path, a: dict[str, np.ndarray]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            np.savez(f, **a)
+            np.savez(f, x=a["x"], y=a["y"], x_test=a["x_test"], y_test=a["y_test"])
         os.replace(tmp, path)
     except OSError:
         try:
