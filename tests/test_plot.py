@@ -20,7 +20,7 @@ def write_run(root: Path, name: str, solver: str = "serial", ranks: int = 4, epo
     d = root / name
     d.mkdir(parents=True)
     lines, step, t = [], 0, 0.0
-    for e in range(1, epochs + 1):
+    for e in range(epochs):  # counted from 0, as ocnet.run records them
         for _ in range(iters_per_epoch):
             step += 1
             t += 0.1
@@ -31,7 +31,7 @@ def write_run(root: Path, name: str, solver: str = "serial", ranks: int = 4, epo
         lines.append(json.dumps({"kind": "epoch", "epoch": e, "step": step, "loss": 2.0 / step,
                                  "wall_time": t, "bytes_sent": bytes_per_iter * iters_per_epoch,
                                  "train_acc": 0.5 + 0.1 * e, "test_acc": 0.4 + 0.1 * e,
-                                 "lr": 0.1}))
+                                 "test_loss": 1.0 / (e + 1), "lr": 0.1}))
     text = "\n".join(lines) + "\n"
     if torn:
         text += '{"kind": "iter", "epoch": 9, "st'
@@ -43,6 +43,12 @@ def write_run(root: Path, name: str, solver: str = "serial", ranks: int = 4, epo
             "final_test_acc": 0.7, "final_train_acc": 0.8, "final_loss": 0.1,
             "wall_time": t, "bytes_sent": bytes_per_iter * step}))
     return d
+
+
+def rewrite_history(d: Path, change) -> None:
+    """Replace each record of ``d``'s history by ``change(record)``."""
+    records = [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()]
+    (d / "history.jsonl").write_text("".join(json.dumps(change(r)) + "\n" for r in records))
 
 
 def mgrit_extra(step: int) -> dict:
@@ -230,7 +236,7 @@ def _lines(ax, label=None):
 
 def test_figures_a_numerical_analyst_trusts(tmp_path):
     """Log axes for losses, residuals, factors and constraints (a first value of exactly 0
-    left out), the tolerance drawn, serial phases shaded with no line across them, runs
+    marked below the axis), the tolerance drawn, serial phases shaded with no line across them, runs
     that coincide told apart by marker and line style, epoch means beside every step."""
     def hybrid(step):
         parallel = step <= 6 or step > 10  # steps 7-10 serial
@@ -243,10 +249,10 @@ def test_figures_a_numerical_analyst_trusts(tmp_path):
     figs = figures([a, b])
     conv = figs["convergence"].axes
     assert conv[0].get_yscale() == "log" and conv[1].get_yscale() == "log"
-    assert "penalty, al" in conv[0].get_ylabel()  # what "loss" means for these solvers
+    assert conv[0].get_ylabel() == "last-block loss"  # what "loss" means for these solvers
     per_step, means = _lines(conv[0])[0], _lines(conv[0], "hybrid P=4 (a)")[0]
     assert len(per_step.get_xdata()) == 15 and list(means.get_xdata()) == [5, 10, 15]
-    twins = _lines(conv[0], "hybrid P=4 (a)") + _lines(conv[0], "hybrid P=4 (b)")
+    twins = _lines(conv[0], "hybrid P=4 (a)") + _lines(conv[0], "hybrid P=4 (b), same as hybrid P=4 (a)")
     assert twins[0].get_marker() != twins[1].get_marker() and twins[0].get_linestyle() != twins[1].get_linestyle()
     # one shaded span for steps 7-10, on the loss and on each constraint panel
     spans = [p for p in conv[0].patches]
@@ -254,15 +260,17 @@ def test_figures_a_numerical_analyst_trusts(tmp_path):
     assert (spans[0].get_x(), spans[0].get_width()) == (6.5, 4.0)
     cons = figs["constraints"].axes[0]
     assert cons.get_yscale() == "log" and len(cons.patches) == 1
-    x, y = (np.asarray(v, float) for v in (_lines(cons)[0].get_xdata(), _lines(cons)[0].get_ydata()))
+    line = _lines(cons, "hybrid P=4 (a)")[0]
+    x, y = (np.asarray(v, float) for v in (line.get_xdata(), line.get_ydata()))
     assert x[0] == 2 and np.isnan(x).sum() == 1 and np.isnan(x[np.nonzero(np.isnan(x))[0][0] - 1]) == False  # noqa: E712
     assert x[np.nonzero(np.isnan(x))[0][0] + 1] == 11  # the line breaks over the serial steps
+    assert list(_lines(cons, "hybrid P=4 (a): 0 (below the axis)")[0].get_xdata()) == [1]
     res = figs["mgrit_residuals"].axes[0]
     assert res.get_yscale() == "log" and _lines(res, "tolerance (median)")[0].get_ydata()[0] == 0.05
     factor = figs["mgrit_convergence"].axes[0]
     assert factor.get_yscale() == "log" and _lines(factor, "1: no convergence")
     # accuracy against cumulative bytes: 5000 bytes an epoch
-    acc_bytes = _lines(conv[4], "hybrid P=4 (a)")[0]
+    acc_bytes = _lines(conv[4], "hybrid P=4 (a): test")[0]
     assert list(acc_bytes.get_xdata()) == pytest.approx([0.005, 0.010, 0.015])
     assert "speedup" not in figs
 
@@ -274,10 +282,7 @@ def test_one_epoch_run_and_a_speedup_panel(tmp_path):
     runs = []
     for P, per_iter in ((1, 0.1), (2, 0.06), (4, 0.04)):
         d = write_run(tmp_path, f"p{P}", ranks=P)
-        lines = [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()]
-        for rec in lines:
-            rec["wall_time"] = rec["step"] * per_iter
-        (d / "history.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+        rewrite_history(d, lambda rec, per_iter=per_iter: {**rec, "wall_time": rec["step"] * per_iter})
         runs.append(d)
     ax = figures(runs)["speedup"].axes[0]
     line = _lines(ax, "serial")[0]
@@ -296,9 +301,10 @@ def test_runs_on_data_groups_are_labelled_and_scaled_apart(tmp_path):
         (d / "summary.json").write_text(json.dumps({**summary, "data_parallel": groups}))
         runs.append(d)
     figs = figures(runs)
-    assert {ln.get_label() for ln in _lines(figs["speedup"].axes[0])} >= {"serial", "serial D=2"}
+    # the same times at D = 1 and 2, so the legend notes that the lines coincide
+    assert {ln.get_label() for ln in _lines(figs["speedup"].axes[0])} >= {"serial", "serial D=2, same as serial"}
     labels = {ln.get_label() for ln in _lines(figs["convergence"].axes[0])}
-    assert {"serial P=2", "serial P=4 D=2"} <= labels
+    assert {"serial P=2", "serial P=4 D=2, same as serial P=2"} <= labels  # the same losses
 
 
 def test_accuracy_control_figure(tmp_path):
@@ -318,3 +324,132 @@ def test_accuracy_control_figure(tmp_path):
     line = _lines(iters)[0]
     assert line.get_drawstyle() == "steps-post"
     assert list(line.get_ydata()) == [1.0] * 5 + [2.0] * 10
+
+
+# -- what a reader sees: labels, units, epoch numbers, ticks, legends ------------------------------
+def _legend(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend is not None else []
+
+
+def _tick_labels(axis) -> list[str]:
+    """The tick labels (major and minor) that ``axis`` shows within its view, in the order of
+    their values; ticks left unlabelled are left out."""
+    lo, hi = sorted(axis.get_view_interval())
+    i = 0 if axis.axis_name == "x" else 1
+    ticks = [(t.get_position()[i], t.get_text()) for t in axis.get_ticklabels(which="both")]
+    return [text for v, text in sorted(ticks) if lo <= v <= hi and text]
+
+
+def test_axis_labels_and_units_are_short_and_shared(tmp_path):
+    """The loss axis says which loss in a few words; bytes are MB (the console's unit) on both
+    figures that count them, cumulative on the convergence figure and per epoch on the other."""
+    serial = write_run(tmp_path, "s", solver="serial")
+    penalty = write_run(tmp_path, "p", solver="penalty", extra=penalty_extra)
+    assert figures([serial])["convergence"].axes[0].get_ylabel() == "loss"
+    assert figures([penalty])["convergence"].axes[0].get_ylabel() == "last-block loss"
+    mixed = figures([serial, penalty])["convergence"].axes[0].get_ylabel()
+    assert mixed.startswith("loss") and "last block" in mixed and len(mixed) <= 40, mixed
+    figs = figures([serial])
+    conv, sent = figs["convergence"].axes, figs["bytes"].axes[0]
+    assert conv[4].get_xlabel() == "MB sent, cumulative (all ranks)"
+    assert sent.get_ylabel() == "MB sent per epoch (all ranks)"
+    # 1000 bytes a step, 5 steps an epoch: 0.005 MB an epoch, 0.005, 0.010, 0.015 MB by its end
+    assert list(_lines(sent, "serial P=4")[0].get_ydata()) == pytest.approx([0.005] * 3)
+    assert list(_lines(conv[4], "serial P=4: test")[0].get_xdata()) == pytest.approx([0.005, 0.010, 0.015])
+    assert (conv[2].get_ylabel(), conv[3].get_ylabel()) == ("accuracy (%)", "test loss")
+
+
+def test_epochs_count_from_1_in_every_figure(tmp_path):
+    """Records count epochs from 0; every axis of epochs starts at 1, as the console's
+    ``epoch 1/3`` does, on the convergence figure and on the bytes figure alike."""
+    d = write_run(tmp_path, "e", epochs=3)
+    assert [json.loads(x)["epoch"] for x in (d / "history.jsonl").read_text().splitlines()][-1] == 2
+    figs = figures([d])
+    conv, sent = figs["convergence"].axes, figs["bytes"].axes[0]
+    for ax in (conv[2], conv[3], sent):
+        assert ax.get_xlabel() == "epoch"
+        for line in _lines(ax):
+            assert list(line.get_xdata()) == [1, 2, 3], (ax.get_ylabel(), line.get_label())
+    assert _lines(sent)  # the loop above saw a line on the bytes figure
+
+
+def test_log_axes_of_less_than_a_decade_read_as_plain_numbers(tmp_path):
+    """Loss from 0.8 to 0.4 (less than a decade): plain decimals on its ticks, several of them,
+    and no 10^k notation; residuals over many decades keep the powers of ten."""
+    d = write_run(tmp_path, "narrow", solver="mgrit", epochs=2, iters_per_epoch=5,
+                  extra=lambda s: {"loss": 0.8 - 0.04 * s, "residual": [1.0, 1e-4, 1e-8]})
+    figs = figures([d])
+    loss = figs["convergence"].axes[0]
+    assert loss.get_yscale() == "log"
+    labels = _tick_labels(loss.yaxis)
+    assert len(labels) >= 2, labels
+    for text in labels:
+        assert float(text) > 0 and "10^" not in text and "times" not in text, labels
+    residual = _tick_labels(figs["mgrit_residuals"].axes[0].yaxis)
+    assert residual and all("10^" in text for text in residual), residual
+
+
+def test_every_curve_is_in_the_legend_and_says_what_it_is(tmp_path):
+    """The thin per-step lines and the epoch-mean markers have legend entries; test and train
+    accuracy, and test loss, say which they are."""
+    figs = figures([write_run(tmp_path, "s")])
+    conv = figs["convergence"].axes
+    assert _legend(conv[0]) == ["serial P=4", "thin: each step", "markers: epoch mean"]
+    assert _legend(conv[2]) == ["serial P=4: test", "serial P=4: train"]
+    assert _legend(conv[3]) == ["serial P=4: test"]
+    assert _legend(conv[4]) == _legend(conv[5]) == ["serial P=4: test"]
+
+
+def test_coinciding_curves_are_noted_and_stay_visible(tmp_path):
+    """Serial and exact MGRIT with the same numbers: the curve drawn on top says in the legend
+    that it hides the other; markers differ in shape and are hollow. A run with other numbers
+    gets no such note."""
+    a = write_run(tmp_path, "a", solver="serial")
+    b = write_run(tmp_path, "b", solver="mgrit")
+    c = write_run(tmp_path, "c", solver="serial", ranks=2)
+    rewrite_history(c, lambda rec: {**rec, "loss": 3.0 / rec["step"], **(
+        {"test_acc": rec["test_acc"] / 2, "train_acc": rec["train_acc"] / 2} if rec["kind"] == "epoch" else {})})
+    acc = figures([a, b, c])["convergence"].axes[2]
+    assert _legend(acc) == ["serial P=4: test", "serial P=4: train",
+                            "mgrit P=4: test, same as serial P=4", "mgrit P=4: train, same as serial P=4",
+                            "serial P=2: test", "serial P=2: train"]
+    loss = figures([a, b, c])["convergence"].axes[0]
+    assert "mgrit P=4, same as serial P=4" in _legend(loss) and "serial P=2" in _legend(loss)
+    first, second = _lines(acc, "serial P=4: test")[0], _lines(acc, "mgrit P=4: test, same as serial P=4")[0]
+    assert first.get_marker() != second.get_marker()
+    assert first.get_markerfacecolor() == second.get_markerfacecolor() == "none"
+
+
+def test_rho_is_ticked_at_its_values(tmp_path):
+    """ρ = 1, 3, 9 in three epochs: the ticks are 1, 3 and 9, not the decades around them."""
+    d = write_run(tmp_path, "rho", solver="penalty", iters_per_epoch=5,
+                  extra=lambda s: {"constraint_violation": 1.0 / s, "rho": 3.0 ** ((s - 1) // 5)})
+    rho = figures([d])["constraints"].axes[1]
+    assert rho.get_ylabel() == "penalty rho" and rho.get_yscale() == "log"
+    assert list(rho.get_yticks()) == [1, 3, 9]
+    assert _tick_labels(rho.yaxis) == ["1", "3", "9"]
+
+
+def test_a_violation_of_zero_is_shown_and_said(tmp_path):
+    """Zero in the first epoch: marked below the log axis, at those steps, with a legend entry
+    that says 0; a run whose violation is 0 throughout draws it on a linear axis."""
+    d = write_run(tmp_path, "zero", solver="penalty", iters_per_epoch=5,
+                  extra=lambda s: {"constraint_violation": 0.0 if s <= 5 else 0.1 / s})
+    ax = figures([d])["constraints"].axes[0]
+    assert ax.get_yscale() == "log"
+    zeros = _lines(ax, "penalty P=4: 0 (below the axis)")[0]
+    assert list(zeros.get_xdata()) == [1, 2, 3, 4, 5] and list(zeros.get_ydata()) == [0] * 5
+    assert zeros.get_transform() == ax.get_xaxis_transform()  # y in axes coordinates: the floor
+    assert "penalty P=4: 0 (below the axis)" in _legend(ax)
+    assert list(_lines(ax, "penalty P=4")[0].get_xdata()) == list(range(6, 16))
+    flat = write_run(tmp_path, "flat", solver="penalty", extra=lambda s: {"constraint_violation": 0.0})
+    ax = figures([flat])["constraints"].axes[0]
+    assert ax.get_yscale() == "linear" and list(_lines(ax, "penalty P=4")[0].get_ydata()) == [0.0] * 15
+
+
+def test_rank_counts_are_ticked_at_their_values(tmp_path):
+    runs = [write_run(tmp_path, f"p{P}", ranks=P) for P in (1, 2, 4)]
+    ax = figures(runs)["speedup"].axes[0]
+    assert _tick_labels(ax.xaxis) == ["1", "2", "4"]
+    assert "dotted: ideal" in _legend(ax)

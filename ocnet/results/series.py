@@ -12,6 +12,10 @@ import numpy as np
 
 from .rundir import Run, num
 
+#: Bytes in a megabyte: the decimal megabyte the console's summary prints ("48.38 MB sent"), on
+#: every axis that counts bytes.
+MB = 1e6
+
 
 def with_key(run: Run, key: str) -> list:
     """The iteration records holding a value for ``key``, else the epoch records that do."""
@@ -27,6 +31,13 @@ def xy(records: Sequence[dict], xkey: str, ykey: str, scale: float = 1.0):
     pts = [(num(r.get(xkey)), num(r.get(ykey))) for r in records]
     pts = [(x, y * scale) for x, y in pts if x is not None and y is not None]
     return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+
+def per_epoch(records: Sequence[dict], key: str, scale: float = 1.0):
+    """Arrays ``(epoch, y)`` of the records with a finite ``key``, the epochs counted from 1 as
+    the console counts them (``epoch 1/10``); the records count them from 0."""
+    x, y = xy(records, "epoch", key, scale)
+    return x + 1, y
 
 
 def phases(value: Any) -> dict:
@@ -89,22 +100,24 @@ def against_bytes(run: Run, key: str, scale: float = 1.0) -> tuple[np.ndarray, n
     for rec in run.epochs:
         total += num(rec.get("bytes_sent")) or 0.0
         if num(rec.get(key)) is not None:
-            pts.append((total / 1e6, rec[key] * scale))
+            pts.append((total / MB, rec[key] * scale))
     return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
 
 def positive(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points of ``(x, y)`` that a log axis can show, ``y > 0``."""
     keep = y > 0
     return x[keep], y[keep]
 
 
 def bytes_per_epoch(run: Run):
-    """``(epochs, bytes)``: from epoch records, else the iteration records summed per epoch."""
-    x, y = xy(run.epochs, "epoch", "bytes_sent")
+    """``(epochs, bytes)``, the epochs counted from 1 (:func:`per_epoch`): from epoch records,
+    else the iteration records summed per epoch."""
+    x, y = per_epoch(run.epochs, "bytes_sent")
     if x.size:
         return x, y
     total: dict = {}
-    for e, b in zip(*xy(run.iters, "epoch", "bytes_sent")):
+    for e, b in zip(*per_epoch(run.iters, "bytes_sent")):
         total[e] = total.get(e, 0.0) + b
     return np.array(sorted(total)), np.array([total[e] for e in sorted(total)])
 
