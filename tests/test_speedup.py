@@ -10,6 +10,8 @@ from ocnet.perf import calibrate, speedup
 from ocnet.perf.replay import Link
 from ocnet.runs.config import given
 
+# one stage: the formulas below count its layers alone
+CONV = ["--net", "conv", "--channels", "16"]
 FREE = Link(latency=0.0, bandwidth=math.inf, reduction=0.0)
 COSTS = {"forward": 1e-3, "forward_graph": 2e-3, "backward": 5e-3, "vjp": 2e-3, "vjp_recompute": 4e-3,
          "weight_grad": 3e-3, "head": 0.0, "update": 0.0}
@@ -18,7 +20,7 @@ CALIBRATION = {"compute": {"16": COSTS}, "link": vars(Link(latency=2e-5, bandwid
 
 
 def config(*flags: str) -> dict:
-    return speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "64",
+    return speedup.variant_config(given(["--problem", "digits", *CONV, "--layers", "64",
                                          "--batch-size", "16", *flags]), {"solver": "serial"})
 
 
@@ -26,7 +28,7 @@ def config(*flags: str) -> dict:
 def test_real_serial_pipeline_has_the_1f1b_critical_path(P, n):
     """The real serial solver's own schedule: P ranks × n micro-batches of N/P layers each
     take (n + P − 1)(f + b)·N/P per step (head and update cost nothing here)."""
-    cfg = speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "64",
+    cfg = speedup.variant_config(given(["--problem", "digits", *CONV, "--layers", "64",
                                         "--batch-size", "16", "--micro-batches", str(n)]), {"solver": "serial"})
     step = speedup.replay_step(cfg, P, COSTS, FREE)["step"]
     per_rank = 64 // P
@@ -34,7 +36,7 @@ def test_real_serial_pipeline_has_the_1f1b_critical_path(P, n):
 
 
 def test_replay_of_mgrit_is_charged_and_deterministic():
-    cfg = speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "64", "--batch-size",
+    cfg = speedup.variant_config(given(["--problem", "digits", *CONV, "--layers", "64", "--batch-size",
                                         "16"]), {"solver": "mgrit", "mgrit_mode": "one_shot", "mgrit_iters": 2})
     a = speedup.replay_step(cfg, 8, COSTS, CALIBRATION_LINK)
     b = speedup.replay_step(cfg, 8, COSTS, CALIBRATION_LINK)
@@ -64,7 +66,7 @@ def test_message_bytes_scale_to_the_configured_state():
 
 
 def test_predictions_are_deterministic_and_complete(tmp_path):
-    values = given(["--problem", "digits", "--net", "conv", "--layers", "16", "--batch-size", "16",
+    values = given(["--problem", "digits", *CONV, "--layers", "16", "--batch-size", "16",
                     "--micro-batches", "4"])
     a = speedup.predict(values, CALIBRATION, max_ranks=32, cores=4, variants=["serial", "mgrit-one-shot", "penalty"],
                         recommend=False)
@@ -96,7 +98,7 @@ def test_cli_writes_json_and_png(tmp_path):
     cal = tmp_path / "cal.json"
     cal.write_text(json.dumps(CALIBRATION))
     out = tmp_path / "out"
-    code = speedup.main(["--problem", "digits", "--net", "conv", "--layers", "16", "--batch-size", "16",
+    code = speedup.main(["--problem", "digits", *CONV, "--layers", "16", "--batch-size", "16",
                          "--calibration", str(cal), "--max-ranks", "4", "--out", str(out), "--solvers",
                          "serial,mgrit-exact", "--cores", "2"])
     assert code == 0
@@ -126,14 +128,14 @@ def test_link_calibration_under_mpiexec(mpi, tmp_path):
 def test_data_groups_replay_one_group_and_its_gradient_average():
     """2 groups × 1 rank: one rank's step on its half of the batch, then the average of the
     configured network's gradient over 2 ranks; P = 1 cannot hold 2 groups."""
-    grid = speedup.predict(given(["--problem", "digits", "--net", "conv", "--layers", "16", "--batch-size", "32",
+    grid = speedup.predict(given(["--problem", "digits", *CONV, "--layers", "16", "--batch-size", "32",
                                   "--data-parallel", "2"]), CALIBRATION, max_ranks=4, cores=4, variants=["serial"],
                            recommend=False)
-    half = speedup.predict(given(["--problem", "digits", "--net", "conv", "--layers", "16", "--batch-size", "16"]),
+    half = speedup.predict(given(["--problem", "digits", *CONV, "--layers", "16", "--batch-size", "16"]),
                            CALIBRATION, max_ranks=1, cores=4, variants=["serial"], recommend=False)
     rows = grid["solvers"]["serial"]["per_rank_count"]
     assert "--data-parallel 2 does not divide the job's 1 ranks" in rows["1"]["skipped"]
-    cfg = speedup.group_config(speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "16",
+    cfg = speedup.group_config(speedup.variant_config(given(["--problem", "digits", *CONV, "--layers", "16",
                                                              "--batch-size", "32"]), {"solver": "serial"}))
     nbytes = speedup.Miniature(cfg, 2).gradient_bytes(speedup.get_solver("serial"), 1)[0]
     params = list(calibrate.build_problem(cfg).parameters())  # one rank holds them all
@@ -149,7 +151,7 @@ def test_running_ahead_is_decided_by_the_virtual_clocks():
     before its first backward instead of waiting for the adjoint, as a real run would; the
     replay decides by the virtual clocks, so it is deterministic, and it is no slower."""
     costs = {**COSTS, "head": 4e-3}
-    cfg = speedup.variant_config(given(["--problem", "digits", "--net", "conv", "--layers", "16",
+    cfg = speedup.variant_config(given(["--problem", "digits", *CONV, "--layers", "16",
                                         "--batch-size", "16", "--micro-batches", "8"]), {"solver": "serial"})
     runs = {ahead: speedup.replay_step({**cfg, "ahead": ahead}, 2, costs, FREE) for ahead in (0, 1)}
     again = speedup.replay_step({**cfg, "ahead": 1}, 2, costs, FREE)
