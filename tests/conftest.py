@@ -156,7 +156,7 @@ def run_mpi(n: int, *args: str, timeout: float = 120, env: dict | None = None,
     ``ocnet.run`` draws its figures only with ``plots=True`` (or a ``--plots`` of its own)."""
     mpiexec()
     if module and args[0] == "ocnet.run" and not plots and "--plots" not in args:
-        args = (*args, "--plots", "false")
+        args = (*args, "--plots", "none")
     cmd = [sys.executable] + ([] if plain else ["-m", "mpi4py"])
     cmd += ["-m", *args] if module else [str(MPI_SCRIPTS / args[0]), *args[1:]]
     try:

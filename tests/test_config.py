@@ -221,6 +221,25 @@ def test_overwrite_and_stall_timeout():
     assert COMMON["stall_timeout"].type is float and COMMON["stall_timeout"].min == 0.0
 
 
+@pytest.mark.parametrize("given,plots", [([], "all"), (["--plots", "none"], "none"), (["--plots", "all"], "all"),
+                                          (["--plots"], "all"), (["--plots", "false"], "none"),
+                                          (["--plots", "True"], "all"), (["--plots", "off"], "none")])
+def test_plots_all_or_none_and_the_booleans_it_took(given, plots):
+    assert resolve(given)["plots"] == plots
+
+
+def test_plots_of_a_file_as_a_boolean_or_a_word(tmp_path):
+    path = tmp_path / "config.toml"
+    for text, plots in (("plots = false", "none"), ("plots = true", "all"), ('plots = "none"', "none")):
+        path.write_text(text + "\n")
+        assert resolve(["--config", str(path)])["plots"] == plots
+    assert 'plots = "all"' in dump_toml(resolve([])).splitlines()
+    for bad in ("plots = 1", 'plots = "some"'):
+        path.write_text(bad + "\n")
+        with pytest.raises(ConfigError, match=r"plots must be one of all, none \(or true, false\); got"):
+            resolve(["--config", str(path)])
+
+
 def test_resumable_keys():
     assert RESUMABLE == {"epochs", "checkpoint_every", "quiet", "log_every", "verbose", "resume", "out", "overwrite",
                          "stall_timeout", "data_parallel", "threads", "device", "cuda_aware", "data_dir", "data",

@@ -87,6 +87,6 @@ def test_the_docs_commands_run(tmp_path, page):
         n = int(args[2]) if args[0] in ("mpirun", "mpiexec") else 1
         args = args[args.index("-m") + 1:]
         if args[0] == "ocnet.run" and "--help" not in args:
-            args += ["--max-steps", "2", "--quiet", "--timeline-steps", "0", "--plots", "false"]
+            args += ["--max-steps", "2", "--quiet", "--timeline-steps", "0", "--plots", "none"]
         proc = launcher.launch(n, [sys.executable, "-m", *args], timeout=180, env=env, cwd=tmp_path)
         assert proc.returncode == 0, f"{c}\n{proc.stderr[-2000:]}"

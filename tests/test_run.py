@@ -1,5 +1,8 @@
 """python -m ocnet.run end to end: the default run, the run directory, errors, resuming."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -156,11 +159,34 @@ def test_load_run_gives_the_trained_network(tmp_path, flags):
 
 
 @pytest.mark.figures
-def test_plots_false_leaves_the_figures_to_ocnet_plot(tmp_path):
+def test_plots_none_leaves_the_figures_to_ocnet_plot(tmp_path):
     out = tmp_path / "run"
     flags = ["--problem", "peaks", "--layers", "2", "--width", "4", "--limit-batches", "2", "--quiet",
              "--timeline-steps", "0", "--checkpoint-every", "1"]
-    assert main([*flags, "--epochs", "1", "--plots", "false", "--out", str(out)]) == 0
+    assert main([*flags, "--epochs", "1", "--plots", "none", "--out", str(out)]) == 0
     assert not list(out.glob("*.png"))
+    assert 'plots = "none"' in (out / "config.toml").read_text().splitlines()
     assert main([*flags, "--epochs", "2", "--resume", str(out)]) == 0  # a key a resumed run may change
     assert sorted(p.name for p in out.glob("*.png")) == ["convergence.png"]
+
+
+def test_a_run_without_figures_never_imports_matplotlib(tmp_path):
+    """Plotting is imported where figures are drawn, not with the entry point: ``import
+    ocnet.run`` and a whole run with ``--plots none`` load neither matplotlib nor ocnet's
+    figure modules (about a second of every short job)."""
+    out = tmp_path / "run"
+    code = f"""
+import sys
+def plotting():
+    return sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib"
+                  or m.startswith(("ocnet.results.plot", "ocnet.results.gantt", "ocnet.plot", "ocnet.perf")))
+from ocnet.run import main
+assert not plotting(), plotting()
+assert main(["--problem", "peaks", "--layers", "2", "--width", "4", "--epochs", "1", "--limit-batches", "2",
+             "--quiet", "--plots", "none", "--out", {str(out)!r}]) == 0
+assert not plotting(), plotting()
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "summary.json").is_file() and not list(out.glob("*.png"))

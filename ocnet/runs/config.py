@@ -31,6 +31,27 @@ from ..ranks.filters import FILTERS
 __all__ = ["COMMON", "RESUMABLE", "ConfigError", "Option", "differences", "dump_toml", "given",
            "help_text", "load_plugins", "parse_argv", "read_toml", "resolve"]
 
+
+class _Plots(Option):
+    """``plots``: ``all`` or ``none``.  The key was a boolean, and configuration files, scripts
+    and the ``config.toml`` of earlier runs give it as one: ``true`` means ``all``, ``false``
+    ``none`` (and the other words a boolean option takes, ``yes``/``no``, ``on``/``off``,
+    ``1``/``0``)."""
+
+    def convert(self, key: str, value: Any) -> Any:
+        if isinstance(value, bool):
+            value = "all" if value else "none"
+        elif isinstance(value, str):
+            value = _PLOTS_WORDS.get(value.lower(), value)
+        if value not in (self.choices or ()):
+            raise ConfigError(f"{key} must be one of all, none (or true, false); got {show(value)}")
+        return super().convert(key, value)
+
+
+_PLOTS_WORDS = {**dict.fromkeys(("true", "yes", "on", "1"), "all"),
+                **dict.fromkeys(("false", "no", "off", "0"), "none")}
+
+
 # -- the keys every run accepts -----------------------------------------------------------------
 COMMON: dict[str, Option] = {
     "problem": Option(str, "digits", "data set: a built-in one, arrays (your own, from --data) or one a "
@@ -100,8 +121,9 @@ COMMON: dict[str, Option] = {
                       "and their ratios)"),
     "timeline_steps": Option(int, 4, "record the per-rank timeline (compute, waits, sends) of this many steps of "
                              "every epoch, from its second step, into <out>/timeline/ (0: off)", min=0, max=10_000),
-    "plots": Option(bool, True, "draw the run directory's figures when the job ends (false: leave them to "
-                    "python -m ocnet.plot RUN_DIR, e.g. for many batch jobs)"),
+    "plots": _Plots(str, "all", "the run directory's figures drawn when the job ends (none: a short job ends a "
+                    "second or two sooner, and python -m ocnet.plot RUN_DIR draws them later; true and false "
+                    "mean all and none)", choices=("all", "none")),
     "plugin": Option(str, "", "modules (or .py files) to import first, comma-separated: the solvers, data "
                      "sets and step kinds they register become choices of --solver, --problem and --net"),
 }

@@ -401,7 +401,7 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
                        best_test_acc=best_test)
     checkpoint.atomic_write(out / "summary.json", dumps(summary, indent=2) + "\n")
     try:
-        if draw is not None and config["plots"]:
+        if draw is not None and config["plots"] != "none":
             draw(out)
     except Exception as e:  # plots are a convenience; the data is already safe on disk
         print(f"ocnet: warning: plotting failed: {e}", file=sys.stderr)
