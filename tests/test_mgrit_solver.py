@@ -157,3 +157,30 @@ def test_torchbraids_settings_evaluate_its_steps():
 def test_exact_mode_with_skip_and_fine_f_relaxation_matches_serial():
     check_solver(MGRIT, exact=True, rtol=1e-9, mgrit_tol=1e-13, coarsening=2, mgrit_levels=3, mgrit_skip=True,
                  mgrit_fine_relax="F")
+
+
+def test_a_default_exact_solve_on_one_rank_iterates_to_its_tolerance():
+    """The defaults (16 layers, two levels, c = 2, exact mode: F-relaxation on the fine level)
+    on one rank: each solve takes several iterations, each reducing the residual by a factor
+    below 1 yet far from round-off, and stops on its tolerance before the N/c iterations
+    after which two-level MGRIT with F-relaxation is exact (with c = 4 and FCF it was exact
+    after N/(2c) = 2 iterations: a sequential sweep, not a multigrid solve)."""
+    from ocnet.model.data import load
+    from ocnet.model.problem import from_config
+    from ocnet.runs.config import resolve
+    from ocnet.runs.job import build_solver
+    config = resolve(["--solver", "mgrit", "--problem", "peaks"])
+    data = load("peaks", None, 0, 0.0, None)
+    problem = from_config(config, data.input_shape, data.n_classes)
+    solver = build_solver(MGRIT, problem.local(Partition(problem.n_layers, 1), 0), SelfComm(), config,
+                          torch.device("cpu"))
+    for batch in range(2):  # from a zero guess, then warm-started from the first batch's states
+        rows = torch.arange(64 * batch, 64 * (batch + 1))
+        record = solver.step(data.x_train[rows], data.y_train[rows], rows)
+        for phase in ("forward", "adjoint"):
+            r = record["residual"][phase]
+            ratios = [b / a for a, b in zip(r, r[1:])]
+            assert 3 <= len(ratios) < config["layers"] // config["coarsening"], r
+            assert all(1e-3 < q < 1 for q in ratios), ratios
+            assert r[-1] <= record["tolerance"][phase] < r[-2], r
+            assert 0 < record["conv_factor"][phase] < 1

@@ -62,7 +62,8 @@ def test_exported_model_reproduces_test_accuracy(tmp_path):
     (4, ["--layers", "2"], "4 ranks but only 2 layers"),
     (2, ["--problem", "mnist", "--data-dir", "{tmp}"], "train-images-idx3-ubyte"),
     # errors raised while the solver is built go through the same agreement
-    (4, ["--solver", "mgrit", "--mgrit-levels", "3", "--layers", "30"], "multiple of c^(levels-1) = 16"),
+    (4, ["--solver", "mgrit", "--coarsening", "4", "--mgrit-levels", "3", "--layers", "30"],
+     "multiple of c^(levels-1) = 16"),
     (4, ["--solver", "penalty", "--blocks", "2"], "2 blocks for 4 ranks"),
     (2, ["--solver", "mgrit", "--filter", "downsample2"], "mgrit does not support communication filters"),
     (2, ["--solver", "hybrid", "--parallel", "serial"], "'serial' is not a parallel solver"),

@@ -66,10 +66,12 @@ class MGRIT(ParallelSolver):
                              "step, warm-started", choices=("exact", "one_shot")),
         "mgrit_levels": Option(int, 2, "MGRIT levels (every rank then starts at a multiple of "
                                "coarsening^(levels-1) layers)", min=1),
-        "coarsening": Option(int, 4, "MGRIT coarsening factor c (coarse step c^l h)", min=2),
+        "coarsening": Option(int, 2, "MGRIT coarsening factor c (coarse step c^l h)", min=2),
         "mgrit_relax": Option(str, "FCF", "relaxation", choices=("F", "FCF")),
-        "mgrit_fine_relax": Option(str, "auto", "relaxation on the fine level (auto: --mgrit-relax; F with FCF "
-                                   "on the coarse levels is torchbraid's default)", choices=("auto", "F", "FCF")),
+        "mgrit_fine_relax": Option(str, "auto", "relaxation on the fine level (auto: F in exact mode, where it "
+                                   "reaches the tolerance in fewer step evaluations, as torchbraid's default F with "
+                                   "FCF on the coarse levels; --mgrit-relax in one-shot mode, whose few iterations "
+                                   "gain from FCF)", choices=("auto", "F", "FCF")),
         "mgrit_cf_sweeps": Option(int, 1, "CF sweeps after the first F-relaxation (FCF relaxation)", min=1),
         "mgrit_cycle": Option(str, "V", "multigrid cycle", choices=("V", "F")),
         "mgrit_tol": Option(float, 1e-6, "exact mode: residual tolerance, relative to |u_0| (forward) "
@@ -215,8 +217,10 @@ class MGRIT(ParallelSolver):
     def _solve_options(self, exact: bool) -> dict[str, Any]:
         cfg = self.config
         fine = cfg["mgrit_fine_relax"]
+        if fine == "auto":
+            fine = "F" if exact else cfg["mgrit_relax"]
         return dict(levels=self.levels, relaxation=cfg["mgrit_relax"],
-                    fine_relaxation=None if fine == "auto" else fine, cf_sweeps=cfg["mgrit_cf_sweeps"],
+                    fine_relaxation=fine, cf_sweeps=cfg["mgrit_cf_sweeps"],
                     cycle=cfg["mgrit_cycle"], max_iter=cfg["mgrit_max_iter"] if exact else self.iters,
                     skip=cfg["mgrit_skip"], final_fc=cfg["mgrit_final_fc"], tags=self.mgrit_tags)
 
