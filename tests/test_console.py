@@ -1,12 +1,15 @@
 """What rank 0 prints during and after a run: epoch lines through a pipe, step lines whose
 losses are the history's, per-iteration residuals, the statistics block, --quiet, and the
 summary of a resumed run."""
+import io
 import json
 import re
 
 import pytest
 
-from ocnet.runs.console import statistics
+from ocnet.runs.console import WIDTH, Console, statistics
+from ocnet.solvers import get
+from ocnet.solvers.records import FIELDS
 
 SMALL = ["--layers", "4", "--width", "8", "--epochs", "2", "--timeline-steps", "0"]
 
@@ -106,3 +109,63 @@ def test_a_resumed_runs_summary_covers_the_whole_run(mpi, tmp_path):
                      proc.stdout), proc.stdout
     assert sorted(p.name for p in (part / "checkpoints").iterdir() if p.is_dir()) == \
         ["epoch_0000", "epoch_0001", "epoch_0002"]
+
+
+# The last step's record of each solver and what its epoch record adds, as runs of 2 and 4
+# ranks on digits write them (an epoch's own fields come from ``begin_epoch`` / ``end_epoch``).
+_PENALTY = {"constraint_violation": 0.03712, "penalized_objective": 2.181, "rho": 3.0}
+_EXACT = {"residual": {"forward": [27.98, 4.728, 0.3228, 0.01786, 0.0005996, 2.09e-05],
+                       "adjoint": [0.101, 0.01408, 0.0009879, 4.969e-05, 2.085e-06, 7.89e-08, 7.092e-09]},
+          "inexactness": 2.57e-07, "step_evals": 400,
+          "conv_factor": {"forward": 0.06146, "adjoint": 0.07073}, "n_layers": 16,
+          "tolerance": {"forward": 2.798e-05, "adjoint": 1.01e-07}}
+_ONE_SHOT = {"residual": {"forward": [3.808, 0.6163], "adjoint": [0.01614, 0.002557]}, "inexactness": 0.1045,
+             "step_evals": 112, "conv_factor": {"forward": 0.1618, "adjoint": 0.1584}, "n_layers": 16,
+             "mgrit_iters": 1}
+SOLVERS = {  # name: (solver, last step, the epoch record's own fields)
+    "serial": ("serial", {}, {}),
+    "penalty": ("penalty", _PENALTY, {"rho": 3.0}),
+    "al": ("al", {**_PENALTY, "mu_sq": 3.341e-05}, {"rho": 3.0, "mu_norm": 0.005782}),
+    "hybrid": ("penalty", {**_PENALTY, "phase": "parallel"}, {"rho": 3.0, "phase": "parallel"}),
+    "hybrid-serial": ("penalty", {"phase": "serial"}, {"phase": "serial"}),
+    "hybrid-mgrit": ("mgrit", {**_ONE_SHOT, "phase": "parallel"}, {"phase": "parallel"}),
+    "mgrit": ("mgrit", _EXACT, {}),
+    "mgrit-one-shot": ("mgrit", _ONE_SHOT, {}),
+}
+SCORES = {"test": {"test_acc": 0.9722, "test_loss": 0.1012},
+          "val": {"val_acc": 0.9444, "val_loss": 0.2133},
+          "val+test": {"val_acc": 0.9444, "val_loss": 0.2133, "test_acc": 0.9722, "test_loss": 0.1012}}
+
+
+@pytest.mark.parametrize("scores", SCORES)
+@pytest.mark.parametrize("name", SOLVERS)
+def test_every_solvers_epoch_line_fits_80_columns(name, scores):
+    """The line per epoch of every solver, with a test or validation set or both (--val-split
+    with --epoch-test), at a hundred epochs and ten minutes of training: at most 80 columns;
+    --verbose adds the solver's fields under their full labels, and the megabytes sent, on
+    lines of at most 80 columns too."""
+    solver, last_step, own = SOLVERS[name]
+    fields = {**FIELDS, **get(solver).fields}
+    record = {"kind": "epoch", "epoch": 99, "step": 2300, **own, "loss": 0.01433, "wall_time": 612.3,
+              "bytes_sent": 92_890_000, "train_acc": 0.9993, **SCORES[scores], "lr": 0.003}
+    step = {"kind": "iter", "epoch": 99, "step": 2300, **last_step, "bytes_sent": 40_000, "loss": 0.0121,
+            "wall_time": 612.2}
+    lines = Console(100, 23, fields, stream=io.StringIO()).epoch_lines(record, step)
+    assert len(lines) == 1
+    line = lines[0]
+    assert len(line) <= WIDTH, line
+    assert line.startswith("epoch 100/100  loss 0.01433  train 99.93 %") and line.endswith("  612.3 s"), line
+    for key, label in (("val", "val 94.44 %"), ("test", "test 97.22 %")):
+        assert (label in line) == (key in scores.split("+")), line
+    headline = {"penalty": "viol 0.0371", "al": "viol 0.0371", "hybrid": "parallel",
+                "hybrid-serial": "serial", "hybrid-mgrit": "parallel", "mgrit": "conv 0.0707",
+                "mgrit-one-shot": "conv 0.162"}.get(name)
+    if headline is not None and scores != "val+test":  # with both, the solver's figure may not fit
+        assert f"  {headline}  " in line, line
+    verbose = Console(100, 23, fields, verbose=True, stream=io.StringIO()).epoch_lines(record, step)
+    assert verbose[0] == line and all(len(x) <= WIDTH and x.startswith("  ") for x in verbose[1:]), verbose
+    details = "  ".join(verbose[1:])
+    assert details.endswith("92.89 MB sent")
+    for key in {**last_step, **own}:
+        if key not in ("n_layers", "tolerance"):
+            assert f"{fields[key].label} " in details, (key, details)

@@ -3,10 +3,13 @@
 Under ``mpirun`` rank 0's streams are pipes, so a progress bar alone would show nothing
 until the run ends.  :class:`Console` prints
 
-* a line per epoch: loss, train and test (or validation) accuracy, the solver's own fields (MGRIT's last
-  residual and convergence factor per phase, the constraint violation and ρ of the
-  penalty methods, …, labelled by the record schema of :mod:`ocnet.solvers.records`), the run's
-  seconds so far and the megabytes the epoch sent;
+* a line per epoch, at most :data:`WIDTH` columns: loss, train and test (or validation)
+  accuracy, the solver's headline figures (those its record schema,
+  :mod:`ocnet.solvers.records`, gives a ``short`` label: MGRIT's convergence factor, the
+  penalty methods' constraint violation, the hybrid's phase, a word that needs no label;
+  as many as fit) and the run's seconds so far; with ``verbose``, indented lines under it
+  with every field of the solver under its full label (per phase) and the megabytes the
+  epoch sent;
 * with ``log_every = K``, a line every K steps (the step's loss reaches rank 0 with the
   per-step check the training loop makes anyway, one step late);
 * with ``verbose``, rank 0's per-iteration histories of each step (MGRIT's residual norms
@@ -24,6 +27,9 @@ import sys
 from typing import Any, Mapping, Sequence, TextIO
 
 from ..solvers.records import Field
+
+#: The most columns a line per epoch takes (a terminal's classic width).
+WIDTH = 80
 
 #: Fields every epoch line shows in its own words, or that say nothing per epoch.
 _OWN = frozenset({"loss", "bytes_sent", "wall_time", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss",
@@ -88,20 +94,37 @@ class Console:
                      f"loss {loss_text}  {elapsed:.1f} s")
 
     def epoch(self, record: Mapping[str, Any], last_step: Mapping[str, Any] | None) -> None:
-        """The line of an epoch record, with the solver's fields of its last step."""
+        """The line of an epoch record, with the solver's fields of its last step (and, with
+        ``verbose``, the lines of every field)."""
+        for line in self.epoch_lines(record, last_step):
+            self.say(line)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=_number(record.get("loss")), test=_percent(record.get("test_acc")))
+
+    def epoch_lines(self, record: Mapping[str, Any], last_step: Mapping[str, Any] | None) -> list[str]:
+        """What :meth:`epoch` prints: the epoch's line (at most :data:`WIDTH` columns), then
+        with ``verbose`` the solver's fields and the megabytes sent, wrapped to that width."""
         parts = [f"epoch {record['epoch'] + 1}/{self.epochs}", f"loss {_number(record.get('loss'))}",
                  f"train {_percent(record.get('train_acc'))}"]
         parts += [f"{name} {_percent(record[f'{name}_acc'])}" for name in ("val", "test")
                   if record.get(f"{name}_acc") is not None]
         shown = {**(last_step or {}), **{k: v for k, v in record.items() if v is not None}}
-        for name, value in shown.items():
-            if name in _OWN or value is None:
-                continue
-            parts.append(f"{self._label(name)} {_value(value)}")
-        parts += [f"{record.get('wall_time', 0.0):.1f} s", f"{record.get('bytes_sent', 0) / 1e6:.2f} MB"]
-        if self.bar is not None:
-            self.bar.set_postfix(loss=_number(record.get("loss")), test=_percent(record.get("test_acc")))
-        self.say("  ".join(parts))
+        seconds = f"{record.get('wall_time', 0.0):.1f} s"
+        # the solver's headline figures, in the order of its schema, as many as fit
+        for name, field in self.fields.items():
+            if field.short and shown.get(name) is not None:
+                value = shown[name]
+                figure = value if isinstance(value, str) else f"{field.short} {_brief(value)}"
+                if len("  ".join([*parts, figure, seconds])) > WIDTH:
+                    break
+                parts.append(figure)
+        lines = ["  ".join([*parts, seconds])]
+        if self.verbose:
+            details = [f"{self._label(name)} {_value(value)}" for name, value in shown.items()
+                       if name not in _OWN and value is not None]
+            details.append(f"{record.get('bytes_sent', 0) / 1e6:.2f} MB sent")
+            lines += _wrapped(details, indent="  ")
+        return lines
 
     def close(self) -> None:
         if self.bar is not None:
@@ -169,6 +192,30 @@ def _history(value: Mapping[str, Any]) -> str:
             items.append(f"{_number(v)}{ratio}")
         out.append(f"{_PHASE.get(phase, phase)} " + " ".join(items))
     return "; ".join(out)
+
+
+def _brief(value: Any) -> str:
+    """A headline figure: a number to three digits, a per-phase dict as its largest value
+    (the slower of MGRIT's two solves)."""
+    if isinstance(value, dict):
+        values = [v[-1] if isinstance(v, list) and v else v for v in value.values()]
+        numbers = [v for v in values if _finite(v)]
+        return f"{max(numbers):.3g}" if numbers else "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.3g}"
+
+
+def _wrapped(parts: Sequence[str], indent: str) -> list[str]:
+    """``parts`` on lines of at most :data:`WIDTH` columns, two spaces apart, each line
+    indented (a part longer than a line gets a line of its own)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= WIDTH:
+            lines[-1] += "  " + part
+        else:
+            lines.append(indent + part)
+    return lines
 
 
 def _value(value: Any) -> str:

@@ -47,12 +47,17 @@ class Field:
         Whether it is a mean over the step's samples (``loss``): over data groups
         (:mod:`ocnet.ranks.replicas`), whose shares of a batch differ, it is then weighted by
         each group's share rather than summed.
+    short : str
+        The field's label on the console's line per epoch, which shows it (a per-phase dict
+        as its largest value, a string without the label) while the line stays within 80
+        columns; a field without one is printed, under its ``label``, with ``--verbose`` only.
     """
 
     combine: str
     label: str = ""
     log: bool = False
     mean: bool = False
+    short: str = ""
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINE:
@@ -62,16 +67,16 @@ class Field:
 FIELDS: dict[str, Field] = {
     "loss": Field("sum", "loss", log=True, mean=True),
     "bytes_sent": Field("sum", "bytes sent"),
-    "phase": Field("first", "phase"),
+    "phase": Field("first", "phase", short="phase"),
     # the auxiliary-variable methods (penalty, al)
-    "constraint_violation": Field("sum", "constraint violation", log=True, mean=True),
+    "constraint_violation": Field("sum", "constraint violation", log=True, mean=True, short="viol"),
     "penalized_objective": Field("sum", "penalised objective", log=True, mean=True),
     "mu_sq": Field("sum", "squared multiplier norm per sample", mean=True),
     "rho": Field("first", "penalty rho", log=True),
     "mu_norm": Field("first", "multiplier norm |mu|", log=True),
     # MGRIT: per-phase dicts {"forward": …, "adjoint": …}
     "residual": Field("first", "residual norm", log=True),
-    "conv_factor": Field("first", "convergence factor", log=True),
+    "conv_factor": Field("first", "convergence factor", log=True, short="conv"),
     "tolerance": Field("first", "residual tolerance", log=True),
     "n_layers": Field("first", "layers"),
     "inexactness": Field("first", "inexactness (relative residual)", log=True),
