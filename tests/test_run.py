@@ -1,12 +1,14 @@
 """python -m ocnet.run end to end: the default run, the run directory, errors, resuming."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import ocnet
 from ocnet.run import main
 from ocnet.runs.launcher import Stopwatch
 
@@ -167,8 +169,29 @@ def test_plots_none_leaves_the_figures_to_ocnet_plot(tmp_path):
     assert main([*flags, "--epochs", "1", "--plots", "none", "--out", str(out)]) == 0
     assert not list(out.glob("*.png"))
     assert 'plots = "none"' in (out / "config.toml").read_text().splitlines()
-    assert main([*flags, "--epochs", "2", "--resume", str(out)]) == 0  # a key a resumed run may change
+    assert main([*flags, "--epochs", "2", "--plots", "true", "--resume", str(out)]) == 0  # a key it may change
     assert sorted(p.name for p in out.glob("*.png")) == ["convergence.png"]
+
+
+def test_resume_alone_continues_the_run_as_it_was_set_up(tmp_path):
+    """``--resume RUN_DIR`` with no other flag (the command an interrupted job prints) takes
+    every key the run's config.toml holds, also where today's defaults differ from those
+    written there, and ends where the uninterrupted run ends; a flag that changes the method
+    is still refused."""
+    flags = ["--problem", "peaks", "--layers", "3", "--width", "4", "--limit-batches", "3", "--lr", "0.01",
+             "--quiet", "--plots", "false", "--timeline-steps", "0", "--checkpoint-every", "1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main([*flags, "--epochs", "2", "--out", str(whole)]) == 0
+    assert main([*flags, "--epochs", "1", "--out", str(cut)]) == 0
+    written = (cut / "config.toml").read_text()
+    (cut / "config.toml").write_text(re.sub(r"(?m)^channels = .*$", "channels = [8]", written))  # an older default
+    assert "channels = [8]" in (cut / "config.toml").read_text()
+    assert main(["--resume", str(cut), "--epochs", "2"]) == 0
+    a, b = (ocnet.load_run(d) for d in (whole, cut))
+    assert b.config["channels"] == [8] and b.config["layers"] == 3 and b.config["lr"] == 0.01
+    losses = [[r["loss"] for r in run.history if r["kind"] == "epoch"] for run in (a, b)]
+    assert losses[0] == losses[1]
+    assert main(["--resume", str(cut), "--epochs", "3", "--layers", "4"]) == 2
 
 
 def test_a_run_without_figures_never_imports_matplotlib(tmp_path):

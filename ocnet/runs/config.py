@@ -253,7 +253,8 @@ def _is_number(text: str) -> bool:
 
 
 def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The resolved configuration: defaults ← TOML file (``--config``) ← flags.
+    """The resolved configuration: defaults ← the resumed run's ``config.toml`` (``--resume``)
+    ← TOML file (``--config``) ← flags.
 
     Raises
     ------
@@ -262,7 +263,7 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
         unknown solver or filter, or an unreadable file; a message about a key the file
         gives names the file.  Never another exception for any argv or file content.
     """
-    values, origin = _gather(argv, file_values)
+    values, origin, inherited = _gather(argv, file_values)
     registered = solvers.available()
     solver = _convert(COMMON["solver"], "solver", values.get("solver", COMMON["solver"].default), origin)
     if solver not in registered:
@@ -283,7 +284,7 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
             error = ConfigError(f"unknown key {show(key)}" + _did_you_mean(key, [*schema, *owners, *CLI_ONLY]))
         raise _at(origin, key, error)
     config = Config({key: opt.default for key, opt in schema.items()})
-    config.given = frozenset(values)
+    config.given = frozenset(values) - inherited
     for key, value in values.items():
         config[key] = _convert(schema[key], key, value, origin)
     if config["filter"] not in FILTERS:
@@ -384,12 +385,15 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
 def given(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The keys the file (``--config``) and the flags give, unconverted, after importing the
     plug-ins they name (so that their solvers are known)."""
-    return _gather(argv, file_values)[0]
+    values, _, inherited = _gather(argv, file_values)
+    return {key: value for key, value in values.items() if key not in inherited}
 
 
-def _gather(argv: Sequence[str], file_values: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
-    """:func:`given`, and for each key the file gives (and no flag overrides) the words that
-    name the file, for messages about it."""
+def _gather(argv: Sequence[str], file_values: Mapping[str, Any] | None
+            ) -> tuple[dict[str, Any], dict[str, str], frozenset[str]]:
+    """:func:`given` with the keys of the run ``--resume`` continues that neither gives
+    (:func:`_resumed_run`); for each key a file gives (and no flag overrides) the words that
+    name the file, for messages about it; and which keys came from the resumed run."""
     flags = parse_argv(argv)
     path = flags.pop("config", None)
     values = dict(file_values or {})
@@ -400,12 +404,30 @@ def _gather(argv: Sequence[str], file_values: Mapping[str, Any] | None) -> tuple
         values.update(from_file)
         origin = {key: f"configuration file {str(path)!r}" for key in from_file if key not in flags}
     values.update(flags)
+    inherited = {key: value for key, value in _resumed_run(values.get("resume")).items() if key not in values}
+    values.update(inherited)
+    where = f"the resumed run's {str(Path(str(values.get('resume'))) / 'config.toml')!r}"
+    origin.update(dict.fromkeys(inherited, where))
     plugin = _convert(COMMON["plugin"], "plugin", values.get("plugin", ""), origin)
     try:
         load_plugins(plugin)
     except ConfigError as e:
         raise _at(origin, "plugin", e) from None
-    return values, origin
+    return values, origin, frozenset(inherited)
+
+
+def _resumed_run(resume: Any) -> dict[str, Any]:
+    """The keys of the run ``--resume`` continues, from its ``config.toml``: what the file and
+    the flags leave out is the run's own, so that ``--resume RUN_DIR`` alone continues a run
+    as it was set up, whatever the defaults are now (where it runs, ``out`` and
+    ``overwrite``, is the resuming job's).  Nothing when there is no such file: the claim
+    of the run directory then says why it cannot be resumed."""
+    if not isinstance(resume, str) or not resume:
+        return {}
+    path = Path(os.path.expanduser(resume)) / "config.toml"
+    if not path.is_file():
+        return {}
+    return {key: value for key, value in read_toml(path).items() if key not in ("resume", "out", "overwrite")}
 
 
 def _convert(option: Option, key: str, value: Any, origin: Mapping[str, str]) -> Any:
