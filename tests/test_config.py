@@ -258,7 +258,7 @@ def test_differences(tmp_path):
     changed = resolve(["--layers", "9", "--channels", "8,16", "--lr", "0.01", "--micro-batches", "2"])
     assert differences(old, changed) == ["layers: 8 → 9", "lr: 0.003 → 0.01", "micro_batches: 1 → 2"]
     assert differences(old, resolve(["--layers", "8", "--solver", "penalty"])) == [
-        "solver: serial → penalty", "channels: [8, 16] → [16]"]
+        "solver: serial → penalty", "channels: [8, 16] → [16, 32]"]
     # a key missing from an older file compares against its default; values are converted
     del old["width"]
     old["lr"] = 1

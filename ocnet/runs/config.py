@@ -66,7 +66,8 @@ COMMON: dict[str, Option] = {
     "heads": Option(int, 4, "attention heads of a transformer (they split the width)", min=1),
     "patch": Option(int, 0, "patch size of a vision transformer (0: the largest leaving at least 16 patches)",
                     min=0),
-    "channels": Option(list, [16], "channels per stage of a convolutional network, e.g. 16,32,64", min=1),
+    "channels": Option(list, [16, 32], "channels per stage of a convolutional network (a strided transition "
+                       "between stages halves the resolution), e.g. 16,32,64", min=1),
     "final_time": Option(float, 1.0, "final layer-time T (step h = T/N per stage)", positive=True),
     "activation": Option(str, "auto", "activation (auto: tanh for dense, relu for conv, gelu for transformer)",
                          choices=("auto", "tanh", "relu", "gelu")),
@@ -97,7 +98,8 @@ COMMON: dict[str, Option] = {
     "seed": Option(int, 0, "random seed (parameters, data split, batches)", min=0),
     "dtype": Option(str, "float32", "floating-point precision", choices=("float32", "float64")),
     "out": Option(str, "", "run directory (default runs/<problem>-<solver>-P<ranks>)"),
-    "data_dir": Option(str, "", "directory holding mnist / cifar files, and where mnist1d keeps its generated arrays (default ~/.cache/ocnet)"),
+    "data_dir": Option(str, "", "directory holding mnist / cifar files, and where mnist1d keeps its generated "
+                   "arrays (default ~/.cache/ocnet)"),
     "data": Option(str, "", "the arrays of --problem arrays: a .npz file (x_train, y_train, x_test, y_test; "
                    "x_val, y_val optional) or a folder of those .npy files"),
     "device": Option(str, "auto", "where each rank computes (auto: cuda:local_rank when CUDA is present)",
