@@ -67,6 +67,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_threads.py
 	$(BIN)/python benchmarks/bench_transformer.py
 	$(BIN)/python benchmarks/bench_accuracy_control.py
+	$(BIN)/python benchmarks/bench_defaults.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_grid.py
 
 clean:

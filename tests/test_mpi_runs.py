@@ -39,7 +39,7 @@ def accuracy(tmp_path_factory):
             ranks = re.search(r"# Ranks: (\d+)", _header(CONFIGS_DIR / name))
             proc = run_mpi(int(ranks.group(1)) if ranks else 2, "ocnet.run", "--config", str(CONFIGS_DIR / name),
                            "--quiet", "--timeline-steps", "0",
-                           "--out", str(out), module=True, plain=True, timeout=300)
+                           "--out", str(out), module=True, plain=True, timeout=900)
             assert proc.returncode == 0, proc.stderr
             cache[name] = json.loads((out / "summary.json").read_text())["final_test_acc"]
         return cache[name]
