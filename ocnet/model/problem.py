@@ -8,6 +8,7 @@ seed); :meth:`Problem.local` cuts out the slice a rank owns, sharing its paramet
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
@@ -237,19 +238,37 @@ def transformer_problem(input_shape: Sequence[int], n_classes: int, width: int =
 def registered_problem(kind: kinds.StepKind, settings: kinds.Settings, n_layers: int, T: float = 1.0) -> Problem:
     """The network of a registered step kind (:mod:`ocnet.model.kinds`): its opening (or
     ``σ(W flatten(x))`` to ``width``), ``n_layers`` steps of its ``F`` on ``[0, T]``, its
-    classifier (or a linear map of the flattened last state)."""
+    classifier (or a linear map of the flattened last state). A kind with a transition has one
+    stage per entry of ``settings.channels``, each on ``[0, T]``, the steps shared among them
+    as :func:`build` shares a convolutional network's, its transition between two stages."""
+    n_stages = kind.n_stages(settings)
+    if n_layers < n_stages:
+        raise ValueError(f"{n_layers} layers cannot fill {n_stages} stages")
+    per_stage = [n_layers // n_stages + (s < n_layers % n_stages) for s in range(n_stages)]
+    stage = dataclasses.replace(settings, stage=0)
     if kind.opening is not None:
-        opening = kind.opening(settings)
+        opening = kind.opening(stage)
     else:
         opening = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(settings.input_shape), settings.width),
                                 activation(settings.activation or "tanh"))
     with torch.no_grad():
         state = tuple(opening(torch.zeros(1, *settings.input_shape)).shape[1:])
-    grid = TimeGrid(n_layers, T)
-    layers = [Residual(kind.step(settings), grid.h) for _ in range(n_layers)]
-    classifier = (kind.classifier(settings, state) if kind.classifier is not None
+    layers: list[nn.Module] = []
+    grids = []
+    for s, n in enumerate(per_stage):
+        stage = dataclasses.replace(settings, stage=s)
+        if s:
+            assert kind.transition is not None
+            transition = kind.transition(stage, state)
+            layers.append(transition)
+            with torch.no_grad(), batchnorm.evaluating(transition):  # running statistics stay as built
+                state = tuple(transition(torch.zeros(1, *state)).shape[1:])
+        grid = TimeGrid(n, T)
+        grids.append(grid)
+        layers += [Residual(kind.step(stage), grid.h) for _ in range(n)]
+    classifier = (kind.classifier(stage, state) if kind.classifier is not None
                   else nn.Sequential(nn.Flatten(), nn.Linear(math.prod(state), settings.n_classes)))
-    return Problem(opening, layers, classifier, [grid], settings.input_shape, settings.n_classes)
+    return Problem(opening, layers, classifier, grids, settings.input_shape, settings.n_classes)
 
 
 def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, width: int = 32,

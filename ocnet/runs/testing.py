@@ -186,6 +186,8 @@ def check_step(net: str, input_shape: Sequence[int] = (8,), n_classes: int = 3, 
       pipelines and the penalty methods' per-sample states depend on it);
     * every parameter of ``F`` gets a finite gradient.
 
+    With several stages (a kind with a transition and several ``channels``) every stage's
+    ``F`` is checked so, and every transition too (but for the shape, which it may change).
     ``settings`` are :func:`~ocnet.model.problem.build`'s (``width``, ``channels``, …).
     """
     from ..model import kinds
@@ -193,10 +195,12 @@ def check_step(net: str, input_shape: Sequence[int] = (8,), n_classes: int = 3, 
     # the built-in kinds couple samples with batch norm only
     couples = kinds.get(net).couples_samples if net not in kinds.BUILT_IN else settings.get("norm") == "batch"
     name = f"check_step({net!r})"
+    layers = max(2, len(settings.get("channels", ())))  # a step in every stage
     nets = {}
     for dtype in (torch.float32, torch.float64):
         try:
-            nets[dtype] = build(tuple(input_shape), n_classes, net=net, layers=2, seed=0, dtype=dtype, **settings)
+            nets[dtype] = build(tuple(input_shape), n_classes, net=net, layers=layers, seed=0, dtype=dtype,
+                                **settings)
         except Exception as e:
             raise AssertionError(f"{name}: the network does not build in {dtype}: {type(e).__name__}: {e}") from e
     gen = torch.Generator().manual_seed(0)
@@ -204,27 +208,20 @@ def check_step(net: str, input_shape: Sequence[int] = (8,), n_classes: int = 3, 
     problem = nets[torch.float64]
     with torch.no_grad():
         u = problem.opening(x)
-    step = problem.layers[0]
-    assert isinstance(step, Residual)
-    F = step.F
-    try:
-        f = F(u)
-    except Exception as e:
-        raise AssertionError(f"{name}: F fails on states {tuple(u.shape)}: {type(e).__name__}: {e}") from e
-    assert f.shape == u.shape, f"{name}: F changes the state's shape: {tuple(u.shape)} -> {tuple(f.shape)}"
-    assert f.dtype == u.dtype, f"{name}: F gives {f.dtype} states for {u.dtype} ones (a fixed dtype inside?)"
-    for mode in ("training", "evaluation"):
-        F.train(mode == "training")
+    checked: list[tuple[str, torch.nn.Module, torch.Tensor]] = []  # every stage's first F, every transition
+    stage, first = 0, True
+    for layer in problem.layers:
+        what, F = None, layer
+        if not isinstance(layer, Residual):
+            stage, first = stage + 1, True
+            what = f"the transition into stage {stage}"
+        elif first:
+            first, what, F = False, "F" if stage == 0 else f"F of stage {stage}", layer.F
+        if what is not None:
+            _check_map(f"{name}: {what}", F, u, batch, couples, keeps_shape=F is not layer)
+            checked.append((what, F, u))
         with torch.no_grad():
-            assert torch.equal(F(u), F(u)), f"{name}: F is not deterministic (in {mode} mode): one input, two outputs"
-    F.train()
-    if not couples:
-        with torch.no_grad():
-            whole = F(u)
-            for i in range(batch):
-                assert torch.allclose(F(u[i:i + 1]), whole[i:i + 1], rtol=1e-10, atol=1e-12), \
-                    f"{name}: F couples the samples of a batch: sample {i} alone gives another F than in the " \
-                    "batch (declare couples_samples=True if it must)"
+            u = layer(u)
     for dtype, problem in nets.items():
         try:
             logits = problem(x.to(dtype))
@@ -234,11 +231,36 @@ def check_step(net: str, input_shape: Sequence[int] = (8,), n_classes: int = 3, 
             f"{name}: the logits have shape {tuple(logits.shape)}, not (batch, n_classes) = {(batch, n_classes)}"
         assert logits.dtype == dtype, f"{name}: a {dtype} network gives {logits.dtype} logits (a fixed dtype inside?)"
         assert torch.isfinite(logits).all(), f"{name}: the logits of a {dtype} network are not finite"
-    F.zero_grad()
-    F(u).square().sum().backward()
-    for key, p in F.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), \
-            f"{name}: parameter {key} of F gets {'no' if p.grad is None else 'a non-finite'} gradient"
+    for what, F, u in checked:
+        F.zero_grad()
+        F(u).square().sum().backward()
+        for key, p in F.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), \
+                f"{name}: parameter {key} of {what} gets {'no' if p.grad is None else 'a non-finite'} gradient"
+
+
+def _check_map(name: str, F: torch.nn.Module, u: torch.Tensor, batch: int, couples: bool, keeps_shape: bool) -> None:
+    """:func:`check_step`'s checks of one map ``F`` (a step's or a transition) on states ``u``;
+    ``name`` says which."""
+    try:
+        f = F(u)
+    except Exception as e:
+        raise AssertionError(f"{name} fails on states {tuple(u.shape)}: {type(e).__name__}: {e}") from e
+    if keeps_shape:
+        assert f.shape == u.shape, f"{name} changes the state's shape: {tuple(u.shape)} -> {tuple(f.shape)}"
+    assert f.dtype == u.dtype, f"{name} gives {f.dtype} states for {u.dtype} ones (a fixed dtype inside?)"
+    for mode in ("training", "evaluation"):
+        F.train(mode == "training")
+        with torch.no_grad():
+            assert torch.equal(F(u), F(u)), f"{name} is not deterministic (in {mode} mode): one input, two outputs"
+    F.train()
+    if not couples:
+        with torch.no_grad():
+            whole = F(u)
+            for i in range(batch):
+                assert torch.allclose(F(u[i:i + 1]), whole[i:i + 1], rtol=1e-10, atol=1e-12), \
+                    f"{name} couples the samples of a batch: sample {i} alone gives another output than in the " \
+                    "batch (declare couples_samples=True if it must)"
 
 
 # -- the multi-rank checks -----------------------------------------------------------------------
