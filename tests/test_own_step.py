@@ -16,7 +16,9 @@ from ocnet.model.grid import TimeGrid
 from ocnet.model.problem import build
 from ocnet.model.steps import Residual
 from ocnet.run import main
+from ocnet.runs.config import resolve, without_effect
 from ocnet.runs.loop import Training
+from ocnet.runs.memory import LAYER_OVERHEAD, memory_estimate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,6 +115,30 @@ def test_every_solver_trains_a_registered_step(tmp_path, solver):
                  "--out", str(out)]) == 0
     epochs = [r for r in map(json.loads, (out / "history.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
     assert len(epochs) == 2 and all(r["loss"] > 0 for r in epochs)
+
+
+def test_a_kind_of_stages_runs_from_the_command_line_and_its_memory_is_counted_exactly(tmp_path):
+    """The memory check before training builds one step of each stage and the transitions:
+    on one rank its parameter count is the built network's, and the run trains."""
+    _widening()
+    sizes = dict(net="widening", layers=7, channels=[4, 6, 3])
+    estimate = memory_estimate((2,), 5, **sizes)
+    built = sum(p.numel() * p.element_size() for p in build((2,), 5, **sizes).parameters())
+    assert estimate.local == built and estimate.network == built + (7 + 2 + 2) * LAYER_OVERHEAD
+    assert main(["--net", "widening", "--channels", "4,6", "--problem", "peaks", "--layers", "4", "--epochs", "1",
+                 "--limit-batches", "2", "--quiet", "--plots", "none", "--timeline-steps", "0",
+                 "--out", str(tmp_path / "run")]) == 0
+
+
+def test_stages_asked_of_a_kind_without_a_transition_are_warned_of():
+    _widening()
+    warned = lambda net, flags: without_effect(resolve(["--net", net, *flags]), net=net, image=False,  # noqa: E731
+                                               device="cpu")
+    assert warned("gated", ["--channels", "8,16"]) == [
+        "--channels 8,16 makes no stages: step kind 'gated' registers no transition between stages, "
+        "so this run trains one stage"]
+    assert warned("gated", []) == warned("gated", ["--channels", "8"]) == []
+    assert warned("widening", ["--channels", "8,16"]) == []
 
 
 def test_a_transition_makes_a_stage_of_every_channels_entry():

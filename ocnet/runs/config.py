@@ -373,6 +373,10 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
     if "norm" in keys and net in ("dense", "transformer"):
         lines.append(f"--norm has no effect: it normalises the steps of a convolutional network, "
                      f"and this run trains a {net} network")
+    if ("channels" in keys and len(config["channels"]) > 1 and net not in kinds.BUILT_IN
+            and kinds.get(net).transition is None):
+        lines.append(f"--channels {','.join(map(str, config['channels']))} makes no stages: step kind {net!r} "
+                     "registers no transition between stages, so this run trains one stage")
     if "epoch_test" in keys and config["epoch_test"] and not config["val_split"]:
         lines.append("--epoch-test has no effect without --val-split: without a validation set the test "
                      "set is evaluated after every epoch anyway")

@@ -10,8 +10,10 @@ from typing import Sequence
 
 import torch
 
+from ..model import kinds as step_kinds
 from ..model.options import ConfigError
 from ..model.problem import build
+from ..model.steps import Residual
 from ..model.tokens import patch_size
 
 # Python objects of one layer (module, parameters, their dictionaries): 11–14 KiB measured
@@ -135,14 +137,21 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
         classifier = width * n_classes + n_classes
         kinds = [(layers, width * width + width, STATES_PER_LAYER * width)]
         opening_state = width
-    else:  # a registered step kind: its sizes from one layer of it, built
-        one = build(tuple(shape), n_classes, net=net, layers=1, width=width, channels=channels, norm=norm,
+    else:  # a registered step kind: its sizes from one step of each stage (and its transitions), built
+        S = len(channels) if step_kinds.get(net).transition is not None else 1
+        one = build(tuple(shape), n_classes, net=net, layers=S, width=width, channels=channels, norm=norm,
                     heads=heads)
         size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         opening, classifier = size(one.opening), size(one.classifier)
+        steps = iter([layers // S + (s < layers % S) for s in range(S)])
+        kinds = []
         with torch.no_grad():
-            opening_state = one.opening(torch.zeros(1, *shape)).numel()
-        kinds = [(layers, size(one.layers[0]), STATES_PER_LAYER * opening_state)]
+            u = one.opening(torch.zeros(1, *shape))
+            opening_state = u.numel()
+            for layer in one.layers:
+                u = layer(u)
+                count = next(steps) if isinstance(layer, Residual) else 1
+                kinds.append((count, size(layer), STATES_PER_LAYER * u.numel()))
     n_layers = sum(count for count, _, _ in kinds)
     per_rank = -(-n_layers // max(1, n_ranks))
     total = opening + classifier + sum(count * p for count, p, _ in kinds)
