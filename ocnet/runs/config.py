@@ -9,27 +9,21 @@ every rank with the same single message.
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.util
-import math
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
 
 from .. import solvers
 from ..model import data, kinds
 from ..model.options import ConfigError, Option, show
 from ..ranks.filters import FILTERS
+from . import tomlfile
+from .plugins import idle_plugins, load_plugins
+from .tomlfile import MAX_TOML_BYTES, dump_toml, toml_value
 
-__all__ = ["COMMON", "RESUMABLE", "ConfigError", "Option", "differences", "dump_toml", "given",
-           "help_text", "load_plugins", "parse_argv", "read_toml", "resolve"]
+__all__ = ["COMMON", "MAX_TOML_BYTES", "RESUMABLE", "ConfigError", "Option", "differences", "dump_toml", "given",
+           "help_text", "idle_plugins", "load_plugins", "parse_argv", "read_toml", "resolve", "toml_value"]
 
 
 class _Plots(Option):
@@ -140,7 +134,6 @@ RESUMABLE = frozenset({"epochs", "checkpoint_every", "quiet", "log_every", "verb
 
 # A configuration file is a few hundred bytes; refusing anything much larger keeps a wrong
 # path (a data file, a disk image) from being read at all.
-MAX_TOML_BYTES = 1 << 20
 
 
 def solver_options(values: Mapping[str, Any]) -> dict[str, Option]:
@@ -155,72 +148,6 @@ def all_solver_keys() -> dict[str, list[str]]:
         for key in cls.options:
             owners.setdefault(key, []).append(name)
     return owners
-
-
-def load_plugins(spec: str) -> list[str]:
-    """Import the modules of ``spec`` (comma-separated module names or ``.py`` paths) so that
-    the solvers they register become available; returns the module names.
-
-    Raises
-    ------
-    ConfigError
-        For a module that cannot be found or fails while importing.
-    """
-    names = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        before = _registries()
-        try:
-            if item.endswith(".py"):
-                path = Path(item).resolve()
-                name = f"ocnet_plugin_{path.stem}"
-                fresh = name not in sys.modules
-                if fresh:
-                    loader_spec = importlib.util.spec_from_file_location(name, path)
-                    if path.exists() and not path.is_file():  # a FIFO would block the import
-                        raise ConfigError(f"plugin file {item!r} is not a regular file")
-                    if loader_spec is None or loader_spec.loader is None or not path.exists():
-                        raise ConfigError(f"plugin file {item!r} not found")
-                    module = importlib.util.module_from_spec(loader_spec)
-                    sys.modules[name] = module
-                    try:
-                        loader_spec.loader.exec_module(module)
-                    except BaseException:
-                        del sys.modules[name]
-                        raise
-            else:
-                name = item
-                fresh = name not in sys.modules
-                importlib.import_module(item)
-        except ConfigError:
-            raise
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"plugin {item!r} cannot be imported: {e}") from None
-        except Exception as e:
-            raise ConfigError(f"plugin {item!r} failed while importing: {type(e).__name__}: {e}") from None
-        if fresh:
-            _REGISTERED[name] = [key for key, cls in _registries().items() if before.get(key) is not cls]
-        names.append(name)
-    return names
-
-
-#: Plug-in module ↦ the solvers, data sets and step kinds its import registered (for the
-#: modules ``load_plugins`` imported).
-_REGISTERED: dict[str, list[str]] = {}
-
-
-def _registries() -> dict[str, Any]:
-    """What plug-ins register, by name: solvers, data sets, step kinds."""
-    return {**solvers.SOLVERS, **data.REGISTERED, **kinds.KINDS}
-
-
-def idle_plugins(spec: str) -> list[str]:
-    """The plug-ins of ``spec`` (as given) whose import registered nothing (already imported)."""
-    idle = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name = f"ocnet_plugin_{Path(item).stem}" if item.endswith(".py") else item
-        if _REGISTERED.get(name) == []:
-            idle.append(item)
-    return idle
 
 
 def parse_argv(argv: Sequence[str]) -> dict[str, Any]:
@@ -448,11 +375,6 @@ def _at(origin: Mapping[str, str], key: str, error: ConfigError) -> ConfigError:
     return ConfigError(f"{origin[key]}: {error}") if key in origin else error
 
 
-def _key(key: str) -> str:
-    """A key for a message: TOML allows any text as a key, a message stays one short line."""
-    return key if key.isprintable() and len(key) <= 60 else show(key)[1:-1]
-
-
 def _did_you_mean(word: str, candidates) -> str:
     others = [c for c in candidates if c != word]  # a suggestion of the same word helps nobody
     close = difflib.get_close_matches(word, others, n=1, cutoff=0.6)
@@ -460,99 +382,14 @@ def _did_you_mean(word: str, candidates) -> str:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """The keys of the TOML file ``path`` (flat: tables are refused), unconverted.
-
-    Only a regular file of at most :data:`MAX_TOML_BYTES` is read, so that a directory, a
-    FIFO or a device given by mistake neither blocks nor is read for ever.
-
-    Raises
-    ------
-    ConfigError
-        Naming the file: missing, unreadable, not a regular file, too large, not UTF-8, not
-        valid TOML (nested too deeply included), a table, or the key ``config``.
-    """
-    name = f"configuration file {str(path)!r}"
-    try:
-        kind = _file_kind(os.stat(path).st_mode)
-        raw = b""
-        if not kind:
-            # O_NONBLOCK: should the path have become a FIFO since, opening it does not wait.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-            with os.fdopen(fd, "rb") as f:
-                kind = _file_kind(os.fstat(f.fileno()).st_mode)
-                raw = b"" if kind else f.read(MAX_TOML_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{name} not found") from None
-    except OSError as e:
-        raise ConfigError(f"{name} cannot be read: {e.strerror or e}") from None
-    except ValueError as e:  # a path with a NUL byte
-        raise ConfigError(f"{name} cannot be read: {e}") from None
-    if kind:
-        raise ConfigError(f"{name} is not a regular file but {kind}")
-    if len(raw) > MAX_TOML_BYTES:
-        raise ConfigError(f"{name} is larger than {MAX_TOML_BYTES >> 20} MiB; a configuration file is a few lines")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{name} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
-    try:
-        data = tomllib.loads(text)
-    except RecursionError:
-        raise ConfigError(f"{name} is not valid TOML: arrays or tables nested too deeply") from None
-    except ValueError as e:  # TOMLDecodeError, or an integer of more than 4300 digits
-        raise ConfigError(f"{name} is not valid TOML: {e}") from None
-    nested = [k for k, v in data.items() if isinstance(v, dict)]
-    if nested:
-        raise ConfigError(f"{name}: tables are not used, found [{_key(nested[0])}]")
+    """The keys of the TOML file ``path`` (:func:`ocnet.runs.tomlfile.read_toml`), refusing
+    the keys that are command-line flags only (``config``)."""
+    values = tomlfile.read_toml(path)
     for key in CLI_ONLY:
-        if key in data:
-            raise ConfigError(f"{name}: {key} is a command-line flag only (--{key} FILE), not a key of the file")
-    return data
-
-
-def _file_kind(mode: int) -> str:
-    """'' for a regular file, else what it is, for a message."""
-    if stat.S_ISREG(mode):
-        return ""
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "a special file"
-
-
-def toml_value(value: Any) -> str:
-    """``value`` (bool, int, float, string or list of them) as TOML text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return _toml_string(str(value))
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and control characters escaped, everything
-    else (non-ASCII included) as it is, since TOML is UTF-8."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def dump_toml(config: Mapping[str, Any]) -> str:
-    """The configuration as TOML text (flat keys; readable by :func:`read_toml`)."""
-    return "".join(f"{key} = {toml_value(value)}\n" for key, value in config.items())
+        if key in values:
+            raise ConfigError(f"configuration file {str(path)!r}: {key} is a command-line flag only (--{key} "
+                              "FILE), not a key of the file")
+    return values
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
