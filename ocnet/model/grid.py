@@ -51,6 +51,14 @@ class TimeGrid:
         return grids
 
 
+def stage_layers(n_layers: int, n_stages: int) -> list[int]:
+    """The residual steps of each of ``n_stages`` stages when ``n_layers`` are shared evenly
+    among them (the first ``n_layers % n_stages`` stages one more)."""
+    if n_layers < n_stages:
+        raise ValueError(f"{n_layers} layers cannot fill {n_stages} stages")
+    return [n_layers // n_stages + (s < n_layers % n_stages) for s in range(n_stages)]
+
+
 @dataclass(frozen=True)
 class Partition:
     """Contiguous slices of ``n_layers`` layers over ``n_ranks`` ranks.

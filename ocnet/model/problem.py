@@ -18,7 +18,7 @@ from torch.nn import functional as Fn
 
 from . import batchnorm, dropout, kinds
 from .data import vocabulary
-from .grid import Partition, TimeGrid
+from .grid import Partition, TimeGrid, stage_layers
 from .steps import AttentionStep, ConvStep, DenseStep, Residual, Transition, activation, convolution, normalisation
 from .tokens import ClassToken, Patches, Tokens, Vocabulary, patch_size
 
@@ -241,10 +241,7 @@ def registered_problem(kind: kinds.StepKind, settings: kinds.Settings, n_layers:
     classifier (or a linear map of the flattened last state). A kind with a transition has one
     stage per entry of ``settings.channels``, each on ``[0, T]``, the steps shared among them
     as :func:`build` shares a convolutional network's, its transition between two stages."""
-    n_stages = kind.n_stages(settings)
-    if n_layers < n_stages:
-        raise ValueError(f"{n_layers} layers cannot fill {n_stages} stages")
-    per_stage = [n_layers // n_stages + (s < n_layers % n_stages) for s in range(n_stages)]
+    per_stage = stage_layers(n_layers, kind.n_stages(settings))
     stage = dataclasses.replace(settings, stage=0)
     if kind.opening is not None:
         opening = kind.opening(stage)
@@ -295,11 +292,7 @@ def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, 
                 raise ValueError(f"net 'conv' needs image data (C, H, W), got shape {tuple(input_shape)}")
             if net == "conv1d" and len(input_shape) != 2:
                 raise ValueError(f"net 'conv1d' needs signals (C, L), got shape {tuple(input_shape)}")
-            n_stages = len(channels)
-            if layers < n_stages:
-                raise ValueError(f"{layers} layers cannot fill {n_stages} stages")
-            per_stage = [layers // n_stages + (s < layers % n_stages) for s in range(n_stages)]
-            problem = conv_problem(input_shape, n_classes, channels, per_stage, T,
+            problem = conv_problem(input_shape, n_classes, channels, stage_layers(layers, len(channels)), T,
                                    activation or "relu", norm)
         elif net == "transformer":
             problem = transformer_problem(input_shape, n_classes, width, heads, layers, T,

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from ..model import kinds as step_kinds
+from ..model.grid import stage_layers
 from ..model.options import ConfigError
 from ..model.problem import build
 from ..model.steps import Residual
@@ -105,8 +106,7 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
         # images (C, H, W) with 3×3 kernels, signals (C, L) as (C, L, 1) with kernels 3 wide
         k, dims = (9, 3) if net == "conv" else (3, 2)
         c_in, H, W = (*shape, 1)[:3] if len(shape) == dims else (d, 1, 1)  # build refuses other shapes itself
-        S = len(channels)
-        per_stage = [layers // S + (s < layers % S) for s in range(S)]
+        per_stage = stage_layers(layers, len(channels))
         opening = k * c_in * channels[0] + channels[0] + norm_params(channels[0])
         classifier = channels[-1] * n_classes + n_classes
         kinds = []  # (count, parameters, numbers kept per sample) of each kind of layer
@@ -138,12 +138,13 @@ def memory_estimate(input_shape: Sequence[int], n_classes: int, *, net: str, lay
         kinds = [(layers, width * width + width, STATES_PER_LAYER * width)]
         opening_state = width
     else:  # a registered step kind: its sizes from one step of each stage (and its transitions), built
-        S = len(channels) if step_kinds.get(net).transition is not None else 1
+        kind = step_kinds.get(net)
+        S = kind.n_stages(step_kinds.Settings(tuple(shape), n_classes, channels=tuple(channels)))
         one = build(tuple(shape), n_classes, net=net, layers=S, width=width, channels=channels, norm=norm,
                     heads=heads)
         size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         opening, classifier = size(one.opening), size(one.classifier)
-        steps = iter([layers // S + (s < layers % S) for s in range(S)])
+        steps = iter(stage_layers(layers, S))
         kinds = []
         with torch.no_grad():
             u = one.opening(torch.zeros(1, *shape))
