@@ -132,9 +132,6 @@ RESUMABLE = frozenset({"epochs", "checkpoint_every", "quiet", "log_every", "verb
                        "stall_timeout", "data_parallel",
                        "threads", "device", "cuda_aware", "data_dir", "data", "plugin", "timeline_steps", "plots"})
 
-# A configuration file is a few hundred bytes; refusing anything much larger keeps a wrong
-# path (a data file, a disk image) from being read at all.
-
 
 def solver_options(values: Mapping[str, Any]) -> dict[str, Option]:
     """The options of the solver ``values`` name (a composite solver's depend on its partner's)."""

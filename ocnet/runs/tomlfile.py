@@ -14,6 +14,8 @@ except ImportError:  # Python 3.10
 
 from ..model.options import ConfigError, show
 
+# A configuration file is a few hundred bytes; refusing anything much larger keeps a wrong
+# path (a data file, a disk image) from being read at all.
 MAX_TOML_BYTES = 1 << 20
 
 
