@@ -17,6 +17,7 @@ event (a collective's a ``"reduce"`` event), fast path included.
 """
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import pickle
@@ -24,7 +25,7 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -468,6 +469,30 @@ def world(cuda_aware: bool | None = None) -> Comm:
     if MPI.COMM_WORLD.Get_size() == 1:
         return SelfComm()
     return Comm(MPI.COMM_WORLD, cuda_aware)
+
+
+def world_rank() -> int:
+    """This process's rank in ``COMM_WORLD``."""
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_rank()
+
+
+@contextlib.contextmanager
+def world_of_first(n: int, tag: int) -> Iterator[Callable[[int], None]]:
+    """For the block, ``COMM_WORLD`` is a communicator of the world's ranks ``0 … n-1`` (this
+    rank must be one of them, and all of them enter together), so that a job started inside
+    sees just those ranks: a pool of warm ranks (:mod:`ocnet.runs.pool`) lends them so.
+    Yields ``abort(code)``, which ends the whole world's job, not only the lent ranks'."""
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    lent = world.Create_group(world.Get_group().Incl(list(range(n))), tag)
+    MPI.COMM_WORLD = lent  # type: ignore[misc]
+    try:
+        yield world.Abort
+    finally:
+        MPI.COMM_WORLD = world  # type: ignore[misc]
+        if lent != MPI.COMM_NULL:
+            lent.Free()
 
 
 def node_rank_and_size(comm: Comm) -> tuple[int, int]:

@@ -40,8 +40,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from ..ranks import comm as comm_mod
 from . import launcher
 
 #: The environment variables a pooled job may set (others change what happens at import).
@@ -213,9 +214,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def _serve(directory: Path, client: int, warm: list[str]) -> None:
     """Rank loop: run each job ``task-K.json`` this rank takes part in; leave at ``stop`` or
     when the client process has gone."""
-    from mpi4py import MPI
-    world = MPI.COMM_WORLD
-    rank = world.Get_rank()
+    rank = comm_mod.world_rank()
     _warm(warm)
     (directory / f"ready-{rank}").touch()
     k = 0
@@ -229,10 +228,8 @@ def _serve(directory: Path, client: int, warm: list[str]) -> None:
         if task.get("stop"):
             return
         if rank < task["n"]:
-            comm = world.Create_group(world.Get_group().Incl(list(range(task["n"]))), k % 32768)
-            code, clean = _execute(task, rank, comm, directory / f"out-{k}-{rank}", directory / f"err-{k}-{rank}")
-            if comm != MPI.COMM_NULL:
-                comm.Free()
+            with comm_mod.world_of_first(task["n"], k % 32768) as abort:
+                code, clean = _execute(task, abort, directory / f"out-{k}-{rank}", directory / f"err-{k}-{rank}")
             _write_atomically(directory / f"result-{k}-{rank}.json", json.dumps({"code": code, "clean": clean}))
         k += 1
 
@@ -257,13 +254,12 @@ def _warm(modules: list[str]) -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
 
 
-def _execute(task: dict[str, Any], rank: int, comm: Any, out: Path, err: Path) -> tuple[int, bool]:
-    """Run one job on this rank with ``comm`` as its ``COMM_WORLD``; returns its exit status and
-    whether the process is as it was before."""
+def _execute(task: dict[str, Any], abort: Callable[[int], None], out: Path, err: Path) -> tuple[int, bool]:
+    """Run one job on this rank (inside :func:`~ocnet.ranks.comm.world_of_first`, so that its
+    ``COMM_WORLD`` holds the job's ranks alone); returns its exit status and whether the
+    process is as it was before. ``abort`` ends the whole pool, as an uncaught exception must."""
     import runpy
 
-    from mpi4py import MPI
-    world = MPI.COMM_WORLD
     state = _State()
     os.environ.update(task["env"])
     sys.path[:0] = [p for p in task["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
@@ -276,7 +272,6 @@ def _execute(task: dict[str, Any], rank: int, comm: Any, out: Path, err: Path) -
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(f, fd)
         os.close(f)
-    MPI.COMM_WORLD = comm  # type: ignore[misc]
     argv, code = task["argv"], 0
     try:
         if argv[0] == "-m":
@@ -297,9 +292,8 @@ def _execute(task: dict[str, Any], rank: int, comm: Any, out: Path, err: Path) -
         # where it installed one, says which rank failed and aborts).
         sys.excepthook(*sys.exc_info())
         sys.stderr.flush()
-        world.Abort(1)
+        abort(1)
     finally:
-        MPI.COMM_WORLD = world  # type: ignore[misc]
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved[0], 1)
