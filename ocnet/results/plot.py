@@ -33,23 +33,19 @@ with the same points says so there.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.markers import CARETDOWNBASE
-from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, MaxNLocator, NullLocator, StrMethodFormatter
+from matplotlib.ticker import MaxNLocator
 
 from ..runs import claim
 from ..solvers.records import FIELDS
-from . import gantt
+from . import gantt, panels
 from .rundir import Run, load_run, load_runs, num
 from .series import (
     MB,
@@ -73,148 +69,19 @@ PHASE_STYLES = {"forward": "-", "adjoint": "--"}
 #: The solvers whose recorded ``loss`` is the last block's, computed from its auxiliary input.
 PENALTY_SOLVERS = {"penalty", "al", "hybrid"}
 
-#: Points that agree to this relative tolerance are drawn on top of one another.
-COINCIDE_RTOL = 1e-3
-
-#: A log axis of several decades within this range is labelled with plain numbers (0.001, 100);
-#: one beyond it, with powers of ten (:class:`_PlainLogFormatter`).
-PLAIN_RANGE = (1e-4, 1e5)
-
-#: A y axis takes ticks at the values themselves (:func:`_ticks_at`) up to this many values.
+#: A y axis takes ticks at the values themselves (:func:`panels.ticks_at`) up to this many values.
 FEW_VALUES = 8
-
-
-# -- the figure and its panels ------------------------------------------------------------------
-def _new_figure(n: int, ncols: int, w: float = 5.0, h: float = 3.6):
-    """A figure of ``n`` panels in ``ncols`` columns; returns it and the flat list of panels."""
-    nrows = max(1, math.ceil(n / ncols))
-    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
-    FigureCanvasAgg(fig)  # Agg, without pyplot and its global figure registry
-    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, axes
-
-
-def _finish(ax, xlabel: str, ylabel: str, legend: bool = True, logy: bool = False,
-            key: Iterable[Line2D] = ()) -> None:
-    """Label a panel: log y when asked and all its values are positive, with plain tick labels;
-    "no data" if empty; a legend of its labelled lines (each curve that hides an earlier one
-    says so) followed by ``key``, entries that say what a line style means."""
-    ys = _data_values(ax)
-    if logy and ys.size and ys.min() > 0:
-        ax.set_yscale("log")
-    if ax.get_yscale() == "log":
-        _plain_log_ticks(ax.yaxis)
-    if xlabel in ("epoch", "MGRIT iteration"):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    if any(len(ln.get_xdata()) for ln in ax.lines) or ax.collections:
-        if legend:
-            _note_coincident(ax)
-            handles = ax.get_legend_handles_labels()[0] + list(key)
-            if handles:  # smaller type where a comparison lists many curves
-                ax.legend(handles=handles, fontsize="small" if len(handles) < 6 else "x-small")
-    else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes,
-                color="grey")
-
-
-def _data_values(ax) -> np.ndarray:
-    """The finite y values of the panel's lines whose y is data (not the axes fraction of a
-    marker at the floor, :func:`_mark_zeros`); the NaN that break lines are left out."""
-    ys = [np.asarray(ln.get_ydata(), float) for ln in ax.lines
-          if ln.get_transform().contains_branch_seperately(ax.transData)[1]]
-    y = np.concatenate(ys) if ys else np.array([])
-    return y[np.isfinite(y)]
-
-
-class _PlainLogFormatter(LogFormatterSciNotation):
-    """Matplotlib's choice of which log ticks to label — the decades, and on an axis that spans
-    about a decade or less some or all of the ticks between them — written as plain numbers
-    (0.6, 2, 30): ``6×10^-1`` and ``2×10^0`` must be decoded before they can be read. An axis
-    of several decades beyond 10^-4 or 10^5 keeps matplotlib's powers of ten, which read
-    better there than 1e-06 beside 0.0001."""
-
-    def __call__(self, x, pos=None):
-        label = super().__call__(x, pos)  # "" for a tick that matplotlib leaves unlabelled
-        if not label or self.axis is None:
-            return label
-        lo, hi = sorted(self.axis.get_view_interval())
-        plain = hi <= 10 * lo or (PLAIN_RANGE[0] <= lo and hi < PLAIN_RANGE[1])
-        return f"{x:g}" if plain else label
-
-
-def _plain_log_ticks(axis) -> None:
-    """Label ``axis``, a log axis, with plain numbers (:class:`_PlainLogFormatter`)."""
-    axis.set_major_formatter(_PlainLogFormatter())
-    axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
-
-
-def _ticks_at(axis, values: Iterable[float]) -> None:
-    """Tick ``axis`` at ``values`` themselves, written plainly: ρ's 1, 3, 9 or the ranks 1, 2,
-    4, which a log axis would label only by the decades (powers of 2) around them."""
-    axis.set_major_locator(FixedLocator(sorted(set(values))))
-    axis.set_major_formatter(StrMethodFormatter("{x:g}"))
-    axis.set_minor_locator(NullLocator())
-
-
-def _note_coincident(ax) -> None:
-    """Add ", same as B" to the legend label of each curve drawn with the points of an earlier
-    curve B (serial and exact MGRIT train alike): the later one hides it, and the legend would
-    otherwise list a curve that cannot be seen."""
-    drawn: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for ln in ax.lines:
-        label = ln.get_label()
-        x, y = (np.asarray(v, float) for v in ln.get_data())
-        if label.startswith("_") or not x.size:
-            continue
-        same = next((other for other, x0, y0 in drawn if x0.shape == x.shape
-                     and np.allclose(x0, x, rtol=COINCIDE_RTOL, equal_nan=True)
-                     and np.allclose(y0, y, rtol=COINCIDE_RTOL, equal_nan=True)), None)
-        drawn.append((label, x, y))
-        if same is not None:
-            # "mgrit P=1: test, same as serial P=1", not "..., same as serial P=1: test"
-            what = label[label.find(": "):] if ": " in label else None
-            ln.set_label(f"{label}, same as {same.removesuffix(what) if what else same}")
-
-
-# -- a run's style ------------------------------------------------------------------------------
-#: A run's marker and line style, so that curves that coincide stay distinguishable.
-MARKERS = ("o", "s", "^", "D", "v", "P", "X")
-LINESTYLES = ("-", "--", "-.", ":")
-
-
-def _style(i: int) -> dict:
-    """The colour, marker and line style of the ``i``-th run. Markers are hollow, so that one
-    drawn over another's leaves it visible."""
-    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "ls": LINESTYLES[i % len(LINESTYLES)],
-            "mfc": "none", "ms": 4}
-
-
-def _marked(i: int) -> dict:
-    """``plot`` arguments for the ``i``-th run's markers, in its colour (line style apart)."""
-    st = _style(i)
-    return {"color": st["color"], "marker": st["marker"], "mfc": st["mfc"], "ms": st["ms"]}
-
-
-def _key(label: str, **style) -> Line2D:
-    """A legend entry for a line style rather than a run (grey, so no run's colour is implied)."""
-    return Line2D([], [], color="0.45", label=label, **style)
-
 
 # -- the figures --------------------------------------------------------------------------------
 def _plot_convergence(runs: list[Run]) -> Figure:
     """Loss against step (each step thin, epoch means marked) and wall time; accuracy (test
     solid, train dotted, validation dashed) against epoch, MB sent and wall time; test
     and validation loss against epoch."""
-    fig, axes = _new_figure(6, 3)
+    fig, axes = panels.new_figure(6, 3)
     held_out: set[str] = set()  # which held-out losses panel 3 draws, for its label
     any_means = False
     for i, run in enumerate(runs):
-        st, marked = _style(i), _marked(i)
+        st, marked = panels.style(i), panels.marked(i)
         xs, ys = xy(run.iters, "step", "loss")
         if xs.size:  # unlabelled: one key entry says what the thin lines are, for every run
             axes[0].plot(*gapped(xs, ys), lw=0.7, alpha=0.45, color=st["color"], ls=st["ls"])
@@ -242,16 +109,16 @@ def _plot_convergence(runs: list[Run]) -> Figure:
                 held_out.add(what)
     _shade_phases(axes[0], runs)
     label = _loss_label(runs)
-    step_key = [_key("thin: each step", lw=0.7)]
+    step_key = [panels.style_key("thin: each step", lw=0.7)]
     if any_means:
-        step_key.append(_key("markers: epoch mean", marker="o", mfc="none", ms=4))
-    _finish(axes[0], "optimiser step", label, logy=True, key=step_key)
-    _finish(axes[1], "wall time (s)", label, logy=True, key=step_key[1:])
-    _finish(axes[2], "epoch", "accuracy (%)")
+        step_key.append(panels.style_key("markers: epoch mean", marker="o", mfc="none", ms=4))
+    panels.finish(axes[0], "optimiser step", label, logy=True, key=step_key)
+    panels.finish(axes[1], "wall time (s)", label, logy=True, key=step_key[1:])
+    panels.finish(axes[2], "epoch", "accuracy (%)")
     held = [w for w in ("test", "validation") if w in held_out] or ["test"]
-    _finish(axes[3], "epoch", " and ".join(held) + " loss", logy=True)
-    _finish(axes[4], "MB sent, cumulative (all ranks)", "accuracy (%)")
-    _finish(axes[5], "wall time (s)", "accuracy (%)")
+    panels.finish(axes[3], "epoch", " and ".join(held) + " loss", logy=True)
+    panels.finish(axes[4], "MB sent, cumulative (all ranks)", "accuracy (%)")
+    panels.finish(axes[5], "wall time (s)", "accuracy (%)")
     fig.suptitle("convergence")
     return fig
 
@@ -289,7 +156,7 @@ def _plot_residuals(runs: list[Run]) -> Figure:
                 if step is not None and r.size:
                     per_phase.setdefault(phase, []).append((step, r))
         rows += [(run, phase, lines) for phase, lines in per_phase.items()]
-    fig, axes = _new_figure(len(rows), max(1, min(len(rows), 2)))
+    fig, axes = panels.new_figure(len(rows), max(1, min(len(rows), 2)))
     for ax, (run, phase, lines) in zip(axes, rows):
         segs, steps = [], []
         for step, r in lines:
@@ -311,7 +178,7 @@ def _plot_residuals(runs: list[Run]) -> Figure:
         if tol:  # exact mode: the absolute tolerance of each solve; the median of them
             ax.axhline(float(np.median(tol)), color="C3", ls=":", lw=1, label="tolerance (median)")
         ax.set_title(f"{run.label} {phase}".strip(), fontsize="medium")
-        _finish(ax, "MGRIT iteration", FIELDS["residual"].label, legend=bool(tol), logy=True)
+        panels.finish(ax, "MGRIT iteration", FIELDS["residual"].label, legend=bool(tol), logy=True)
     fig.suptitle("MGRIT residual per optimiser step")
     return fig
 
@@ -320,17 +187,17 @@ def _plot_mgrit_convergence(runs: list[Run]) -> Figure:
     per_run = [(run, factors(run)) for run in runs]
     by_n = [(run.n_layers, f) for run, f in per_run if f and run.n_layers]
     vs_n = len({n for n, _ in by_n}) > 1
-    fig, axes = _new_figure(2 if vs_n else 1, 2 if vs_n else 1)
+    fig, axes = panels.new_figure(2 if vs_n else 1, 2 if vs_n else 1)
     ax = axes[0]
     for i, (run, per_phase) in enumerate(per_run):
         for phase, (steps, f) in per_phase.items():
             x, y = positive(np.array(steps, float), np.array(f, float))
-            marked = _marked(i) if x.size < 30 else {"color": _style(i)["color"]}
+            marked = panels.marked(i) if x.size < 30 else {"color": panels.style(i)["color"]}
             ax.plot(*gapped(x, y), PHASE_STYLES.get(phase, "-"), lw=1, label=f"{run.label} {phase}".strip(),
                     **marked)
     _shade_phases(ax, runs)
     ax.axhline(1.0, color="0.4", ls=":", lw=1, label="1: no convergence")
-    _finish(ax, "optimiser step", "MGRIT convergence factor", logy=True)
+    panels.finish(ax, "optimiser step", "MGRIT convergence factor", logy=True)
     if vs_n:
         ax = axes[1]
         names = sorted({p for _, f in by_n for p in f})
@@ -339,8 +206,8 @@ def _plot_mgrit_convergence(runs: list[Run]) -> Figure:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], PHASE_STYLES.get(phase, "-"),
                     marker="o", mfc="none", color=f"C{j % 10}", label=phase or "mean factor")
         ax.set_xscale("log", base=2)
-        _ticks_at(ax.xaxis, (n for n, _ in by_n))
-        _finish(ax, "layers N", "mean convergence factor", logy=True)
+        panels.ticks_at(ax.xaxis, (n for n, _ in by_n))
+        panels.finish(ax, "layers N", "mean convergence factor", logy=True)
     fig.suptitle("MGRIT convergence factor")
     return fig
 
@@ -350,7 +217,7 @@ def _plot_constraints(runs: list[Run]) -> Figure:
     few values (1, 3, 9), ticked at them."""
     keys = [k for k in ("constraint_violation", "rho", "mu_norm", "penalized_objective")
             if any(with_key(r, k) for r in runs)]
-    fig, axes = _new_figure(len(keys), min(len(keys), 2))
+    fig, axes = panels.new_figure(len(keys), min(len(keys), 2))
     for ax, key in zip(axes, keys):
         _against_step(ax, runs, key, ticks_at_values=key == "rho")
     fig.suptitle("constraints")
@@ -360,51 +227,38 @@ def _plot_constraints(runs: list[Run]) -> Figure:
 def _against_step(ax, runs: list[Run], key: str, ticks_at_values: bool = False, **style) -> None:
     """Field ``key`` of each run against the optimiser step, broken and shaded where steps have
     none (the hybrid's serial phases). On a log axis where the schema says so and some value
-    is positive; values of exactly 0 there are marked at the axis floor (:func:`_mark_zeros`).
-    ``ticks_at_values``: tick y at the values taken, when they are few (:func:`_ticks_at`).
+    is positive; values of exactly 0 there are marked at the axis floor (:func:`panels.mark_zeros`).
+    ``ticks_at_values``: tick y at the values taken, when they are few (:func:`panels.ticks_at`).
     ``style`` goes to ``plot``."""
     series = [xy(with_key(run, key), "step", key) for run in runs]
     log = FIELDS[key].log and any((y > 0).any() for _, y in series)
     for i, (run, (x, y)) in enumerate(zip(runs, series)):
         if log:
-            _mark_zeros(ax, x[y == 0], i, run.label)
+            panels.mark_zeros(ax, x[y == 0], i, run.label)
             x, y = positive(x, y)
         if x.size:
-            marked = _marked(i) if x.size < 30 else {"color": _style(i)["color"]}
-            ax.plot(*gapped(x, y), ls=_style(i)["ls"], label=run.label, **{**marked, **style})
+            marked = panels.marked(i) if x.size < 30 else {"color": panels.style(i)["color"]}
+            ax.plot(*gapped(x, y), ls=panels.style(i)["ls"], label=run.label, **{**marked, **style})
     _shade_phases(ax, runs)
-    _finish(ax, "optimiser step", FIELDS[key].label, logy=log)
-    values = set(_data_values(ax))
+    panels.finish(ax, "optimiser step", FIELDS[key].label, logy=log)
+    values = set(panels.data_values(ax))
     if ticks_at_values and 0 < len(values) <= FEW_VALUES:
-        _ticks_at(ax.yaxis, values)
-
-
-def _mark_zeros(ax, steps: np.ndarray, i: int, label: str) -> None:
-    """Mark the ``steps`` where the ``i``-th run's value is exactly 0 just below the floor of
-    the log axis ``ax``, with a legend entry that says so: a log axis cannot show 0, but a
-    constraint violation of 0 (a first epoch before any constraint is violated) is a result,
-    not a gap."""
-    if steps.size:
-        # x in data, y in axes coordinates: at the floor whatever the limits, and out of the y
-        # autoscaling (and of _data_values). A caret hanging from the spine, so that no marker
-        # sits inside the axes, at a value it does not have.
-        ax.plot(steps, np.zeros(steps.size), transform=ax.get_xaxis_transform(), ls="none",
-                marker=CARETDOWNBASE, ms=5, color=_style(i)["color"], clip_on=False,
-                label=f"{label}: 0 (below the axis)")
+        panels.ticks_at(ax.yaxis, values)
 
 
 def _plot_accuracy(runs: list[Run]) -> Figure:
     """MGRIT's gradient inexactness per step with the tolerance its control acts on (dotted,
     where the run set one), and the iterations per solve when one-shot runs record them."""
     keys = [k for k in ("inexactness", "mgrit_iters") if any(with_key(r, k) for r in runs)]
-    fig, axes = _new_figure(len(keys), len(keys))
+    fig, axes = panels.new_figure(len(keys), len(keys))
     for ax, key in zip(axes, keys):
         if key == "inexactness":
             for i, run in enumerate(runs):
                 tol = run.config.get("mgrit_control_tol") if run.config.get("mgrit_control", "off") != "off" else \
                     run.config.get("inexact_tol") if run.config.get("switch") == "adaptive" else None
                 if tol:
-                    ax.axhline(tol, color=_style(i)["color"], ls=":", lw=1, label=f"{run.label}: tolerance {tol:g}")
+                    ax.axhline(tol, color=panels.style(i)["color"], ls=":", lw=1,
+                               label=f"{run.label}: tolerance {tol:g}")
             _against_step(ax, runs, key)
         else:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -416,28 +270,28 @@ def _plot_accuracy(runs: list[Run]) -> Figure:
 def _plot_bytes(runs: list[Run]) -> Figure:
     """The MB all ranks sent in each epoch, the epochs counted from 1 (the units and numbering of
     the console and of the convergence figure)."""
-    fig, (ax,) = _new_figure(1, 1)
+    fig, (ax,) = panels.new_figure(1, 1)
     for i, run in enumerate(runs):
         x, y = bytes_per_epoch(run)
         if x.size:
-            ax.plot(x, y / MB, ls=_style(i)["ls"], label=run.label, **_marked(i))
+            ax.plot(x, y / MB, ls=panels.style(i)["ls"], label=run.label, **panels.marked(i))
     ax.set_ylim(bottom=0)
-    _finish(ax, "epoch", "MB sent per epoch (all ranks)")
+    panels.finish(ax, "epoch", "MB sent per epoch (all ranks)")
     fig.suptitle("communication")
     return fig
 
 
 def _plot_speedup(runs: list[Run]) -> Figure:
     """Speedup against the rank count, per solver, relative to its fewest ranks."""
-    fig, (ax,) = _new_figure(1, 1)
+    fig, (ax,) = panels.new_figure(1, 1)
     ranks: set[int] = set()
     for i, (solver, (P, speedup)) in enumerate(speedups(runs).items()):
-        ax.plot(P, speedup, ls=_style(i)["ls"], label=solver, **_marked(i))
-        ax.plot(P, [p / P[0] for p in P], color=_style(i)["color"], lw=0.8, alpha=0.5, ls=":")
+        ax.plot(P, speedup, ls=panels.style(i)["ls"], label=solver, **panels.marked(i))
+        ax.plot(P, [p / P[0] for p in P], color=panels.style(i)["color"], lw=0.8, alpha=0.5, ls=":")
         ranks.update(P)
     ax.set_xscale("log", base=2)
-    _ticks_at(ax.xaxis, ranks)
-    _finish(ax, "ranks P", "speedup per epoch", key=[_key("dotted: ideal", ls=":", lw=0.8)])
+    panels.ticks_at(ax.xaxis, ranks)
+    panels.finish(ax, "ranks P", "speedup per epoch", key=[panels.style_key("dotted: ideal", ls=":", lw=0.8)])
     fig.suptitle("speedup")
     return fig
 
