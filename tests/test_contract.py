@@ -73,6 +73,9 @@ def test_fields_combine_by_their_declared_rule():
     assert out == {"rho": 2.0, "constraint_violation": 1.5, "loss": 0.25, "residual": {"forward": [1.0]}}
     fields = {**FIELDS, "peak": Field("max"), "low": Field("min")}
     assert combine([{"peak": 1, "low": 3}, {"peak": 5, "low": 2}], fields) == {"peak": 5, "low": 2}
+    histogram = {**FIELDS, "stale": Field("sum")}  # counts per key add up over the ranks
+    assert combine([{"stale": {"0": 3, "1": 1}}, {"stale": {"1": 2, "2": 5}}], histogram) == \
+        {"stale": {"0": 3, "1": 3, "2": 5}}
     assert reduce(SelfComm(), "rho", 3.0) == 3.0
     with pytest.raises(ValueError, match="combine rule"):
         Field("average")

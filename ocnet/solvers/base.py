@@ -184,6 +184,11 @@ class Solver:
         (deferred updates, pending messages); returns fields for the epoch record."""
         return {}
 
+    def settle(self) -> None:
+        """Finish deferred work (micro-batches in flight, updates not yet taken) so that the
+        parameters are final for now: the hybrid calls it before a serial step in the middle
+        of an epoch.  The default does nothing; :meth:`end_epoch` settles as well."""
+
     def augments(self, epoch: int) -> bool:
         """Whether this epoch's batches may be augmented (per-sample state forbids it)."""
         return True

@@ -169,6 +169,8 @@ class Hybrid(Solver):
 
     def idle_step(self) -> Record:
         phase = self._next_phase()
+        if phase == "serial":
+            self.parallel.settle()
         record = dict(self.parallel.idle_step())  # the two share the optimiser
         if phase == "serial":
             self.parallel.network_changed()
@@ -179,6 +181,7 @@ class Hybrid(Solver):
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         phase = self._next_phase()
         if phase == "serial":
+            self.parallel.settle()
             record = dict(self.serial.step(x, y, index))
             self.parallel.network_changed()
         else:

@@ -7,7 +7,8 @@ share and in a solver's ``fields`` for its own:
 
 ``"sum"``
     each rank reports its share (``loss`` on the last rank; a rank's part of the constraint
-    violation), the record holds the sum over the ranks that report it;
+    violation), the record holds the sum over the ranks that report it; dicts of numbers (a
+    histogram of counts) are summed key by key;
 ``"first"``
     a value every rank knows (``rho``, MGRIT's residual history): rank 0's is kept;
 ``"max"`` / ``"min"``
@@ -101,6 +102,9 @@ def combine(records: list[Record], fields: Mapping[str, Field] = FIELDS) -> Reco
                 out[key] = value
                 continue
             how = rule(key, value, fields)
+            if how == "sum" and isinstance(value, dict) and isinstance(out[key], dict):
+                out[key] = _summed(out[key], value)  # type: ignore[arg-type]
+                continue
             if how == "first" or not _number(value) or not _number(out[key]):
                 continue
             if how == "sum":
@@ -170,6 +174,14 @@ def non_finite(record: Record) -> str | None:
             if isinstance(v, float) and not math.isfinite(v):
                 return key if phase is None else f"{key}.{phase}"
     return None
+
+
+def _summed(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``a + b`` key by key (a key in one of them only keeps its value)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out[k] + v if k in out and _number(v) and _number(out[k]) else out.get(k, v)
+    return out
 
 
 def _number(value: Any) -> bool:
