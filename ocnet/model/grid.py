@@ -102,6 +102,10 @@ class Partition:
         start = rank * q + min(rank, r)
         return start, start + q + (rank < r)
 
+    def cuts(self) -> list[int]:
+        """The first layer of each rank's slice, and ``n_layers``: ``[0, …, n_layers]``."""
+        return [self.bounds(r)[0] for r in range(self.n_ranks)] + [self.n_layers]
+
     def owner(self, layer: int) -> int:
         """The rank that holds ``layer``."""
         for rank in range(self.n_ranks):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as Fn
 
-from . import batchnorm, dropout, kinds
+from . import auxiliary, batchnorm, dropout, kinds
 from .data import vocabulary
 from .grid import Partition, TimeGrid, stage_layers
 from .steps import AttentionStep, ConvStep, DenseStep, Residual, Transition, activation, convolution, normalisation
@@ -58,6 +58,9 @@ class Problem(nn.Module):
         n_steps = sum(isinstance(layer, Residual) for layer in self.layers)
         if n_steps != sum(g.N for g in self.stages):
             raise ValueError("the stages' time grids do not match the residual layers")
+        #: A step kind's own classifier factory ``(stage, state_shape) ↦ head``, for the
+        #: auxiliary heads of :meth:`auxiliary_head` (``None``: ocnet's own rules).
+        self.head_factory: auxiliary.Factory | None = None
 
     @property
     def n_layers(self) -> int:
@@ -77,6 +80,14 @@ class Problem(nn.Module):
                     shapes.append(tuple(u.shape[1:]))
             self._state_shapes = shapes
         return self._state_shapes
+
+    def auxiliary_head(self, n: int, seed: int = 0) -> nn.Module:
+        """An auxiliary classifier of the state entering layer ``n`` (:mod:`ocnet.model.auxiliary`),
+        initialised from ``seed`` and ``n``; raises ``ValueError`` when none fits."""
+        stage = sum(not isinstance(layer, Residual) for layer in self.layers[:n])
+        return auxiliary.head(self.state_shapes[n], self.n_classes, stage=stage, classifier=self.classifier,
+                              final_shape=self.state_shapes[-1], factory=self.head_factory,
+                              seed=seed * 100_003 + n)
 
     def examples(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` synthetic inputs ``(n, *input_shape)`` in the parameters' dtype: random token
@@ -127,6 +138,7 @@ class LocalNetwork(nn.Module):
         self.layers = nn.ModuleList(problem.layers[self.start:self.stop])
         self.classifier = problem.classifier if rank == self.size - 1 else None
         self.loss = problem.loss
+        self.auxiliary_head = problem.auxiliary_head
 
     @property
     def is_first(self) -> bool:
@@ -265,7 +277,11 @@ def registered_problem(kind: kinds.StepKind, settings: kinds.Settings, n_layers:
         layers += [Residual(kind.step(stage), grid.h) for _ in range(n)]
     classifier = (kind.classifier(stage, state) if kind.classifier is not None
                   else nn.Sequential(nn.Flatten(), nn.Linear(math.prod(state), settings.n_classes)))
-    return Problem(opening, layers, classifier, grids, settings.input_shape, settings.n_classes)
+    problem = Problem(opening, layers, classifier, grids, settings.input_shape, settings.n_classes)
+    if kind.classifier is not None:
+        make = kind.classifier
+        problem.head_factory = lambda s, shape: make(dataclasses.replace(settings, stage=s), shape)
+    return problem
 
 
 def build(input_shape: Sequence[int], n_classes: int, *, net: str, layers: int, width: int = 32,

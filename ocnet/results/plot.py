@@ -45,7 +45,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..runs import claim
 from ..solvers.records import FIELDS
-from . import gantt, panels
+from . import blockwise, gantt, panels
 from .rundir import Run, load_run, load_runs, num
 from .series import (
     MB,
@@ -301,7 +301,7 @@ def figures(runs: Sequence[str | Path | Run]) -> dict[str, Figure]:
     ``mgrit_residuals``, ``mgrit_convergence`` and ``mgrit_accuracy`` (MGRIT), ``constraints``
     (penalty, AL),
     ``bytes`` (when bytes were sent), ``speedup`` (runs of one solver at several rank
-    counts)."""
+    counts), ``auxiliary_losses`` (local parallelism) and ``staleness`` (AMP)."""
     loaded = load_runs(runs)
     if not loaded:
         raise ValueError("figures need at least one run directory")
@@ -322,6 +322,10 @@ def figures(runs: Sequence[str | Path | Run]) -> dict[str, Figure]:
         out["bytes"] = _plot_bytes(loaded)
     if speedups(loaded):
         out["speedup"] = _plot_speedup(loaded)
+    if blockwise.has_auxiliary_losses(loaded):
+        out["auxiliary_losses"] = blockwise.auxiliary_losses(loaded)
+    if blockwise.has_staleness(loaded):
+        out["staleness"] = blockwise.staleness(loaded)
     return out
 
 

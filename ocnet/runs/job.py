@@ -300,6 +300,8 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
         if final_test is None:  # with a validation set the test set is scored once, now
             comm.where("evaluation of the test set")
             final_test = evaluate(solver, grid.layers, data.x_test, data.y_test, grid)[0]
+        comm.where("the solver's report")
+        report = solver.report(data.x_test, data.y_test)
     except SystemExit as e:  # a solver or plug-in that exits: the other ranks would wait for this one
         return _left(comm, e)
     except (SolverError, NonFinite) as e:  # raised by every rank together: one message, every rank exits
@@ -332,7 +334,7 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
         model = model[:grid.layers.size]  # the first data group's layers
         network_of = {"net": kind, "input_shape": list(data.input_shape), "n_classes": data.n_classes}
         _finish(out, config, comm.size, s["history"].records, wall, model, network_of, final_test,
-                best_test=_best_test(out, config, data), resumed=start is not None, draw=draw)
+                best_test=_best_test(out, config, data), resumed=start is not None, draw=draw, report=report)
     return 0
 
 
@@ -378,14 +380,16 @@ def _best_test(out: Path, config: dict[str, Any], data: Dataset) -> float | None
 
 def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict],
             network: dict[str, Any], final_test: float, best_test: float | None = None,
-            resumed: bool = False, draw: Callable[[Path], None] | None = None) -> None:
+            resumed: bool = False, draw: Callable[[Path], None] | None = None,
+            report: dict[str, Any] | None = None) -> None:
     """Rank 0: the exported model, summary.json, the plots ``draw`` makes, and the one-line summary.
 
     ``wall`` is this job's time; the summary's ``wall_time`` and ``bytes_sent`` cover the
     whole run, over every job that resumed it.  ``network`` (``net``, ``input_shape``,
     ``n_classes``) goes into the summary, so that :func:`ocnet.load_run` can
     rebuild the network without the data.  ``final_test`` is the final model's test
-    accuracy; with a validation set, ``best_test`` that of ``best.pt``."""
+    accuracy; with a validation set, ``best_test`` that of ``best.pt``. ``report`` holds the
+    solver's own entries (:meth:`~ocnet.solvers.Solver.report`)."""
     checkpoint.write_model(out / "model.pt", shards)
     epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1]
@@ -394,7 +398,7 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
                "layers": config["layers"], "epochs": len(epochs), "steps": last["step"],
                "final_test_acc": final_test, "final_train_acc": last.get("train_acc"),
                "final_loss": last.get("loss"), "wall_time": last["wall_time"],
-               "bytes_sent": sum(r["bytes_sent"] for r in epochs)}
+               "bytes_sent": sum(r["bytes_sent"] for r in epochs), **(report or {})}
     best = max((r for r in epochs if r.get("val_acc") is not None), key=lambda r: r["val_acc"], default=None)
     if best is not None:  # the first epoch that reached the best validation accuracy
         summary.update(final_val_acc=last.get("val_acc"), best_epoch=best["epoch"], best_val_acc=best["val_acc"],

@@ -21,12 +21,13 @@ from __future__ import annotations
 from .al import AugmentedLagrangian
 from .base import OptimizerFactory, ParallelSolver, Solver, SolverError
 from .hybrid import Hybrid
+from .local import Local
 from .mgrit import MGRIT
 from .penalty import Penalty
 from .registry import ENTRY_POINTS, SOLVERS, available, get, register
 from .serial import Serial
 
-for _cls in (Serial, Penalty, AugmentedLagrangian, Hybrid, MGRIT):
+for _cls in (Serial, Penalty, AugmentedLagrangian, Hybrid, MGRIT, Local):
     register(_cls)
 
 __all__ = ["ENTRY_POINTS", "SOLVERS", "OptimizerFactory", "ParallelSolver", "Solver", "SolverError",

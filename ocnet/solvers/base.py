@@ -216,6 +216,12 @@ class Solver:
         return sweep.predict(self.comm, self.network, x, filter=self.filter, device=self.device,
                              tag=self.sweep_tags[0])
 
+    def report(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Entries of the solver's own for the run's ``summary.json``, given the test set
+        ``(x, y)`` after training (a collective: every rank calls it, and returns the same;
+        local parallelism's auxiliary heads and their accuracies, say).  Default: none."""
+        return {}
+
     # -- checkpoints -----------------------------------------------------------------------
     #: Whether this class's ``state_dict`` keys everything globally (see :meth:`reshardable`).
     global_state: ClassVar[bool] = True
