@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mgrit-one-shot": {"solver": "mgrit", "mgrit_mode": "one_shot"},
     "penalty": {"solver": "penalty"},
     "al": {"solver": "al"},
+    "local-0": {"solver": "local", "local_overlap": 0},
+    "local-1": {"solver": "local", "local_overlap": 1},
 }
 #: MGRIT settings the recommendation considers: (coarsening c, levels).
 MGRIT_CANDIDATES = [(2, 2), (4, 2), (8, 2), (2, 3), (4, 3)]
