@@ -39,6 +39,7 @@ RUNS = {
     "serial": ["--epochs", "6", "--val-split", "0.2"],
     "mgrit": ["--solver", "mgrit", "--epochs", "4", "--mgrit-levels", "3", "--coarsening", "2"],
     "hybrid": ["--solver", "hybrid", "--epochs", "6"],
+    "local": ["--solver", "local", "--local-blocks", "4", "--local-overlap", "1", "--epochs", "4"],
     "control": ["--solver", "mgrit", "--mgrit-mode", "one_shot", "--mgrit-levels", "3", "--coarsening", "2",
                 "--mgrit-control", "iters", "--final-time", "4", "--epochs", "4"],
 }
