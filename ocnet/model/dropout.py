@@ -56,6 +56,14 @@ def suspended() -> ContextManager[None]:
     return _drawing(None)
 
 
+def current() -> tuple[int, int, torch.Tensor] | None:
+    """The ``(seed, epoch, samples)`` in force (narrowed as it is), or ``None`` outside
+    :func:`samples`: a pass run again in a later step (a forward recomputed for a delayed
+    backward) re-enters them with :func:`samples` and meets the masks its first run met."""
+    draw = getattr(_local, "draw", None)
+    return None if draw is None else (draw.seed, draw.epoch, draw.index)
+
+
 def narrow(rows: slice | torch.Tensor) -> ContextManager[None]:
     """Within it, the samples are the current ones' ``rows`` (a micro-batch, a chunk of the
     training set); nothing changes outside :func:`samples`."""

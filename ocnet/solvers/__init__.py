@@ -19,6 +19,7 @@ May use: :mod:`ocnet.mgrit`, :mod:`ocnet.ranks`, :mod:`ocnet.model`.
 from __future__ import annotations
 
 from .al import AugmentedLagrangian
+from .amp import AMP
 from .base import OptimizerFactory, ParallelSolver, Solver, SolverError
 from .hybrid import Hybrid
 from .local import Local
@@ -27,7 +28,7 @@ from .penalty import Penalty
 from .registry import ENTRY_POINTS, SOLVERS, available, get, register
 from .serial import Serial
 
-for _cls in (Serial, Penalty, AugmentedLagrangian, Hybrid, MGRIT, Local):
+for _cls in (Serial, Penalty, AugmentedLagrangian, Hybrid, MGRIT, Local, AMP):
     register(_cls)
 
 __all__ = ["ENTRY_POINTS", "SOLVERS", "OptimizerFactory", "ParallelSolver", "Solver", "SolverError",
