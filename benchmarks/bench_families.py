@@ -299,7 +299,8 @@ def main() -> None:
                     help="layers of the deep network predicted (0: none; default 1024, none with --quick)")
     ap.add_argument("--cores", type=int, default=0, help="cores of the predicted machine (0: one per rank)")
     ap.add_argument("--target", type=float, default=None,
-                    help=f"test accuracy (a fraction) to reach; default {TARGET_FRACTION:.0%} of serial's mean final")
+                    help=f"test accuracy (a fraction) to reach; default {100 * TARGET_FRACTION:.0f} %% of "
+                    "serial's mean final")
     ap.add_argument("--quick", action="store_true", help=f"1 seed, 2 epochs of {QUICK_BATCHES} batches: a smoke run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "al": {"solver": "al"},
     "local-0": {"solver": "local", "local_overlap": 0},
     "local-1": {"solver": "local", "local_overlap": 1},
+    "amp": {"solver": "amp"},
 }
 #: MGRIT settings the recommendation considers: (coarsening c, levels).
 MGRIT_CANDIDATES = [(2, 2), (4, 2), (8, 2), (2, 3), (4, 3)]

@@ -110,7 +110,9 @@ class Hybrid(Solver):
     @classmethod
     def options_for(cls, values: Mapping[str, Any]) -> dict[str, Option]:
         partner = cls.partner(values.get("parallel", _OWN["parallel"].default))
-        return {**partner.options_for(values), **cls.options}
+        # a key the serial correction shares with the partner (micro_batches) takes the
+        # partner's default: the parallel phases are the partner's method as it is by itself
+        return {**cls.options, **partner.options_for(values), **_OWN}
 
     @classmethod
     def help_extra(cls) -> str:
