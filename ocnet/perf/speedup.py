@@ -230,7 +230,8 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
         uncharged: dict[str, int] = {}
         for P in ranks:
             try:
-                r = replay_step(config, P, stretched(costs, P, cores), link, mini)
+                r = replay_step(config, P, stretched(costs, P, cores), link, mini,
+                                steps=2 if get_solver(config["solver"]).overlaps_steps else 1)
             except ValueError as e:  # the solver's partition (or the data groups) admit no P ranks here
                 rows[str(P)] = {"skipped": str(e).splitlines()[0]}
                 continue

@@ -65,6 +65,7 @@ class AMP(ParallelSolver):
 
     name = "amp"
     rank_invariant = False  # when a rank updates depends on its place in the pipeline
+    overlaps_steps = True  # micro-batches flow on from one step into the next
     options = {
         "micro_batches": Option(int, 4, "micro-batches per mini-batch in the pipeline", min=1),
         "amp_update_every": Option(int, 4, "amp: a rank steps its optimiser after every this many "

@@ -70,6 +70,10 @@ class Solver:
     rank_invariant : bool
         Whether the trained parameters are the same on any number of ranks (up to
         floating-point reassociation); :func:`ocnet.runs.testing.check_solver` holds it to it.
+    overlaps_steps : bool
+        Whether a step's work runs on into the next step's (a pipeline without a flush, ranks
+        that run batches ahead): the performance model then times a step in the steady
+        state, between the ends of two, instead of from a cold start.
     n_classes : int
         Number of classes of the problem.
     state_shape : tuple of int
@@ -83,6 +87,7 @@ class Solver:
     options: ClassVar[dict[str, Option]] = {}
     fields: ClassVar[dict[str, Field]] = {}
     rank_invariant: ClassVar[bool] = False
+    overlaps_steps: ClassVar[bool] = False
 
     def __init__(self, network: LocalNetwork, comm: Comm, make_optimizer: OptimizerFactory, *,
                  device: torch.device | str = "cpu", filter: Filter = IDENTITY, seed: int = 0,

@@ -41,6 +41,9 @@ from ..ranks.tags import Tags
 from .base import OptimizerFactory, ParallelSolver
 from .records import Field, Record
 
+#: A graph's root and the adjoint it is given
+Pair = tuple[torch.Tensor, torch.Tensor]
+
 
 class Local(ParallelSolver):
     """Local parallelism with n-wise overlap (module docstring).
@@ -57,6 +60,7 @@ class Local(ParallelSolver):
 
     name = "local"
     rank_invariant = True  # for a fixed number of blocks
+    overlaps_steps = True  # ranks run batches ahead of the ranks after them
     options = {
         "local_blocks": Option(int, 0, "number of blocks K, cut from the layers alone (0: one per rank, which "
                                "makes the method depend on the rank count); a rank holds consecutive blocks", min=0),
@@ -114,10 +118,16 @@ class Local(ParallelSolver):
         """The block where the adjoint of loss ``L_j`` stops."""
         return max(j - self.n, 0)
 
-    def _into(self, b: int) -> list[int]:
-        """The expiries of the parts of the adjoint that flows from block ``b + 1`` into block
-        ``b``, in the order they travel."""
-        reach = range(b + 1, min(b + self.n, self.K - 1) + 1)
+    def _own_into(self, b: int) -> int | None:
+        """The expiry of ``L_{b+1}``'s adjoint when it flows on into block ``b`` (block ``b + 1``
+        sends it first, as soon as its own loss is in), else ``None``."""
+        j = b + 1
+        return self._expiry(j) if self.n >= 1 and j < self.K and self._has_loss(j) else None
+
+    def _forwarded_into(self, b: int) -> list[int]:
+        """The expiries of the adjoints of the later losses ``L_{b+2} …`` that block ``b + 1``
+        passes on into block ``b`` (sent second, once they have come through it)."""
+        reach = range(b + 2, min(b + self.n, self.K - 1) + 1)
         return sorted({self._expiry(j) for j in reach if self._has_loss(j)})
 
     # -- one step ----------------------------------------------------------------------------
@@ -139,7 +149,7 @@ class Local(ParallelSolver):
             elif b > 0:
                 v = u.detach()
             if v is not None:
-                v.requires_grad_(bool(self._into(b - 1)))
+                v.requires_grad_(self._own_into(b - 1) is not None or bool(self._forwarded_into(b - 1)))
             a, z = self.cuts[b] - net.start, self.cuts[b + 1] - net.start
             with timeline.span("forward_graph", steps=z - a):
                 out = self._block(b, x if v is None else self.filter.decode(v) if b == self.b0 else v, a, z)
@@ -161,20 +171,40 @@ class Local(ParallelSolver):
                 g_own = u_head.grad
             passes.append((b, v, out, sent, g_own))
             u = out
-        # the adjoints, last block first: the parts that arrive from the block after (on the
-        # rank boundary, adjoints of the encoded output), and the block's own loss's
-        flowing: dict[int, torch.Tensor] = {}
-        for b, v, out, sent, g_own in reversed(passes):
-            if b == self.b1 - 1 and not last and self._into(b):
-                stacked = self.comm.recv(self.comm.rank + 1, self.backward_tag, self.device)
-                flowing = dict(zip(self._into(b), stacked.unbind(0)))
-            parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {e: [(sent, g)] for e, g in flowing.items()}
-            if g_own is not None:
-                parts.setdefault(self._expiry(b), []).append((out, g_own))
-            flowing = self._backward(b, v, parts)
-            if b == self.b0 and not first and flowing:
-                sends.append(self.comm.isend(torch.stack([flowing[e] for e in self._into(b - 1)]),
-                                             self.comm.rank - 1, self.backward_tag))
+        # First each block's own loss, which needs no other block: what of it flows on goes to
+        # the block before at once, so that no block waits for more than n blocks after it.
+        own: dict[int, torch.Tensor] = {}  # block b ↦ its input's adjoint of L_b
+        stopping: dict[int, list[Pair]] = {b: [] for b in range(self.b0, self.b1)}
+        for b, v, out, _, g_own in passes:
+            if g_own is not None and self._expiry(b) < b:
+                own[b] = self._input_adjoint(b, v, [(out, g_own)])
+            elif g_own is not None:
+                stopping[b].append((out, g_own))
+        if not first and self.b0 in own:
+            sends.append(self.comm.isend(own[self.b0], self.comm.rank - 1, self.backward_tag))
+        # Then the adjoints of the later losses, last block first.
+        forwarded: dict[int, torch.Tensor] = {}
+        for b, v, out, sent, _ in reversed(passes):
+            parts: dict[int, list[Pair]] = {}
+            arriving: list[tuple[int | None, torch.Tensor | None]]
+            if b < self.b1 - 1:  # from the block after, on this rank: adjoints of its input, our output
+                arriving = [(self._own_into(b), own.get(b + 1)), *forwarded.items()]
+                root = out
+            else:
+                arriving, root = list(self._receive(b)) if not last else [], sent
+            for e, g in arriving:
+                if e is not None and g is not None:
+                    parts.setdefault(e, []).append((root, g))
+            forwarded = {e: self._input_adjoint(b, v, pairs) for e, pairs in sorted(parts.items()) if e < b}
+            stopping[b] += [pair for e, pairs in parts.items() if e >= b for pair in pairs]
+            if stopping[b]:
+                with timeline.span("weight_grad" if b in own or forwarded else "backward",
+                                   steps=self.cuts[b + 1] - self.cuts[b]):
+                    roots, grads = zip(*stopping[b])
+                    torch.autograd.backward(roots, grads, inputs=self._parameters_of(b), retain_graph=True)
+        if not first and forwarded:
+            stacked = torch.stack([forwarded[e] for e in self._forwarded_into(self.b0 - 1)])
+            sends.append(self.comm.isend(stacked, self.comm.rank - 1, self.backward_tag))
         with timeline.span("update", steps=len(net.layers)):
             self.optimizer.step()
         for s in self._sends:  # the previous step's: no rank runs more than one batch ahead
@@ -184,6 +214,19 @@ class Local(ParallelSolver):
         if loss is not None:
             record["loss"] = float(loss.detach())
         return record
+
+    def _receive(self, b: int) -> list[tuple[int | None, torch.Tensor]]:
+        """The adjoints of block ``b``'s sent output from the next rank, by expiry: the next
+        block's own loss's, then the later losses' it passes on."""
+        got: list[tuple[int | None, torch.Tensor]] = []
+        e = self._own_into(b)
+        if e is not None:
+            got.append((e, self.comm.recv(self.comm.rank + 1, self.backward_tag, self.device)))
+        later = self._forwarded_into(b)
+        if later:
+            stacked = self.comm.recv(self.comm.rank + 1, self.backward_tag, self.device)
+            got += list(zip(later, stacked.unbind(0)))
+        return got
 
     def _block(self, b: int, u: torch.Tensor, a: int, z: int) -> torch.Tensor:
         """Block ``b``: this rank's layers ``a … z-1`` (local indices), after the opening for
@@ -195,35 +238,23 @@ class Local(ParallelSolver):
             u = layer(u)
         return u
 
-    def _backward(self, b: int, v: torch.Tensor | None,
-                  parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]]) -> dict[int, torch.Tensor]:
-        """Accumulate block ``b``'s parameter gradients from the adjoint ``parts`` of its output
-        (by expiry: pairs of a graph's root and its adjoint); return the adjoints of its input
-        ``v`` that flow on into block ``b - 1``, by expiry."""
-        params = [p for p in self._parameters_of(b) if p.requires_grad]
-        going = sorted(e for e in parts if e < b)
-        stopping = [pair for e in parts if e >= b for pair in parts[e]]
-        steps = self.cuts[b + 1] - self.cuts[b]
-        flowing = {}
-        for i, e in enumerate(going):
-            assert v is not None  # b > 0 when an adjoint flows on
-            roots, grads = zip(*parts[e])
-            with timeline.span("backward", steps=steps):
-                torch.autograd.backward(roots, grads, inputs=[v, *params],
-                                        retain_graph=bool(stopping) or i < len(going) - 1)
-            assert v.grad is not None
-            flowing[e], v.grad = v.grad, None
-        if stopping:
-            roots, grads = zip(*stopping)
-            with timeline.span("weight_grad" if going else "backward", steps=steps):
-                torch.autograd.backward(roots, grads, inputs=params)
-        return flowing
+    def _input_adjoint(self, b: int, v: torch.Tensor | None, pairs: list[Pair]) -> torch.Tensor:
+        """One backward pass of block ``b`` from ``pairs`` (a graph's root and its adjoint):
+        the parameter gradients accumulate, the adjoint of the input ``v`` is returned."""
+        assert v is not None  # b > 0 when an adjoint flows on
+        roots, grads = zip(*pairs)
+        with timeline.span("backward", steps=self.cuts[b + 1] - self.cuts[b]):
+            torch.autograd.backward(roots, grads, inputs=[v, *self._parameters_of(b)], retain_graph=True)
+        g, v.grad = v.grad, None
+        assert g is not None
+        return g
 
     def _parameters_of(self, b: int) -> list[nn.Parameter]:
+        """The trainable parameters of block ``b``."""
         net = self.network
         a, z = self.cuts[b] - net.start, self.cuts[b + 1] - net.start
         modules = ([net.opening] if b == 0 and net.opening is not None else []) + list(net.layers[a:z])
-        return [p for m in modules for p in m.parameters()]
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
 
     def settle(self) -> None:
         for s in self._sends:
