@@ -161,3 +161,18 @@ def test_running_ahead_is_decided_by_the_virtual_clocks():
         first = [e[0] for e in run["events"][0] if e[0] in ("forward_graph", "backward")]
         assert first.index("backward") == 2 + ahead
     assert runs[1]["step"] <= runs[0]["step"] + 1e-12
+
+
+@pytest.mark.parametrize("variant, P, steady", [("local-0", 4, 4), ("amp", 4, 4)])
+def test_steps_that_overlap_are_timed_in_the_steady_state(variant, P, steady):
+    """Local parallelism without overlap and AMP keep their pipelines full from one step into
+    the next: on free links with the head and update costing nothing, a step on P ranks takes
+    one rank's share of the work, ``1/P`` of one rank's step (a cold start would charge the
+    pipeline's fill in every step, about half the speedup)."""
+    config = speedup.variant_config(given(["--problem", "digits", *CONV, "--layers", "16", "--batch-size", "16",
+                                           "--micro-batches", "4"]), speedup.VARIANTS[variant])
+    one = speedup.replay_step(config, 1, COSTS, FREE, steps=2)["step"]
+    many = speedup.replay_step(config, P, COSTS, FREE, steps=2)["step"]
+    assert one / many == pytest.approx(steady, rel=0.02)
+    cold = speedup.replay_step(config, P, COSTS, FREE, steps=1)["step"]
+    assert cold > 1.3 * many

@@ -60,7 +60,7 @@ class AMP(ParallelSolver):
     micro_batches`` it then updates once per mini-batch after the same accumulation as the
     serial solver: bitwise the serial solver's parameters.  Otherwise the gradient of an
     update mixes micro-batches of neighbouring mini-batches, some of them computed through
-    weights that changed after their forward (recomputed then: ``vjp_recompute``).
+    weights that changed after their forward (its forward is run again then).
     """
 
     name = "amp"
@@ -230,16 +230,15 @@ class AMP(ParallelSolver):
         stale = self._updates - p.updates
         self._staleness[str(stale)] = self._staleness.get(str(stale), 0) + 1
         g = None if self.last else (self._early.popleft() if self._early else self._receive())
-        fresh = p.out is not None and stale == 0
-        with timeline.span("backward" if fresh else "vjp_recompute", steps=self.steps, micro_batch=p.j):
-            if not fresh:
-                # The parameters changed in place since the forward (AMPNet's semantics: the
-                # backward meets today's weights), or the graph was never kept: run the forward
-                # again from the stored input.  Batch norm's running statistics moved already.
-                with batchnorm.frozen(self.network):
-                    self._graph(p)
-                    if self.last:
-                        self._head(p)
+        if p.out is None or stale:
+            # The parameters changed in place since the forward (AMPNet's semantics: the
+            # backward meets today's weights), or the graph was never kept: run the forward
+            # again from the stored input.  Batch norm's running statistics moved already.
+            with timeline.span("forward_graph", steps=self.steps, micro_batch=p.j), batchnorm.frozen(self.network):
+                self._graph(p)
+                if self.last:
+                    self._head(p)
+        with timeline.span("backward", steps=self.steps, micro_batch=p.j):
             if self.last:
                 assert p.loss is not None and p.u_head is not None
                 p.loss.backward()
