@@ -168,11 +168,12 @@ def test_steps_that_overlap_are_timed_in_the_steady_state(variant, P, steady):
     """Local parallelism without overlap and AMP keep their pipelines full from one step into
     the next: on free links with the head and update costing nothing, a step on P ranks takes
     one rank's share of the work, ``1/P`` of one rank's step (a cold start would charge the
-    pipeline's fill in every step, about half the speedup)."""
+    pipeline's fill in every step). AMP updates rarely here, so that no forward is run again."""
     config = speedup.variant_config(given(["--problem", "digits", *CONV, "--layers", "16", "--batch-size", "16",
-                                           "--micro-batches", "4"]), speedup.VARIANTS[variant])
+                                           "--micro-batches", "4", "--amp-update-every", "64"]),
+                                    speedup.VARIANTS[variant])
     one = speedup.replay_step(config, 1, COSTS, FREE, steps=2)["step"]
     many = speedup.replay_step(config, P, COSTS, FREE, steps=2)["step"]
     assert one / many == pytest.approx(steady, rel=0.02)
     cold = speedup.replay_step(config, P, COSTS, FREE, steps=1)["step"]
-    assert cold > 1.3 * many
+    assert cold > 1.2 * many  # the fill of the pipeline, which the steady state does not pay
