@@ -83,7 +83,7 @@ if P == 2:
         rec = timeline.Recorder()
         with timeline.recording(rec):
             _, _, records = run(AMP, opts, 3, solver=solver, first=1)
-        kinds.append(({k: sum(e[0] == k for e in rec.events) for k in ("backward", "vjp_recompute")}, records))
+        kinds.append(({k: sum(e[0] == k for e in rec.events) for k in ("backward", "forward_graph")}, records))
     same = all(torch.equal(p, q) for p, q in zip(p1.parameters(), p2.parameters()))
     out["resume"] = {"held": gathered(held), "same": gathered(same and kinds[0][1] == kinds[1][1]),
                      "kinds": gathered([k for k, _ in kinds]), "records": gathered(kinds[0][1])}
