@@ -168,19 +168,14 @@ def test_bad_options_exit_2_before_training(tmp_path, capsys, argv, message):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_head_that_does_not_fit_exits_2(tmp_path, capsys, kinds_kept):
-    (tmp_path / "bad.py").write_text(BAD_HEAD)
-    argv = [*FLAGS, "--plugin", str(tmp_path / "bad.py"), "--net", "narrow_head", "--channels", "4,8",
+@pytest.mark.parametrize("plugin, net, code, message", [
+    (BAD_HEAD, "narrow_head", 2, "does not fit the state's shape"),  # before training
+    (NAN_HEAD, "nan_head", 3, "aux_loss.0 is not finite"),  # as any non-finite value
+])
+def test_a_head_that_does_not_fit_or_diverges_stops_the_run(tmp_path, capsys, kinds_kept, plugin, net, code, message):
+    (tmp_path / "plugin.py").write_text(plugin)
+    argv = [*FLAGS, "--plugin", str(tmp_path / "plugin.py"), "--net", net, "--channels", "4,8",
             "--solver", "local", "--local-blocks", "4", "--out", str(tmp_path / "r")]
-    assert main(argv) == 2
+    assert main(argv) == code
     err = capsys.readouterr().err
-    assert err.count("ocnet: error:") == 1 and "does not fit the state's shape" in err
-
-
-def test_a_diverging_auxiliary_loss_exits_3(tmp_path, capsys, kinds_kept):
-    (tmp_path / "nan.py").write_text(NAN_HEAD)
-    argv = [*FLAGS, "--plugin", str(tmp_path / "nan.py"), "--net", "nan_head", "--channels", "4,8",
-            "--solver", "local", "--local-blocks", "4", "--out", str(tmp_path / "r")]
-    assert main(argv) == 3
-    err = capsys.readouterr().err
-    assert "aux_loss.0 is not finite" in err
+    assert err.count("ocnet: error:") == 1 and message in err
