@@ -173,8 +173,8 @@ def test_bad_options_exit_2_before_training(tmp_path, capsys, argv, message):
     (NAN_HEAD, "nan_head", 3, "aux_loss.0 is not finite"),  # as any non-finite value
 ])
 def test_a_head_that_does_not_fit_or_diverges_stops_the_run(tmp_path, capsys, kinds_kept, plugin, net, code, message):
-    (tmp_path / "plugin.py").write_text(plugin)
-    argv = [*FLAGS, "--plugin", str(tmp_path / "plugin.py"), "--net", net, "--channels", "4,8",
+    (tmp_path / f"{net}.py").write_text(plugin)  # a module name of its own: plug-ins are imported once
+    argv = [*FLAGS, "--plugin", str(tmp_path / f"{net}.py"), "--net", net, "--channels", "4,8",
             "--solver", "local", "--local-blocks", "4", "--out", str(tmp_path / "r")]
     assert main(argv) == code
     err = capsys.readouterr().err
