@@ -453,3 +453,21 @@ def test_rank_counts_are_ticked_at_their_values(tmp_path):
     ax = figures(runs)["speedup"].axes[0]
     assert _tick_labels(ax.xaxis) == ["1", "2", "4"]
     assert "dotted: ideal" in _legend(ax)
+
+
+def test_auxiliary_losses_and_staleness_have_figures_of_their_own(tmp_path):
+    """Local parallelism's per-block losses: one curve per block beside the network's loss;
+    AMP's staleness: the share of backwards at each staleness over the whole run."""
+    local = write_run(tmp_path, "local", solver="local",
+                      extra=lambda s: {"aux_loss": {"0": 3.0 / s, "1": 2.5 / s}})
+    amp = write_run(tmp_path, "amp", solver="amp", extra=lambda s: {"staleness": {"0": 3, "1": 1 + s % 2}})
+    figs = figures([local])
+    assert "auxiliary_losses" in figs and "staleness" not in figs
+    ax = figs["auxiliary_losses"].axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["block 0", "block 1", "network (last block)"]
+    assert list(ax.get_lines()[1].get_ydata())[:2] == [2.5, 1.25]
+    figs = figures([amp])
+    assert "staleness" in figs and "auxiliary_losses" not in figs
+    bars = figs["staleness"].axes[0].patches
+    # 15 steps: staleness 0 in 45 backwards, staleness 1 in 7·1 + 8·2 = 23
+    assert [round(b.get_height(), 6) for b in bars] == [round(45 / 68, 6), round(23 / 68, 6)]
