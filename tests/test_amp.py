@@ -137,6 +137,21 @@ def test_resuming_on_another_rank_count_is_refused(tmp_path, capsys):
         in err
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("batch, code", [(64, 0), (7, 3)])
+def test_data_groups_must_run_as_many_micro_batches(tmp_path, batch, code):
+    """Two data groups of two ranks: batches that split evenly train; a batch of 7 gives the
+    groups 4 and 3 samples, so 4 and 3 micro-batches, and every rank stops with one message."""
+    flags = ["--solver", "amp", "--layers", "4", "--dtype", "float64", "--quiet", "--threads", "1",
+             "--data-parallel", "2", "--batch-size", str(batch), "--epochs", "1", "--limit-batches", "3",
+             "--out", str(tmp_path / "run")]
+    proc = run_mpi(4, "ocnet.run", *flags, module=True, plain=True)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    if code:
+        assert proc.stderr.count("ocnet: error:") == 1
+        assert "every group must hold as many" in proc.stderr
+
+
 # -- the hybrid ---------------------------------------------------------------------------------
 def test_hybrid_settles_amp_before_a_serial_step():
     _, hybrid = _make(Hybrid, {"parallel": "amp", "serial_every": 2, "micro_batches": 4, "amp_update_every": 3})
