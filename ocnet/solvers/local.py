@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..model import auxiliary, dropout
+from ..model import auxiliary, batchnorm, dropout
 from ..model.grid import Partition
 from ..model.options import Option
 from ..model.problem import LocalNetwork
@@ -275,7 +275,7 @@ class Local(ParallelSolver):
             xs, ys = x[i:i + 1024], y[i:i + 1024]
             u = xs if self.comm.rank == 0 else self.filter.decode(
                 self.comm.recv(self.comm.rank - 1, self.forward_tag, self.device))
-            with dropout.suspended():
+            with dropout.suspended(), batchnorm.evaluating(net):
                 for b in range(self.b0, self.b1):
                     u = self._block(b, u, self.cuts[b] - net.start, self.cuts[b + 1] - net.start)
                     if b in counts:
