@@ -204,3 +204,18 @@ def test_a_resumed_run_continues_bit_for_bit_with_the_compressors_residues(tmp_p
     a, b = _model(whole), _model(cut)
     for k in a:
         assert torch.equal(b[k], a[k]), k
+
+
+def test_compression_options_without_effect_are_warned():
+    from ocnet.runs.config import resolve, without_effect
+
+    def warned(*flags):
+        return [line for line in without_effect(resolve(list(flags)), net="dense", image=False, device="cpu")
+                if "compress" in line]
+    assert warned("--compress", "topk") == ["--compress has no effect without --data-parallel: it compresses "
+                                            "the gradient exchange between data groups, and this run has one"]
+    assert warned("--data-parallel", "2", "--compress", "adacomp", "--compress-ratio", "0.5") == \
+        ["--compress-ratio has no effect with --compress adacomp: it is top-k's share"]
+    assert warned("--data-parallel", "2", "--compress", "topk", "--compress-bin", "4") == \
+        ["--compress-bin has no effect with --compress topk: it is AdaComp's bin length"]
+    assert warned("--data-parallel", "2", "--compress", "adacomp", "--compress-bin", "4") == []
