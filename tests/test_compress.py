@@ -219,3 +219,9 @@ def test_compression_options_without_effect_are_warned():
     assert warned("--data-parallel", "2", "--compress", "topk", "--compress-bin", "4") == \
         ["--compress-bin has no effect with --compress topk: it is AdaComp's bin length"]
     assert warned("--data-parallel", "2", "--compress", "adacomp", "--compress-bin", "4") == []
+
+
+@pytest.mark.mpi
+def test_allgather_gives_every_ranks_tensor_and_counts_what_each_rank_sent():
+    proc = run_mpi(3, "allgather_bytes.py", timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
