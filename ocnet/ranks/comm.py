@@ -262,6 +262,22 @@ class Comm:
         _wait(self.mpi.Ibcast(buf, root=root).Test, self.progress, ("bcast", root))
         return obj if self.rank == root else pickle.loads(buf.tobytes())
 
+    def allgather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's 1-D ``tensor`` (lengths may differ; one dtype everywhere), by rank,
+        on the CPU.  The tensor's bytes count in :attr:`bytes_sent` (what this rank sends;
+        the 8 bytes of its length are bookkeeping)."""
+        from mpi4py import MPI
+        send = tensor.detach().to("cpu", copy=True).contiguous().flatten()
+        raw = send.view(torch.uint8).numpy() if send.numel() else np.empty(0, dtype=np.uint8)
+        sizes = np.empty(self.size, dtype=np.int64)
+        _wait(self.mpi.Iallgather(np.array([raw.size], dtype=np.int64), sizes).Test, self.progress, ("allgather",))
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        recv = np.empty(int(sizes.sum()), dtype=np.uint8)
+        _wait(self.mpi.Iallgatherv(raw, [recv, sizes, offsets, MPI.BYTE]).Test, self.progress, ("allgather",))
+        self.bytes_sent += int(raw.size)
+        whole = torch.from_numpy(recv)
+        return [whole[o:o + n].clone().view(send.dtype) for o, n in zip(offsets.tolist(), sizes.tolist())]
+
     def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
         """Gather picklable objects to ``root`` (a list there, ``None`` elsewhere).
 
@@ -417,6 +433,10 @@ class SelfComm(Comm):
 
     def gather(self, obj: Any, root: int = 0) -> list[Any]:
         return [obj]
+
+    def allgather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        self.bytes_sent += tensor.numel() * tensor.element_size()
+        return [tensor.detach().to("cpu", copy=True).flatten()]
 
     def barrier(self) -> None:
         pass

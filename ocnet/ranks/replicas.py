@@ -26,6 +26,7 @@ from torch import nn
 from ..model import batchnorm
 from . import store
 from .comm import Comm, SelfComm
+from .compress import INDEX_BYTES, Compressor, message_bytes
 
 
 @dataclass
@@ -98,10 +99,16 @@ class GradientAverage:
     without samples) counts as zero there; it keeps ``None`` only where no group had one.
     """
 
-    def __init__(self, network: nn.Module, optimizers: Iterable[torch.optim.Optimizer], data: Comm) -> None:
+    def __init__(self, network: nn.Module, optimizers: Iterable[torch.optim.Optimizer], data: Comm,
+                 compressor: Compressor | None = None) -> None:
         self.data = data
         self.weight = 1.0
+        #: What each rank sends of its gradients (:mod:`ocnet.ranks.compress`); ``None``:
+        #: the exact dense allreduce.
+        self.compressor = compressor
         self._network = list(network.parameters())
+        namer = getattr(network, "problem_name", None)
+        self._names = {id(p): namer(k) if namer is not None else k for k, p in network.named_parameters()}
         self._ids = {id(p) for p in self._network}
         self._averaged = False  # by :meth:`now`, for the next optimiser step
         for opt in dict.fromkeys(optimizers):
@@ -123,12 +130,68 @@ class GradientAverage:
         """Replace each ``p.grad`` by the weighted sum over the groups (one reduction)."""
         if not params:
             return
+        if self.compressor is not None:
+            self._compressed(params)
+            return
         like = params[0]
         parts = [(p.grad * self.weight).flatten() if p.grad is not None else like.new_zeros(p.numel())
                  for p in params]
         had = like.new_tensor([float(p.grad is not None) for p in params])
         flat = self.data.allreduce(torch.cat(parts + [had]).to(like.dtype))
         self.data.bytes_sent += flat.numel() * flat.element_size()
+        offset = 0
+        for p, present in zip(params, flat[-len(params):].tolist()):
+            g = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if present:
+                p.grad = g.to(p.device, p.dtype) if p.grad is None else p.grad.copy_(g)
+
+
+    def _compressed(self, params: Sequence[torch.Tensor]) -> None:
+        """:meth:`average` with each rank's gradients compressed: every rank's sparse
+        messages gathered and summed in rank order where the largest is smaller than the
+        dense buffer, else decoded and summed by the dense allreduce."""
+        assert self.compressor is not None
+        like = params[0]
+        index, values = [], []
+        for p in params:
+            g = (p.grad * self.weight).flatten().to(like.dtype) if p.grad is not None \
+                else like.new_zeros(p.numel())
+            i, v = self.compressor.compress(self._names.get(id(p), str(id(p))), g, tuple(p.shape))
+            index.append(i)
+            values.append(v)
+        had = like.new_tensor([float(p.grad is not None) for p in params])
+        counts = torch.tensor([i.numel() for i in index], dtype=torch.int32)
+        sparse = message_bytes(int(counts.sum()), like.element_size()) + counts.numel() * INDEX_BYTES \
+            + had.numel() * had.element_size()
+        numel = sum(p.numel() for p in params)
+        dense = (numel + len(params)) * like.element_size()
+        # the same choice on every rank: by the largest message (8 bytes of bookkeeping)
+        largest = self.data.allreduce(float(sparse), op="max") if self.data.size > 1 else float(sparse)
+        starts = [0]
+        for p in params:
+            starts.append(starts[-1] + p.numel())
+        if largest < dense:
+            ints = self.data.allgather(torch.cat([counts] + [i.cpu() for i in index]))
+            floats = self.data.allgather(torch.cat([v.cpu() for v in values] + [had.cpu()]))
+            flat = torch.zeros(numel + len(params), dtype=like.dtype)
+            for r_ints, r_floats in zip(ints, floats):  # rank order: the same sum everywhere
+                r_counts = r_ints[:len(params)].tolist()
+                pos, off = len(params), 0
+                for k, c in enumerate(r_counts):
+                    where = r_ints[pos:pos + c].long() + starts[k]
+                    flat[where] += r_floats[off:off + c]
+                    pos, off = pos + c, off + c
+                flat[numel:] += r_floats[off:]
+            flat = flat.to(like.device)
+        else:
+            parts = []
+            for p, i, v in zip(params, index, values):
+                d = like.new_zeros(p.numel())
+                d[i.long().to(d.device)] = v.to(d.device)
+                parts.append(d)
+            flat = self.data.allreduce(torch.cat(parts + [had]))
+            self.data.bytes_sent += flat.numel() * flat.element_size()
         offset = 0
         for p, present in zip(params, flat[-len(params):].tolist()):
             g = flat[offset:offset + p.numel()].view_as(p)

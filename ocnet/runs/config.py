@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 from .. import solvers
 from ..model import data, kinds
 from ..model.options import ConfigError, Option, show
+from ..ranks.compress import COMPRESSORS
 from ..ranks.filters import FILTERS
 from . import tomlfile
 from .plugins import idle_plugins, load_plugins
@@ -79,6 +80,12 @@ COMMON: dict[str, Option] = {
     "data_parallel": Option(int, 1, "data groups D: the P ranks form D groups of P/D layer ranks, each "
                             "training on its share of every mini-batch (gradients averaged over the groups)",
                             min=1),
+    "compress": Option(str, "none", "compression of the gradient exchange between data groups "
+                       "(none, topk, adacomp; docs/compression.rst)"),
+    "compress_ratio": Option(float, 0.01, "--compress topk: the share of each tensor's entries sent per step",
+                             positive=True, max=1.0),
+    "compress_bin": Option(int, 0, "--compress adacomp: the bin length (0: 50 for convolution kernels, "
+                           "500 for other tensors)", min=0),
     "limit_batches": Option(int, 0, "train on at most this many batches per epoch (0: all; a smoke run)", min=0),
     "max_steps": Option(int, 0, "stop after this many optimiser steps (0: no limit; a smoke run)", min=0),
     "lr": Option(float, 3e-3, "learning rate", positive=True),
@@ -216,6 +223,9 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
     if config["filter"] not in FILTERS:
         error = ConfigError(f"unknown filter {config['filter']!r}; choose from {', '.join(FILTERS)}")
         raise _at(origin, "filter", error)
+    if config["compress"] not in COMPRESSORS:
+        error = ConfigError(f"unknown compressor {config['compress']!r}; choose from {', '.join(COMPRESSORS)}")
+        raise _at(origin, "compress", error)
     _check_steps(config, origin)
     nets = kinds.available()
     if config["net"] not in nets:
@@ -307,6 +317,15 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
     if "cuda_aware" in keys and config["cuda_aware"] != "auto" and device == "cpu":
         lines.append(f"--cuda-aware {config['cuda_aware']} has no effect: this run computes on the CPU, "
                      "so no GPU buffer crosses a rank boundary")
+    if keys & {"compress", "compress_ratio", "compress_bin"} and config["data_parallel"] == 1:
+        given_flags = " ".join(f"--{k.replace('_', '-')}" for k in ("compress", "compress_ratio", "compress_bin")
+                               if k in keys)
+        lines.append(f"{given_flags} has no effect without --data-parallel: it compresses the gradient "
+                     "exchange between data groups, and this run has one")
+    elif "compress_ratio" in keys and config["compress"] != "topk":
+        lines.append(f"--compress-ratio has no effect with --compress {config['compress']}: it is top-k's share")
+    elif "compress_bin" in keys and config["compress"] != "adacomp":
+        lines.append(f"--compress-bin has no effect with --compress {config['compress']}: it is AdaComp's bin length")
     for item in idle_plugins(config["plugin"]):
         lines.append(f"--plugin {item}: importing it registered no solver, data set or step kind")
     return lines

@@ -33,9 +33,9 @@ import torch
 from ..model.data import DataError, Dataset, load, vocabulary
 from ..model.problem import from_config, net_kind
 from ..ranks import comm as comm_mod
-from ..ranks import supervisor, timeline
+from ..ranks import compress, supervisor, timeline
 from ..ranks.filters import FILTERS
-from ..ranks.replicas import Grid
+from ..ranks.replicas import GradientAverage, Grid
 from ..ranks.tags import Tags
 from ..solvers import Solver, SolverError
 from ..solvers import get as get_solver
@@ -182,6 +182,10 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
     network = agree(world, lambda: problem.local(partition, comm.rank).to(device))
     solver = agree(world, lambda: build_solver(solver_cls, network, comm, config, device))
     agree(world, lambda: check_filter(config["filter"], kind))  # after the solver's own refusal of filters
+    if groups > 1:  # before a checkpoint is loaded: it holds the compressor's residues
+        solver.gradient_average = GradientAverage(
+            solver.network, solver.optimizers, grid.data,
+            compress.make(config["compress"], config["compress_ratio"], config["compress_bin"]))
     if world.rank == 0:
         for line in without_effect(config, net=kind, image=data.is_image, device=device.type):
             print(f"ocnet: warning: {line}", file=sys.stderr, flush=True)
@@ -204,7 +208,14 @@ def _load_checkpoint(solver: Solver, grid: Grid, out: Path, device: torch.device
     done = info["epoch"] + (info["batch"] is None)
     if done > epochs:
         raise ConfigError(f"{out} has trained {done} epochs already; --epochs must be at least {done}")
-    return checkpoint.restore(grid.layers, out, device, solver, grid.data)[0]
+    info, state = checkpoint.restore(grid.layers, out, device, solver, grid.data)
+    average = solver.gradient_average
+    saved = state.get("compress")
+    # a rank's residues are its own group's: another number of groups starts without them
+    if average is not None and average.compressor is not None and isinstance(saved, dict) \
+            and info.get("groups", 1) == grid.groups:
+        average.compressor.load_state_dict(saved, set(average._names.values()))
+    return info
 
 
 def build_solver(cls: type[Solver], network: Any, comm: comm_mod.Comm, config: dict[str, Any],

@@ -294,7 +294,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
             comm.where(f"checkpoint of {where}")
             interrupt.finishing = True  # a second signal now must not tear the stop checkpoint
             average_running_statistics(solver.network, grid.data)
-            checkpoint.save(comm, run_dir, ep.epoch, {"solver": solver.state_dict()}, batch=done,
+            checkpoint.save(comm, run_dir, ep.epoch, _state(solver), batch=done,
                             meta=world.bcast(meta), partition=solver.network.partition, data=grid.data)
         kept_text = " with a checkpoint" if run_dir is not None else ""
         raise Stopped(f"stopped by {signal.Signals(signum).name} at {where} (batch {done} of {n_batches})"
@@ -419,7 +419,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
             if run_dir is not None and due:
                 comm.where(f"checkpoint of epoch {epoch}")
                 meta = world.bcast({"step": step, "wall_time": last.get("wall_time")})
-                checkpoint.save(comm, run_dir, epoch, {"solver": solver.state_dict()}, meta=meta,
+                checkpoint.save(comm, run_dir, epoch, _state(solver), meta=meta,
                                 partition=solver.network.partition, data=grid.data)
             if stop:
                 break
@@ -512,3 +512,12 @@ class _Check:
             return None, "", signum
         return bad_rank, self.comm.bcast(self.bad_field, root=bad_rank), signum
 
+
+def _state(solver: Any) -> dict[str, Any]:
+    """What a rank's checkpoint shard holds: the solver's state, and the residues of the
+    gradient exchange's compressor where there is one (a checkpoint without them loads)."""
+    state: dict[str, Any] = {"solver": solver.state_dict()}
+    average = solver.gradient_average
+    if average is not None and average.compressor is not None:
+        state["compress"] = average.compressor.state_dict()
+    return state
