@@ -107,7 +107,7 @@ def register_compressor(name: str) -> Callable[[type[Compressor]], type[Compress
 register_compressor("none")(Compressor)
 
 
-class Residual(Compressor):
+class ErrorFeedback(Compressor):
     """Error feedback: ``r ← r + g``; send ``r`` at :meth:`select`'s positions; zero them."""
 
     dense = False
@@ -128,7 +128,7 @@ class Residual(Compressor):
 
 
 @register_compressor("topk")
-class TopK(Residual):
+class TopK(ErrorFeedback):
     """The ``ceil(ratio · n)`` entries of largest magnitude of the residue."""
 
     def select(self, r: torch.Tensor, g: torch.Tensor, shape: Shape) -> torch.Tensor:
@@ -143,7 +143,7 @@ DEFAULT_BINS = {"conv": 50, "other": 500}
 
 
 @register_compressor("adacomp")
-class AdaComp(Residual):
+class AdaComp(ErrorFeedback):
     """Per bin of ``L`` consecutive entries, the residues with ``|r + g| ≥ max_bin |r|``."""
 
     def bin_length(self, shape: Shape) -> int:
