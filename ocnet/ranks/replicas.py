@@ -139,13 +139,7 @@ class GradientAverage:
         had = like.new_tensor([float(p.grad is not None) for p in params])
         flat = self.data.allreduce(torch.cat(parts + [had]).to(like.dtype))
         self.data.bytes_sent += flat.numel() * flat.element_size()
-        offset = 0
-        for p, present in zip(params, flat[-len(params):].tolist()):
-            g = flat[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
-            if present:
-                p.grad = g.to(p.device, p.dtype) if p.grad is None else p.grad.copy_(g)
-
+        _unpack(params, flat)
 
     def _compressed(self, params: Sequence[torch.Tensor]) -> None:
         """:meth:`average` with each rank's gradients compressed: every rank's sparse
@@ -192,12 +186,19 @@ class GradientAverage:
                 parts.append(d)
             flat = self.data.allreduce(torch.cat(parts + [had]))
             self.data.bytes_sent += flat.numel() * flat.element_size()
-        offset = 0
-        for p, present in zip(params, flat[-len(params):].tolist()):
-            g = flat[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
-            if present:
-                p.grad = g.to(p.device, p.dtype) if p.grad is None else p.grad.copy_(g)
+        _unpack(params, flat)
+
+
+def _unpack(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
+    """Make each parameter's gradient its piece of the summed buffer ``flat`` (the gradients
+    in order, then one presence flag per parameter): where no group had a gradient the
+    parameter keeps ``None``."""
+    offset = 0
+    for p, present in zip(params, flat[-len(params):].tolist()):
+        g = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+        if present:
+            p.grad = g.to(p.device, p.dtype) if p.grad is None else p.grad.copy_(g)
 
 
 def reduction_bytes(network: nn.Module) -> int:
