@@ -278,3 +278,10 @@ def test_dump_toml_round_trips_any_text(tmp_path):
     assert resolve([], read_toml(tmp_path / "config.toml")) == config
     assert toml_value([1, 2]) == "[1, 2]" and toml_value(1e-05) == "1e-05" and toml_value(True) == "true"
     assert toml_value("a\x7fb") == '"a\\u007Fb"'
+
+
+def test_a_resume_path_with_a_nul_byte_is_a_config_error():
+    """Read before the flags are checked (the run's own keys), such a path must not raise
+    the operating system's ValueError but the flag's own message."""
+    with pytest.raises(ConfigError, match="resume must be printable text"):
+        resolve(["--resume", "~\x00"])

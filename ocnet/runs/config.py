@@ -371,7 +371,7 @@ def _resumed_run(resume: Any) -> dict[str, Any]:
     as it was set up, whatever the defaults are now (where it runs, ``out`` and
     ``overwrite``, is the resuming job's).  Nothing when there is no such file: the claim
     of the run directory then says why it cannot be resumed."""
-    if not isinstance(resume, str) or not resume:
+    if not isinstance(resume, str) or not resume or "\x00" in resume:  # no such path: the claim says so
         return {}
     path = Path(os.path.expanduser(resume)) / "config.toml"
     if not path.is_file():
