@@ -34,7 +34,7 @@ from ..model import auxiliary, batchnorm, dropout
 from ..model.grid import Partition
 from ..model.options import Option
 from ..model.problem import LocalNetwork
-from ..ranks import timeline
+from ..ranks import sweep, timeline
 from ..ranks.comm import Comm, Request
 from ..ranks.filters import IDENTITY, Filter
 from ..ranks.tags import Tags
@@ -272,16 +272,18 @@ class Local(ParallelSolver):
         reads, its parameters, and its test accuracy on ``(x, y)``; on every rank."""
         net, counts = self.network, {b: 0 for b in map(int, self.heads)}
         for i in range(0, len(y), 1024):
-            xs, ys = x[i:i + 1024], y[i:i + 1024]
-            u = xs if self.comm.rank == 0 else self.filter.decode(
-                self.comm.recv(self.comm.rank - 1, self.forward_tag, self.device))
-            with dropout.suspended(), batchnorm.evaluating(net):
+            ys = y[i:i + 1024]
+
+            def blocks(u: torch.Tensor, ys: torch.Tensor = ys) -> torch.Tensor:  # each head read on the way
                 for b in range(self.b0, self.b1):
                     u = self._block(b, u, self.cuts[b] - net.start, self.cuts[b + 1] - net.start)
                     if b in counts:
                         counts[b] += int((self.heads[str(b)](u).argmax(1) == ys).sum())
-            if self.comm.rank < self.comm.size - 1:
-                self.comm.send(self.filter.encode(u), self.comm.rank + 1, self.forward_tag)
+                return u
+
+            with dropout.suspended(), batchnorm.evaluating(net):
+                sweep.forward(self.comm, blocks, x[i:i + 1024], filter=self.filter, device=self.device,
+                              tag=self.forward_tag)
         mine = [{"block": b, "after_layer": self.cuts[b + 1], "parameters": auxiliary.parameters(self.heads[str(b)]),
                  "test_acc": counts[b] / max(len(y), 1)} for b in sorted(counts)]
         gathered = self.comm.gather(mine)
