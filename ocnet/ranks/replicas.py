@@ -18,7 +18,7 @@ ranks before it); its payload is :func:`reduction_bytes`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -119,6 +119,15 @@ class GradientAverage:
             self._averaged = False
             return
         self.average([p for g in optimizer.param_groups for p in g["params"] if id(p) in self._ids])
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The compressor's residues (``None`` without compression): a checkpoint keeps them."""
+        return None if self.compressor is None else self.compressor.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take the residues of :meth:`state_dict` for this rank's tensors."""
+        if self.compressor is not None:
+            self.compressor.load_state_dict(state, set(self._names.values()))
 
     def now(self) -> None:
         """Average every parameter's gradient at once, for a solver that reads the whole

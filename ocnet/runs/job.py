@@ -209,12 +209,10 @@ def _load_checkpoint(solver: Solver, grid: Grid, out: Path, device: torch.device
     if done > epochs:
         raise ConfigError(f"{out} has trained {done} epochs already; --epochs must be at least {done}")
     info, state = checkpoint.restore(grid.layers, out, device, solver, grid.data)
-    average = solver.gradient_average
     saved = state.get("compress")
     # a rank's residues are its own group's: another number of groups starts without them
-    if average is not None and average.compressor is not None and isinstance(saved, dict) \
-            and info.get("groups", 1) == grid.groups:
-        average.compressor.load_state_dict(saved, set(average._names.values()))
+    if solver.gradient_average is not None and isinstance(saved, dict) and info.get("groups", 1) == grid.groups:
+        solver.gradient_average.load_state_dict(saved)
     return info
 
 

@@ -517,7 +517,7 @@ def _state(solver: Any) -> dict[str, Any]:
     """What a rank's checkpoint shard holds: the solver's state, and the residues of the
     gradient exchange's compressor where there is one (a checkpoint without them loads)."""
     state: dict[str, Any] = {"solver": solver.state_dict()}
-    average = solver.gradient_average
-    if average is not None and average.compressor is not None:
-        state["compress"] = average.compressor.state_dict()
+    residues = solver.gradient_average.state_dict() if solver.gradient_average is not None else None
+    if residues is not None:
+        state["compress"] = residues
     return state
