@@ -66,6 +66,12 @@ class Link:
         rounds = math.ceil(math.log2(size)) if size > 1 else 0
         return rounds * (self.reduction + self.transfer(nbytes))
 
+    def allgather(self, size: int, nbytes: float) -> float:
+        """Seconds an allgather of ``nbytes`` from each of ``size`` ranks takes: the rounds of
+        recursive doubling, in which every rank receives the other ``size - 1`` messages."""
+        rounds = math.ceil(math.log2(size)) if size > 1 else 0
+        return rounds * self.reduction + self.transfer((size - 1) * nbytes)
+
 
 class ChargingRecorder(timeline.Recorder):
     """A :class:`~ocnet.ranks.timeline.Recorder` on a virtual clock: a compute span advances the
@@ -504,23 +510,33 @@ def run(size: int, rank_fn: Callable[[VirtualComm], Any], costs: Mapping[str, fl
 
 class VirtualReplicas(Comm):
     """The data communicator of a virtual rank whose group is one of ``size`` identical data
-    groups (:mod:`ocnet.ranks.replicas`): only this group is replayed, so a reduction returns
-    ``size`` × the rank's value (every group contributes the same) and advances the rank's
-    clock by the link's collective over ``size`` ranks of ``nbytes`` (the configured
-    network's gradient, not the miniature's)."""
+    groups (:mod:`ocnet.ranks.replicas`): only this group is replayed, so every group sends
+    what this rank sends.  A reduction returns ``size`` × the rank's value, an allgather
+    ``size`` copies of its tensor, and each advances the rank's clock by the link's
+    collective over ``size`` ranks; a tensor's bytes count ``scale`` times (the configured
+    network's gradient over the miniature's), a number's as 8 bytes of bookkeeping."""
 
-    def __init__(self, comm: VirtualComm, size: int, nbytes: float) -> None:  # noqa: D401 - no MPI underneath
+    def __init__(self, comm: VirtualComm, size: int, scale: float) -> None:  # noqa: D401 - no MPI underneath
         self.mpi = None
-        self.comm, self.rank, self.size, self.nbytes = comm, 0, size, nbytes
+        self.comm, self.rank, self.size, self.scale = comm, 0, size, scale
         self.bytes_sent = 0
         self.progress = comm.progress
 
-    def allreduce(self, value: Any, op: str = "sum") -> Any:
+    def _charge(self, seconds: float, what: str, nbytes: float) -> None:
         comm = self.comm
         t0 = comm.clock
-        comm.clock += comm.fabric.link.collective(self.size, self.nbytes)
-        comm.recorder_event("reduce", t0, {"what": "gradient average", "bytes": self.nbytes})
-        return value * self.size
+        comm.clock += seconds
+        comm.recorder_event("reduce", t0, {"what": what, "bytes": nbytes})
+
+    def allreduce(self, value: Any, op: str = "sum") -> Any:
+        nbytes = value.numel() * value.element_size() * self.scale if isinstance(value, torch.Tensor) else 8.0
+        self._charge(self.comm.fabric.link.collective(self.size, nbytes), "gradient average", nbytes)
+        return value * self.size if op == "sum" else value
+
+    def allgather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        nbytes = tensor.numel() * tensor.element_size() * self.scale
+        self._charge(self.comm.fabric.link.allgather(self.size, nbytes), "compressed gradients", nbytes)
+        return [tensor.detach().flatten()] * self.size
 
 
 def make_comms(size: int, link: Link = Link(),

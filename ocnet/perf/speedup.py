@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..ranks import compress
 from ..ranks.replicas import GradientAverage, Grid, reduction_bytes
 from ..runs.config import COMMON, ConfigError, given, resolve
 from ..solvers import get as get_solver
@@ -63,21 +64,27 @@ def variant_config(values: Mapping[str, Any], variant: Mapping[str, Any]) -> dic
 class Miniature:
     """The configured network shrunk for replay: same layers and stages, ``1 + s`` channels
     in stage ``s`` (width 2 for dense nets), inputs of at most 4 × 4 pixels, ``batch``
-    samples.  :meth:`message_bytes` scales a message of it to the configured network's."""
+    samples.  :meth:`message_bytes` scales a message of it to the configured network's.
+
+    A run that compresses its gradient exchange keeps the configured channels and width:
+    what a compressor sends of a tensor depends on the tensor's size (top-k's ``ceil(R n)``,
+    AdaComp's bins), so only tensors of the configured sizes send what the run's would."""
 
     def __init__(self, config: Mapping[str, Any], batch: int) -> None:
         self.config = config
         n_stages = len(config["channels"])
         _, shape, _ = cal.DATASETS[config["problem"]]
         small = (shape[0], min(shape[1], 4), min(shape[2], 4)) if len(shape) == 3 else shape
-        self.channels = [1 + s for s in range(n_stages)]
-        self.problem = cal.build_problem(config, channels=self.channels, width=2, input_shape=small)
+        whole = config.get("compress", "none") != "none" and config.get("data_parallel", 1) > 1
+        self.channels = list(config["channels"]) if whole else [1 + s for s in range(n_stages)]
+        width = config["width"] if whole else 2
+        self.problem = cal.build_problem(config, channels=self.channels, width=width, input_shape=small)
         self.pristine = {k: v.clone() for k, v in self.problem.state_dict().items()}
         self.batch = batch
         # per-sample state shape of each stage, miniature ↦ configured (one layer per stage)
         real = cal.build_problem(config, layers=max(1, n_stages) if config["layers"] >= n_stages else None)
         mini = cal.build_problem(config, layers=max(1, n_stages) if config["layers"] >= n_stages else None,
-                                 channels=self.channels, width=2, input_shape=small)
+                                 channels=self.channels, width=width, input_shape=small)
         self.bytes_per_sample = {m: math.prod(r) * torch.empty((), dtype=getattr(torch, config["dtype"])).element_size()
                                  for m, r in zip(mini.state_shapes, real.state_shapes)}
         self.scale = config["batch_size"] / batch
@@ -140,8 +147,11 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
     def setup(comm: Any) -> None:
         net = mini.problem.local(partition, comm.rank)
         solver = solvers[comm.rank] = build_solver(cls, net, comm, dict(config), torch.device("cpu"))
-        if D > 1:
-            average = GradientAverage(net, solver.optimizers, VirtualReplicas(comm, D, gradient_bytes[comm.rank]))
+        if D > 1:  # the configured compressor on the miniature's gradients, its bytes scaled up
+            scale = gradient_bytes[comm.rank] / max(reduction_bytes(net), 1)
+            average = GradientAverage(net, solver.optimizers, VirtualReplicas(comm, D, scale),
+                                      compress.make(config.get("compress", "none"), config.get("compress_ratio", 0.01),
+                                                    config.get("compress_bin", 0)))
             average.weight = 1 / D
             solver.gradient_average = average
         solver.begin_epoch(0, x, y)
