@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import run_mpi
 
+from ocnet.model.options import ConfigError
 from ocnet.ranks import compress
 from ocnet.ranks.comm import SelfComm
 from ocnet.ranks.compress import COMPRESSORS, INDEX_BYTES, AdaComp, Compressor, TopK, make, message_bytes
@@ -189,7 +190,42 @@ def test_compression_acts_per_tensor_so_p_does_not_change_the_result(tmp_path):
     steps = sum(1 for line in (out / "history.jsonl").read_text().splitlines() if json.loads(line)["kind"] == "iter")
     shapes = [t.numel() for t in _model(out).values()]
     per_rank = message_bytes(sum(math.ceil(0.05 * n) for n in shapes), 8) + len(shapes) * (INDEX_BYTES + 8)
-    assert json.loads((out / "summary.json").read_text())["bytes_sent"] == steps * 2 * per_rank
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bytes_sent"] == steps * 2 * per_rank
+    # by kind of tensor: the 2-D weights and the 1-D biases and scales, each at its own formula
+    for kind, dims in (("matrix", (2,)), ("vector", (1,))):
+        sizes = [t.numel() for t in _model(out).values() if t.dim() in dims]
+        each = message_bytes(sum(math.ceil(0.05 * n) for n in sizes), 8) + len(sizes) * (INDEX_BYTES + 8)
+        assert summary["exchange_bytes"][kind] == steps * 2 * each, kind
+    records = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    iters = [r for r in records if r["kind"] == "iter"]
+    assert all(sum(r["exchange_bytes"].values()) == r["bytes_sent"] == 2 * per_rank for r in iters)
+
+
+@pytest.mark.mpi
+def test_a_bin_longer_than_every_tensor_is_refused_before_training(tmp_path):
+    proc = run_mpi(2, "ocnet.run", "--layers", "4", "--data-parallel", "2", "--compress", "adacomp",
+                   "--compress-bin", "100000", "--out", str(tmp_path / "bad"), module=True, plain=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("ocnet: error: --compress-bin 100000 is longer than the network's largest tensor") == 1
+    assert not (tmp_path / "bad" / "history.jsonl").exists()
+
+
+def test_residues_carry_over_summed_by_tensor_when_the_groups_change():
+    """Two old groups' shards hold residues of the same tensor: the new first group takes
+    their sum (what neither has sent), another group starts at zero; a tensor the rank does
+    not hold is not taken."""
+    net = torch.nn.Linear(2, 1).double()
+    shards = [{"name": "topk", "residue": {"weight": torch.tensor([1.0, 2.0], dtype=torch.float64),
+                                          "other": torch.ones(3, dtype=torch.float64)}},
+              {"name": "topk", "residue": {"weight": torch.tensor([0.5, -2.0], dtype=torch.float64)}}]
+    first = GradientAverage(net, [], SelfComm(), TopK())
+    first.load_state_dict(shards)
+    assert first.compressor.residue.keys() == {"weight"}
+    assert torch.equal(first.compressor.residue["weight"], torch.tensor([1.5, 0.0], dtype=torch.float64))
+    other = GradientAverage(net, [], SelfComm(), TopK())
+    other.load_state_dict(shards, keep=False)
+    assert other.compressor.residue == {}
 
 
 @pytest.mark.mpi
@@ -206,14 +242,18 @@ def test_a_resumed_run_continues_bit_for_bit_with_the_compressors_residues(tmp_p
         assert torch.equal(b[k], a[k]), k
 
 
-def test_compression_options_without_effect_are_warned():
+def test_compression_without_data_groups_is_refused_and_options_without_effect_are_warned():
     from ocnet.runs.config import resolve, without_effect
+
+    with pytest.raises(ConfigError, match="--compress topk compresses the gradient exchange between data groups, "
+                                          "and this run has one group: give --data-parallel D > 1"):
+        resolve(["--compress", "topk"])
 
     def warned(*flags):
         return [line for line in without_effect(resolve(list(flags)), net="dense", image=False, device="cpu")
                 if "compress" in line]
-    assert warned("--compress", "topk") == ["--compress has no effect without --data-parallel: it compresses "
-                                            "the gradient exchange between data groups, and this run has one"]
+    assert warned("--compress-bin", "4") == ["--compress-bin has no effect with --compress none: it is AdaComp's "
+                                             "bin length"]
     assert warned("--data-parallel", "2", "--compress", "adacomp", "--compress-ratio", "0.5") == \
         ["--compress-ratio has no effect with --compress adacomp: it is top-k's share"]
     assert warned("--data-parallel", "2", "--compress", "topk", "--compress-bin", "4") == \

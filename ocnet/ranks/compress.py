@@ -138,8 +138,16 @@ class TopK(ErrorFeedback):
         return torch.sort(torch.topk(r.abs(), k, sorted=False).indices).values
 
 
-#: The default bin lengths of :class:`AdaComp` (this module's choice; see the docstring).
-DEFAULT_BINS = {"conv": 50, "other": 500}
+def kind(shape: Shape) -> str:
+    """The kind of a parameter tensor of ``shape``, by which bytes are reported and AdaComp's
+    default bin length is chosen: ``conv`` (a kernel: 3 or more dimensions), ``matrix`` (a
+    dense or attention layer's weight) or ``vector`` (biases, normalisation scales)."""
+    return "conv" if len(shape) >= 3 else "matrix" if len(shape) == 2 else "vector"
+
+
+#: The default bin lengths of :class:`AdaComp` by :func:`kind` (this module's choice; see the
+#: docstring).
+DEFAULT_BINS = {"conv": 50, "matrix": 500, "vector": 500}
 
 
 @register_compressor("adacomp")
@@ -149,7 +157,7 @@ class AdaComp(ErrorFeedback):
     def bin_length(self, shape: Shape) -> int:
         if self.bin:
             return self.bin
-        return DEFAULT_BINS["conv" if len(shape) >= 3 else "other"]
+        return DEFAULT_BINS[kind(shape)]
 
     def select(self, r: torch.Tensor, g: torch.Tensor, shape: Shape) -> torch.Tensor:
         n, L = r.numel(), self.bin_length(shape)
@@ -159,6 +167,25 @@ class AdaComp(ErrorFeedback):
         top = mag.amax(dim=1, keepdim=True).expand(bins, L).reshape(-1)[:n]
         chosen = ((r + g).abs() >= top) & (r != 0)
         return torch.nonzero(chosen).flatten()
+
+
+def check_bin(bin: int, sizes: list[int]) -> None:
+    """Raise ``ValueError`` unless an AdaComp bin of ``bin`` entries fits in the largest of the
+    tensors of ``sizes`` entries: a longer bin would make every tensor one bin."""
+    if bin > max(sizes, default=0):
+        raise ValueError(f"--compress-bin {bin} is longer than the network's largest tensor "
+                         f"({max(sizes, default=0)} entries): every tensor would be one bin")
+
+
+def carried(states: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The residues of the checkpoint shards ``states`` (each a :meth:`Compressor.state_dict`)
+    summed by tensor name: a tensor's residues in the groups that kept them add up to what
+    the groups have not yet sent of it."""
+    total: dict[str, torch.Tensor] = {}
+    for state in states:
+        for k, r in state.get("residue", {}).items():
+            total[k] = r.detach().clone() if k not in total else total[k] + r.to(total[k])
+    return total
 
 
 def make(name: str, ratio: float = 0.01, bin: int = 0) -> Compressor | None:

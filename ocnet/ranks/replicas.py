@@ -26,7 +26,7 @@ from torch import nn
 from ..model import batchnorm
 from . import store
 from .comm import Comm, SelfComm
-from .compress import INDEX_BYTES, Compressor, message_bytes
+from .compress import INDEX_BYTES, Compressor, Message, carried, kind, message_bytes
 
 
 @dataclass
@@ -99,6 +99,10 @@ class GradientAverage:
     without samples) counts as zero there; it keeps ``None`` only where no group had one.
     """
 
+    #: The gather path is taken while the largest rank's sparse message is below this share
+    #: of the dense buffer (measured: ``benchmarks/bench_exchange.py``).
+    gather_below = 1.0
+
     def __init__(self, network: nn.Module, optimizers: Iterable[torch.optim.Optimizer], data: Comm,
                  compressor: Compressor | None = None) -> None:
         self.data = data
@@ -106,6 +110,9 @@ class GradientAverage:
         #: What each rank sends of its gradients (:mod:`ocnet.ranks.compress`); ``None``:
         #: the exact dense allreduce.
         self.compressor = compressor
+        #: Bytes this rank has sent in the exchange since :meth:`take_sent`, by
+        #: :func:`~ocnet.ranks.compress.kind` of tensor.
+        self.sent: dict[str, int] = {}
         self._network = list(network.parameters())
         namer = getattr(network, "problem_name", None)
         self._names = {id(p): namer(k) if namer is not None else k for k, p in network.named_parameters()}
@@ -124,10 +131,19 @@ class GradientAverage:
         """The compressor's residues (``None`` without compression): a checkpoint keeps them."""
         return None if self.compressor is None else self.compressor.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take the residues of :meth:`state_dict` for this rank's tensors."""
+    def load_state_dict(self, shards: Sequence[dict[str, Any]], keep: bool = True) -> None:
+        """Take this rank's tensors' residues from the :meth:`state_dict` of every checkpoint
+        shard read, summed by tensor (:func:`~ocnet.ranks.compress.carried`); with ``keep``
+        false, start from zero residues."""
         if self.compressor is not None:
-            self.compressor.load_state_dict(state, set(self._names.values()))
+            names = set(self._names.values())
+            residue = carried(list(shards)) if keep else {}
+            self.compressor.residue = {k: r.to(self._network[0].device) for k, r in residue.items() if k in names}
+
+    def take_sent(self) -> dict[str, int]:
+        """The bytes sent by kind of tensor since the last call (and start again from zero)."""
+        sent, self.sent = self.sent, {}
+        return sent
 
     def now(self) -> None:
         """Average every parameter's gradient at once, for a solver that reads the whole
@@ -139,63 +155,63 @@ class GradientAverage:
         """Replace each ``p.grad`` by the weighted sum over the groups (one reduction)."""
         if not params:
             return
-        if self.compressor is not None:
-            self._compressed(params)
-            return
         like = params[0]
-        parts = [(p.grad * self.weight).flatten() if p.grad is not None else like.new_zeros(p.numel())
+        grads = [(p.grad * self.weight).flatten().to(like.dtype) if p.grad is not None else like.new_zeros(p.numel())
                  for p in params]
         had = like.new_tensor([float(p.grad is not None) for p in params])
-        flat = self.data.allreduce(torch.cat(parts + [had]).to(like.dtype))
+        if self.compressor is None:
+            self._dense(params, grads, had)
+            return
+        messages = [self.compressor.compress(self._names.get(id(p), str(id(p))), g, tuple(p.shape))
+                    for p, g in zip(params, grads)]
+        counts = torch.tensor([i.numel() for i, _ in messages], dtype=torch.int32)
+        sizes = [message_bytes(int(c), like.element_size()) + INDEX_BYTES + like.element_size() for c in counts]
+        dense = (sum(p.numel() for p in params) + len(params)) * like.element_size()
+        # the same choice on every rank: by the largest message (8 bytes of bookkeeping)
+        largest = self.data.allreduce(float(sum(sizes)), op="max") if self.data.size > 1 else float(sum(sizes))
+        if largest < self.gather_below * dense:
+            self._gathered(params, messages, counts, had)
+            self._count(params, sizes)
+        else:
+            self._dense(params, [_decoded(p, m) for p, m in zip(params, messages)], had)
+
+    def _dense(self, params: Sequence[torch.Tensor], parts: list[torch.Tensor], had: torch.Tensor) -> None:
+        """Sum the flat gradients ``parts`` and presence flags ``had`` by the dense allreduce."""
+        flat = self.data.allreduce(torch.cat(parts + [had]))
         self.data.bytes_sent += flat.numel() * flat.element_size()
+        self._count(params, [(p.numel() + 1) * flat.element_size() for p in params])
         _unpack(params, flat)
 
-    def _compressed(self, params: Sequence[torch.Tensor]) -> None:
-        """:meth:`average` with each rank's gradients compressed: every rank's sparse
-        messages gathered and summed in rank order where the largest is smaller than the
-        dense buffer, else decoded and summed by the dense allreduce."""
-        assert self.compressor is not None
+    def _gathered(self, params: Sequence[torch.Tensor], messages: list[Message], counts: torch.Tensor,
+                  had: torch.Tensor) -> None:
+        """Gather every rank's sparse messages and sum them into a zero buffer in rank order:
+        the same operations on the same data everywhere, so the replicas agree bit for bit."""
         like = params[0]
-        index, values = [], []
-        for p in params:
-            g = (p.grad * self.weight).flatten().to(like.dtype) if p.grad is not None \
-                else like.new_zeros(p.numel())
-            i, v = self.compressor.compress(self._names.get(id(p), str(id(p))), g, tuple(p.shape))
-            index.append(i)
-            values.append(v)
-        had = like.new_tensor([float(p.grad is not None) for p in params])
-        counts = torch.tensor([i.numel() for i in index], dtype=torch.int32)
-        sparse = message_bytes(int(counts.sum()), like.element_size()) + counts.numel() * INDEX_BYTES \
-            + had.numel() * had.element_size()
-        numel = sum(p.numel() for p in params)
-        dense = (numel + len(params)) * like.element_size()
-        # the same choice on every rank: by the largest message (8 bytes of bookkeeping)
-        largest = self.data.allreduce(float(sparse), op="max") if self.data.size > 1 else float(sparse)
-        starts = [0]
-        for p in params:
-            starts.append(starts[-1] + p.numel())
-        if largest < dense:
-            ints = self.data.allgather(torch.cat([counts] + [i.cpu() for i in index]))
-            floats = self.data.allgather(torch.cat([v.cpu() for v in values] + [had.cpu()]))
-            flat = torch.zeros(numel + len(params), dtype=like.dtype)
-            for r_ints, r_floats in zip(ints, floats):  # rank order: the same sum everywhere
-                r_counts = r_ints[:len(params)].tolist()
-                pos, off = len(params), 0
-                for k, c in enumerate(r_counts):
-                    where = r_ints[pos:pos + c].long() + starts[k]
-                    flat[where] += r_floats[off:off + c]
-                    pos, off = pos + c, off + c
-                flat[numel:] += r_floats[off:]
-            flat = flat.to(like.device)
-        else:
-            parts = []
-            for p, i, v in zip(params, index, values):
-                d = like.new_zeros(p.numel())
-                d[i.long().to(d.device)] = v.to(d.device)
-                parts.append(d)
-            flat = self.data.allreduce(torch.cat(parts + [had]))
-            self.data.bytes_sent += flat.numel() * flat.element_size()
-        _unpack(params, flat)
+        starts = torch.tensor([0] + [p.numel() for p in params]).cumsum(0)
+        numel = int(starts[-1])
+        ints = self.data.allgather(torch.cat([counts] + [i.cpu() for i, _ in messages]))
+        floats = self.data.allgather(torch.cat([v.cpu() for _, v in messages] + [had.cpu()]))
+        flat = torch.zeros(numel + len(params), dtype=like.dtype)
+        for r_ints, r_floats in zip(ints, floats):
+            r_counts = r_ints[:len(params)].long()
+            where = r_ints[len(params):].long() + torch.repeat_interleave(starts[:-1], r_counts)
+            sent = int(r_counts.sum())
+            flat[:numel].index_add_(0, where, r_floats[:sent])  # positions within one message differ
+            flat[numel:] += r_floats[sent:]
+        _unpack(params, flat.to(like.device))
+
+    def _count(self, params: Sequence[torch.Tensor], sizes: Sequence[int]) -> None:
+        for p, n in zip(params, sizes):
+            k = kind(tuple(p.shape))
+            self.sent[k] = self.sent.get(k, 0) + int(n)
+
+
+def _decoded(p: torch.Tensor, message: Message) -> torch.Tensor:
+    """The sparse ``message`` of parameter ``p`` as a dense flat tensor."""
+    index, values = message
+    d = values.new_zeros(p.numel())
+    d[index.long().to(d.device)] = values.to(d.device)
+    return d
 
 
 def _unpack(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:

@@ -408,7 +408,8 @@ def restore(comm: Comm, run_dir: str | Path, device: torch.device | str,
     """:func:`load` the newest checkpoint into ``solver`` (from ``state["solver"]``), checked
     against it: its tensors have this network's shapes and dtypes, and a checkpoint of
     another partition goes only to a solver whose state is keyed globally
-    (:meth:`Solver.reshardable`).  Returns ``(info, state)`` as :func:`load`.
+    (:meth:`Solver.reshardable`).  Returns ``(info, state)`` as :func:`load`, except that
+    ``state["compress"]`` lists every shard's residues of the gradient exchange (where saved).
 
     Raises
     ------
@@ -427,6 +428,8 @@ def restore(comm: Comm, run_dir: str | Path, device: torch.device | str,
             raise CheckpointError(f"{path}: holds no solver state")
         _compare(path, state["solver"], fresh)
     merged = _merge([s for _, s in shards], directory)
+    # the gradient exchange's residues: every shard's, for the exchange to sum by tensor
+    merged["compress"] = [s["compress"] for _, s in shards if isinstance(s.get("compress"), dict)]
     missing = _missing(fresh, merged["solver"])
     if missing:
         raise CheckpointError(f"{directory}: holds no {missing} (another network or solver?)")

@@ -226,6 +226,10 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
     if config["compress"] not in COMPRESSORS:
         error = ConfigError(f"unknown compressor {config['compress']!r}; choose from {', '.join(COMPRESSORS)}")
         raise _at(origin, "compress", error)
+    if config["compress"] != "none" and config["data_parallel"] == 1:
+        raise _at(origin, "compress", ConfigError(
+            f"--compress {config['compress']} compresses the gradient exchange between data groups, and this run "
+            "has one group: give --data-parallel D > 1 (layer messages are not compressed; --filter shrinks them)"))
     _check_steps(config, origin)
     nets = kinds.available()
     if config["net"] not in nets:
@@ -317,12 +321,7 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
     if "cuda_aware" in keys and config["cuda_aware"] != "auto" and device == "cpu":
         lines.append(f"--cuda-aware {config['cuda_aware']} has no effect: this run computes on the CPU, "
                      "so no GPU buffer crosses a rank boundary")
-    if keys & {"compress", "compress_ratio", "compress_bin"} and config["data_parallel"] == 1:
-        given_flags = " ".join(f"--{k.replace('_', '-')}" for k in ("compress", "compress_ratio", "compress_bin")
-                               if k in keys)
-        lines.append(f"{given_flags} has no effect without --data-parallel: it compresses the gradient "
-                     "exchange between data groups, and this run has one")
-    elif "compress_ratio" in keys and config["compress"] != "topk":
+    if "compress_ratio" in keys and config["compress"] != "topk":
         lines.append(f"--compress-ratio has no effect with --compress {config['compress']}: it is top-k's share")
     elif "compress_bin" in keys and config["compress"] != "adacomp":
         lines.append(f"--compress-bin has no effect with --compress {config['compress']}: it is AdaComp's bin length")

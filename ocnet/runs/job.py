@@ -39,7 +39,7 @@ from ..ranks.replicas import GradientAverage, Grid
 from ..ranks.tags import Tags
 from ..solvers import Solver, SolverError
 from ..solvers import get as get_solver
-from ..solvers.records import dumps
+from ..solvers.records import combine, dumps
 from . import checkpoint, claim, directory, faults, startup
 from .config import ConfigError, check_filter, dump_toml, given, help_text, resolve, without_effect
 from .console import Console
@@ -182,6 +182,8 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
     network = agree(world, lambda: problem.local(partition, comm.rank).to(device))
     solver = agree(world, lambda: build_solver(solver_cls, network, comm, config, device))
     agree(world, lambda: check_filter(config["filter"], kind))  # after the solver's own refusal of filters
+    if config["compress"] == "adacomp" and config["compress_bin"]:
+        agree(world, lambda: compress.check_bin(config["compress_bin"], [p.numel() for p in problem.parameters()]))
     if groups > 1:  # before a checkpoint is loaded: it holds the compressor's residues
         solver.gradient_average = GradientAverage(
             solver.network, solver.optimizers, grid.data,
@@ -209,10 +211,11 @@ def _load_checkpoint(solver: Solver, grid: Grid, out: Path, device: torch.device
     if done > epochs:
         raise ConfigError(f"{out} has trained {done} epochs already; --epochs must be at least {done}")
     info, state = checkpoint.restore(grid.layers, out, device, solver, grid.data)
-    saved = state.get("compress")
-    # a rank's residues are its own group's: another number of groups starts without them
-    if solver.gradient_average is not None and isinstance(saved, dict) and info.get("groups", 1) == grid.groups:
-        solver.gradient_average.load_state_dict(saved)
+    if solver.gradient_average is not None:
+        # a tensor's residues, summed over the shards read, are what its groups have not yet sent:
+        # on another number of groups the first group carries that sum, the others start at zero
+        solver.gradient_average.load_state_dict(state.get("compress", []),
+                                                keep=info.get("groups", 1) == grid.groups or grid.group == 0)
     return info
 
 
@@ -408,6 +411,9 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
                "final_test_acc": final_test, "final_train_acc": last.get("train_acc"),
                "final_loss": last.get("loss"), "wall_time": last["wall_time"],
                "bytes_sent": sum(r["bytes_sent"] for r in epochs), **(report or {})}
+    exchange = [{"exchange_bytes": r["exchange_bytes"]} for r in epochs if "exchange_bytes" in r]
+    if exchange:  # the gradient exchange between data groups, by kind of tensor
+        summary["exchange_bytes"] = combine(exchange)["exchange_bytes"]
     best = max((r for r in epochs if r.get("val_acc") is not None), key=lambda r: r["val_acc"], default=None)
     if best is not None:  # the first epoch that reached the best validation accuracy
         summary.update(final_val_acc=last.get("val_acc"), best_epoch=best["epoch"], best_val_acc=best["val_acc"],

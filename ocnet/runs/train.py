@@ -266,6 +266,8 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     weights = [len(range(g, n, D)) / n for g in range(D)]
     if D > 1 and solver.gradient_average is None:
         solver.gradient_average = GradientAverage(solver.network, solver.optimizers, grid.data)
+    if solver.gradient_average is not None:
+        solver.gradient_average.take_sent()  # each step's record counts its own exchange
 
     def sent() -> int:  # this rank's bytes, its share of the gradient average included
         return comm.bytes_sent + (grid.data.bytes_sent if grid.data is not comm else 0)
@@ -351,7 +353,10 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                         record = dict(solver.step(x, y, index) if len(index) else solver.idle_step())
                     if faults.inject("step", world.rank) == "nan":
                         _poison(solver, record)
-                    iters.append({**record, "bytes_sent": sent() - before})
+                    record["bytes_sent"] = sent() - before
+                    if solver.gradient_average is not None:
+                        record["exchange_bytes"] = solver.gradient_average.take_sent()
+                    iters.append(record)
                     step += 1
                     wall.append(time.perf_counter() - t0)
                     if console is not None:
@@ -397,6 +402,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 begun = ep.begin if resumed else _over_grid([g["begin"] for g in gathered], weights, fields)
                 last = {"kind": "epoch", "epoch": epoch, "step": step, **begun,
                         **_over_grid([g["end"] for g in gathered], weights, fields)}
+                last.update(_exchange_bytes(earlier + records))
                 last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
                             wall_time=time.perf_counter() - t0,
                             bytes_sent=sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if resumed else 0),
@@ -445,6 +451,12 @@ class _kept:
     def __exit__(self, *exc: object) -> None:
         if self.log is not None:
             self.log.write()
+
+
+def _exchange_bytes(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"exchange_bytes": by kind of tensor}`` summed over ``records`` (empty where none has it)."""
+    parts = [{"exchange_bytes": r["exchange_bytes"]} for r in records if "exchange_bytes" in r]
+    return combine(parts) if parts else {}
 
 
 def _iter_records(gathered: list[dict[str, Any]], wall: list[float], shares: list[list[float]], solver: Solver,

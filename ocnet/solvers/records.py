@@ -68,6 +68,8 @@ class Field:
 FIELDS: dict[str, Field] = {
     "loss": Field("sum", "loss", log=True, mean=True),
     "bytes_sent": Field("sum", "bytes sent"),
+    # the gradient exchange between data groups: {"conv": …, "matrix": …, "vector": …}
+    "exchange_bytes": Field("sum", "gradient exchange bytes by kind of tensor"),
     "phase": Field("first", "phase", short="phase"),
     # the auxiliary-variable methods (penalty, al)
     "constraint_violation": Field("sum", "constraint violation", log=True, mean=True, short="viol"),
