@@ -130,11 +130,12 @@ def test_the_gather_path_counts_the_bytes_of_its_messages():
     net = torch.nn.Linear(10, 3).double()
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     data = SelfComm()
-    average = GradientAverage(net, [opt], data, TopK(ratio=0.1))
+    average = GradientAverage(net, [opt], data, TopK(ratio=0.1), exchange="gather")
     net(torch.randn(5, 10, dtype=torch.float64)).square().sum().backward()
     grads = [p.grad.clone() for p in net.parameters()]
     opt.step()
     assert data.bytes_sent == message_bytes(4, 8) + 2 * INDEX_BYTES + 2 * 8 == 72
+    assert average.take_sent() == {"matrix": message_bytes(3, 8) + 4 + 8, "vector": message_bytes(1, 8) + 4 + 8}
     assert message_bytes(4, 8) == 4 * (4 + 8)
     for p, g in zip(net.parameters(), grads):  # what was sent, where it was sent; zero elsewhere
         sent = p.grad.flatten() != 0
@@ -142,6 +143,28 @@ def test_the_gather_path_counts_the_bytes_of_its_messages():
         assert torch.equal(p.grad.flatten()[sent], g.flatten()[sent])
         assert torch.equal(p.grad.flatten()[sent] + average.compressor.residue[_name(net, p)][sent],
                            g.flatten()[sent])
+
+
+def test_auto_gathers_only_large_buffers_of_small_messages():
+    """Below ``gather_from`` entries the dense allreduce is taken whatever the messages (the
+    buffer of 33 entries and 4 flags in float64 here); above it, messages below
+    ``gather_below`` of the dense buffer are gathered."""
+    net = torch.nn.Linear(10, 3).double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    data = SelfComm()
+    average = GradientAverage(net, [opt], data, TopK(ratio=0.1))
+    net(torch.randn(5, 10, dtype=torch.float64)).square().sum().backward()
+    opt.step()
+    assert data.bytes_sent == (33 + 2) * 8
+    average.gather_from = 0
+    for below, sent in ((0.2, 280), (0.5, 72)):  # the message of 4 entries: 72 bytes, 0.26 of 280
+        average.gather_below = below
+        before = data.bytes_sent
+        net(torch.randn(5, 10, dtype=torch.float64)).square().sum().backward()
+        opt.step()
+        assert data.bytes_sent - before == sent, below
+    with pytest.raises(ValueError, match="unknown exchange 'sparse'"):
+        GradientAverage(net, [opt], data, TopK(), exchange="sparse")
 
 
 def _name(net, p):
@@ -180,13 +203,13 @@ def test_compression_acts_per_tensor_so_p_does_not_change_the_result(tmp_path):
     """AdaComp at D = 2 with one layer rank per group (P = 2) and two (P = 4); and top-k's
     byte count on the gather path: per step and rank, its positions and values plus a count
     and a flag per tensor, as the formula says."""
-    flags = ("--compress", "adacomp", "--compress-bin", "8")
+    flags = ("--compress", "adacomp", "--compress-bin", "8", "--compress-exchange", "gather")
     two, four = _model(_run(tmp_path, "P2", *flags)), _model(_run(tmp_path, "P4", *flags, n=4))
     plain = _model(_run(tmp_path, "none"))
     assert any(not torch.equal(two[k], plain[k]) for k in plain)  # compression changed the training
     for k in two:
         torch.testing.assert_close(four[k], two[k], rtol=1e-10, atol=1e-14)
-    out = _run(tmp_path, "topk", "--compress", "topk", "--compress-ratio", "0.05")
+    out = _run(tmp_path, "topk", "--compress", "topk", "--compress-ratio", "0.05", "--compress-exchange", "gather")
     steps = sum(1 for line in (out / "history.jsonl").read_text().splitlines() if json.loads(line)["kind"] == "iter")
     shapes = [t.numel() for t in _model(out).values()]
     per_rank = message_bytes(sum(math.ceil(0.05 * n) for n in shapes), 8) + len(shapes) * (INDEX_BYTES + 8)

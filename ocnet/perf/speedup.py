@@ -151,7 +151,8 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
             scale = gradient_bytes[comm.rank] / max(reduction_bytes(net), 1)
             average = GradientAverage(net, solver.optimizers, VirtualReplicas(comm, D, scale),
                                       compress.make(config.get("compress", "none"), config.get("compress_ratio", 0.01),
-                                                    config.get("compress_bin", 0)))
+                                                    config.get("compress_bin", 0)),
+                                      config.get("compress_exchange", "auto"))
             average.weight = 1 / D
             solver.gradient_average = average
         solver.begin_epoch(0, x, y)

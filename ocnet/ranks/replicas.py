@@ -90,6 +90,10 @@ class Grid:
         return torch.bincount(index % self.groups, minlength=self.groups).tolist()
 
 
+#: How compressed messages combine (:class:`GradientAverage`'s ``exchange``).
+EXCHANGES = ("auto", "gather", "dense")
+
+
 class GradientAverage:
     """Averages the gradients of ``network``'s parameters over the groups before every step
     of the given optimisers (``register_step_pre_hook``).
@@ -99,17 +103,25 @@ class GradientAverage:
     without samples) counts as zero there; it keeps ``None`` only where no group had one.
     """
 
-    #: The gather path is taken while the largest rank's sparse message is below this share
-    #: of the dense buffer (measured: ``benchmarks/bench_exchange.py``).
-    gather_below = 1.0
+    #: ``exchange="auto"`` gathers the sparse messages where the largest is below this share
+    #: of the dense buffer, and the buffer holds at least :attr:`gather_from` entries: below
+    #: that size the gather's two collectives cost more than the bytes they save
+    #: (``benchmarks/bench_exchange.py``).
+    gather_below = 0.2
+    gather_from = 500_000
 
     def __init__(self, network: nn.Module, optimizers: Iterable[torch.optim.Optimizer], data: Comm,
-                 compressor: Compressor | None = None) -> None:
+                 compressor: Compressor | None = None, exchange: str = "auto") -> None:
+        if exchange not in EXCHANGES:
+            raise ValueError(f"unknown exchange {exchange!r}; choose from {', '.join(EXCHANGES)}")
         self.data = data
         self.weight = 1.0
         #: What each rank sends of its gradients (:mod:`ocnet.ranks.compress`); ``None``:
         #: the exact dense allreduce.
         self.compressor = compressor
+        #: How compressed messages combine: ``gather``, ``dense`` (decoded, then the dense
+        #: allreduce) or ``auto`` (by size, as measured).
+        self.exchange = exchange
         #: Bytes this rank has sent in the exchange since :meth:`take_sent`, by
         #: :func:`~ocnet.ranks.compress.kind` of tensor.
         self.sent: dict[str, int] = {}
@@ -166,14 +178,22 @@ class GradientAverage:
                     for p, g in zip(params, grads)]
         counts = torch.tensor([i.numel() for i, _ in messages], dtype=torch.int32)
         sizes = [message_bytes(int(c), like.element_size()) + INDEX_BYTES + like.element_size() for c in counts]
-        dense = (sum(p.numel() for p in params) + len(params)) * like.element_size()
-        # the same choice on every rank: by the largest message (8 bytes of bookkeeping)
-        largest = self.data.allreduce(float(sum(sizes)), op="max") if self.data.size > 1 else float(sum(sizes))
-        if largest < self.gather_below * dense:
+        if self._gathers(params, sum(sizes)):
             self._gathered(params, messages, counts, had)
             self._count(params, sizes)
         else:
             self._dense(params, [_decoded(p, m) for p, m in zip(params, messages)], had)
+
+    def _gathers(self, params: Sequence[torch.Tensor], nbytes: int) -> bool:
+        """Whether this exchange gathers, the same on every rank: by the largest rank's
+        message of ``nbytes`` (an allreduce of 8 bytes of bookkeeping) under ``auto``."""
+        if self.exchange != "auto":
+            return self.exchange == "gather"
+        entries = sum(p.numel() for p in params) + len(params)
+        if entries < self.gather_from:
+            return False
+        largest = self.data.allreduce(float(nbytes), op="max") if self.data.size > 1 else float(nbytes)
+        return largest < self.gather_below * entries * params[0].element_size()
 
     def _dense(self, params: Sequence[torch.Tensor], parts: list[torch.Tensor], had: torch.Tensor) -> None:
         """Sum the flat gradients ``parts`` and presence flags ``had`` by the dense allreduce."""

@@ -84,6 +84,9 @@ COMMON: dict[str, Option] = {
                        "(none, topk, adacomp; docs/compression.rst)"),
     "compress_ratio": Option(float, 0.01, "--compress topk: the share of each tensor's entries sent per step",
                              positive=True, max=1.0),
+    "compress_exchange": Option(str, "auto", "how compressed gradients combine: gather every rank's sparse "
+                                "messages, decode them into the dense allreduce, or auto (gather only large "
+                                "buffers of small messages)", choices=("auto", "gather", "dense")),
     "compress_bin": Option(int, 0, "--compress adacomp: the bin length (0: 50 for convolution kernels, "
                            "500 for other tensors)", min=0),
     "limit_batches": Option(int, 0, "train on at most this many batches per epoch (0: all; a smoke run)", min=0),
@@ -325,6 +328,9 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
         lines.append(f"--compress-ratio has no effect with --compress {config['compress']}: it is top-k's share")
     elif "compress_bin" in keys and config["compress"] != "adacomp":
         lines.append(f"--compress-bin has no effect with --compress {config['compress']}: it is AdaComp's bin length")
+    if "compress_exchange" in keys and config["compress"] == "none":
+        lines.append("--compress-exchange has no effect with --compress none: without compression every exchange "
+                     "is the dense allreduce")
     for item in idle_plugins(config["plugin"]):
         lines.append(f"--plugin {item}: importing it registered no solver, data set or step kind")
     return lines

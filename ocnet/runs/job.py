@@ -187,7 +187,8 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
     if groups > 1:  # before a checkpoint is loaded: it holds the compressor's residues
         solver.gradient_average = GradientAverage(
             solver.network, solver.optimizers, grid.data,
-            compress.make(config["compress"], config["compress_ratio"], config["compress_bin"]))
+            compress.make(config["compress"], config["compress_ratio"], config["compress_bin"]),
+            config["compress_exchange"])
     if world.rank == 0:
         for line in without_effect(config, net=kind, image=data.is_image, device=device.type):
             print(f"ocnet: warning: {line}", file=sys.stderr, flush=True)
