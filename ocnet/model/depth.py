@@ -30,12 +30,13 @@ averaged: they take injection's or constant interpolation's value.
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .grid import stage_layers
+from .grid import TimeGrid, stage_layers
 from .problem import Problem
 from .steps import Residual
 
@@ -58,6 +59,31 @@ def coarsen_layers(n_layers: int, n_stages: int, c: int) -> int:
             raise ValueError(f"coarsening factor c = {c} does not divide stage {s}'s {n} layers "
                              f"(the {n_layers} layers fill {n_stages} stages as {per_stage})")
     return n_layers // c
+
+
+def coarsen(problem: Problem, c: int) -> Problem:
+    """The twin of ``problem`` with ``c`` times fewer steps per stage, of ``c`` times their
+    size: a copy of its opening, transitions and classifier and of every stage's steps
+    ``c j`` (injection), each now of size ``c h``.  Raises ``ValueError`` as
+    :func:`coarsen_layers` when ``c`` does not divide a stage."""
+    for s, grid in enumerate(problem.stages):
+        if grid.N % c:
+            raise ValueError(f"coarsening factor c = {c} does not divide stage {s}'s {grid.N} layers")
+    twin = copy.deepcopy(problem)
+    layers, n = [], 0
+    for layer in twin.layers:
+        if not isinstance(layer, Residual):  # a transition: the next stage starts
+            layers.append(layer)
+            n = 0
+            continue
+        if n % c == 0:
+            layer.h *= c
+            layers.append(layer)
+        n += 1
+    coarse = Problem(twin.opening, layers, twin.classifier, [TimeGrid(g.N // c, g.T) for g in problem.stages],
+                     problem.input_shape, problem.n_classes)
+    coarse.head_factory = problem.head_factory
+    return coarse
 
 
 def factor(fine: Problem, coarse: Problem) -> int:

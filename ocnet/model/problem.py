@@ -126,6 +126,8 @@ class LocalNetwork(nn.Module):
     """The part of a :class:`Problem` held by one rank: layers ``start … stop-1``, plus the
     opening on the first rank and the classifier on the last."""
 
+    problem: Problem
+
     def __init__(self, problem: Problem, partition: Partition, rank: int) -> None:
         super().__init__()
         self.rank, self.size = rank, partition.n_ranks
@@ -139,6 +141,9 @@ class LocalNetwork(nn.Module):
         self.classifier = problem.classifier if rank == self.size - 1 else None
         self.loss = problem.loss
         self.auxiliary_head = problem.auxiliary_head
+        # the whole network this slice is cut from; kept outside the module tree, since its
+        # parameters are this slice's and the other ranks' (multilevel methods transfer it)
+        self.__dict__["problem"] = problem
 
     @property
     def is_first(self) -> bool:

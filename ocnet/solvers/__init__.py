@@ -23,12 +23,13 @@ from .amp import AMP
 from .base import OptimizerFactory, ParallelSolver, Solver, SolverError
 from .hybrid import Hybrid
 from .local import Local
+from .mgopt import MGOpt
 from .mgrit import MGRIT
 from .penalty import Penalty
 from .registry import ENTRY_POINTS, SOLVERS, available, get, register
 from .serial import Serial
 
-for _cls in (Serial, Penalty, AugmentedLagrangian, Hybrid, MGRIT, Local, AMP):
+for _cls in (Serial, Penalty, AugmentedLagrangian, Hybrid, MGRIT, Local, AMP, MGOpt):
     register(_cls)
 
 __all__ = ["ENTRY_POINTS", "SOLVERS", "OptimizerFactory", "ParallelSolver", "Solver", "SolverError",

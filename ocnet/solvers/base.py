@@ -155,6 +155,14 @@ class Solver:
         """
         raise NotImplementedError
 
+    def gradient(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
+        """The gradient of the batch's mean loss in the parameters' ``.grad``, without the
+        optimiser's step; record fields as :meth:`step`.  A solver whose step is that
+        gradient followed by one step of its optimiser (serial, mgrit) gives it, so that a
+        method around it (MG/Opt) can change the gradient or the step; the others raise
+        ``NotImplementedError``."""
+        raise NotImplementedError(f"solver {self.name!r} gives no gradient apart from its step")
+
     def average_gradients(self) -> None:
         """Make the parameters' gradients those of the whole batch now.
 

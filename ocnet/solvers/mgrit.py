@@ -140,6 +140,12 @@ class MGRIT(ParallelSolver):
 
     # -- one optimiser step ---------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
+        record = self.gradient(x, y, index)
+        with timeline.span("update"):
+            self.optimizer.step()
+        return record
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         net, comm, cfg = self.network, self.comm, self.config
         self.optimizer.zero_grad(set_to_none=True)
         exact = cfg["mgrit_mode"] == "exact"
@@ -181,8 +187,6 @@ class MGRIT(ParallelSolver):
         if u0 is not None:
             with timeline.span("head"):
                 u0.backward(adj.lam[0])
-        with timeline.span("update"):
-            self.optimizer.step()
         warm.remember("u", index, fwd.points, fwd.u)
         warm.remember("lam", index, adj.mgrit.points, [n * lam for lam in adj.mgrit.u])
 

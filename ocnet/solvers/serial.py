@@ -30,10 +30,14 @@ class Serial(Solver):
     }
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
+        record = self.gradient(x, y, index)
+        with timeline.span("update", steps=len(self.network.layers)):
+            self.optimizer.step()
+        return record
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         self.optimizer.zero_grad(set_to_none=True)
         loss = sweep.train(self.comm, self.network, x, y, len(y),
                            micro_batches=self.config["micro_batches"], schedule=self.config["pipeline"],
                            ahead=self.config["ahead"], filter=self.filter, device=self.device, tags=self.sweep_tags)
-        with timeline.span("update", steps=len(self.network.layers)):
-            self.optimizer.step()
         return {} if loss is None else {"loss": loss}
