@@ -133,6 +133,17 @@ def test_a_plain_run_has_no_levels(tmp_path):
     assert "levels" not in json.loads((out / "summary.json").read_text())
 
 
+def test_best_pt_holds_the_network_of_the_best_epochs_level(tmp_path):
+    out = tmp_path / "run"
+    assert main([*TINY, "--nested", "2,1", "--nested-epochs", "2", "--epochs", "3", "--val-split", "0.2",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    best = next(r for r in _records(out) if r["kind"] == "epoch" and r["epoch"] == summary["best_epoch"])
+    steps = {int(k.split(".")[1]) for k in torch.load(out / "best.pt", weights_only=True) if k.startswith("layers.")}
+    assert len(steps) == best["level"]
+    assert summary["best_test_acc"] is not None  # scored on that level's network
+
+
 # -- the level change ------------------------------------------------------------------------------
 def _interpolated(coarse_run: Path, layers: int, how: str) -> dict[str, torch.Tensor]:
     """The network of ``layers`` layers that interpolates ``coarse_run``'s model.pt."""
