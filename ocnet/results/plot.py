@@ -53,6 +53,7 @@ from .series import (
     bytes_per_epoch,
     factors,
     gapped,
+    level_changes,
     per_epoch,
     phase_spans,
     phases,
@@ -108,6 +109,7 @@ def _plot_convergence(runs: list[Run]) -> Figure:
                 axes[3].plot(ex, ey, ls=ls, label=f"{run.label}: {what}", **marked)
                 held_out.add(what)
     _shade_phases(axes[0], runs)
+    _mark_levels(axes[0], runs)
     label = _loss_label(runs)
     step_key = [panels.style_key("thin: each step", lw=0.7)]
     if any_means:
@@ -143,6 +145,16 @@ def _shade_phases(ax, runs: list[Run]) -> None:
         if phase == "serial":
             ax.axvspan(a - 0.5, b + 0.5, color="0.85", zorder=0, label=None if labelled else "serial phase")
             labelled = True
+
+
+def _mark_levels(ax, runs: list[Run]) -> None:
+    """A vertical line where the first run with levels of nested iteration changes level,
+    labelled with the new level's layer count."""
+    changes = next((c for c in map(level_changes, runs) if c), [])
+    for i, (step, layers) in enumerate(changes):
+        ax.axvline(step - 0.5, color="0.4", lw=0.8, ls="--", zorder=0, label=None if i else "level change")
+        ax.annotate(f"N={layers}", (step - 0.5, 1), xycoords=("data", "axes fraction"), xytext=(2, -2),
+                    textcoords="offset points", ha="left", va="top", fontsize=7, color="0.3")
 
 
 def _plot_residuals(runs: list[Run]) -> Figure:

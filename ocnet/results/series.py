@@ -94,6 +94,20 @@ def phase_spans(run: Run) -> list[tuple[float, float, str]]:
     return [(a, b, p) for a, b, p in spans]
 
 
+def level_changes(run: Run) -> list[tuple[float, int]]:
+    """``(first step, layers)`` of each level of nested iteration after the first: where the
+    records' ``level`` changes (none for a run without levels)."""
+    changes, current = [], None
+    for rec in run.iters:
+        step, level = num(rec.get("step")), rec.get("level")
+        if step is None or not isinstance(level, int):
+            continue
+        if current is not None and level != current:
+            changes.append((step, level))
+        current = level
+    return changes
+
+
 def against_bytes(run: Run, key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """``(MB sent by the end of the epoch, value)`` of each epoch record with a finite ``key``."""
     total, pts = 0.0, []

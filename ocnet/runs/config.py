@@ -19,7 +19,7 @@ from ..model import data, kinds
 from ..model.options import ConfigError, Option, show
 from ..ranks.compress import COMPRESSORS
 from ..ranks.filters import FILTERS
-from . import tomlfile
+from . import nested, tomlfile
 from .plugins import idle_plugins, load_plugins
 from .tomlfile import MAX_TOML_BYTES, dump_toml, toml_value
 
@@ -41,6 +41,14 @@ class _Plots(Option):
         if value not in (self.choices or ()):
             raise ConfigError(f"{key} must be one of all, none (or true, false); got {show(value)}")
         return super().convert(key, value)
+
+
+class _Levels(Option):
+    """``nested`` and ``nested_epochs``: a list of integers, empty by default (nested iteration
+    off), as the ``config.toml`` of a run writes it (``[]``) and reads it back."""
+
+    def convert(self, key: str, value: Any) -> Any:
+        return [] if value == [] else super().convert(key, value)
 
 
 _PLOTS_WORDS = {**dict.fromkeys(("true", "yes", "on", "1"), "all"),
@@ -91,6 +99,13 @@ COMMON: dict[str, Option] = {
                            "500 for other tensors)", min=0),
     "limit_batches": Option(int, 0, "train on at most this many batches per epoch (0: all; a smoke run)", min=0),
     "max_steps": Option(int, 0, "stop after this many optimiser steps (0: no limit; a smoke run)", min=0),
+    "nested": _Levels(list, [], "nested iteration in depth (docs/multilevel.rst): coarsening factors of --layers, "
+                      "strictly decreasing to 1, e.g. 4,2,1 trains N/4 layers, interpolates to N/2, trains, "
+                      "interpolates to N, trains (empty: off)", min=1),
+    "nested_epochs": _Levels(list, [], "--nested: the epochs of each level but the last, e.g. 2,2; the last "
+                             "trains until --epochs (the total over all levels)", min=1),
+    "nested_interpolate": Option(str, "linear", "--nested: how a level's residual steps become the next "
+                                 "level's, as a field theta(t) in layer time", choices=("constant", "linear")),
     "lr": Option(float, 3e-3, "learning rate", positive=True),
     "optimizer": Option(str, "adam", "optimiser", choices=("adam", "sgd")),
     "momentum": Option(float, 0.9, "SGD momentum", min=0.0, max=1.0),
@@ -234,6 +249,11 @@ def resolve(argv: Sequence[str] = (), file_values: Mapping[str, Any] | None = No
             f"--compress {config['compress']} compresses the gradient exchange between data groups, and this run "
             "has one group: give --data-parallel D > 1 (layer messages are not compressed; --filter shrinks them)"))
     _check_steps(config, origin)
+    try:
+        nested.check(config)
+    except ConfigError as e:
+        key = str(e).partition(":")[0]
+        raise _at(origin, key, e) from None
     nets = kinds.available()
     if config["net"] not in nets:
         raise _at(origin, "net", ConfigError(f"unknown net {config['net']!r}; choose from {', '.join(nets)}"
@@ -311,6 +331,9 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
         what = "a transformer on token sequences" if net == "transformer" else f"a {net} network"
         lines.append(f"--patch has no effect: it is the patch size of a vision transformer "
                      f"(--net transformer on images), and this run trains {what}")
+    if "nested_interpolate" in keys and not config["nested"]:
+        lines.append("--nested-interpolate has no effect without --nested: it is how nested iteration "
+                     "hands a level's parameters to the next")
     if "norm" in keys and net in ("dense", "transformer"):
         lines.append(f"--norm has no effect: it normalises the steps of a convolutional network, "
                      f"and this run trains a {net} network")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -40,7 +41,7 @@ from ..ranks.tags import Tags
 from ..solvers import Solver, SolverError
 from ..solvers import get as get_solver
 from ..solvers.records import combine, dumps
-from . import checkpoint, claim, directory, faults, startup
+from . import checkpoint, claim, directory, faults, nested, startup
 from .config import ConfigError, check_filter, dump_toml, given, help_text, resolve, without_effect
 from .console import Console
 from .memory import check_memory
@@ -177,7 +178,17 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
         n_ranks=comm.size, n_samples=len(data.y_train) + len(data.y_test), optimizer=config["optimizer"],
         device=device, sharing=sharing))
     problem = agree(world, lambda: from_config(config, data.input_shape, data.n_classes))
+    levels = agree(world, lambda: nested.plan(config, len(problem.stages)))
     solver_cls = get_solver(config["solver"])
+    for lv in levels[:-1]:  # every coarse level's partition, before any training
+        agree(world, partial(_coarse_partition, solver_cls, lv.layers, comm.size, config))
+    level = 0
+    if resume and len(levels) > 1:  # the checkpoint holds the network of the level it was written in
+        info = agree(world, lambda: checkpoint.latest(out))
+        level = nested.level_of(levels, info["epoch"]) if info is not None else 0
+    if levels[level].layers != problem.n_layers:
+        problem = agree(world, lambda: from_config(config, data.input_shape, data.n_classes,
+                                                   layers=levels[level].layers))
     partition = agree(world, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
     network = agree(world, lambda: problem.local(partition, comm.rank).to(device))
     solver = agree(world, lambda: build_solver(solver_cls, network, comm, config, device))
@@ -185,10 +196,7 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
     if config["compress"] == "adacomp" and config["compress_bin"]:
         agree(world, lambda: compress.check_bin(config["compress_bin"], [p.numel() for p in problem.parameters()]))
     if groups > 1:  # before a checkpoint is loaded: it holds the compressor's residues
-        solver.gradient_average = GradientAverage(
-            solver.network, solver.optimizers, grid.data,
-            compress.make(config["compress"], config["compress_ratio"], config["compress_bin"]),
-            config["compress_exchange"])
+        _average_gradients(solver, grid, config)
     if world.rank == 0:
         for line in without_effect(config, net=kind, image=data.is_image, device=device.type):
             print(f"ocnet: warning: {line}", file=sys.stderr, flush=True)
@@ -198,7 +206,25 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
         history = agree(world, lambda: History.read(out / "history.jsonl", start["meta"]["step"])
                         if world.rank == 0 else history)
     return dict(config=config, dtype=dtype, device=device, data=data, problem=problem, network=network,
-                solver=solver, out=out, start=start, history=history, grid=grid)
+                solver=solver, out=out, start=start, history=history, grid=grid, levels=levels, level=level)
+
+
+def _coarse_partition(solver_cls: type[Solver], layers: int, n_ranks: int, config: dict[str, Any]) -> None:
+    """Refuse a coarse level of nested iteration whose network the solver cannot share out
+    over ``n_ranks`` ranks (fewer layers than ranks, or the solver's own rules)."""
+    try:
+        solver_cls.partition(layers, n_ranks, config)
+    except ValueError as e:
+        raise ConfigError(f"--nested {','.join(map(str, config['nested']))}: the level of {layers} layers "
+                          f"has no partition on {n_ranks} ranks: {str(e).splitlines()[0]}") from None
+
+
+def _average_gradients(solver: Solver, grid: Grid, config: dict[str, Any]) -> None:
+    """Average ``solver``'s gradients over the data groups, through the configured compressor."""
+    solver.gradient_average = GradientAverage(
+        solver.network, solver.optimizers, grid.data,
+        compress.make(config["compress"], config["compress_ratio"], config["compress_bin"]),
+        config["compress_exchange"])
 
 
 def _load_checkpoint(solver: Solver, grid: Grid, out: Path, device: torch.device,
@@ -292,24 +318,45 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
     t0 = time.perf_counter()
     augment = config["augment"] == "on" or (config["augment"] == "auto" and config["problem"].startswith("cifar"))
     step_losses = config["log_every"] > 0 and not config["quiet"]
-    console = None
-    if comm.rank == 0 and not config["quiet"]:
-        n_batches = steps_per_epoch(len(data.y_train), config["batch_size"], config["limit_batches"])
-        console = Console(config["epochs"], n_batches, solver.record_fields(), log_every=config["log_every"],
-                          verbose=config["verbose"], bar_steps=_steps_left(config, start, n_batches))
+    levels, level = s["levels"], s["level"]
     log = None
     if config["timeline_steps"]:
         log = timeline.Log(out, comm.rank, comm.size, config["timeline_steps"], job=comm.bcast(time.time()),
                            after_step=start["meta"]["step"] if start is not None else 0)
     comm.start_watchdog(config["stall_timeout"])
     try:
-        last = fit(solver, data, grid.layers, epochs=config["epochs"], batch_size=config["batch_size"],
-                   seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
-                   augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
-                   start=start, history=s["history"], console=console, step_losses=step_losses, log=log,
-                   limit_batches=config["limit_batches"], max_steps=config["max_steps"],
-                   epoch_test=config["epoch_test"], grid=grid)
-        final_test = last.get("test_acc")
+        last: dict[str, Any] = {}
+        stopped = False  # by --max-steps, in some level: the levels after it are handed over untrained
+        trained = level  # the last level that trained
+        for i in range(level, len(levels)):
+            lv = levels[i]
+            if i > level:
+                t_level = time.perf_counter()
+                comm.where(f"hand-over to the level of {lv.layers} layers")
+                network, solver = _next_level(s, levels[i - 1].layers, lv.layers, network)
+                start = {"epoch": lv.first - 1, "batch": None,
+                         "meta": {"step": last["step"], "wall_time": last["wall_time"] + time.perf_counter() - t_level}}
+            if stopped:
+                continue
+            console = None
+            if comm.rank == 0 and not config["quiet"]:
+                n_batches = steps_per_epoch(len(data.y_train), config["batch_size"], config["limit_batches"])
+                console = Console(config["epochs"], n_batches, solver.record_fields(), log_every=config["log_every"],
+                                  verbose=config["verbose"],
+                                  bar_steps=_steps_left({**config, "epochs": lv.end}, start, n_batches))
+                if len(levels) > 1 and (start is None or start["epoch"] + (start["batch"] is None) < lv.end):
+                    span = f"epochs {lv.first + 1} to {lv.end}" if lv.epochs > 1 else f"epoch {lv.end}"
+                    console.say(f"level of {lv.layers} layers: {span}")
+            last = fit(solver, data, grid.layers, epochs=lv.end, batch_size=config["batch_size"],
+                       seed=config["seed"], lr=lr_schedule(config["schedule"], config["lr"], config["epochs"]),
+                       augment_images=augment, run_dir=out, checkpoint_every=config["checkpoint_every"],
+                       start=start, history=s["history"], console=console, step_losses=step_losses, log=log,
+                       limit_batches=config["limit_batches"], max_steps=config["max_steps"],
+                       epoch_test=config["epoch_test"], grid=grid, level=lv.layers if len(levels) > 1 else None)
+            stopped = bool(config["max_steps"]) and last.get("step", 0) >= config["max_steps"]
+            trained = i
+        # the last epoch's score is the finest network's unless --max-steps stopped a coarser one
+        final_test = last.get("test_acc") if trained == len(levels) - 1 else None
         if final_test is None:  # with a validation set the test set is scored once, now
             comm.where("evaluation of the test set")
             final_test = evaluate(solver, grid.layers, data.x_test, data.y_test, grid)[0]
@@ -346,9 +393,31 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
     if model is not None:  # rank 0
         model = model[:grid.layers.size]  # the first data group's layers
         network_of = {"net": kind, "input_shape": list(data.input_shape), "n_classes": data.n_classes}
-        _finish(out, config, comm.size, s["history"].records, wall, model, network_of, final_test,
-                best_test=_best_test(out, config, data), resumed=start is not None, draw=draw, report=report)
+        records = s["history"].records
+        _finish(out, config, comm.size, records, wall, model, network_of, final_test,
+                best_test=_best_test(out, config, data, records), resumed=s["start"] is not None, draw=draw,
+                report=report, levels=levels if len(levels) > 1 else None)
     return 0
+
+
+def _next_level(s: dict[str, Any], coarse_layers: int, layers: int, network: Any) -> tuple[Any, Solver]:
+    """The network and solver of the level of ``layers`` layers (a fresh optimiser), its
+    parameters the interpolation in layer time of ``network``, this rank's slice of the level
+    of ``coarse_layers`` layers just trained.  Every rank builds both levels' whole networks
+    on the CPU: the coarse one gathers the ranks' slices, the fine one takes the interpolation
+    before its slice moves to the device."""
+    config, grid, device = s["config"], s["grid"], s["device"]
+    shape, n_classes = s["data"].input_shape, s["data"].n_classes
+    coarse = from_config(config, shape, n_classes, layers=coarse_layers)
+    fine = from_config(config, shape, n_classes, layers=layers)
+    nested.hand_over(network, grid.layers, coarse, fine, config["nested_interpolate"])
+    solver_cls = get_solver(config["solver"])
+    partition = solver_cls.partition(fine.n_layers, grid.layers.size, config)  # checked in _build
+    network = fine.local(partition, grid.layers.rank).to(device)
+    solver = build_solver(solver_cls, network, grid.layers, config, device)
+    if grid.groups > 1:
+        _average_gradients(solver, grid, config)
+    return network, solver
 
 
 def _resume_command(comm: comm_mod.Comm, out: Path) -> str:
@@ -377,12 +446,16 @@ def _steps_left(config: dict, start: dict | None, n_batches: int) -> int:
     return min(left, max(config["max_steps"] - done, 0)) if config["max_steps"] else left
 
 
-def _best_test(out: Path, config: dict[str, Any], data: Dataset) -> float | None:
+def _best_test(out: Path, config: dict[str, Any], data: Dataset, records: list[dict[str, Any]]) -> float | None:
     """Rank 0: the test accuracy of ``best.pt``, the parameters of the epoch with the best
-    validation accuracy (``None`` without a validation set)."""
+    validation accuracy (``None`` without a validation set); with nested iteration, a network
+    of the layers of that epoch's level."""
     if not len(data.y_val) or not (out / "best.pt").is_file():
         return None
-    problem = from_config(config, data.input_shape, data.n_classes).to(data.x_test.device)
+    best = max((r for r in records if r["kind"] == "epoch" and r.get("val_acc") is not None),
+               key=lambda r: r["val_acc"], default={})
+    problem = from_config(config, data.input_shape, data.n_classes,
+                          layers=best.get("level")).to(data.x_test.device)
     problem.load_state_dict(torch.load(out / "best.pt", weights_only=True, map_location=data.x_test.device))
     model, correct = problem.to_torch().eval(), 0
     with torch.no_grad():
@@ -394,7 +467,7 @@ def _best_test(out: Path, config: dict[str, Any], data: Dataset) -> float | None
 def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict],
             network: dict[str, Any], final_test: float, best_test: float | None = None,
             resumed: bool = False, draw: Callable[[Path], None] | None = None,
-            report: dict[str, Any] | None = None) -> None:
+            report: dict[str, Any] | None = None, levels: list[nested.Level] | None = None) -> None:
     """Rank 0: the exported model, summary.json, the plots ``draw`` makes, and the one-line summary.
 
     ``wall`` is this job's time; the summary's ``wall_time`` and ``bytes_sent`` cover the
@@ -402,7 +475,8 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
     ``n_classes``) goes into the summary, so that :func:`ocnet.load_run` can
     rebuild the network without the data.  ``final_test`` is the final model's test
     accuracy; with a validation set, ``best_test`` that of ``best.pt``. ``report`` holds the
-    solver's own entries (:meth:`~ocnet.solvers.Solver.report`)."""
+    solver's own entries (:meth:`~ocnet.solvers.Solver.report`).  ``levels``: those of nested
+    iteration, which the summary lists with the epochs each trained."""
     checkpoint.write_model(out / "model.pt", shards)
     epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1]
@@ -412,6 +486,9 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
                "final_test_acc": final_test, "final_train_acc": last.get("train_acc"),
                "final_loss": last.get("loss"), "wall_time": last["wall_time"],
                "bytes_sent": sum(r["bytes_sent"] for r in epochs), **(report or {})}
+    if levels is not None:
+        summary["levels"] = [{"layers": lv.layers, "epochs": sum(r.get("level") == lv.layers for r in epochs)}
+                             for lv in levels]
     exchange = [{"exchange_bytes": r["exchange_bytes"]} for r in epochs if "exchange_bytes" in r]
     if exchange:  # the gradient exchange between data groups, by kind of tensor
         summary["exchange_bytes"] = combine(exchange)["exchange_bytes"]

@@ -193,7 +193,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         checkpoint_every: int = 0, start: dict[str, Any] | None = None, history: History | None = None,
         console: Console | None = None, step_losses: bool = False, log: timeline.Log | None = None,
         limit_batches: int = 0, max_steps: int = 0, epoch_test: bool = False,
-        grid: Grid | None = None) -> dict[str, Any]:
+        grid: Grid | None = None, level: int | None = None) -> dict[str, Any]:
     """Train up to the end of epoch ``epochs - 1``; returns the last epoch record (every rank).
 
     Parameters
@@ -237,6 +237,9 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
         the groups (``solver.gradient_average``, installed here when missing), weighted by
         the group's share; records, checks and evaluation span every group, and each group
         writes its own checkpoint shards.
+    level : int, optional
+        The layer count of the level of nested iteration this call trains
+        (:mod:`ocnet.runs.nested`): every iter and epoch record carries it as ``level``.
 
     Raises
     ------
@@ -351,6 +354,8 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 with window:  # the step, and the wait for the previous step's check
                     with dropout.samples(seed, epoch, samples), batchnorm.one_update(solver.network):
                         record = dict(solver.step(x, y, index) if len(index) else solver.idle_step())
+                    if level is not None:
+                        record["level"] = level
                     if faults.inject("step", world.rank) == "nan":
                         _poison(solver, record)
                     record["bytes_sent"] = sent() - before
@@ -402,6 +407,8 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                 begun = ep.begin if resumed else _over_grid([g["begin"] for g in gathered], weights, fields)
                 last = {"kind": "epoch", "epoch": epoch, "step": step, **begun,
                         **_over_grid([g["end"] for g in gathered], weights, fields)}
+                if level is not None:
+                    last["level"] = level
                 last.update(_exchange_bytes(earlier + records))
                 last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
                             wall_time=time.perf_counter() - t0,

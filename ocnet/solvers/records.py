@@ -82,6 +82,8 @@ FIELDS: dict[str, Field] = {
     "conv_factor": Field("first", "convergence factor", log=True, short="conv"),
     "tolerance": Field("first", "residual tolerance", log=True),
     "n_layers": Field("first", "layers"),
+    # nested iteration in depth: the layer count of the network the step or epoch trained
+    "level": Field("first", "layers of the level"),
     "inexactness": Field("first", "inexactness (relative residual)", log=True),
     "mgrit_iters": Field("first", "iterations per solve"),
     "step_evals": Field("first", "step evaluations"),
