@@ -45,10 +45,11 @@ class _Plots(Option):
 
 class _Levels(Option):
     """``nested`` and ``nested_epochs``: a list of integers, empty by default (nested iteration
-    off), as the ``config.toml`` of a run writes it (``[]``) and reads it back."""
+    off), as the ``config.toml`` of a run writes it (``[]``) and reads it back, and as an
+    empty flag (``--nested ""``) gives it."""
 
     def convert(self, key: str, value: Any) -> Any:
-        return [] if value == [] else super().convert(key, value)
+        return [] if value in ([], "") else super().convert(key, value)
 
 
 _PLOTS_WORDS = {**dict.fromkeys(("true", "yes", "on", "1"), "all"),
