@@ -202,3 +202,23 @@ def test_a_compressed_exchange_is_replayed_at_the_configured_networks_message_si
     allgathers = sum(slow.allgather(2, b) for b in gathered)
     assert topk - allgathers == pytest.approx(dense - slow.collective(2, dense_events[0]["bytes"]), rel=1e-9)
     assert topk < dense / 2
+
+
+def test_nested_iteration_and_mgopt_are_replayed_from_their_schedules():
+    """Nested iteration 4,2,1 with 2, 2 and 4 of 8 epochs: the step is the levels' serial steps
+    of 4, 8 and 16 layers weighted by their epochs (7 ms a layer here). MG/Opt's V-cycle (one
+    pre-smoothing step, a fine gradient, a coarse gradient and step on 8 layers, a line-search
+    forward) replays with every kind charged, and costs more than a serial step."""
+    def cfg(*flags, solver="serial"):
+        return speedup.variant_config(given(["--problem", "digits", *CONV, "--layers", "16", "--batch-size", "16",
+                                             *flags]), speedup.VARIANTS[solver])
+
+    per_layer = COSTS["forward_graph"] + COSTS["backward"]
+    nested = speedup.replay_step(cfg("--nested", "4,2,1", "--nested-epochs", "2,2", "--epochs", "8"), 1, COSTS, FREE)
+    assert nested["step"] == pytest.approx((2 * 4 + 2 * 8 + 4 * 16) / 8 * per_layer, rel=1e-9)
+    mgopt = speedup.replay_step(cfg(solver="mgopt"), 2, COSTS, CALIBRATION_LINK)
+    assert mgopt["uncharged"] == {}
+    fine, coarse = 16 * per_layer, 8 * per_layer
+    line_search = 16 * COSTS["forward"]
+    assert mgopt["step"] >= 2 * fine + 2 * coarse + line_search
+    assert mgopt["step"] > speedup.replay_step(cfg(), 2, COSTS, CALIBRATION_LINK)["step"]

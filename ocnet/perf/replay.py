@@ -328,8 +328,10 @@ class VirtualComm(Comm):
             self.recorder_event("wait", t0, {"for": "any request"})
 
     # -- collectives ------------------------------------------------------------------------
-    def _collective(self, value: Any, combine: Callable[[list[Any]], Any], nbytes: float, what: str) -> VirtualRequest:
-        """Post this rank's part of its next collective; the request completes when all have."""
+    def _collective(self, value: Any, combine: Callable[[list[Any]], Any], nbytes: float, what: str,
+                    seconds: Callable[[list[Any]], float] | None = None) -> VirtualRequest:
+        """Post this rank's part of its next collective; the request completes when all have,
+        the link's collective over ``nbytes`` (or ``seconds`` of every rank's part) later."""
         fab, seq = self.fabric, self._seq
         self._seq += 1
         req = VirtualRequest(self, what)
@@ -338,7 +340,9 @@ class VirtualComm(Comm):
             slot.values[self.rank], slot.clocks[self.rank] = value, self.clock
             if len(slot.values) == self.size:
                 slot.result = combine([slot.values[r] for r in range(self.size)])
-                slot.finish = max(slot.clocks.values()) + fab.link.collective(self.size, nbytes)
+                values = [slot.values[r] for r in range(self.size)]
+                cost = fab.link.collective(self.size, nbytes) if seconds is None else seconds(values)
+                slot.finish = max(slot.clocks.values()) + cost
                 slot.done = True
                 fab.wake_all()
 
@@ -398,6 +402,15 @@ class VirtualComm(Comm):
         kind: Any = type(value)
         fn: Any = {"sum": sum, "max": max, "min": min}[op]
         return self._collective(value, lambda vs: kind(fn(vs)), 8.0, "allreduce")
+
+    def allgather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        t = tensor.detach().to("cpu", copy=True).flatten()
+        self.bytes_sent += t.numel() * t.element_size()
+        link = self.fabric.link
+
+        def seconds(parts: list[torch.Tensor]) -> float:  # the largest part sets the pace
+            return link.allgather(self.size, max(float(p.numel() * p.element_size()) for p in parts))
+        return self._complete(self._collective(t, list, 0.0, "allgather", seconds))
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         return self._complete(self._collective(obj, lambda vs: vs[root], 64.0, "bcast"))

@@ -32,6 +32,7 @@ import torch
 
 from ..ranks import compress
 from ..ranks.replicas import GradientAverage, Grid, reduction_bytes
+from ..runs import nested
 from ..runs.config import COMMON, ConfigError, given, resolve
 from ..solvers import get as get_solver
 from . import calibrate as cal
@@ -47,6 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "local-0": {"solver": "local", "local_overlap": 0},
     "local-1": {"solver": "local", "local_overlap": 1},
     "amp": {"solver": "amp"},
+    "mgopt": {"solver": "mgopt"},
 }
 #: MGRIT settings the recommendation considers: (coarsening c, levels).
 MGRIT_CANDIDATES = [(2, 2), (4, 2), (8, 2), (2, 3), (4, 3)]
@@ -124,6 +126,8 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
     the batch is ``mini``'s and ``costs``' business), and each optimiser step's gradient
     average is a collective over D ranks of the configured network's gradient
     (:class:`~ocnet.perf.replay.VirtualReplicas`), where the solver's own schedule takes it.
+    With ``nested`` levels, the step is the mean of the levels' steps weighted by their
+    epochs (an epoch of every level has the same batches).
 
     Raises
     ------
@@ -132,6 +136,13 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
         divide P (the reason).
     """
     from ..runs.job import build_solver
+    if config.get("nested"):  # nested iteration: each level's step, weighted by its share of the epochs
+        plain = {**config, "nested": [], "nested_epochs": []}
+        stages = len(Miniature(plain, cal_batch(plain)).problem.stages)
+        parts = [(lv.epochs / config["epochs"], replay_step({**plain, "layers": lv.layers}, P, costs, link,
+                                                              steps=steps))
+                 for lv in nested.plan(config, stages)]
+        return {**parts[-1][1], "step": sum(w * r["step"] for w, r in parts)}
     cls = get_solver(config["solver"])
     mini = mini or Miniature(config, cal_batch(config))
     D = int(config.get("data_parallel", 1))
