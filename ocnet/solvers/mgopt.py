@@ -5,7 +5,8 @@ The levels are the network (level 0) and its twins with ``c``, ``c²``, … time
 inner solver of its own (``serial`` or ``mgrit``: any that gives a gradient apart from its
 step), with its own optimiser, whose state is kept from batch to batch.  Level ``l``
 minimises ``f_l(θ) = J_l(θ) − ⟨v_l, θ⟩`` on the batch, with ``v_0 = 0``.  One V-cycle per
-mini-batch (Nash 2000; Gaedke-Merzhäuser, Kopaničáková & Krause 2020, Algorithm 1)::
+mini-batch, MG/Opt in its standard form (Nash 2000; in depth as Gaedke-Merzhäuser,
+Kopaničáková & Krause 2020 and torchbraid's ``mgopt.py`` use it)::
 
     cycle(l):
         the coarsest level: ``coarse_steps`` optimiser steps on f_l; return
@@ -16,7 +17,7 @@ mini-batch (Nash 2000; Gaedke-Merzhäuser, Kopaničáková & Krause 2020, Algori
         cycle(l + 1)
         d ← P (θ_{l+1} − θ⁰)                              (prolongation of the correction)
         α ← ``alpha``, halved while f_l(θ_l + α d) > f_l(θ_l) + 10⁻⁴ α ⟨g, d⟩, at most
-            ``line_search`` times (and 0 if it still is)                     (Armijo)
+            ``line_search`` times (0 if it still is, or if ⟨g, d⟩ ≥ 0)        (Armijo)
         θ_l ← θ_l + α d
         ν₂ = ``post`` optimiser steps on f_l                              (post-smoothing)
 
@@ -226,8 +227,10 @@ class MGOpt(Solver):
         alpha = cfg["mgopt_alpha"]
         if alpha == 0.0:
             return 0.0
-        theta = {k: p.detach().clone() for k, p in own.items()}
         slope = self._dot(g, d)
+        if slope >= 0.0:  # not a descent direction of f_l: no step length makes it one
+            return 0.0
+        theta = {k: p.detach().clone() for k, p in own.items()}
         for _ in range(cfg["mgopt_line_search"] + 1):
             with torch.no_grad():
                 for k, p in own.items():
