@@ -186,7 +186,7 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
     if resume and len(levels) > 1:  # the checkpoint holds the network of the level it was written in
         info = agree(world, lambda: checkpoint.latest(out))
         level = nested.level_of(levels, info["epoch"]) if info is not None else 0
-    if levels[level].layers != problem.n_layers:
+    if level < len(levels) - 1:  # a coarse level's network
         problem = agree(world, lambda: from_config(config, data.input_shape, data.n_classes,
                                                    layers=levels[level].layers))
     partition = agree(world, lambda: solver_cls.partition(problem.n_layers, comm.size, config))
