@@ -200,7 +200,7 @@ class MGOpt(Solver):
         depth.restrict(lev.whole, coarse.whole, cfg["mgopt_restrict"])
         assert lev.scratch is not None
         self._gather(lev, g, into=lev.scratch)
-        for p in lev.scratch.parameters():
+        for p in lev.scratch.parameters():  # as .grad, which depth restricts leaving θ_{l+1} alone
             p.grad = p.detach().clone()
         depth.restrict(lev.scratch, coarse.whole, TRANSPOSE[cfg["mgopt_interpolate"]], which="gradients")
         coarse_own = coarse.params
