@@ -199,6 +199,18 @@ def test_sending_everything_trains_as_without_compression_bit_for_bit(tmp_path):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("solver", [("--solver", "mgrit", "--mgrit-mode", "exact"),
+                                    ("--solver", "penalty", "--blocks", "2")])
+def test_other_solvers_stay_independent_of_p_with_compression_on(tmp_path, solver):
+    """MGRIT and the penalty method on D = 2 groups of one and of two layer ranks, AdaComp
+    gathered: the same network."""
+    flags = (*solver, "--compress", "adacomp", "--compress-bin", "8", "--compress-exchange", "gather")
+    two, four = _model(_run(tmp_path, "P2", *flags)), _model(_run(tmp_path, "P4", *flags, n=4))
+    for k in two:
+        torch.testing.assert_close(four[k], two[k], rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.mpi
 def test_compression_acts_per_tensor_so_p_does_not_change_the_result(tmp_path):
     """AdaComp at D = 2 with one layer rank per group (P = 2) and two (P = 4); and top-k's
     byte count on the gather path: per step and rank, its positions and values plus a count
