@@ -13,7 +13,7 @@ from ocnet.ranks.replicas import GradientAverage, Grid, average_running_statisti
 from ocnet.runs import launcher
 from ocnet.solvers.records import FIELDS, combine_groups
 
-CASES = ["serial", "mgrit", "penalty", "al", "serial_dropout", "oneshot", "hybrid"]
+CASES = ["serial", "mgrit", "penalty", "al", "serial_dropout", "oneshot", "hybrid", "local"]
 
 
 # -- the pieces, on one process ------------------------------------------------------------------

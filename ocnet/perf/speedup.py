@@ -160,9 +160,10 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
         solver = solvers[comm.rank] = build_solver(cls, net, comm, dict(config), torch.device("cpu"))
         if D > 1:  # the configured compressor on the miniature's gradients, its bytes scaled up
             scale = gradient_bytes[comm.rank] / max(reduction_bytes(net), 1)
-            average = GradientAverage(net, solver.optimizers, VirtualReplicas(comm, D, scale),
-                                      compress.make(config.get("compress", "none"), config.get("compress_ratio", 0.01),
-                                                    config.get("compress_bin", 0)),
+            compressor = compress.make(config.get("compress", "none"), config.get("compress_ratio", 0.01),
+                                       config.get("compress_bin", 0))
+            average = GradientAverage(solver.replicated_parameters(), solver.optimizers,
+                                      VirtualReplicas(comm, D, scale), compressor,
                                       config.get("compress_exchange", "auto"))
             average.weight = 1 / D
             solver.gradient_average = average

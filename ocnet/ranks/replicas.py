@@ -18,7 +18,7 @@ ranks before it); its payload is :func:`reduction_bytes`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -96,7 +96,8 @@ EXCHANGES = ("auto", "gather", "dense")
 
 class GradientAverage:
     """Averages the gradients of ``network``'s parameters over the groups before every step
-    of the given optimisers (``register_step_pre_hook``).
+    of the given optimisers (``register_step_pre_hook``).  ``network`` is a module, or the
+    parameters by their names in the whole problem (:meth:`Solver.replicated_parameters`).
 
     Set :attr:`weight` to the group's share ``n_g / n`` of the batch before the step.  A
     parameter without a gradient in some group (one the step did not reach, or a group
@@ -110,8 +111,8 @@ class GradientAverage:
     gather_below = 0.2
     gather_from = 500_000
 
-    def __init__(self, network: nn.Module, optimizers: Iterable[torch.optim.Optimizer], data: Comm,
-                 compressor: Compressor | None = None, exchange: str = "auto") -> None:
+    def __init__(self, network: nn.Module | Mapping[str, torch.Tensor], optimizers: Iterable[torch.optim.Optimizer],
+                 data: Comm, compressor: Compressor | None = None, exchange: str = "auto") -> None:
         if exchange not in EXCHANGES:
             raise ValueError(f"unknown exchange {exchange!r}; choose from {', '.join(EXCHANGES)}")
         self.data = data
@@ -125,9 +126,11 @@ class GradientAverage:
         #: Bytes this rank has sent in the exchange since :meth:`take_sent`, by
         #: :func:`~ocnet.ranks.compress.kind` of tensor.
         self.sent: dict[str, int] = {}
-        self._network = list(network.parameters())
-        namer = getattr(network, "problem_name", None)
-        self._names = {id(p): namer(k) if namer is not None else k for k, p in network.named_parameters()}
+        if isinstance(network, nn.Module):
+            namer = getattr(network, "problem_name", lambda k: k)
+            network = {namer(k): p for k, p in network.named_parameters()}
+        self._network = list(network.values())
+        self._names = {id(p): k for k, p in network.items()}
         self._ids = {id(p) for p in self._network}
         self._averaged = False  # by :meth:`now`, for the next optimiser step
         for opt in dict.fromkeys(optimizers):

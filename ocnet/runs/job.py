@@ -222,7 +222,7 @@ def _coarse_partition(solver_cls: type[Solver], layers: int, n_ranks: int, confi
 def _average_gradients(solver: Solver, grid: Grid, config: dict[str, Any]) -> None:
     """Average ``solver``'s gradients over the data groups, through the configured compressor."""
     solver.gradient_average = GradientAverage(
-        solver.network, solver.optimizers, grid.data,
+        solver.replicated_parameters(), solver.optimizers, grid.data,
         compress.make(config["compress"], config["compress_ratio"], config["compress_bin"]),
         config["compress_exchange"])
 

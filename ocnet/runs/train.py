@@ -268,7 +268,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
     own = torch.arange(grid.group, n, D)
     weights = [len(range(g, n, D)) / n for g in range(D)]
     if D > 1 and solver.gradient_average is None:
-        solver.gradient_average = GradientAverage(solver.network, solver.optimizers, grid.data)
+        solver.gradient_average = GradientAverage(solver.replicated_parameters(), solver.optimizers, grid.data)
     if solver.gradient_average is not None:
         solver.gradient_average.take_sent()  # each step's record counts its own exchange
 

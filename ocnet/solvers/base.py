@@ -282,6 +282,15 @@ class Solver:
                 return False
         return True
 
+    def replicated_parameters(self) -> dict[str, torch.Tensor]:
+        """The parameters that every data group holds alike, by their name in the whole
+        problem: the network's and those the solver adds to its optimisers under a name
+        (:meth:`_parameter_names`: local parallelism's heads).  The gradient average over the
+        groups (:mod:`ocnet.ranks.replicas`) sums exactly these, in the optimisers' order."""
+        names = self._parameter_names()
+        return {names[id(p)]: p for opt in self.optimizers for group in opt.param_groups for p in group["params"]
+                if id(p) in names}
+
     def _parameter_names(self) -> dict[int, str]:
         """``id(parameter) ↦`` its name in the whole problem."""
         return {id(p): self.network.problem_name(k) for k, p in self.network.named_parameters()}

@@ -40,6 +40,8 @@ CASES = {
                           "serial_epochs": 1}, 8, 0.0, SGD),
     # batch norm normalises each group's share: the same running statistics in every group
     "batchnorm": ("serial", {}, 4, 0.0, ADAM),
+    # the auxiliary heads are the solver's own parameters, which the groups average too
+    "local": ("local", {"local_blocks": 4, "local_overlap": 1}, 8, 0.0, ADAM),
 }
 JOBS = [(1, 1), (2, 1), (4, 1), (4, 2)]  # (ranks, data groups)
 
