@@ -136,3 +136,11 @@ def test_a_coarse_level_too_small_for_the_ranks_exits_2_before_training(tmp_path
     assert proc.returncode == 2
     assert proc.stderr.count("ocnet: error:") == 1
     assert not (tmp_path / "bad" / "history.jsonl").exists()
+
+
+@pytest.mark.mpi
+def test_data_groups_are_refused_before_training(tmp_path):
+    proc = run_mpi(2, "ocnet.run", "--solver", "mgopt", "--layers", "4", "--data-parallel", "2",
+                   "--out", str(tmp_path / "bad"), module=True, plain=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("ocnet: error: mgopt does not run on data groups (--data-parallel)") == 1
