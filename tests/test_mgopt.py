@@ -44,28 +44,15 @@ def test_the_coarse_objective_is_first_order_coherent_with_the_fine_one():
             fine, coarse = self.levels[0], self.levels[1]
             net_h, net_H = fine.solver.network.problem, coarse.whole
 
-            def f_H(t=0.0, e=None):
-                params = dict(net_H.named_parameters())
+            def objective(net, t, direction, v):
+                """``J(θ + t direction) − ⟨v, θ + t direction⟩`` of ``net``, which keeps θ."""
+                params = dict(net.named_parameters())
                 with torch.no_grad():
-                    if e is not None:
-                        for k in e:
-                            params[k] += t * e[k]
-                    value = net_H.loss(net_H(x), y) - sum((coarse.v[k] * params[k]).sum() for k in coarse.v)
-                    if e is not None:
-                        for k in e:
-                            params[k] -= t * e[k]
-                return float(value)
-
-            def J_h(t=0.0, d=None):
-                params = dict(net_h.named_parameters())
-                with torch.no_grad():
-                    if d is not None:
-                        for k in d:
-                            params[k] += t * d[k]
-                    value = net_h.loss(net_h(x), y)
-                    if d is not None:
-                        for k in d:
-                            params[k] -= t * d[k]
+                    for k in direction:
+                        params[k] += t * direction[k]
+                    value = net.loss(net(x), y) - sum((v[k] * params[k]).sum() for k in v)
+                    for k in direction:
+                        params[k] -= t * direction[k]
                 return float(value)
 
             # gradients: the coarse objective's, and the fine loss's restricted by the matrix Pᵀ
@@ -92,8 +79,8 @@ def test_the_coarse_objective_is_first_order_coherent_with_the_fine_one():
                 else:
                     d[k] = e[k]
             t = 1e-5
-            coarse_slope = (f_H(t, e) - f_H(-t, e)) / (2 * t)
-            fine_slope = (J_h(t, d) - J_h(-t, d)) / (2 * t)
+            coarse_slope = (objective(net_H, t, e, coarse.v) - objective(net_H, -t, e, coarse.v)) / (2 * t)
+            fine_slope = (objective(net_h, t, d, {}) - objective(net_h, -t, d, {})) / (2 * t)
             return g_H, restricted, coarse_slope, fine_slope
 
     problem = build((8,), 3, net="dense", layers=8, width=8, seed=1, dtype=torch.float64)
