@@ -117,17 +117,12 @@ def test_bad_input_is_refused():
 
 
 @pytest.mark.mpi
-def test_a_coarse_level_too_small_for_the_ranks_exits_2_before_training(tmp_path):
-    proc = run_mpi(4, "ocnet.run", "--solver", "mgopt", "--layers", "4", "--mgopt-levels", "3",
+@pytest.mark.parametrize("ranks,flags,message", [
+    (4, ("--mgopt-levels", "3"), "ocnet: error:"),  # the coarsest level's single layer on 4 ranks
+    (2, ("--data-parallel", "2"), "ocnet: error: mgopt does not run on data groups (--data-parallel)")])
+def test_bad_levels_and_data_groups_exit_2_before_training(tmp_path, ranks, flags, message):
+    proc = run_mpi(ranks, "ocnet.run", "--solver", "mgopt", "--layers", "4", *flags,
                    "--out", str(tmp_path / "bad"), module=True, plain=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.count("ocnet: error:") == 1
+    assert proc.stderr.count(message) == 1
     assert not (tmp_path / "bad" / "history.jsonl").exists()
-
-
-@pytest.mark.mpi
-def test_data_groups_are_refused_before_training(tmp_path):
-    proc = run_mpi(2, "ocnet.run", "--solver", "mgopt", "--layers", "4", "--data-parallel", "2",
-                   "--out", str(tmp_path / "bad"), module=True, plain=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.count("ocnet: error: mgopt does not run on data groups (--data-parallel)") == 1
