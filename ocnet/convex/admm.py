@@ -53,16 +53,16 @@ NEWTON_STEPS = 12
 
 class _Operators:
     """The linear maps of the splitting on pairs ``(2, P, d)`` (``[v; w]``), and the solve of
-    the u-step."""
+    the u-step (``direct``: by the 2Pd×2Pd matrix, else by Woodbury; None picks the smaller)."""
 
-    def __init__(self, program: ConvexProgram):
+    def __init__(self, program: ConvexProgram, direct: bool | None = None):
         self.x, self.s = program.x, program.patterns
         self.sign = 2 * self.s - 1
         n, d = self.x.shape
         p = self.s.shape[1]
         eye_d = torch.eye(d, dtype=self.x.dtype, device=self.x.device)
         self.m_chol = torch.linalg.cholesky(eye_d + self.x.T @ self.x)
-        self.direct = 2 * p * d <= n
+        self.direct = 2 * p * d <= n if direct is None else direct
         if self.direct:
             f = self.f_matrix()  # (n, 2Pd)
             blocks = torch.block_diag(*([eye_d + self.x.T @ self.x] * (2 * p)))
