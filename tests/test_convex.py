@@ -181,3 +181,18 @@ def test_admm_runs_on_the_data_device(device):
     here, there = solve_admm(program, tol=TOL), solve_admm(on_device, tol=TOL)
     assert there.v.device.type == device.type and recover(on_device, there).hidden.weight.device.type == device.type
     assert there.objective.total == pytest.approx(here.objective.total, rel=AGREE)
+
+
+def test_a_large_beta_gives_the_network_of_no_neurons():
+    """Above some β the optimum is the zero function: a network of width 0, built without
+    torch's warning about empty weights, predicting 0."""
+    import warnings
+    program = _program("squared", n=20, d=2, patterns=4, beta=1e6)
+    solution = solve_admm(program, tol=TOL)
+    assert solution.status == "converged" and solution.objective.penalty == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = recover(program, solution)
+    assert net.hidden.out_features == 0
+    with torch.no_grad():
+        assert torch.equal(net(program.x[:, :-1]), torch.zeros(20, 1, dtype=torch.float64))

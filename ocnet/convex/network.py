@@ -10,6 +10,7 @@ exactly ``Σ_i D_i X (v_i − w_i)``; and ``½(‖u‖² + α²) = ‖v_i‖``, 
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -63,7 +64,11 @@ def _network(us: list[torch.Tensor], alphas: list[torch.Tensor], bias: bool) -> 
     d_full = us[0].shape[1]
     d = d_full - 1 if bias else d_full
     widths = [len(u) for u in us]
-    net = TwoLayerReLU(d, sum(widths), len(us), bias).to(us[0].device, us[0].dtype)
+    with warnings.catch_warnings():
+        # A large β can make the optimum the zero function, a network of no neurons: its
+        # empty weights need no initialisation, which torch would warn of.
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        net = TwoLayerReLU(d, sum(widths), len(us), bias).to(us[0].device, us[0].dtype)
     u = torch.cat(us)
     out = u.new_zeros(len(us), sum(widths))
     start = 0
