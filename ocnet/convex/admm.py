@@ -128,7 +128,7 @@ def _prox_loss(a: torch.Tensor, y: torch.Tensor, rho: float, loss: str, start: t
     return z
 
 
-def solve_admm(program: ConvexProgram, *, rho: float = 1.0, tol: float = 1e-7, max_iter: int = 20000,
+def solve_admm(program: ConvexProgram, *, rho: float = 1.0, tol: float = 1e-6, max_iter: int = 20000,
                relax: float = 1.0, check_every: int = 10, adapt_until: int = 5000) -> Solution:
     """Solve ``program`` by the ADMM of the module docstring from ``u = 0``.
 
