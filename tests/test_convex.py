@@ -28,6 +28,14 @@ def _program(loss, n=40, d=3, patterns=8, seed=1, beta=0.1):
                                generator=torch.Generator().manual_seed(seed + 1))
 
 
+def _positive_first_draw() -> torch.Generator:
+    """A generator whose first draw of one direction in 1-D is positive."""
+    seed = 0
+    while float(torch.randn(1, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)) <= 0:
+        seed += 1
+    return torch.Generator().manual_seed(seed)
+
+
 def test_patterns_are_distinct_seeded_and_fire():
     x, _ = _data(30, 3, 0, "regression")
     s = sample_patterns(x, 10, torch.Generator().manual_seed(3))
@@ -35,8 +43,10 @@ def test_patterns_are_distinct_seeded_and_fire():
     assert len({tuple(c.tolist()) for c in s.T}) == s.shape[1]  # deduplicated
     assert bool((s.sum(0) > 0).all())  # the pattern of no sample is dropped
     assert torch.equal(s, sample_patterns(x, 10, torch.Generator().manual_seed(3)))
-    # one direction drawn twice gives one pattern
-    assert sample_patterns(torch.ones(5, 1), 7).shape == (5, 1)
+    # on one feature every direction that fires fires everywhere: one pattern, however many drawn
+    assert torch.equal(sample_patterns(torch.ones(5, 1), 7, torch.Generator().manual_seed(0)), torch.ones(5, 1))
+    with pytest.raises(ValueError, match="fires a neuron on any sample: draw more"):
+        sample_patterns(-torch.ones(5, 1), 1, _positive_first_draw())  # x g < 0 on every sample
 
 
 @pytest.mark.parametrize("loss,n,d,patterns", [("squared", 60, 5, 10), ("squared", 40, 3, 8),
@@ -57,7 +67,8 @@ def test_the_two_linear_solves_of_admm_agree():
     from ocnet.convex.admm import _Operators
     program = _program("squared", n=40, d=3, patterns=5)
     ops, other = _Operators(program, direct=True), _Operators(program, direct=False)
-    b = torch.randn(2, program.patterns.shape[1], program.x.shape[1], dtype=torch.float64)
+    b = torch.randn(2, program.patterns.shape[1], program.x.shape[1], dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0))
     assert torch.allclose(ops.solve(b), other.solve(b), rtol=1e-10, atol=1e-12)
     # and the solve inverts I + GᵀG + FᵀF
     u = ops.solve(b)

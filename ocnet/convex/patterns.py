@@ -36,6 +36,6 @@ def sample_patterns(x: torch.Tensor, count: int, generator: torch.Generator | No
             continue
         seen.add(key)
         keep.append(i)
-    if not keep:  # every direction fired on no sample: only possible for x = 0
-        raise ValueError("no direction fires a neuron on any sample (is the data all zero?)")
+    if not keep:  # possible when few directions are drawn on data of few directions
+        raise ValueError(f"no direction of the {count} drawn fires a neuron on any sample: draw more")
     return fires[:, keep].to(x.device, x.dtype)
