@@ -23,5 +23,7 @@ setup(
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.6", "mypy>=1.10", "hypothesis>=6.100", "sphinx>=7", "furo>=2024.1",
                              "import-linter>=2.1", "pytest-xdist>=3.5"],
-                    "docs": ["sphinx>=7", "furo>=2024.1", "grimp>=3.5"]},
+                    "docs": ["sphinx>=7", "furo>=2024.1", "grimp>=3.5"],
+                    # the exact convex solver of ocnet.convex (CVXPY's bare package and one conic solver)
+                    "convex": ["cvxpy-base>=1.4", "clarabel>=0.7"]},
 )
