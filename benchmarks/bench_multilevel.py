@@ -142,6 +142,30 @@ def cells(row: dict[str, Any]) -> list[str]:
             _f(m["wall_s"], ".3g"), epoch, _f(m["step_s"], ".3g")]
 
 
+def model(problem: str, layers: int, max_ranks: int) -> dict[str, Any]:
+    """The performance model's step time of each method on ``problem``'s network at ``layers``
+    layers, P = 1, 2, 4, … ``max_ranks`` (one core per rank; nested: its levels' steps
+    weighted by their epochs), from a calibration made here."""
+    from bench_families import flags, n_train
+
+    from ocnet.perf import calibrate as cal
+    from ocnet.perf import speedup
+    from ocnet.runs.config import given
+
+    n_train(problem)
+    keys = {**PROBLEMS[problem]["keys"], "layers": layers, "epochs": PROBLEMS[problem]["epochs"]}
+    base = speedup.variant_config(given(flags(keys)), speedup.VARIANTS["serial"])
+    calibration = cal.calibrate(base, {speedup.compute_batch(base)}, [], with_coverage=False)
+    out: dict[str, Any] = {"layers": layers, "calibration": calibration, "methods": {}}
+    for name in ("single", "nested", "mgopt"):
+        method = {k: v for k, v in METHODS[name].items() if k != "solver"}
+        variant = "mgopt" if METHODS[name]["solver"] == "mgopt" else "serial"
+        p = speedup.predict(given(flags({**keys, **method})), calibration, max_ranks=max_ranks, cores=max_ranks,
+                            variants=[variant], recommend=False)
+        out["methods"][name] = {P: row.get("step") for P, row in p["solvers"][variant]["per_rank_count"].items()}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", default=",".join(PROBLEMS))
@@ -153,7 +177,22 @@ def main() -> None:
                     help=f"test accuracy (a fraction) to reach; default {100 * TARGET_FRACTION:.0f} %% of single's "
                     "median final at P = 1 (the strict target is then the given one)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--model-layers", type=int, default=0,
+                    help="also the performance model's step times at this many layers, P = 1 … --model-ranks")
+    ap.add_argument("--model-ranks", type=int, default=64)
+    ap.add_argument("--model-only", action="store_true", help="the model alone, no training runs")
     args = ap.parse_args()
+    if args.model_layers:
+        predicted = {p: model(p, args.model_layers, args.model_ranks) for p in args.problems.split(",")}
+        for p, m in predicted.items():
+            print(f"\nmodel, {p}, {m['layers']} layers: seconds per step (ratio to single at the same P)")
+            for name, steps in m["methods"].items():
+                single = m["methods"]["single"]
+                print(f"  {name:<8}" + "  ".join(f"P={P}: {t:.3g} ({t / single[P]:.2f})" for P, t in steps.items()
+                                                 if t is not None and single.get(P)))
+        if args.model_only:
+            write("bench_multilevel_model", {"model": predicted, "args": vars(args)}, args.out)
+            return
     if os.environ.get("PMI_SIZE", "1") != "1" or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1":
         sys.exit("bench_multilevel.py starts its own mpiexec jobs: run it as `python benchmarks/bench_multilevel.py`")
     names, problems = args.methods.split(","), args.problems.split(",")
