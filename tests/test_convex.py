@@ -110,7 +110,7 @@ def test_the_convex_optimum_is_no_worse_than_adam_from_random_starts():
         torch.manual_seed(seed)
         net = TwoLayerReLU(1, width).double()
         opt = torch.optim.Adam(net.parameters(), lr=0.01)
-        for _ in range(1500):
+        for _ in range(800):
             opt.zero_grad()
             objective = data_loss(net(x)[:, 0], y, "squared") + beta * net.weight_decay()
             objective.backward()
