@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import allocator, tune_malloc, write  # noqa: E402
+from common import allocator, mpiexec, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -179,14 +179,6 @@ def report(run: dict[str, Any]) -> None:
         inter = "" if c["interpolated"] is None else f", interpolated crossover at {c['interpolated']:.3f}"
         print(f"  crossover D={D} n={n}: gather faster up to byte ratio {largest}{inter}"
               + (f" ({c['note']})" if c["note"] else ""))
-
-
-def mpiexec() -> str:
-    here = Path(sys.executable).parent / "mpiexec"
-    if here.exists():
-        return str(here)
-    import shutil
-    return shutil.which("mpiexec") or "mpiexec"
 
 
 def launch(D: int, malloc: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

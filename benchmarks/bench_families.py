@@ -50,7 +50,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import allocator, tune_malloc, write  # noqa: E402
+from common import allocator, mpiexec, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -102,11 +101,6 @@ PREDICT_S_AT_1024 = 50.0
 
 def flags(keys: dict[str, Any]) -> list[str]:
     return [f"--{k.replace('_', '-')}={v}" for k, v in keys.items()]
-
-
-def mpiexec() -> str:
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec") or "mpiexec"
 
 
 def train(keys: dict[str, Any], P: int, seed: int, epochs: int, limit: int, out: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, allocator, tune_malloc, write  # noqa: E402
+from common import RESULTS, allocator, mpiexec, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,7 +36,7 @@ from ocnet.runs.config import given  # noqa: E402
 def measure(flags: list[str], P: int, out: Path) -> dict:
     """One ``ocnet.run`` job; time per step, per epoch and to each epoch's accuracy."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [str(ROOT / ".venv/bin/mpiexec"), "-n", str(P), sys.executable, "-m", "mpi4py", "-m", "ocnet.run",
+    cmd = [mpiexec(), "-n", str(P), sys.executable, "-m", "mpi4py", "-m", "ocnet.run",
            *flags, "--threads", "1", "--quiet", "--out", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:

@@ -50,3 +50,9 @@ def write(name: str, result: dict, out: str | None = None) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def mpiexec() -> str:
+    """The mpiexec beside this Python (a venv's ``mpich`` wheel), else the one on PATH."""
+    from ocnet.runs.launcher import mpiexec as found
+    return found() or "mpiexec"
