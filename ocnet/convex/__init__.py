@@ -5,7 +5,8 @@ trained to a certified optimum of its sampled convex program (Pilanci & Ergen 20
 * :mod:`.program`: the convex program, its objective and its solutions;
 * :mod:`.network`: the two-layer ReLU network of a solution, and one-vs-rest for C classes;
 * :mod:`.cvx`: the exact reference by CVXPY and Clarabel (``pip install ocnet[convex]``);
-* :mod:`.admm`: ADMM in torch, on the data's device, for programs of thousands of samples.
+* :mod:`.admm`: ADMM in torch, on the data's device, for programs of thousands of samples;
+* :mod:`.adversarial`: FGSM and PGD attacks and adversarial training, the robust baselines.
 
 May use: nothing of ocnet (it sits between :mod:`ocnet.solvers` and :mod:`ocnet.runs`, for the
 runs that will train a convex head).
