@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import allocator, mpiexec, tune_malloc, write  # noqa: E402
+from common import allocator, mpiexec, tune_malloc, under_mpiexec, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -207,8 +207,7 @@ def main() -> None:
     torch.set_num_threads(1)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     densities = [float(d) for d in args.densities.split(",")]
-    under_mpiexec = os.environ.get("PMI_SIZE", "1") != "1" or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1"
-    if args.worker or under_mpiexec:
+    if args.worker or under_mpiexec():
         t0 = time.perf_counter()
         run = worker(sizes, densities, args.repeats)
         if run is None:

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import allocator, mpiexec, tune_malloc, write  # noqa: E402
+from common import allocator, mpiexec, refuse_mpiexec, refuse_unknown, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -298,13 +298,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help=f"1 seed, 2 epochs of {QUICK_BATCHES} batches: a smoke run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if os.environ.get("PMI_SIZE", "1") != "1" or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1":
-        sys.exit("bench_families.py starts its own mpiexec jobs: run it as `python benchmarks/bench_families.py`")
+    refuse_mpiexec("bench_families.py")
     names, problems = args.variants.split(","), args.problems.split(",")
-    unknown = [n for n in names if n not in VARIANTS] + [p for p in problems if p not in PROBLEMS]
-    if unknown:
-        sys.exit(f"unknown variant or problem: {', '.join(unknown)} (variants: {', '.join(VARIANTS)}; "
-                 f"problems: {', '.join(PROBLEMS)})")
+    refuse_unknown("variant", names, VARIANTS, problems, PROBLEMS)
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     limit = QUICK_BATCHES if args.quick else 0
     predict_layers = args.predict_layers if args.predict_layers >= 0 else 0 if args.quick else 1024

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_families import PROBLEMS as NETWORKS  # noqa: E402
 from bench_families import _f, text, train  # noqa: E402
-from common import allocator, tune_malloc, write  # noqa: E402
+from common import allocator, refuse_mpiexec, refuse_unknown, tune_malloc, write  # noqa: E402
 
 #: Problem ↦ the network every method trains and the default epochs.
 PROBLEMS: dict[str, dict[str, Any]] = {p: {"keys": NETWORKS[p]["keys"], "epochs": 10} for p in ("digits", "mnist1d")}
@@ -193,13 +192,9 @@ def main() -> None:
         if args.model_only:
             write("bench_multilevel_model", {"model": predicted, "args": vars(args)}, args.out)
             return
-    if os.environ.get("PMI_SIZE", "1") != "1" or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1":
-        sys.exit("bench_multilevel.py starts its own mpiexec jobs: run it as `python benchmarks/bench_multilevel.py`")
+    refuse_mpiexec("bench_multilevel.py")
     names, problems = args.methods.split(","), args.problems.split(",")
-    unknown = [n for n in names if n not in METHODS] + [p for p in problems if p not in PROBLEMS]
-    if unknown:
-        sys.exit(f"unknown method or problem: {', '.join(unknown)} (methods: {', '.join(METHODS)}; "
-                 f"problems: {', '.join(PROBLEMS)})")
+    refuse_unknown("method", names, METHODS, problems, PROBLEMS)
     if "single" not in names and args.target is None:
         sys.exit("without single the target needs --target")
     ranks, seeds = [int(p) for p in args.ranks.split(",")], [int(s) for s in args.seeds.split(",")]

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import allocator, median_time, tune_malloc, write  # noqa: E402
+from common import allocator, median_time, refuse_mpiexec, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -247,8 +247,7 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(result))
         return
 
-    if os.environ.get("PMI_SIZE", "1") != "1" or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1":
-        sys.exit("bench_serial.py starts its own mpiexec jobs: run it as `python benchmarks/bench_serial.py`")
+    refuse_mpiexec("bench_serial.py")
     schedules = {m: launch(2, 1, args.micro, args, compare=True, malloc=m) for m in ("tuned", "default")}
     for m, c in schedules.items():
         print(f"(c) P=2, {args.micro} micro-batches, allocator {m}: " + ", ".join(

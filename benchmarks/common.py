@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -56,3 +57,22 @@ def mpiexec() -> str:
     """The mpiexec beside this Python (a venv's ``mpich`` wheel), else the one on PATH."""
     from ocnet.runs.launcher import mpiexec as found
     return found() or "mpiexec"
+
+
+def under_mpiexec() -> bool:
+    """Whether this process is a rank of an mpiexec job (MPICH's or Open MPI's environment)."""
+    return os.environ.get("PMI_SIZE", "1") != "1" or os.environ.get("OMPI_COMM_WORLD_SIZE", "1") != "1"
+
+
+def refuse_mpiexec(script: str) -> None:
+    """Exit with a message when ``script``, which starts its own mpiexec jobs, runs under one."""
+    if under_mpiexec():
+        sys.exit(f"{script} starts its own mpiexec jobs: run it as `python benchmarks/{script}`")
+
+
+def refuse_unknown(kind: str, names: list[str], known: dict, problems: list[str], known_problems: dict) -> None:
+    """Exit naming the ``names`` of ``kind`` and the ``problems`` that are not among the known ones."""
+    unknown = [n for n in names if n not in known] + [p for p in problems if p not in known_problems]
+    if unknown:
+        sys.exit(f"unknown {kind} or problem: {', '.join(unknown)} ({kind}s: {', '.join(known)}; "
+                 f"problems: {', '.join(known_problems)})")
