@@ -40,12 +40,12 @@ from ..ranks.replicas import GradientAverage, Grid
 from ..ranks.tags import Tags
 from ..solvers import Solver, SolverError
 from ..solvers import get as get_solver
-from ..solvers.records import combine, dumps
+from ..solvers.records import dumps
 from . import checkpoint, claim, directory, faults, nested, startup
 from .config import ConfigError, check_filter, dump_toml, given, help_text, resolve, without_effect
 from .console import Console
 from .memory import check_memory
-from .train import History, NonFinite, Stopped, evaluate, fit, lr_schedule, steps_per_epoch
+from .train import History, NonFinite, Stopped, evaluate, exchange_bytes, fit, lr_schedule, steps_per_epoch
 
 T = TypeVar("T")
 EXIT_WRITE = 1
@@ -489,9 +489,7 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
     if levels is not None:
         summary["levels"] = [{"layers": lv.layers, "epochs": sum(r.get("level") == lv.layers for r in epochs)}
                              for lv in levels]
-    exchange = [{"exchange_bytes": r["exchange_bytes"]} for r in epochs if "exchange_bytes" in r]
-    if exchange:  # the gradient exchange between data groups, by kind of tensor
-        summary["exchange_bytes"] = combine(exchange)["exchange_bytes"]
+    summary.update(exchange_bytes(epochs))  # the gradient exchange between data groups, by kind of tensor
     best = max((r for r in epochs if r.get("val_acc") is not None), key=lambda r: r["val_acc"], default=None)
     if best is not None:  # the first epoch that reached the best validation accuracy
         summary.update(final_val_acc=last.get("val_acc"), best_epoch=best["epoch"], best_val_acc=best["val_acc"],

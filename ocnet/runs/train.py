@@ -409,7 +409,7 @@ def fit(solver: Solver, data: Dataset, comm: Comm, *, epochs: int, batch_size: i
                         **_over_grid([g["end"] for g in gathered], weights, fields)}
                 if level is not None:
                     last["level"] = level
-                last.update(_exchange_bytes(earlier + records))
+                last.update(exchange_bytes(earlier + records))
                 last.update(loss=sum(losses) / len(losses) if losses else float("nan"),
                             wall_time=time.perf_counter() - t0,
                             bytes_sent=sum(g["bytes"] for g in gathered) + (start["meta"]["bytes"] if resumed else 0),
@@ -460,7 +460,7 @@ class _kept:
             self.log.write()
 
 
-def _exchange_bytes(records: list[dict[str, Any]]) -> dict[str, Any]:
+def exchange_bytes(records: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"exchange_bytes": by kind of tensor}`` summed over ``records`` (empty where none has it)."""
     parts = [{"exchange_bytes": r["exchange_bytes"]} for r in records if "exchange_bytes" in r]
     return combine(parts) if parts else {}
