@@ -151,9 +151,10 @@ class GradientAverage:
         shard read, summed by tensor (:func:`~ocnet.ranks.compress.carried`); with ``keep``
         false, start from zero residues."""
         if self.compressor is not None:
-            names = set(self._names.values())
+            # what error feedback has not sent yet, whichever compressor kept it
             residue = carried(list(shards)) if keep else {}
-            self.compressor.residue = {k: r.to(self._network[0].device) for k, r in residue.items() if k in names}
+            self.compressor.load_state_dict({"name": self.compressor.name, "residue": residue},
+                                            set(self._names.values()))
 
     def take_sent(self) -> dict[str, int]:
         """The bytes sent by kind of tensor since the last call (and start again from zero)."""
