@@ -178,7 +178,7 @@ class GradientAverage:
         if self.compressor is None:
             self._dense(params, grads, had)
             return
-        messages = [self.compressor.compress(self._names.get(id(p), str(id(p))), g, tuple(p.shape))
+        messages = [self.compressor.compress(self._names[id(p)], g, tuple(p.shape))
                     for p, g in zip(params, grads)]
         counts = torch.tensor([i.numel() for i, _ in messages], dtype=torch.int32)
         sizes = [message_bytes(int(c), like.element_size()) + INDEX_BYTES + like.element_size() for c in counts]
