@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ocnet.convex import ConvexProgram, TwoLayerReLU, one_vs_rest, recover, sample_patterns, solve_admm
+from ocnet.convex.admm import solve_admm_together
 from ocnet.convex.program import data_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,7 +68,7 @@ def test_the_two_linear_solves_of_admm_agree():
     from ocnet.convex.admm import _Operators
     program = _program("squared", n=40, d=3, patterns=5)
     ops, other = _Operators(program, direct=True), _Operators(program, direct=False)
-    b = torch.randn(2, program.patterns.shape[1], program.x.shape[1], dtype=torch.float64,
+    b = torch.randn(1, 2, program.patterns.shape[1], program.x.shape[1], dtype=torch.float64,
                     generator=torch.Generator().manual_seed(0))
     assert torch.allclose(ops.solve(b), other.solve(b), rtol=1e-10, atol=1e-12)
     # and the solve inverts I + GᵀG + FᵀF
@@ -124,7 +125,7 @@ def test_one_vs_rest_classifies_three_separable_classes():
     centres = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
     labels = torch.arange(3).repeat_interleave(15)
     x = centres[labels] + 0.3 * torch.randn(45, 2, dtype=torch.float64, generator=g)
-    net, solutions = one_vs_rest(x, labels, lambda p: solve_admm(p, tol=1e-5), beta=0.01, patterns=8,
+    net, solutions = one_vs_rest(x, labels, lambda ps: solve_admm_together(ps, tol=1e-5), beta=0.01, patterns=8,
                                  generator=torch.Generator().manual_seed(0))
     assert len(solutions) == 3 and net.output.out_features == 3
     with torch.no_grad():
@@ -207,3 +208,22 @@ def test_a_large_beta_gives_the_network_of_no_neurons():
     assert net.hidden.out_features == 0
     with torch.no_grad():
         assert torch.equal(net(program.x[:, :-1]), torch.zeros(20, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+def test_programs_solved_together_reach_each_ones_optimum(loss):
+    """One-vs-rest's programs in one batched iteration: each reaches the optimum it reaches
+    alone, and meets the test at the iteration it meets it alone (each keeps its own ρ)."""
+    x, _ = _data(30, 2, 1, "regression")
+    labels = torch.arange(30) % 3
+    s = sample_patterns(torch.cat([x, torch.ones(30, 1, dtype=x.dtype)], dim=1), 6, torch.Generator().manual_seed(0))
+    programs = [ConvexProgram.build(x, torch.where(labels == c, 1.0, -1.0).double(), beta=0.2, loss=loss,
+                                    patterns=s) for c in range(3)]
+    together = solve_admm_together(programs, tol=1e-5)
+    for program, joint in zip(programs, together):
+        alone = solve_admm(program, tol=1e-5)
+        assert joint.status == alone.status == "converged"
+        assert joint.iterations == alone.iterations
+        assert joint.objective.total == pytest.approx(alone.objective.total, rel=1e-4)  # ADMM's tolerance
+    with pytest.raises(ValueError, match="share their data, patterns, loss and β"):
+        solve_admm_together([programs[0], ConvexProgram.build(x, programs[1].y, beta=0.3, loss=loss, patterns=s)])

@@ -83,12 +83,14 @@ def _network(us: list[torch.Tensor], alphas: list[torch.Tensor], bias: bool) -> 
     return net
 
 
-def one_vs_rest(x: torch.Tensor, labels: torch.Tensor, solve: Callable[[ConvexProgram], Solution], *,
+def one_vs_rest(x: torch.Tensor, labels: torch.Tensor,
+                solve: Callable[[list[ConvexProgram]], list[Solution]], *,
                 beta: float, loss: str = "squared", patterns: int = 10, bias: bool = True,
                 generator: torch.Generator | None = None) -> tuple[TwoLayerReLU, list[Solution]]:
     """A network with one output per class of ``labels`` ``(n,)`` (integers ``0 … C-1``):
-    output c is the scalar program of labels ``+1`` for class c and ``−1`` for the others,
-    solved by ``solve``. The classes share one sample of patterns; the network's hidden
+    output c is the scalar program of labels ``+1`` for class c and ``−1`` for the others.
+    ``solve`` takes the C programs and returns their solutions (ADMM solves them together,
+    :func:`~.admm.solve_admm_together`). The classes share one sample of patterns; the network's hidden
     layer is every class's neurons side by side and its output layer is block diagonal, so
     it is still a two-layer ReLU network, and ``argmax`` over its outputs classifies."""
     if labels.ndim != 1 or len(labels) != len(x):
@@ -98,13 +100,8 @@ def one_vs_rest(x: torch.Tensor, labels: torch.Tensor, solve: Callable[[ConvexPr
         raise ValueError("one_vs_rest needs at least 2 classes")
     full = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1) if bias else x
     s = sample_patterns(full, patterns, generator)
-    us, alphas, solutions = [], [], []
-    for c in range(classes):
-        y = torch.where(labels == c, 1.0, -1.0).to(x.dtype)
-        program = ConvexProgram.build(x, y, beta=beta, loss=loss, patterns=s, bias=bias)
-        solution = solve(program)
-        u, alpha = neurons(solution)
-        us.append(u)
-        alphas.append(alpha)
-        solutions.append(solution)
-    return _network(us, alphas, bias), solutions
+    programs = [ConvexProgram.build(x, torch.where(labels == c, 1.0, -1.0).to(x.dtype), beta=beta, loss=loss,
+                                    patterns=s, bias=bias) for c in range(classes)]
+    solutions = solve(programs)
+    us, alphas = zip(*(neurons(solution) for solution in solutions))
+    return _network(list(us), list(alphas), bias), solutions
