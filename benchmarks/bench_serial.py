@@ -1,6 +1,7 @@
 """Serial solver against plain PyTorch, and the micro-batched pipeline at P = 2 against P = 1.
 
-    [OCNET_MALLOC=tuned] python benchmarks/bench_serial.py [--repeats 5] [--only-schedules] [--ranks 2] [--micro 8] [--out FILE.json]
+    [OCNET_MALLOC=tuned] python benchmarks/bench_serial.py [--repeats 5] [--only-schedules] [--ranks 2]
+        [--micro 8] [--out FILE.json]
 
 (it starts its own ``mpiexec`` jobs).
 
