@@ -6,7 +6,7 @@ NP ?= 8
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run lint test test-fast check-configs check-gpu bench docs clean
+.PHONY: setup run lint test test-fast check-configs check-gpu check-scaling bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,12 @@ check-configs: setup
 # On a machine with CUDA: the device tests, the default run and solver timings on the GPU.
 check-gpu: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/check_gpu.py
+
+# Meant for a machine with 16 cores (one per rank, as a GPU machine has; make check-gpu runs it too):
+# every solver at P = 1, 2, 4, 8, 16 against the performance model's prediction (minutes).
+SCALING_RANKS ?= 1,2,4,8,16
+check-scaling: setup
+	OCNET_MALLOC=tuned $(BIN)/python benchmarks/bench_scaling.py --ranks $(SCALING_RANKS)
 
 # The documentation site in docs/_build/html (its figures drawn by short runs of ocnet).
 docs: setup

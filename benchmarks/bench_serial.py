@@ -1,6 +1,7 @@
 """Serial solver against plain PyTorch, and the micro-batched pipeline at P = 2 against P = 1.
 
-    OCNET_MALLOC=tuned python benchmarks/bench_serial.py [--repeats 5] [--only-schedules] [--out FILE.json]
+    [OCNET_MALLOC=tuned] python benchmarks/bench_serial.py [--repeats 5] [--only-schedules] [--ranks 2]
+        [--micro 8] [--out FILE.json]
 
 (it starts its own ``mpiexec`` jobs).
 
@@ -11,10 +12,14 @@
     ``torch.distributed.pipelining``'s 1F1B schedule on the same ranks (gloo).  Image-sized states (CIFAR shapes,
     synthetic values): on 8×8 digits Python overhead, not arithmetic, would dominate.
 (c) ocnet's pipeline schedules (1F1B, zero-bubble; each as written and running one forward ahead)
-    and torch's 1F1B in one job at P = 2, their
-    repeats interleaved; medians and speed ratios, with the allocator tuned and as it comes.
+    and every schedule of ``torch.distributed.pipelining`` (:data:`TORCH_SCHEDULES`; the
+    multi-stage ones with two stages per rank) in one job at P = ``--ranks`` (2), on the same
+    network, batch and ranks, their repeats interleaved; one table of medians and speeds
+    against torch's best, with glibc's allocator as it comes and as ``OCNET_MALLOC=tuned``
+    sets it, both sides alike.  Each contender's loss and gradient are checked against a
+    plain forward and backward first; a torch schedule that cannot run is listed with the reason.
 
-Set ``OCNET_MALLOC=tuned`` to raise glibc's allocator thresholds for both sides.
+Set ``OCNET_MALLOC=tuned`` to raise glibc's allocator thresholds for both sides in (a) and (b).
 """
 from __future__ import annotations
 
@@ -25,12 +30,13 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import allocator, median_time, refuse_mpiexec, tune_malloc, write  # noqa: E402
+from common import allocator, median_time, mpiexec, refuse_mpiexec, tune_malloc, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -138,48 +144,157 @@ def torch_pipeline_step(args) -> dict | None:
         if comm.rank == 0 else None
 
 
+#: ``torch.distributed.pipelining``'s schedules by class name: how many stages each rank holds
+#: and where stage ``s`` of ``S`` lives ("loop": on rank ``s % P``; "v": on ranks ``0 … P-1``
+#: and back, so that rank ``r`` holds stages ``r`` and ``2P-1-r``).  A ``Schedule*`` class of
+#: torch that is not here is listed as not run, with that reason.
+TORCH_SCHEDULES: dict[str, tuple[int, str]] = {
+    "ScheduleGPipe": (1, "loop"), "Schedule1F1B": (1, "loop"), "ScheduleInterleaved1F1B": (2, "loop"),
+    "ScheduleLoopedBFS": (2, "loop"), "ScheduleInterleavedZeroBubble": (2, "loop"),
+    "ScheduleZBVZeroBubble": (2, "v"), "ScheduleDualPipeV": (2, "v"),
+}
+
+
+def stage_indices(rank: int, ranks: int, per_rank: int, placement: str) -> list[int]:
+    """The stages (of ``per_rank * ranks``) that ``rank`` holds, in increasing order."""
+    if placement == "v":
+        return sorted({rank, 2 * ranks - 1 - rank}) if per_rank == 2 else [rank]
+    return [rank + k * ranks for k in range(per_rank)]
+
+
+def stage_module(problem, stages: int, index: int) -> torch.nn.Sequential:
+    """Stage ``index`` of the network cut into ``stages`` contiguous slices (sharing its parameters)."""
+    local = problem.local(Partition(problem.n_layers, stages), index)
+    return torch.nn.Sequential(*[m for m in (local.opening, *local.layers, local.classifier) if m is not None])
+
+
+def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(out, target)
+
+
+def torch_schedules(comm, problem, x, y, micro: int) -> tuple[dict, dict]:
+    """Every ``Schedule*`` class of ``torch.distributed.pipelining`` on this job's ranks (gloo):
+    ``({name: (step, gradient)}, {name: why it does not run})``; ``gradient()`` runs one
+    step without the update and returns the mean loss (on the rank that holds the last
+    stage, else ``None``).  Construction errors are the same on every rank."""
+    import torch.distributed.pipelining.schedules as schedules
+    from torch.distributed.pipelining import PipelineStage
+
+    found = sorted(n for n in dir(schedules) if n.startswith("Schedule") and isinstance(getattr(schedules, n), type))
+    runs, not_run = {}, {}
+    for cls_name in [*TORCH_SCHEDULES, *(n for n in found if n not in TORCH_SCHEDULES)]:
+        name = "torch_" + cls_name.removeprefix("Schedule")
+        if cls_name not in found:
+            not_run[name] = f"not in torch {torch.__version__}"
+            continue
+        if cls_name not in TORCH_SCHEDULES:
+            not_run[name] = "its placement of stages on ranks is not known to this benchmark"
+            continue
+        per_rank, placement = TORCH_SCHEDULES[cls_name]
+        n_stages = per_rank * comm.size
+        indices = stage_indices(comm.rank, comm.size, per_rank, placement)
+        try:
+            modules = [stage_module(problem, n_stages, s) for s in indices]
+            stages = [PipelineStage(m, s, n_stages, torch.device("cpu")) for m, s in zip(modules, indices)]
+            cls = getattr(schedules, cls_name)
+            schedule = cls(stages[0] if per_rank == 1 else stages, n_microbatches=micro, loss_fn=cross_entropy)
+        except Exception as e:  # noqa: BLE001 - the reason is the result
+            not_run[name] = f"{type(e).__name__}: {e}"
+            continue
+        opt = torch.optim.SGD([p for m in modules for p in m.parameters()], lr=1e-3)
+        first, last = 0 in indices, n_stages - 1 in indices
+
+        def gradient(schedule=schedule, opt=opt, first=first, last=last):
+            opt.zero_grad(set_to_none=True)
+            losses: list[torch.Tensor] = []
+            schedule.step(*((x,) if first else ()), **({"target": y, "losses": losses} if last else {}))
+            return torch.stack(losses).mean().item() if last else None
+
+        def step(gradient=gradient, opt=opt):
+            gradient()
+            opt.step()
+
+        runs[name] = (step, gradient)
+    return runs, not_run
+
+
+def same_network(comm, problem, x, y, micro: int, contenders: dict) -> dict:
+    """One gradient of each contender against a plain forward and backward of the whole
+    network on every rank (the mean of the micro-batches' mean losses): the relative
+    differences of the loss and of the whole gradient (2-norm over all ranks' parameters;
+    a bias before a normalisation has a gradient of rounding errors only) (``checks``), and the contenders
+    that raised, with the reason (``failed``).  No update is applied."""
+    params = list(problem.parameters())
+    plain = torch.nn.Sequential(problem.opening, *problem.layers, problem.classifier)
+    problem.zero_grad(set_to_none=True)
+    loss = torch.stack([cross_entropy(plain(a), b) for a, b in zip(x.tensor_split(micro), y.tensor_split(micro))])
+    loss.mean().backward()
+    reference, ref_loss = [p.grad.clone() for p in params], loss.mean().item()
+    norm2 = sum((g ** 2).sum().item() for g in reference)
+    checks, failed = {}, {}
+    for name, gradient in contenders.items():
+        problem.zero_grad(set_to_none=True)
+        try:
+            found, why = gradient(), None
+        except Exception as e:  # noqa: BLE001 - a rank whose peer raised times out in its receive
+            found, why = None, f"{type(e).__name__}: {e}"
+        # only the gradients this rank computed (the others stay None here); every parameter's
+        # must have been computed on some rank
+        held = [i for i, p in enumerate(params) if p.grad is not None]
+        error = sum(((params[i].grad - reference[i]) ** 2).sum().item() for i in held)
+        gathered = comm.gather((None if found is None else float(found), why, error, held))
+        result = None
+        if comm.rank == 0:
+            whys = [w for _, w, _, _ in gathered if w is not None]
+            losses = [v for v, _, _, _ in gathered if v is not None]
+            missing = len(params) - len({i for *_, h in gathered for i in h})
+            if not whys and (not losses or missing):
+                whys = [f"no loss, or no gradient for {missing} of {len(params)} parameters"]
+            result = {"failed": whys[0]} if whys else {
+                "loss": losses[0], "loss_error": abs(losses[0] - ref_loss) / abs(ref_loss),
+                "grad_error": (sum(e for _, _, e, _ in gathered) / norm2) ** 0.5}
+        result = comm.bcast(result)
+        if "failed" in result:
+            failed[name] = result["failed"]
+        else:
+            checks[name] = result
+    problem.zero_grad(set_to_none=True)
+    return {"reference_loss": ref_loss, "checks": checks, "failed": failed}
+
+
 def schedules_step(args) -> dict | None:
-    """ocnet's pipeline schedules and ``torch.distributed.pipelining``'s 1F1B in one job, their
-    repeats interleaved so that machine noise hits all alike; rank 0 returns the medians over
-    about ``repeats`` steps each."""
+    """ocnet's pipeline schedules and every schedule of ``torch.distributed.pipelining`` in one
+    job, on the same network, batch and ranks, their repeats interleaved so that machine noise
+    hits all alike; rank 0 returns the medians over about ``repeats`` steps each, the check
+    that each computes the same loss and gradient, and why a torch schedule did not run."""
     import torch.distributed as dist
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
     comm = world()
     dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size,
-                            init_method=f"tcp://127.0.0.1:{args.port}")
+                            init_method=f"tcp://127.0.0.1:{args.port}", timeout=timedelta(seconds=args.gloo_timeout))
     x, y = data(args.batch)
     problem = network(args.layers, args.channels)
     local = problem.local(Partition(problem.n_layers, comm.size), comm.rank)
-    steps = {}
+    index = torch.arange(len(y))
+    steps, gradients = {}, {}
     for schedule in SCHEDULES:
         for ahead in (0, 1):
             solver = Serial(local, comm, lambda p: torch.optim.SGD(p, lr=1e-3), micro_batches=args.micro,
                             pipeline=schedule, ahead=ahead)
             name = f"ocnet_{schedule}_ahead{ahead}"
-            steps[name] = lambda solver=solver: solver.step(x, y, torch.arange(len(y)))
-    stage_module = torch.nn.Sequential(*[m for m in (local.opening, *local.layers, local.classifier)
-                                         if m is not None])
-    stage = PipelineStage(stage_module, comm.rank, comm.size, torch.device("cpu"))
-    torch_schedule = Schedule1F1B(stage, n_microbatches=args.micro,
-                                  loss_fn=lambda out, target: torch.nn.functional.cross_entropy(out, target))
-    opt = torch.optim.SGD(stage_module.parameters(), lr=1e-3)
-
-    def torch_step():
-        opt.zero_grad(set_to_none=True)
-        if comm.rank == 0:
-            torch_schedule.step(x)
-        elif comm.rank == comm.size - 1:
-            torch_schedule.step(target=y, losses=[])
-        else:
-            torch_schedule.step()
-        opt.step()
-
-    steps["torch_1f1b"] = torch_step
+            steps[name] = lambda solver=solver: solver.step(x, y, index)
+            gradients[name] = lambda solver=solver: solver.gradient(x, y, index).get("loss")
+    runs, not_run = torch_schedules(comm, problem, x, y, args.micro)
+    for name, (step, gradient) in runs.items():
+        steps[name], gradients[name] = step, gradient
+    check = same_network(comm, problem, x, y, args.micro, gradients)
+    for name, why in check.pop("failed").items():
+        not_run[name] = why
+        del steps[name]
     # Rounds: each contender runs three steps in a row and the last two count, so that each
     # is timed in its own steady state (its allocator pattern) while noise still hits all.
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for i in range(args.repeats // 2 + 1):
+    for i in range(max(2, args.repeats // 2 + 1)):  # round 0 warms up
         for name, fn in steps.items():
             for j in range(3):
                 dist.barrier()
@@ -187,36 +302,81 @@ def schedules_step(args) -> dict | None:
                 t = time.perf_counter()
                 fn()
                 comm.barrier()
-                if i > 0 and j > 0:  # round 0 warms up
+                if i > 0 and j > 0:
                     times[name].append(time.perf_counter() - t)
     dist.destroy_process_group()
     if comm.rank != 0:
         return None
     med = {k: statistics.median(v) for k, v in times.items()}
+    torch_best = min((k for k in med if k.startswith("torch_")), key=med.__getitem__, default=None)
+    ocnet_best = min((k for k in med if k.startswith("ocnet_")), key=med.__getitem__)
     return {"ranks": comm.size, "threads": torch.get_num_threads(), "micro_batches": args.micro,
-            "step_s": med, "times": times,
-            "speed_vs_torch_1f1b": {k: med["torch_1f1b"] / v for k, v in med.items()}}
+            "step_s": med, "times": times, "not_run": not_run, **check,
+            "torch_best": torch_best, "ocnet_best": ocnet_best,
+            "speed_vs_torch_best": {k: med[torch_best] / v for k, v in med.items()} if torch_best else {},
+            "ocnet_best_vs_torch_best": med[torch_best] / med[ocnet_best] if torch_best else None}
+
+
+#: The allocators (c) runs under: glibc's as users run it, and ``OCNET_MALLOC=tuned``'s.
+ALLOCATORS = ("default", "tuned")
+#: Largest relative differences from a plain forward and backward counted as the same network
+#: (float32 sums in another order).
+SAME_LOSS, SAME_GRAD = 1e-5, 1e-5
+
+
+def table(schedules: dict, ranks: int, micro: int) -> str:
+    """(c) as one table: each contender's median step and its speed against torch's best per
+    allocator, the headline ratio, the torch schedules that did not run and why, and how far
+    each contender's loss and gradient are from a plain forward and backward."""
+    names = list(dict.fromkeys(k for c in schedules.values() for k in c["step_s"]))
+    width = max(map(len, names)) + 2
+    lines = [f"(c) P={ranks}, {micro} micro-batches, one thread per rank: median step and speed against "
+             "torch's best (>= 1: faster)",
+             f"{'schedule':<{width}}" + "".join(f"{'allocator ' + m:>26}" for m in schedules)]
+    for name in names:
+        cells = [f"{c['step_s'][name] * 1e3:.0f} ms ({c['speed_vs_torch_best'].get(name, float('nan')):.3f}x)"
+                 if name in c["step_s"] else "-" for c in schedules.values()]
+        lines.append(f"{name:<{width}}" + "".join(f"{cell:>26}" for cell in cells))
+    for m, c in schedules.items():
+        if c["torch_best"] is None:
+            lines.append(f"ocnet best / torch best, allocator {m}: no torch schedule ran")
+            continue
+        lines.append(f"ocnet best / torch best, allocator {m}: {c['ocnet_best_vs_torch_best']:.3f}x "
+                     f"({c['ocnet_best']} against {c['torch_best']}; load {c['load_before'][0]:.2f} before, "
+                     f"{c['load_after'][0]:.2f} after)")
+    for name, why in {k: v for c in schedules.values() for k, v in c["not_run"].items()}.items():
+        lines.append(f"not run: {name}: {why}")
+    checks = [ch for c in schedules.values() for ch in c["checks"].values()]
+    lines.append(f"same network: loss within {max(ch['loss_error'] for ch in checks):.1e}, gradient within "
+                 f"{max(ch['grad_error'] for ch in checks):.1e} (relative) of a plain forward and backward")
+    for m, c in schedules.items():
+        for name, ch in c["checks"].items():
+            if ch["loss_error"] > SAME_LOSS or ch["grad_error"] > SAME_GRAD:
+                lines.append(f"DIFFERS, allocator {m}: {name}: loss {ch['loss_error']:.1e}, "
+                             f"gradient {ch['grad_error']:.1e}")
+    return "\n".join(lines)
 
 
 def launch(ranks: int, threads: int, micro: int, args, baseline: bool = False, compare: bool = False,
            malloc: str | None = None) -> dict:
     """Run :func:`pipeline_step` (the torch baseline; with ``compare``, :func:`schedules_step`)
-    in a fresh job of ``ranks`` processes; ``malloc`` overrides ``OCNET_MALLOC`` there."""
-    mpiexec = Path(sys.executable).parent / "mpiexec"
+    in a fresh job of ``ranks`` processes; ``malloc`` overrides ``OCNET_MALLOC`` there.  The
+    result records the load average before and after the job."""
     kind = ("torch" if baseline else "") + ("compare" if compare else "") + (malloc or "")
     out = Path(args.tmp) / f"p{ranks}t{threads}m{micro}{kind}.json"
-    cmd = [str(mpiexec), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--worker",
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--worker",
            *(["--torch-baseline"] if baseline else []),
            "--threads", str(threads), "--micro", str(micro), "--layers", str(args.layers),
            "--channels", str(args.channels), "--batch", str(args.batch), "--repeats", str(args.repeats),
-           "--out", str(out)]
+           "--port", str(args.port), "--gloo-timeout", str(args.gloo_timeout), "--out", str(out)]
     if compare:
         cmd.insert(cmd.index("--worker") + 1, "--compare")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if malloc is not None:
         env["OCNET_MALLOC"] = malloc
+    load = os.getloadavg()
     subprocess.run(cmd, check=True, env=env)
-    return json.loads(out.read_text())
+    return {**json.loads(out.read_text()), "load_before": load, "load_after": os.getloadavg()}
 
 
 def main() -> None:
@@ -232,7 +392,10 @@ def main() -> None:
     ap.add_argument("--torch-baseline", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--only-schedules", action="store_true", help="run (c) only")
+    ap.add_argument("--ranks", type=int, default=2, help="ranks of the schedules' comparison (c)")
     ap.add_argument("--port", type=int, default=29517, help="TCP port of the torch baseline's gloo group")
+    ap.add_argument("--gloo-timeout", type=float, default=300.0,
+                    help="seconds a torch schedule's receive waits before it fails (a peer that raised)")
     ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -248,13 +411,13 @@ def main() -> None:
         return
 
     refuse_mpiexec("bench_serial.py")
-    schedules = {m: launch(2, 1, args.micro, args, compare=True, malloc=m) for m in ("tuned", "default")}
-    for m, c in schedules.items():
-        print(f"(c) P=2, {args.micro} micro-batches, allocator {m}: " + ", ".join(
-            f"{k} {c['step_s'][k] * 1e3:.1f} ms ({c['speed_vs_torch_1f1b'][k]:.3f}x torch 1F1B)" for k in c["step_s"]))
+    schedules = {m: launch(args.ranks, 1, args.micro, args, compare=True, malloc=m) for m in ALLOCATORS}
+    print(table(schedules, args.ranks, args.micro))
     if args.only_schedules:
         write("bench_serial_schedules", {"layers": args.layers, "channels": args.channels, "batch": args.batch,
-                                         "shape": SHAPE, "schedules": schedules}, args.out)
+                                         "shape": SHAPE, "ranks": args.ranks, "schedules": schedules,
+                                         "ocnet_best_vs_torch_best": {m: c["ocnet_best_vs_torch_best"]
+                                                                      for m, c in schedules.items()}}, args.out)
         return
     cores = len(os.sched_getaffinity(0))
     a = epoch_ratio(args)

@@ -9,7 +9,11 @@ On a machine with CUDA:
 2. the default run, ``mpirun -n P python -m ocnet.run --device cuda``, at P = 1, 2, 4 (each rank
    its own GPU, ``cuda:local_rank % n_gpus``, or all on one), a few epochs;
 3. the serial and MGRIT solvers on a convolutional network at P = 1 and 2, one thread per rank,
-   timed per optimiser step on the GPU beside the same runs on the CPU.
+   timed per optimiser step on the GPU beside the same runs on the CPU;
+4. ``benchmarks/bench_scaling.py`` at P = 1, 2, 4, 8, 16 on the CPU cores (``make
+   check-scaling``, one epoch): every solver's measured speed-up against the performance
+   model's prediction, where ranks up to 16 have cores of their own (written to
+   ``benchmarks/results/check_gpu_scaling.json``).
 
 Prints one table and writes ``benchmarks/results/check_gpu.json``. On a machine without CUDA
 it says so and exits 0 without running anything. Each part is skipped when the budget
@@ -33,6 +37,8 @@ import torch  # noqa: E402
 from ocnet.runs.launcher import launch, run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+#: The rank counts of part 4, as ``make check-scaling`` runs them (a machine of 16 cores).
+SCALING_RANKS = "1,2,4,8,16"
 # A convolutional network on the digits' 8×8 images, big enough for the GPU to matter little
 # and small enough for a minute: the timing is a check that the device path works at speed.
 CONV = ["--net", "conv", "--channels", "32", "--layers", "16", "--epochs", "1", "--limit-batches", "12",
@@ -44,6 +50,37 @@ def step_times(out: Path) -> list[float]:
     walls = [json.loads(line)["wall_time"] for line in (out / "history.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "iter"]
     return [b - a for a, b in zip(walls[1:], walls[2:])]
+
+
+def scaling(left, row, env: dict[str, str]) -> None:
+    """Part 4: ``bench_scaling.py`` at :data:`SCALING_RANKS`, one row per solver: its measured
+    speed-up at the largest P over serial at P = 1 and the model's error there."""
+    what = f"bench_scaling, CPU, P={SCALING_RANKS}"
+    if left() < 120:
+        row(what, "skipped", "budget spent")
+        return
+    out = RESULTS / "check_gpu_scaling.json"
+    try:
+        proc = run([sys.executable, "benchmarks/bench_scaling.py", "--ranks", SCALING_RANKS, "--epochs", "1",
+                    "--out", str(out)], timeout=left(), env={**env, "OCNET_MALLOC": "tuned"}, cwd=ROOT)
+    except TimeoutError:
+        row(what, "skipped", "budget spent before it finished")
+        return
+    if proc.returncode != 0:
+        row(what, "FAILED", proc.stderr.strip()[-200:])
+        return
+    rows = json.loads(out.read_text())["rows"]
+    t1 = next((r["step"] for r in rows if r["solver"] == "serial" and r["P"] == 1 and r.get("step")), None)
+    for solver in dict.fromkeys(r["solver"] for r in rows):
+        done = [r for r in rows if r["solver"] == solver and r.get("step")]
+        if not done:
+            row(f"scaling {solver}", "FAILED", next((r.get("error", "") for r in rows if r["solver"] == solver), ""))
+            continue
+        top = done[-1]
+        error = f", model {top['error']:+.0%}" if top.get("error") is not None else ""
+        row(f"scaling {solver}, P=1…{top['P']}", "ok",
+            f"P={top['P']}: step {1e3 * top['step']:.1f} ms, {t1 / top['step']:.2f}× serial P=1{error}"
+            if t1 else f"P={top['P']}: step {1e3 * top['step']:.1f} ms{error}")
 
 
 def main() -> int:
@@ -98,6 +135,7 @@ def main() -> int:
                         f"({medians['cpu'] / medians['cuda']:.1f}× faster on the GPU)")
                 elif not failed:
                     row(f"{solver} conv, P={p}, step time", "skipped", "budget spent")
+    scaling(left, row, env)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "check_gpu.json").write_text(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows,
                                                         "seconds": time.monotonic() - start}, indent=2) + "\n")
