@@ -6,6 +6,7 @@ as a plain module.
     from ocnet import load_run
     run = load_run("runs/digits-serial-P8")
     run.model(x)                    # a torch.nn.Sequential with the trained weights
+    run.convex_model(x)             # with --head convex: the same with the convex head
     run.summary["final_test_acc"], run.history[-1]
 
 The records are read as they are on disk (a run still going has no summary or model yet, and
@@ -29,6 +30,8 @@ try:  # Python >= 3.11
 except ImportError:  # pragma: no cover
     import tomli as tomllib
 
+from ..convex.head import attach
+from ..convex.network import TwoLayerReLU
 from ..model.data import load
 from ..model.problem import Problem, from_config
 from ..runs.config import resolve
@@ -108,6 +111,27 @@ class Run:
         """``problem.to_torch()``: opening, layers and classifier as a plain module, in
         evaluation mode."""
         return self.problem.to_torch().eval()
+
+    @cached_property
+    def convex_model(self) -> torch.nn.Sequential:
+        """:attr:`model` with its classifier's last linear map replaced by the convex head
+        (``convex_head.pt``, which ``--head convex`` writes), in evaluation mode.
+
+        Raises
+        ------
+        FileNotFoundError
+            When the run fitted no convex head.
+        """
+        path = self.path / "convex_head.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.path} holds no convex head ({path.name}: runs with --head convex)")
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        m, d = state["hidden.weight"].shape
+        head = TwoLayerReLU(d, m, state["output.weight"].shape[0]).to(state["hidden.weight"].dtype)
+        head.load_state_dict(state)
+        model = self.problem.to_torch().eval()
+        model[-1] = attach(model[-1], head)
+        return model
 
     @property
     def base_label(self) -> str:

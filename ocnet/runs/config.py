@@ -107,6 +107,23 @@ COMMON: dict[str, Option] = {
                              "trains until --epochs (the total over all levels)", min=1),
     "nested_interpolate": Option(str, "linear", "--nested: how a level's residual steps become the next "
                                  "level's, as a field theta(t) in layer time", choices=("constant", "linear")),
+    "head": Option(str, "sgd", "the classifier after training: sgd (as trained), or convex: its last linear map "
+                   "also refitted as a two-layer ReLU network by the convex program, scored beside it and "
+                   "saved as convex_head.pt (docs/convex.rst)", choices=("sgd", "convex"), resumable=True),
+    "convex_patterns": Option(int, 8, "--head convex: activation patterns sampled for the programs", min=1,
+                              resumable=True),
+    "convex_beta": Option(float, 0.1, "--head convex: the programs' weight decay beta (of the loss summed over "
+                          "the samples)", min=0.0, resumable=True),
+    "convex_loss": Option(str, "squared", "--head convex: the loss of each class's one-vs-rest program",
+                          choices=("squared", "logistic"), resumable=True),
+    "convex_eps": Option(float, 0.0, "--head convex: the l-infinity radius of the robust program, on the "
+                         "standardised features (0: the nominal program; > 0 is solved by CVXPY)", min=0.0,
+                         resumable=True),
+    "convex_solver": Option(str, "admm", "--head convex: ADMM in torch on the run's device, or CVXPY with "
+                            "Clarabel (exact, small programs)", choices=("admm", "cvxpy"), resumable=True),
+    "convex_tol": Option(float, 1e-4, "--head convex: ADMM's stopping tolerance", positive=True, resumable=True),
+    "convex_samples": Option(int, 0, "--head convex: fit on this many training samples, a seeded random subset "
+                             "(0: all)", min=0, resumable=True),
     "lr": Option(float, 3e-3, "learning rate", positive=True),
     "optimizer": Option(str, "adam", "optimiser", choices=("adam", "sgd")),
     "momentum": Option(float, 0.9, "SGD momentum", min=0.0, max=1.0),
@@ -332,6 +349,9 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
         what = "a transformer on token sequences" if net == "transformer" else f"a {net} network"
         lines.append(f"--patch has no effect: it is the patch size of a vision transformer "
                      f"(--net transformer on images), and this run trains {what}")
+    if config["head"] != "convex" and any(k.startswith("convex_") for k in keys):
+        lines.append(f"--{next(k for k in sorted(keys) if k.startswith('convex_')).replace('_', '-')} has no "
+                     "effect without --head convex: it configures the convex head's programs")
     if "nested_interpolate" in keys and not config["nested"]:
         lines.append("--nested-interpolate has no effect without --nested: it is how nested iteration "
                      "hands a level's parameters to the next")

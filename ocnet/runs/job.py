@@ -41,7 +41,7 @@ from ..ranks.tags import Tags
 from ..solvers import Solver, SolverError
 from ..solvers import get as get_solver
 from ..solvers.records import dumps
-from . import checkpoint, claim, directory, faults, nested, startup
+from . import checkpoint, claim, convex_head, directory, faults, nested, startup
 from .config import ConfigError, check_filter, dump_toml, given, help_text, resolve, without_effect
 from .console import Console
 from .memory import check_memory
@@ -178,6 +178,7 @@ def _build(config: dict[str, Any], world: comm_mod.Comm, out: Path, resume: bool
         n_ranks=comm.size, n_samples=len(data.y_train) + len(data.y_test), optimizer=config["optimizer"],
         device=device, sharing=sharing))
     problem = agree(world, lambda: from_config(config, data.input_shape, data.n_classes))
+    agree(world, lambda: convex_head.check(config, problem, len(data.y_train)))
     levels = agree(world, lambda: nested.plan(config, len(problem.stages)))
     solver_cls = get_solver(config["solver"])
     for lv in levels[:-1]:  # every coarse level's partition, before any training
@@ -396,7 +397,8 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
         records = s["history"].records
         _finish(out, config, comm.size, records, wall, model, network_of, final_test,
                 best_test=_best_test(out, config, data, records), resumed=s["start"] is not None, draw=draw,
-                report=report, levels=levels if len(levels) > 1 else None)
+                report=report, levels=levels if len(levels) > 1 else None,
+                head=partial(_convex_head, out, config, data) if config["head"] == "convex" else None)
     return 0
 
 
@@ -464,10 +466,21 @@ def _best_test(out: Path, config: dict[str, Any], data: Dataset, records: list[d
     return correct / len(data.y_test)
 
 
+def _convex_head(out: Path, config: dict[str, Any], data: Dataset) -> dict[str, Any]:
+    """Rank 0, ``--head convex``: the head fitted on the network of ``model.pt``, saved as
+    ``convex_head.pt``; returns the summary's entry."""
+    problem = from_config(config, data.input_shape, data.n_classes).to(data.x_train.device)
+    problem.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location=data.x_train.device))
+    head, entry = convex_head.fit(config, problem, data)
+    checkpoint.write_model(out / convex_head.FILE, [head.state_dict()])
+    return entry
+
+
 def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: float, shards: list[dict],
             network: dict[str, Any], final_test: float, best_test: float | None = None,
             resumed: bool = False, draw: Callable[[Path], None] | None = None,
-            report: dict[str, Any] | None = None, levels: list[nested.Level] | None = None) -> None:
+            report: dict[str, Any] | None = None, levels: list[nested.Level] | None = None,
+            head: Callable[[], dict[str, Any]] | None = None) -> None:
     """Rank 0: the exported model, summary.json, the plots ``draw`` makes, and the one-line summary.
 
     ``wall`` is this job's time; the summary's ``wall_time`` and ``bytes_sent`` cover the
@@ -476,8 +489,16 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
     rebuild the network without the data.  ``final_test`` is the final model's test
     accuracy; with a validation set, ``best_test`` that of ``best.pt``. ``report`` holds the
     solver's own entries (:meth:`~ocnet.solvers.Solver.report`).  ``levels``: those of nested
-    iteration, which the summary lists with the epochs each trained."""
+    iteration, which the summary lists with the epochs each trained.  ``head``: the convex
+    head's fit, run once ``model.pt`` is written (its entries join the summary; a fit that
+    fails is a warning, the trained network is kept)."""
     checkpoint.write_model(out / "model.pt", shards)
+    if head is not None:
+        print("ocnet: fitting the convex head", flush=True)
+        try:
+            report = {**(report or {}), **head()}
+        except (ValueError, RuntimeError) as e:  # a solver's failure: the trained network is on disk
+            print(f"ocnet: warning: the convex head was not fitted: {e}", file=sys.stderr, flush=True)
     epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1]
     summary = {"solver": config["solver"], "ranks": ranks, "data_parallel": config["data_parallel"],
@@ -503,6 +524,9 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
     best_text = "" if best is None else \
         f" (best epoch {best['epoch'] + 1}: val {100 * best['val_acc']:.2f} %, test {100 * (best_test or 0):.2f} %)"
     groups = f" (D={config['data_parallel']})" if config["data_parallel"] > 1 else ""
+    convex = (report or {}).get("convex_head")
+    if convex is not None:
+        best_text += f" (convex head: test {100 * convex['convex_test_acc']:.2f} %)"
     print(f"ocnet: {config['solver']} P={ranks}{groups} on {config['problem']}: "
           f"test acc {100 * final_test:.2f} %{best_text}, train acc {100 * last['train_acc']:.2f} %, "
           f"loss {last['loss']:.4g}, {summary['wall_time']:.1f} s{f' ({wall:.1f} s in this job)' if resumed else ''}, "
