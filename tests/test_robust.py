@@ -9,6 +9,7 @@ from ocnet.convex import MAX_SIZE, ConvexProgram, neurons, one_vs_rest, recover,
 from ocnet.convex.adversarial import attacked_accuracy, pgd
 from ocnet.convex.program import data_loss
 from ocnet.convex.robust import (
+    margins,
     robust_objective,
     sensitivity,
     solve_robust_cvxpy,
@@ -143,6 +144,21 @@ def test_the_linear_pattern_is_added_once():
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert torch.equal(with_linear_pattern(s), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
     assert torch.equal(with_linear_pattern(with_linear_pattern(s)), with_linear_pattern(s))
+
+
+def test_margins_are_the_half_gaps_of_points_on_a_line():
+    """On a line with a bias, the pattern "x ≥ c" between neighbours a < b is held by the
+    hyperplane x = (a + b)/2 at ℓ∞ distance (b − a)/2 from both: its margin, beyond which the
+    robust program must leave its neurons at 0; the all-firing pattern's margin is the cap."""
+    x = torch.tensor([[-1.0], [-0.4], [0.0], [0.9], [1.5]], dtype=torch.float64)
+    cuts = [1, 2, 3, 4]  # pattern j fires on the points from index cuts[j] on
+    s = torch.stack([(torch.arange(5) >= c).double() for c in cuts] + [torch.ones(5, dtype=torch.float64)], dim=1)
+    program = ConvexProgram.build(x, torch.ones(5), beta=0.1, loss="logistic", patterns=s)
+    half_gaps = [(float(x[c]) - float(x[c - 1])) / 2 for c in cuts]
+    torch.testing.assert_close(margins(program, cap=2.0), torch.tensor([*half_gaps, 2.0], dtype=torch.float64),
+                               rtol=1e-6, atol=1e-7)
+    solution = solve_robust_cvxpy(program, 0.25)  # the gap 0.4 (half 0.2) closes, the others stay open
+    assert float(solution.v[1].norm() + solution.w[1].norm()) == 0 and solution.objective.violation < 1e-8
 
 
 def test_one_vs_rest_takes_the_robust_solver():

@@ -130,10 +130,40 @@ def robust_objective(program: ConvexProgram, v: torch.Tensor, w: torch.Tensor, e
                      violation=robust_violation(program, v, w, eps))
 
 
+def margins(program: ConvexProgram, cap: float = 1.0) -> torch.Tensor:
+    """The widest ℓ∞ margin each pattern admits, ``(P,)``: ``m_i = max min_k (2D_i − I)_k x̃_kᵀ v``
+    over ``‖v°‖₁ ≤ 1``, capped at ``cap`` (the all-firing pattern's is unbounded: a bias alone
+    fires on every ball), by one linear program in CVXPY.
+
+    The robust cones of pattern i admit a nonzero ``v_i`` exactly when ``m_i > ε`` (scale the
+    maximiser; conversely a ``v`` with ``‖v°‖₁ = 1`` meets them only if its margin is ``≥ ε``,
+    and a non-constant pattern needs ``v° ≠ 0``). The patterns sampled from Gaussian directions
+    have hyperplanes through the data, so their margins are small, about the gaps between
+    neighbouring samples.
+    """
+    cp = _cvxpy()
+    x = program.x.detach().cpu().double().numpy()
+    s = program.patterns.detach().cpu().double().numpy()
+    (n, d_full), p = x.shape, s.shape[1]
+    v, m = cp.Variable((p, d_full)), cp.Variable(p)
+    constraints = [cp.multiply(2 * s - 1, x @ v.T) >= np.ones((n, 1)) @ cp.reshape(m, (1, p), order="C"),
+                   cp.norm1(v[:, :inputs(program)], axis=1) <= 1, m <= cap]
+    problem = cp.Problem(cp.Maximize(cp.sum(m)), constraints)  # the P programs are separate: one solve
+    problem.solve(solver=cp.CLARABEL)
+    if problem.status not in ACCEPTED:
+        raise RuntimeError(f"CVXPY/Clarabel ended with status {problem.status!r} on the margins, not one of {ACCEPTED}")
+    return torch.as_tensor(m.value, dtype=program.x.dtype, device=program.x.device)
+
+
 def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = False, **options: Any) -> Solution:
     """The optimum of the robust program of radius ``eps`` by Clarabel (``options`` go to
     ``Problem.solve``), on the CPU in float64, returned in the program's dtype and device;
     its ``objective`` is :func:`robust_objective`.
+
+    At ``ε > 0`` the patterns whose :func:`margins` are at most ``ε`` admit only
+    ``v_i = w_i = 0``; they are left out of the conic program (their rows of the solution are
+    zero), which leaves its optimum unchanged and keeps the interior-point method away from
+    cones whose only point is 0, on which Clarabel can stall.
 
     For C classes pass ``lambda p: solve_robust_cvxpy(p, eps)`` to
     :func:`~.network.one_vs_rest`: each output is then trained against its own worst case.
@@ -148,10 +178,18 @@ def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = Fa
         raise ValueError(f"the program is too large for CVXPY: n·d·P = {n}·{d}·{program.patterns.shape[1]} = "
                          f"{program.size} > {MAX_SIZE} (Clarabel took 55 s at 2·10⁶)")
     cp = _cvxpy()
+    start = time.perf_counter()
+    keep = torch.ones(program.patterns.shape[1], dtype=torch.bool)  # at ε = 0 every sampled cone has a point ≠ 0
+    if eps > 0:
+        keep = (margins(program, cap=eps + 1.0) > eps).cpu()
     x = program.x.detach().cpu().double().numpy()
     y = program.y.detach().cpu().double().numpy()
-    s = program.patterns.detach().cpu().double().numpy()
+    s = program.patterns[:, keep].detach().cpu().double().numpy()
     (n, d_full), p, d = x.shape, s.shape[1], inputs(program)
+    if p == 0:  # no pattern is robust at ε: the optimum is the zero network
+        v0, w0 = program.zeros()
+        return Solution(v=v0, w=w0, objective=robust_objective(program, v0, w0, eps), status="optimal",
+                        iterations=0, seconds=0.0)
     v, w = cp.Variable((p, d_full)), cp.Variable((p, d_full))
     prediction = cp.sum(cp.multiply(s, x @ (v - w).T), axis=1)
     spread = eps * cp.norm1(s @ (v - w)[:, :d], axis=1)  # ε ‖z_k‖₁, (n,)
@@ -170,13 +208,13 @@ def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = Fa
     margin = [eps * (ones @ cp.reshape(cp.norm1(u[:, :d], axis=1), (1, p), order="C")) for u in (v, w)]
     constraints = [cp.multiply(sign, x @ v.T) >= margin[0], cp.multiply(sign, x @ w.T) >= margin[1], *extra]
     problem = cp.Problem(cp.Minimize(loss + penalty), constraints)
-    start = time.perf_counter()
     problem.solve(solver=cp.CLARABEL, verbose=verbose, **options)
     seconds = time.perf_counter() - start
     if problem.status not in ACCEPTED:
         raise RuntimeError(f"CVXPY/Clarabel ended with status {problem.status!r}, not one of {ACCEPTED}")
-    vt = torch.as_tensor(v.value, dtype=program.x.dtype, device=program.x.device)
-    wt = torch.as_tensor(w.value, dtype=program.x.dtype, device=program.x.device)
+    vt, wt = program.zeros()
+    vt[keep.to(vt.device)] = torch.as_tensor(v.value, dtype=vt.dtype, device=vt.device)
+    wt[keep.to(wt.device)] = torch.as_tensor(w.value, dtype=wt.dtype, device=wt.device)
     iterations = int(problem.solver_stats.num_iters or 0)
     return Solution(v=vt, w=wt, objective=robust_objective(program, vt, wt, eps), status=problem.status,
                     iterations=iterations, seconds=seconds)
