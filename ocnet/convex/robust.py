@@ -130,7 +130,7 @@ def robust_objective(program: ConvexProgram, v: torch.Tensor, w: torch.Tensor, e
                      violation=robust_violation(program, v, w, eps))
 
 
-def margins(program: ConvexProgram, cap: float = 1.0) -> torch.Tensor:
+def margins(program: ConvexProgram, cap: float = 1.0, **options: Any) -> torch.Tensor:
     """The widest ℓ∞ margin each pattern admits, ``(P,)``: ``m_i = max min_k (2D_i − I)_k x̃_kᵀ v``
     over ``‖v°‖₁ ≤ 1``, capped at ``cap`` (the all-firing pattern's is unbounded: a bias alone
     fires on every ball), by one linear program in CVXPY.
@@ -139,7 +139,7 @@ def margins(program: ConvexProgram, cap: float = 1.0) -> torch.Tensor:
     maximiser; conversely a ``v`` with ``‖v°‖₁ = 1`` meets them only if its margin is ``≥ ε``,
     and a non-constant pattern needs ``v° ≠ 0``). The patterns sampled from Gaussian directions
     have hyperplanes through the data, so their margins are small, about the gaps between
-    neighbouring samples.
+    neighbouring samples. ``options`` go to Clarabel's ``Problem.solve``.
     """
     cp = _cvxpy()
     x = program.x.detach().cpu().double().numpy()
@@ -149,7 +149,7 @@ def margins(program: ConvexProgram, cap: float = 1.0) -> torch.Tensor:
     constraints = [cp.multiply(2 * s - 1, x @ v.T) >= np.ones((n, 1)) @ cp.reshape(m, (1, p), order="C"),
                    cp.norm1(v[:, :inputs(program)], axis=1) <= 1, m <= cap]
     problem = cp.Problem(cp.Maximize(cp.sum(m)), constraints)  # the P programs are separate: one solve
-    problem.solve(solver=cp.CLARABEL)
+    problem.solve(solver=cp.CLARABEL, **options)
     if problem.status not in ACCEPTED:
         raise RuntimeError(f"CVXPY/Clarabel ended with status {problem.status!r} on the margins, not one of {ACCEPTED}")
     return torch.as_tensor(m.value, dtype=program.x.dtype, device=program.x.device)
@@ -157,8 +157,8 @@ def margins(program: ConvexProgram, cap: float = 1.0) -> torch.Tensor:
 
 def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = False, **options: Any) -> Solution:
     """The optimum of the robust program of radius ``eps`` by Clarabel (``options`` go to
-    ``Problem.solve``), on the CPU in float64, returned in the program's dtype and device;
-    its ``objective`` is :func:`robust_objective`.
+    ``Problem.solve``, for the margins and the program), on the CPU in float64, returned in
+    the program's dtype and device; its ``objective`` is :func:`robust_objective`.
 
     At ``ε > 0`` the patterns whose :func:`margins` are at most ``ε`` admit only
     ``v_i = w_i = 0``; they are left out of the conic program (their rows of the solution are
@@ -169,8 +169,8 @@ def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = Fa
     :func:`~.network.one_vs_rest`: each output is then trained against its own worst case.
 
     Raises ValueError for ``eps < 0`` and, as :func:`~.cvx.solve_cvxpy`, for a program larger
-    than :data:`~.cvx.MAX_SIZE`; RuntimeError when the status is not one of
-    :data:`~.cvx.ACCEPTED`.
+    than :data:`~.cvx.MAX_SIZE`; RuntimeError when Clarabel fails or its status is not one
+    of :data:`~.cvx.ACCEPTED`.
     """
     _check(eps)
     if program.size > MAX_SIZE:
@@ -181,7 +181,7 @@ def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = Fa
     start = time.perf_counter()
     keep = torch.ones(program.patterns.shape[1], dtype=torch.bool)  # at ε = 0 every sampled cone has a point ≠ 0
     if eps > 0:
-        keep = (margins(program, cap=eps + 1.0) > eps).cpu()
+        keep = (margins(program, cap=eps + 1.0, **options) > eps).cpu()
     x = program.x.detach().cpu().double().numpy()
     y = program.y.detach().cpu().double().numpy()
     s = program.patterns[:, keep].detach().cpu().double().numpy()
@@ -192,23 +192,32 @@ def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = Fa
                         iterations=0, seconds=0.0)
     v, w = cp.Variable((p, d_full)), cp.Variable((p, d_full))
     prediction = cp.sum(cp.multiply(s, x @ (v - w).T), axis=1)
-    spread = eps * cp.norm1(s @ (v - w)[:, :d], axis=1)  # ε ‖z_k‖₁, (n,)
-    if program.loss == "squared":
+    # At ε = 0 the ℓ1 terms are left out rather than multiplied by 0 (CVXPY would still hand
+    # Clarabel their n·d auxiliary variables): the program is then the nominal one, as
+    # :func:`~.cvx.solve_cvxpy` writes it.
+    spread = eps * cp.norm1(s @ (v - w)[:, :d], axis=1) if eps > 0 else 0  # ε ‖z_k‖₁, (n,)
+    extra = []
+    if program.loss == "squared" and eps > 0:
         # ½ (|f − y| + ε‖z‖₁)² is the square of a nonnegative convex function, which DCP does
         # not recognise as convex: bound the inner function by t and minimise ½‖t‖² instead.
         t = cp.Variable(n)
         loss = 0.5 * cp.sum_squares(t)
         extra = [t >= cp.abs(prediction - y) + spread]
+    elif program.loss == "squared":
+        loss = 0.5 * cp.sum_squares(prediction - y)
     else:
         loss = cp.sum(cp.logistic(spread - cp.multiply(y, prediction)))
-        extra = []
     penalty = program.beta * (cp.sum(cp.norm(v, 2, axis=1)) + cp.sum(cp.norm(w, 2, axis=1)))
     sign, ones = 2 * s - 1, np.ones((n, 1))
     # ε ‖v_i°‖₁ is one number per neuron, the same bound for each of its n rows.
-    margin = [eps * (ones @ cp.reshape(cp.norm1(u[:, :d], axis=1), (1, p), order="C")) for u in (v, w)]
+    margin = [eps * (ones @ cp.reshape(cp.norm1(u[:, :d], axis=1), (1, p), order="C")) if eps > 0 else 0
+              for u in (v, w)]
     constraints = [cp.multiply(sign, x @ v.T) >= margin[0], cp.multiply(sign, x @ w.T) >= margin[1], *extra]
     problem = cp.Problem(cp.Minimize(loss + penalty), constraints)
-    problem.solve(solver=cp.CLARABEL, verbose=verbose, **options)
+    try:
+        problem.solve(solver=cp.CLARABEL, verbose=verbose, **options)
+    except cp.error.SolverError as e:  # Clarabel stopped without an answer (e.g. InsufficientProgress)
+        raise RuntimeError(f"CVXPY/Clarabel failed on the robust program at ε = {eps}: {e}") from e
     seconds = time.perf_counter() - start
     if problem.status not in ACCEPTED:
         raise RuntimeError(f"CVXPY/Clarabel ended with status {problem.status!r}, not one of {ACCEPTED}")
