@@ -65,9 +65,9 @@ def with_linear_pattern(patterns: torch.Tensor) -> torch.Tensor:
     A sampled pattern comes from a hyperplane through the data, and it keeps a nonzero neuron
     in the robust program only if some hyperplane of the same pattern stays ε (in ℓ∞) away
     from every sample: at a larger ε fewer of them do, and those that do not are forced to
-    ``v_i = w_i = 0``. The all-firing pattern always does (a large enough bias moves the
-    hyperplane away from the data): its neurons are linear, so with it the robust program
-    holds at least the robust linear model at every radius.
+    ``v_i = w_i = 0``. In a program with a bias the all-firing pattern always does (a large
+    enough bias moves the hyperplane away from the data): its neurons are linear, so with it
+    the robust program holds at least the robust linear model at every radius.
     """
     if bool((patterns == 1).all(dim=0).any()):
         return patterns
