@@ -6,7 +6,9 @@ trained to a certified optimum of its sampled convex program (Pilanci & Ergen 20
 * :mod:`.network`: the two-layer ReLU network of a solution, and one-vs-rest for C classes;
 * :mod:`.cvx`: the exact reference by CVXPY and Clarabel (``pip install ocnet[convex]``);
 * :mod:`.admm`: ADMM in torch, on the data's device, for programs of thousands of samples;
-* :mod:`.adversarial`: FGSM and PGD attacks and adversarial training, the robust baselines.
+* :mod:`.adversarial`: FGSM and PGD attacks and adversarial training, the robust baselines;
+* :mod:`.robust`: the ℓ∞-robust convex program, exact adversarial training over the networks
+  whose neurons keep their patterns on every training ball, and its solver by CVXPY.
 
 May use: nothing of ocnet (it sits between :mod:`ocnet.solvers` and :mod:`ocnet.runs`, for the
 runs that will train a convex head).
@@ -18,6 +20,8 @@ from .cvx import MAX_SIZE, solve_cvxpy
 from .network import TwoLayerReLU, neurons, one_vs_rest, recover
 from .patterns import sample_patterns
 from .program import LOSSES, ConvexProgram, Objective, Solution
+from .robust import robust_objective, solve_robust_cvxpy, with_linear_pattern
 
 __all__ = ["LOSSES", "MAX_SIZE", "ConvexProgram", "Objective", "Solution", "TwoLayerReLU", "neurons", "one_vs_rest",
-           "recover", "sample_patterns", "solve_admm", "solve_cvxpy"]
+           "recover", "robust_objective", "sample_patterns", "solve_admm", "solve_cvxpy", "solve_robust_cvxpy",
+           "with_linear_pattern"]
