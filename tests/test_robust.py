@@ -166,8 +166,8 @@ def test_one_vs_rest_takes_the_robust_solver():
     x = torch.randn(45, 2, dtype=torch.float64, generator=g)
     labels = torch.arange(45) % 3
     x = 0.5 * x + 3.0 * torch.stack([torch.cos(2.1 * labels), torch.sin(2.1 * labels)], dim=1)
-    net, solutions = one_vs_rest(x, labels, lambda p: solve_robust_cvxpy(p, 0.1), beta=0.1, loss="logistic",
-                                 patterns=6, generator=torch.Generator().manual_seed(8))
+    net, solutions = one_vs_rest(x, labels, lambda ps: [solve_robust_cvxpy(p, 0.1) for p in ps], beta=0.1,
+                                 loss="logistic", patterns=6, generator=torch.Generator().manual_seed(8))
     assert len(solutions) == 3 and all(s.objective.violation < 1e-8 for s in solutions)
     with torch.no_grad():
         assert float((net(x).argmax(dim=1) == labels).double().mean()) > 0.9

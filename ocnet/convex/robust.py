@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cvx import ACCEPTED, MAX_SIZE, _cvxpy
+from .cvx import ACCEPTED, CLARABEL, MAX_SIZE, _cvxpy
 from .program import ConvexProgram, Objective, Solution
 
 
@@ -149,7 +149,7 @@ def margins(program: ConvexProgram, cap: float = 1.0, **options: Any) -> torch.T
     constraints = [cp.multiply(2 * s - 1, x @ v.T) >= np.ones((n, 1)) @ cp.reshape(m, (1, p), order="C"),
                    cp.norm1(v[:, :inputs(program)], axis=1) <= 1, m <= cap]
     problem = cp.Problem(cp.Maximize(cp.sum(m)), constraints)  # the P programs are separate: one solve
-    problem.solve(solver=cp.CLARABEL, **options)
+    problem.solve(solver=cp.CLARABEL, **{**CLARABEL, **options})
     if problem.status not in ACCEPTED:
         raise RuntimeError(f"CVXPY/Clarabel ended with status {problem.status!r} on the margins, not one of {ACCEPTED}")
     return torch.as_tensor(m.value, dtype=program.x.dtype, device=program.x.device)
@@ -165,7 +165,7 @@ def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = Fa
     zero), which leaves its optimum unchanged and keeps the interior-point method away from
     cones whose only point is 0, on which Clarabel can stall.
 
-    For C classes pass ``lambda p: solve_robust_cvxpy(p, eps)`` to
+    For C classes pass ``lambda ps: [solve_robust_cvxpy(p, eps) for p in ps]`` to
     :func:`~.network.one_vs_rest`: each output is then trained against its own worst case.
 
     Raises ValueError for ``eps < 0`` and, as :func:`~.cvx.solve_cvxpy`, for a program larger
@@ -215,7 +215,7 @@ def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = Fa
     constraints = [cp.multiply(sign, x @ v.T) >= margin[0], cp.multiply(sign, x @ w.T) >= margin[1], *extra]
     problem = cp.Problem(cp.Minimize(loss + penalty), constraints)
     try:
-        problem.solve(solver=cp.CLARABEL, verbose=verbose, **options)
+        problem.solve(solver=cp.CLARABEL, verbose=verbose, **{**CLARABEL, **options})
     except cp.error.SolverError as e:  # Clarabel stopped without an answer (e.g. InsufficientProgress)
         raise RuntimeError(f"CVXPY/Clarabel failed on the robust program at ε = {eps}: {e}") from e
     seconds = time.perf_counter() - start
