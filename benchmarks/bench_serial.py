@@ -292,10 +292,11 @@ def schedules_step(args) -> dict | None:
         not_run[name] = why
         del steps[name]
     # Rounds: each contender runs three steps in a row and the last two count, so that each
-    # is timed in its own steady state (its allocator pattern) while noise still hits all.
+    # is timed in its own steady state (its allocator pattern) while noise still hits all; the
+    # order turns round every round, so that a load that changes within one hits all alike.
     times: dict[str, list[float]] = {k: [] for k in steps}
     for i in range(max(2, args.repeats // 2 + 1)):  # round 0 warms up
-        for name, fn in steps.items():
+        for name, fn in (list(steps.items()) if i % 2 else list(steps.items())[::-1]):
             for j in range(3):
                 dist.barrier()
                 comm.barrier()
