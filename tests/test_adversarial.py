@@ -10,6 +10,8 @@ from torch import nn
 from ocnet.convex.adversarial import attacked_accuracy, fgsm, pgd, train
 from ocnet.convex.network import TwoLayerReLU
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only contend
+
 
 def _linear(seed=0):
     g = torch.Generator().manual_seed(seed)
