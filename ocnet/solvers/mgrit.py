@@ -43,7 +43,7 @@ from ..ranks.comm import Comm
 from ..ranks.filters import IDENTITY, Filter
 from .base import OptimizerFactory, ParallelSolver, SolverError
 from .records import Record, reduce
-from .warm_start import WARM_STARTS, WarmStart
+from .warm_start import WARM_STARTS, Cold, WarmStart
 
 
 class MGRIT(ParallelSolver):
@@ -187,12 +187,17 @@ class MGRIT(ParallelSolver):
         if u0 is not None:
             with timeline.span("head"):
                 u0.backward(adj.lam[0])
-        warm.remember("u", index, fwd.points, fwd.u)
-        warm.remember("lam", index, adj.mgrit.points, [n * lam for lam in adj.mgrit.u])
+        if type(warm) is not Cold:  # Cold forgets: n λ at every point would be copies thrown away
+            warm.remember("u", index, fwd.points, fwd.u)
+            warm.remember("lam", index, adj.mgrit.points, [n * lam for lam in adj.mgrit.u])
 
         residual = {"forward": fwd.residual, "adjoint": adj.mgrit.residual}
-        scale = dict(zip(residual, self._c_norms(fwd, adj.mgrit)))
-        inexactness = max(residual[k][-1] / scale[k] if scale[k] > 0 else 0.0 for k in residual)
+        inexactness = 0.0
+        # The residuals are the same on every rank, so every rank skips the states' norms (and
+        # their reduction) alike where no residual is left to scale (one level: an exact sweep).
+        if any(r[-1] > 0 for r in residual.values()):
+            scale = dict(zip(residual, self._c_norms(fwd, adj.mgrit)))
+            inexactness = max(residual[k][-1] / scale[k] if scale[k] > 0 else 0.0 for k in residual)
         self._inexactness, self._steps = self._inexactness + inexactness, self._steps + 1
         record: Record = {} if loss is None else {"loss": loss}
         record.update(residual=residual, inexactness=inexactness,
@@ -232,13 +237,13 @@ class MGRIT(ParallelSolver):
         """The 2-norm of each solve's states over the fine C-points, where its residual is
         taken; the same numbers on every rank (one reduction for all)."""
         c = self.config["coarsening"]
-        local = torch.tensor([sum(float(torch.linalg.vector_norm(u.double())) ** 2
+        local = torch.tensor([sum(float(torch.linalg.vector_norm(u, dtype=torch.float64)) ** 2
                                   for n, u in zip(s.points, s.u) if n % c == 0) for s in solves], dtype=torch.float64)
         return [math.sqrt(float(v)) for v in self.comm.allreduce(local)]
 
     def _norm(self, v_on_owner: torch.Tensor | None) -> float:
         """``‖v‖`` for ``v`` known on one rank; the same number on every rank."""
-        local = 0.0 if v_on_owner is None else float(torch.linalg.vector_norm(v_on_owner.double()))
+        local = 0.0 if v_on_owner is None else float(torch.linalg.vector_norm(v_on_owner, dtype=torch.float64))
         return self.comm.allreduce(local)
 
     # -- checkpoints ----------------------------------------------------------------------
