@@ -104,6 +104,9 @@ def test_a_run_scores_and_saves_its_convex_head(tmp_path, capsys):
     with torch.no_grad():
         got = (run.convex_model(data.x_test).argmax(1) == data.y_test).double().mean()
     assert float(got) == pytest.approx(entry["convex_test_acc"])
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(run.model(data.x_train), data.y_train)
+    assert entry["sgd_train_loss"] == pytest.approx(float(loss), rel=1e-5)
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary file left behind
 
 

@@ -74,6 +74,8 @@ def fit(config: Mapping[str, Any], problem: Problem, data: Dataset) -> tuple[tor
                                          zip(*(scores(x[i:i + 1024]) for i in range(0, len(x), 1024))))
             entry[f"sgd_{split}_acc"] = _accuracy(sgd_logits, labels)
             entry[f"convex_{split}_acc"] = _accuracy(convex_logits, labels)
+            if split == "train":  # the trained head's own objective: its mean cross-entropy
+                entry["sgd_train_loss"] = float(problem.loss(sgd_logits, labels))
     statuses = sorted({s.status for s in result.solutions})
     entry.update(objective=result.objective, status=statuses[0] if len(statuses) == 1 else ",".join(statuses),
                  iterations=max(s.iterations for s in result.solutions),
