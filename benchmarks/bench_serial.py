@@ -399,7 +399,7 @@ def main() -> None:
     ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if os.environ.get("OCNET_MALLOC") == "tuned":
+    if allocator() == "tuned":
         tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)

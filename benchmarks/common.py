@@ -23,7 +23,15 @@ def tune_malloc() -> bool:
 
 
 def allocator() -> str:
-    return "tuned" if "GLIBC_TUNABLES" in os.environ or os.environ.get("OCNET_MALLOC") == "tuned" else "default"
+    """The allocator setting of this benchmark and of the ``ocnet.run`` jobs it starts, in the
+    benchmarks' words: ``"tuned"`` or ``"default"`` (glibc's own thresholds).  ``OCNET_MALLOC``
+    where it is set; else ``"tuned"`` where ``GLIBC_TUNABLES`` is set (the benchmarks that set it
+    set the tuned thresholds); else what ``--malloc auto`` means (:func:`ocnet.runs.allocator.setting`),
+    so that a benchmark times what users run."""
+    from ocnet.runs.allocator import ENV, setting
+    if "GLIBC_TUNABLES" in os.environ and not os.environ.get(ENV, "").strip():
+        return "tuned"
+    return "tuned" if setting("auto") == "tuned" else "default"
 
 
 def median_time(fn: Callable[[], None], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
