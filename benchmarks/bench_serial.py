@@ -318,7 +318,7 @@ def schedules_step(args) -> dict | None:
             "ocnet_best_vs_torch_best": med[torch_best] / med[ocnet_best] if torch_best else None}
 
 
-#: The allocators (c) runs under: glibc's as users run it, and ``OCNET_MALLOC=tuned``'s.
+#: The allocators (c) runs under: glibc's own thresholds (``OCNET_MALLOC=default``), and ``OCNET_MALLOC=tuned``'s.
 ALLOCATORS = ("default", "tuned")
 #: Largest relative differences from a plain forward and backward counted as the same network
 #: (float32 sums in another order).
@@ -400,7 +400,7 @@ def main() -> None:
     ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if os.environ.get("OCNET_MALLOC") == "tuned":
+    if allocator() == "tuned":
         tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)

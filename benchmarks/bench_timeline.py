@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if os.environ.get("OCNET_MALLOC") == "tuned":
+    if allocator() == "tuned":
         tune_malloc()
     if args.worker:
         worker(args.worker, args.repeats, args.steps)

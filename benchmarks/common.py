@@ -1,7 +1,6 @@
 """Shared pieces of the benchmarks: timing, the allocator setting, JSON output."""
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import platform
@@ -17,18 +16,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def tune_malloc() -> bool:
-    """Raise glibc's mmap and trim thresholds (docs/guide.rst, "Performance": freed activations otherwise
-    go back to the kernel and page-fault again).  Returns whether it took effect."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 256 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+    """Raise glibc's mmap and trim thresholds in this process, as ``--malloc tuned`` does in a
+    run's ranks (:func:`ocnet.runs.allocator.tune`).  Returns whether it took effect."""
+    from ocnet.runs.allocator import tune
+    return tune()
 
 
 def allocator() -> str:
-    return "tuned" if "GLIBC_TUNABLES" in os.environ or os.environ.get("OCNET_MALLOC") == "tuned" else "default"
+    """The allocator setting of this benchmark and of the ``ocnet.run`` jobs it starts, in the
+    benchmarks' words: ``"tuned"`` or ``"default"`` (glibc's own thresholds).  ``OCNET_MALLOC``
+    where it is set; else ``"tuned"`` where ``GLIBC_TUNABLES`` is set (the benchmarks that set it
+    set the tuned thresholds); else what ``--malloc auto`` means (:func:`ocnet.runs.allocator.setting`),
+    so that a benchmark times what users run."""
+    from ocnet.runs.allocator import ENV, setting
+    if "GLIBC_TUNABLES" in os.environ and not os.environ.get(ENV, "").strip():
+        return "tuned"
+    return "tuned" if setting("auto") == "tuned" else "default"
 
 
 def median_time(fn: Callable[[], None], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:

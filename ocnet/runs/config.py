@@ -19,7 +19,7 @@ from ..model import data, kinds
 from ..model.options import ConfigError, Option, show
 from ..ranks.compress import COMPRESSORS
 from ..ranks.filters import FILTERS
-from . import nested, tomlfile
+from . import allocator, nested, tomlfile
 from .plugins import idle_plugins, load_plugins
 from .tomlfile import MAX_TOML_BYTES, dump_toml, toml_value
 
@@ -146,6 +146,10 @@ COMMON: dict[str, Option] = {
     "threads": Option(int, 0, "torch threads per rank (0: OMP_NUM_THREADS if set, else 1 for dense networks "
                       "and the cores shared among the ranks of a node for convolutional ones)",
                       min=0, max=1024),
+    "malloc": Option(str, "auto", "glibc's allocator thresholds in each rank (tuned: raised with mallopt, so freed "
+                     "activations stay with the process instead of page-faulting again; glibc: as glibc sets them; "
+                     "auto: OCNET_MALLOC if set, glibc where GLIBC_TUNABLES sets glibc.malloc, else "
+                     f"{allocator.DEFAULT}; no effect without glibc)", choices=allocator.CHOICES, resumable=True),
     "checkpoint_every": Option(int, 0, "write a checkpoint every this many epochs and after the last one "
                                "(0: no checkpoints)", min=0),
     "resume": Option(str, "", "resume from this run directory's latest checkpoint"),

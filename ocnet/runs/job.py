@@ -41,7 +41,7 @@ from ..ranks.tags import Tags
 from ..solvers import Solver, SolverError
 from ..solvers import get as get_solver
 from ..solvers.records import dumps
-from . import checkpoint, claim, convex_head, directory, faults, nested, startup
+from . import allocator, checkpoint, claim, convex_head, directory, faults, nested, startup
 from .config import ConfigError, check_filter, dump_toml, given, help_text, resolve, without_effect
 from .console import Console
 from .memory import check_memory
@@ -130,11 +130,12 @@ def setup(argv: list[str], world: comm_mod.Comm) -> dict[str, Any]:
     rank checks it can write there; no other file is written.  A set-up that fails gives the
     claim up again, with any directory made for it."""
     config = agree(world, lambda: resolve(argv))
+    malloc = agree(world, lambda: allocator.apply(config["malloc"]))  # before the job allocates its tensors
     held, out, resume = agree(world, lambda: _claim(config, world))
     config["out"] = str(out)
     try:
         agree(world, lambda: directory.probe(out))
-        return {**_build(config, world, out, resume), "claim": held}
+        return {**_build(config, world, out, resume), "claim": held, "malloc": malloc}
     except BaseException:
         if held is not None:
             held.release(started=False)
@@ -397,7 +398,7 @@ def _run(s: dict[str, Any], comm: comm_mod.Comm, draw: Callable[[Path], None] | 
         records = s["history"].records
         _finish(out, config, comm.size, records, wall, model, network_of, final_test,
                 best_test=_best_test(out, config, data, records), resumed=s["start"] is not None, draw=draw,
-                report=report, levels=levels if len(levels) > 1 else None,
+                report=report, levels=levels if len(levels) > 1 else None, malloc=s["malloc"],
                 head=partial(_convex_head, out, config, data) if config["head"] == "convex" else None)
     return 0
 
@@ -480,7 +481,7 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
             network: dict[str, Any], final_test: float, best_test: float | None = None,
             resumed: bool = False, draw: Callable[[Path], None] | None = None,
             report: dict[str, Any] | None = None, levels: list[nested.Level] | None = None,
-            head: Callable[[], dict[str, Any]] | None = None) -> None:
+            head: Callable[[], dict[str, Any]] | None = None, malloc: str | None = None) -> None:
     """Rank 0: the exported model, summary.json, the plots ``draw`` makes, and the one-line summary.
 
     ``wall`` is this job's time; the summary's ``wall_time`` and ``bytes_sent`` cover the
@@ -491,7 +492,9 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
     solver's own entries (:meth:`~ocnet.solvers.Solver.report`).  ``levels``: those of nested
     iteration, which the summary lists with the epochs each trained.  ``head``: the convex
     head's fit, run once ``model.pt`` is written (its entries join the summary; a fit that
-    fails is a warning, the trained network is kept)."""
+    fails is a warning, the trained network is kept).  ``malloc``: the allocator setting this
+    job's ranks ran under (:func:`ocnet.runs.allocator.apply`), so that its times say what
+    they were measured under."""
     checkpoint.write_model(out / "model.pt", shards)
     if head is not None:
         print("ocnet: fitting the convex head", flush=True)
@@ -507,6 +510,8 @@ def _finish(out: Path, config: dict, ranks: int, records: list[dict], wall: floa
                "final_test_acc": final_test, "final_train_acc": last.get("train_acc"),
                "final_loss": last.get("loss"), "wall_time": last["wall_time"],
                "bytes_sent": sum(r["bytes_sent"] for r in epochs), **(report or {})}
+    if malloc is not None:
+        summary["malloc"] = malloc
     if levels is not None:
         summary["levels"] = [{"layers": lv.layers, "epochs": sum(r.get("level") == lv.layers for r in epochs)}
                              for lv in levels]
