@@ -19,7 +19,8 @@
     sets it, both sides alike.  Each contender's loss and gradient are checked against a
     plain forward and backward first; a torch schedule that cannot run is listed with the reason.
 
-Set ``OCNET_MALLOC=tuned`` to raise glibc's allocator thresholds for both sides in (a) and (b).
+Both sides of (a) and (b) run under the allocator setting ocnet's runs take (``--malloc auto``: glibc's
+thresholds raised unless ``OCNET_MALLOC=glibc``).
 """
 from __future__ import annotations
 

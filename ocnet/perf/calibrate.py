@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from ..model.problem import from_config
+from ..runs import allocator
 from .replay import Link
 
 #: Layers of the configured network timed for the compute costs.
@@ -235,13 +236,17 @@ def link_costs(comm: Any, repeats: int = 50) -> Link:
 
 def calibrate(config: Mapping[str, Any], batches: Iterable[int] = (), mgrit: Iterable[tuple[int, int]] = (),
               comm: Any = None, repeats: int = 5, with_coverage: bool = True) -> dict[str, Any]:
-    """Everything the model needs, as a JSON-ready dict (see the module docstring)."""
+    """Everything the model needs, as a JSON-ready dict (see the module docstring).  The
+    costs are measured under the allocator setting the runs of ``config`` would use
+    (``--malloc``), which ``malloc`` records."""
     torch.set_num_threads(1)
+    malloc = allocator.apply(config.get("malloc", "auto"))
     link = link_costs(comm) if comm is not None and comm.size > 1 else None
     sizes = sorted({config["batch_size"], *batches})
     out: dict[str, Any] = {"config": {k: config[k] for k in ("problem", "net", "layers", "width", "channels",
                                                             "batch_size", "dtype", "norm", "optimizer")},
                            "compute": {str(b): compute_costs(config, b, repeats) for b in sizes}}
+    out["malloc"] = malloc
     out["link"] = vars(link if link is not None else DEFAULT_LINK) | {"measured": link is not None}
     out["mgrit_factors"] = {f"{c},{L}": mgrit_factor(config, c, L) for c, L in mgrit}
     if with_coverage:
