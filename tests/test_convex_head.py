@@ -127,3 +127,14 @@ def test_convex_options_without_the_head_warn(tmp_path, capsys):
     flags = [f for f in TINY if f not in ("--head", "convex")]
     assert main(["--out", str(tmp_path / "run"), *flags, "--epochs", "1"]) == 0
     assert "--convex-patterns has no effect without --head convex" in capsys.readouterr().err
+
+
+def test_a_head_that_does_not_converge_says_so(tmp_path, capsys, monkeypatch):
+    from functools import partial
+
+    from ocnet.runs import convex_head
+    monkeypatch.setattr(convex_head.head, "fit", partial(head.fit, max_iter=3))
+    out = tmp_path / "run"
+    assert main(["--out", str(out), *TINY]) == 0
+    assert "ADMM stopped at its iteration limit" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["convex_head"]["status"] == "max_iter"

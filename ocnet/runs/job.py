@@ -474,6 +474,11 @@ def _convex_head(out: Path, config: dict[str, Any], data: Dataset) -> dict[str, 
     problem.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location=data.x_train.device))
     head, entry = convex_head.fit(config, problem, data)
     checkpoint.write_model(out / convex_head.FILE, [head.state_dict()])
+    if "max_iter" in entry["convex_head"]["status"]:
+        print(f"ocnet: warning: ADMM stopped at its iteration limit before --convex-tol "
+              f"{config['convex_tol']:g} on some classes: the convex head's objective is not certified "
+              "(fewer --convex-samples or --convex-patterns, or a larger --convex-tol, converge sooner)",
+              file=sys.stderr, flush=True)
     return entry
 
 
