@@ -34,6 +34,12 @@ ELSEWHERE = {
     "--epochs 12 --schedule cosine --threads 1": "a template; tests/test_penalty_mpi.py",
     "python -m ocnet.speedup --config run.toml --calibration cal.json --layers 4096 --out pred/":
         "slow (9.5 min for 4096 layers on 2 cores); tests/test_speedup.py runs the CLI at 16 layers",
+    "python -m ocnet.run --problem mnist1d --head convex": "the head's fit takes minutes after training; "
+    "tests/test_convex_head.py runs --head convex",
+    "mpirun -n 4 python -m ocnet.run --head convex --convex-patterns 16 --convex-beta 0.1":
+        "the head's fit takes a minute after training; tests/test_convex_head.py runs --head convex",
+    "python -m ocnet.run --problem mnist1d --head convex --convex-samples 1000":
+        "the head's fit takes 20 s after training; tests/test_convex_head.py runs --head convex",
     "mpirun -n P python -m ocnet.run [--config FILE.toml] [--key value ...]": "a synopsis",
     "python -m ocnet.plot RUN_DIR [RUN_DIR ...] [--out DIR]": "a synopsis; tests/test_plot.py",
 }
