@@ -129,8 +129,7 @@ def setup(argv: list[str], world: comm_mod.Comm) -> dict[str, Any]:
     configuration is known: rank 0 claims the run directory (making it if need be), and every
     rank checks it can write there; no other file is written.  A set-up that fails gives the
     claim up again, with any directory made for it."""
-    config = agree(world, lambda: resolve(argv))
-    malloc = agree(world, lambda: allocator.apply(config["malloc"]))  # before the job allocates its tensors
+    config, malloc = agree(world, lambda: _configure(argv))
     held, out, resume = agree(world, lambda: _claim(config, world))
     config["out"] = str(out)
     try:
@@ -140,6 +139,13 @@ def setup(argv: list[str], world: comm_mod.Comm) -> dict[str, Any]:
         if held is not None:
             held.release(started=False)
         raise
+
+
+def _configure(argv: list[str]) -> tuple[dict[str, Any], str]:
+    """The configuration, and the allocator setting put into effect before the job allocates
+    its tensors (one set-up step: the steps' count is what fault injection names them by)."""
+    config = resolve(argv)
+    return config, allocator.apply(config["malloc"])
 
 
 def _claim(config: dict[str, Any], world: comm_mod.Comm) -> tuple[claim.Claim | None, Path, bool]:
