@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 from .admm import solve_admm_together
+from .cvx import MAX_SIZE, solve_cvxpy
 from .network import TwoLayerReLU, one_vs_rest
 from .program import ConvexProgram, Solution
+from .robust import solve_robust_cvxpy
 
 #: The solvers :func:`fit` can use.
 SOLVERS = ("admm", "cvxpy")
@@ -93,7 +95,6 @@ def check(n: int, d: int, classes: int, *, patterns: int, beta: float, eps: floa
     """Refuse, with one message, a head that :func:`fit` could not fit: ``patterns < 1``,
     ``beta < 0``, ``eps < 0``, an unknown solver, a program larger than CVXPY takes, or one
     whose ADMM would hold more than :data:`ADMM_MEMORY` bytes."""
-    from .cvx import MAX_SIZE
     if patterns < 1:
         raise ValueError(f"the convex head needs at least 1 activation pattern, got {patterns}")
     if not beta >= 0:
@@ -142,10 +143,8 @@ def fit(phi: torch.Tensor, labels: torch.Tensor, *, patterns: int, beta: float, 
     z = (x - mean) / std
     solve: Callable[[list[ConvexProgram]], list[Solution]]
     if eps > 0:
-        from .robust import solve_robust_cvxpy
         solve = lambda programs: [solve_robust_cvxpy(p, eps) for p in programs]  # noqa: E731
     elif solver == "cvxpy":
-        from .cvx import solve_cvxpy
         solve = lambda programs: [solve_cvxpy(p) for p in programs]  # noqa: E731
     else:
         solve = lambda programs: solve_admm_together(programs, tol=tol, max_iter=max_iter)  # noqa: E731
