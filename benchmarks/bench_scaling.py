@@ -92,13 +92,13 @@ def main() -> None:
                 row = {"solver": name, "P": P, "oversubscribed": P > cores, **m, "predicted_step": pred.get("step"),
                        "predicted_epoch": pred.get("epoch"), "skipped": pred.get("skipped")}
                 if m.get("step") and pred.get("step"):
-                    row["error"] = pred["step"] / m["step"] - 1
+                    row["model_error"] = pred["step"] / m["step"] - 1  # "error" is a failed run's message
                 hit = [t for t, acc in m.get("accuracy", []) if acc is not None and acc >= args.target]
                 row["time_to_target"] = hit[0] if hit else None
                 rows.append(row)
                 over = " (oversubscribed)" if P > cores else ""
                 print(f"{name:<15} P={P}: measured step {_s(m.get('step'))}, predicted {_s(pred.get('step'))}, "
-                      f"error {_pct(row.get('error'))}, epoch {_s(m.get('epoch'))}, to {args.target:.0%} "
+                      f"error {_pct(row.get('model_error'))}, epoch {_s(m.get('epoch'))}, to {args.target:.0%} "
                       f"{_s(row['time_to_target'])}{over}{'  ' + m['error'] if 'error' in m else ''}", flush=True)
     t1 = next((r["step"] for r in rows if r["solver"] == "serial" and r["P"] == 1 and r.get("step")), None)
     for r in rows:

@@ -77,7 +77,7 @@ def scaling(left, row, env: dict[str, str]) -> None:
             row(f"scaling {solver}", "FAILED", next((r.get("error", "") for r in rows if r["solver"] == solver), ""))
             continue
         top = done[-1]
-        error = f", model {top['error']:+.0%}" if top.get("error") is not None else ""
+        error = f", model {top['model_error']:+.0%}" if top.get("model_error") is not None else ""
         row(f"scaling {solver}, P=1…{top['P']}", "ok",
             f"P={top['P']}: step {1e3 * top['step']:.1f} ms, {t1 / top['step']:.2f}× serial P=1{error}"
             if t1 else f"P={top['P']}: step {1e3 * top['step']:.1f} ms{error}")

@@ -222,3 +222,13 @@ def test_nested_iteration_and_mgopt_are_replayed_from_their_schedules():
     line_search = 16 * COSTS["forward"]
     assert mgopt["step"] >= 2 * fine + 2 * coarse + line_search
     assert mgopt["step"] > speedup.replay_step(cfg(), 2, COSTS, CALIBRATION_LINK)["step"]
+
+
+def test_coverage_of_a_solver_without_a_one_rank_partition_is_none():
+    """Local parallelism with an overlap needs two blocks: no step at P = 1 to cover (the
+    scaling benchmark stopped at it); without the overlap it has one."""
+    from ocnet.runs.config import resolve
+    flags = ["--problem", "digits", "--net", "conv", "--channels", "4", "--layers", "2", "--batch-size", "8",
+             "--solver", "local"]
+    assert calibrate.coverage(resolve([*flags, "--local-overlap", "1"]), steps=1) is None
+    assert 0 < calibrate.coverage(resolve(flags), steps=1) <= 1

@@ -161,14 +161,19 @@ def compute_costs(config: Mapping[str, Any], batch: int, repeats: int = 5) -> di
 
 def coverage(config: Mapping[str, Any], steps: int = 3) -> float | None:
     """The fraction of a real step's time (P = 1, one thread) that compute spans cover: what
-    the replay charges of what a step costs (``None`` when no span was recorded)."""
+    the replay charges of what a step costs (``None`` when no span was recorded, or when the
+    solver has no partition on one rank: local parallelism with an overlap needs two blocks)."""
     from ..ranks import timeline
     from ..ranks.comm import SelfComm
     from ..runs.job import build_solver
     from ..solvers import get
     problem = build_problem(config)
     cls = get(config["solver"])
-    network = problem.local(cls.partition(problem.n_layers, 1, config), 0)
+    try:
+        partition = cls.partition(problem.n_layers, 1, config)
+    except ValueError:
+        return None
+    network = problem.local(partition, 0)
     solver = build_solver(cls, network, SelfComm(), dict(config), torch.device("cpu"))
     b = config["batch_size"]
     x = problem.examples(b)
