@@ -165,9 +165,8 @@ def solve_admm_together(programs: Sequence[ConvexProgram], *, rho: float = 1.0, 
         raise ValueError(f"ADMM needs rho > 0, tol > 0, max_iter ≥ 1, check_every ≥ 1 and 0 < relax < 2 "
                          f"(got {rho}, {tol}, {max_iter}, {check_every}, {relax})")
     first = programs[0]
-    if any(p.x is not first.x and not torch.equal(p.x, first.x) or p.patterns is not first.patterns
-           and not torch.equal(p.patterns, first.patterns) or (p.loss, p.beta) != (first.loss, first.beta)
-           for p in programs[1:]):
+    if any(not torch.equal(p.x, first.x) or not torch.equal(p.patterns, first.patterns)
+           or (p.loss, p.beta) != (first.loss, first.beta) for p in programs[1:]):
         raise ValueError("programs solved together must share their data, patterns, loss and β")
     start = time.perf_counter()
     ops = _Operators(first)
