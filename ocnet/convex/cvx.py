@@ -40,18 +40,37 @@ def _cvxpy() -> Any:
     return cvxpy
 
 
-def solve_cvxpy(program: ConvexProgram, *, verbose: bool = False, **options: Any) -> Solution:
-    """The optimum of ``program`` by Clarabel (``options`` go to ``Problem.solve``, over
-    :data:`CLARABEL`), on the
-    CPU in float64; the solution comes back in the program's dtype and device.
-
-    Raises ValueError for a program larger than :data:`MAX_SIZE`, RuntimeError when the
-    solver's status is not one of :data:`ACCEPTED`.
-    """
+def check_size(program: ConvexProgram, hint: str = "") -> None:
+    """Raise ValueError for a program larger than :data:`MAX_SIZE` (``hint``: what to use
+    instead, appended to the message)."""
     if program.size > MAX_SIZE:
         n, d = program.x.shape
         raise ValueError(f"the program is too large for CVXPY: n·d·P = {n}·{d}·{program.patterns.shape[1]} = "
-                         f"{program.size} > {MAX_SIZE} (Clarabel took 55 s at 2·10⁶); use solve_admm")
+                         f"{program.size} > {MAX_SIZE} (Clarabel took 55 s at 2·10⁶){hint}")
+
+
+def clarabel(problem: Any, what: str = "the program", *, verbose: bool = False, **options: Any) -> None:
+    """Solve a CVXPY ``problem`` by Clarabel with :data:`CLARABEL` under ``options``; raise
+    RuntimeError, naming ``what``, when Clarabel stops without an answer or with a status
+    outside :data:`ACCEPTED`."""
+    cp = _cvxpy()
+    try:
+        problem.solve(solver=cp.CLARABEL, verbose=verbose, **{**CLARABEL, **options})
+    except cp.error.SolverError as e:  # Clarabel stopped without an answer (e.g. InsufficientProgress)
+        raise RuntimeError(f"CVXPY/Clarabel failed on {what}: {e}") from e
+    if problem.status not in ACCEPTED:
+        raise RuntimeError(f"CVXPY/Clarabel ended with status {problem.status!r} on {what}, not one of {ACCEPTED}")
+
+
+def solve_cvxpy(program: ConvexProgram, *, verbose: bool = False, **options: Any) -> Solution:
+    """The optimum of ``program`` by Clarabel (``options`` go to ``Problem.solve``, over
+    :data:`CLARABEL`), on the CPU in float64; the solution comes back in the program's dtype
+    and device.
+
+    Raises ValueError for a program larger than :data:`MAX_SIZE`, RuntimeError when the
+    solver stops without an answer or its status is not one of :data:`ACCEPTED`.
+    """
+    check_size(program, "; use solve_admm")
     cp = _cvxpy()
     x = program.x.detach().cpu().double().numpy()
     y = program.y.detach().cpu().double().numpy()
@@ -68,10 +87,8 @@ def solve_cvxpy(program: ConvexProgram, *, verbose: bool = False, **options: Any
     constraints = [cp.multiply(sign, x @ v.T) >= 0, cp.multiply(sign, x @ w.T) >= 0]
     problem = cp.Problem(cp.Minimize(loss + penalty), constraints)
     start = time.perf_counter()
-    problem.solve(solver=cp.CLARABEL, verbose=verbose, **{**CLARABEL, **options})
+    clarabel(problem, verbose=verbose, **options)
     seconds = time.perf_counter() - start
-    if problem.status not in ACCEPTED:
-        raise RuntimeError(f"CVXPY/Clarabel ended with status {problem.status!r}, not one of {ACCEPTED}")
     vt = torch.as_tensor(v.value, dtype=program.x.dtype, device=program.x.device)
     wt = torch.as_tensor(w.value, dtype=program.x.dtype, device=program.x.device)
     iterations = int(problem.solver_stats.num_iters or 0)

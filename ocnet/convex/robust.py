@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cvx import ACCEPTED, CLARABEL, MAX_SIZE, _cvxpy
+from .cvx import _cvxpy, check_size, clarabel
 from .program import ConvexProgram, Objective, Solution
 
 
@@ -149,9 +149,7 @@ def margins(program: ConvexProgram, cap: float = 1.0, **options: Any) -> torch.T
     constraints = [cp.multiply(2 * s - 1, x @ v.T) >= np.ones((n, 1)) @ cp.reshape(m, (1, p), order="C"),
                    cp.norm1(v[:, :inputs(program)], axis=1) <= 1, m <= cap]
     problem = cp.Problem(cp.Maximize(cp.sum(m)), constraints)  # the P programs are separate: one solve
-    problem.solve(solver=cp.CLARABEL, **{**CLARABEL, **options})
-    if problem.status not in ACCEPTED:
-        raise RuntimeError(f"CVXPY/Clarabel ended with status {problem.status!r} on the margins, not one of {ACCEPTED}")
+    clarabel(problem, "the margins", **options)
     return torch.as_tensor(m.value, dtype=program.x.dtype, device=program.x.device)
 
 
@@ -173,10 +171,7 @@ def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = Fa
     of :data:`~.cvx.ACCEPTED`.
     """
     _check(eps)
-    if program.size > MAX_SIZE:
-        n, d = program.x.shape
-        raise ValueError(f"the program is too large for CVXPY: n·d·P = {n}·{d}·{program.patterns.shape[1]} = "
-                         f"{program.size} > {MAX_SIZE} (Clarabel took 55 s at 2·10⁶)")
+    check_size(program)
     cp = _cvxpy()
     start = time.perf_counter()
     keep = torch.ones(program.patterns.shape[1], dtype=torch.bool)  # at ε = 0 every sampled cone has a point ≠ 0
@@ -214,13 +209,8 @@ def solve_robust_cvxpy(program: ConvexProgram, eps: float, *, verbose: bool = Fa
               for u in (v, w)]
     constraints = [cp.multiply(sign, x @ v.T) >= margin[0], cp.multiply(sign, x @ w.T) >= margin[1], *extra]
     problem = cp.Problem(cp.Minimize(loss + penalty), constraints)
-    try:
-        problem.solve(solver=cp.CLARABEL, verbose=verbose, **{**CLARABEL, **options})
-    except cp.error.SolverError as e:  # Clarabel stopped without an answer (e.g. InsufficientProgress)
-        raise RuntimeError(f"CVXPY/Clarabel failed on the robust program at ε = {eps}: {e}") from e
+    clarabel(problem, f"the robust program at ε = {eps}", verbose=verbose, **options)
     seconds = time.perf_counter() - start
-    if problem.status not in ACCEPTED:
-        raise RuntimeError(f"CVXPY/Clarabel ended with status {problem.status!r}, not one of {ACCEPTED}")
     vt, wt = program.zeros()
     vt[keep.to(vt.device)] = torch.as_tensor(v.value, dtype=vt.dtype, device=vt.device)
     wt[keep.to(wt.device)] = torch.as_tensor(w.value, dtype=wt.dtype, device=wt.device)
