@@ -146,6 +146,19 @@ def mean_sd(xs: list[float]) -> dict[str, Any]:
             "per_seed": xs}
 
 
+def reach(runs: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
+    """Each seed's epochs and seconds to ``target``, and their medians over the seeds that reach it."""
+    to = []
+    for r in runs:
+        hit = next((c for c in r["curve"] if target is not None and (c["test_acc"] or 0) >= target), None)
+        to.append({"seed": r["seed"], "epochs": hit["epoch"] + 1 if hit else None,
+                   "wall_time": hit["wall_time"] if hit else None})
+    reached = [t for t in to if t["epochs"] is not None]
+    return {"target": target, "per_seed": to, "reached": f"{len(reached)}/{len(to)}",
+            "epochs": statistics.median(t["epochs"] for t in reached) if reached else None,
+            "wall_time": statistics.median(t["wall_time"] for t in reached) if reached else None}
+
+
 def summarise(runs: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
     """The figures over the seeds, and each seed's epochs and seconds to ``target``."""
     ok = [r for r in runs if "error" not in r]
@@ -154,19 +167,11 @@ def summarise(runs: list[dict[str, Any]], target: float | None) -> dict[str, Any
         values = [r[key] for r in ok if r.get(key) is not None]
         return statistics.median(values) if values else None
 
-    to = []
-    for r in ok:
-        hit = next((c for c in r["curve"] if target is not None and (c["test_acc"] or 0) >= target), None)
-        to.append({"seed": r["seed"], "epochs": hit["epoch"] + 1 if hit else None,
-                   "wall_time": hit["wall_time"] if hit else None})
-    reached = [t for t in to if t["epochs"] is not None]
     rss = [max(r["peak_rss_mb_per_rank"]) for r in ok if r.get("peak_rss_mb_per_rank")]
     return {"epoch_s": med("epoch_s"), "step_s": med("step_s"), "bytes_per_step": med("bytes_per_step"),
             "bytes_per_step_total": med("bytes_per_step_total"), "peak_rss_mb": max(rss) if rss else None,
             "final_test_acc": mean_sd([r["final_test_acc"] for r in ok]),
-            "to_target": {"target": target, "per_seed": to, "reached": f"{len(reached)}/{len(to)}",
-                          "epochs": statistics.median(t["epochs"] for t in reached) if reached else None,
-                          "wall_time": statistics.median(t["wall_time"] for t in reached) if reached else None},
+            "to_target": reach(ok, target),
             "errors": [f"seed {r['seed']}: {r['error']}" for r in runs if "error" in r]}
 
 

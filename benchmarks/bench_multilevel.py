@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_families import PROBLEMS as NETWORKS  # noqa: E402
-from bench_families import _f, text, train  # noqa: E402
+from bench_families import _f, reach, text, train  # noqa: E402
 from common import allocator, refuse_mpiexec, refuse_unknown, tune_malloc, write  # noqa: E402
 
 #: Problem ↦ the network every method trains and the default epochs.
@@ -88,18 +88,6 @@ def run(keys: dict[str, Any], P: int, seed: int, epochs: int, out: Path) -> dict
 def med(xs: list[float | None]) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
-
-
-def reach(runs: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
-    """Each seed's epochs and seconds to ``target``, and their medians over the seeds that reach it."""
-    to = []
-    for r in runs:
-        hit = next((c for c in r["curve"] if target is not None and (c["test_acc"] or 0) >= target), None)
-        to.append({"seed": r["seed"], "epochs": hit["epoch"] + 1 if hit else None,
-                   "wall_time": hit["wall_time"] if hit else None})
-    reached = [t for t in to if t["epochs"] is not None]
-    return {"target": target, "per_seed": to, "reached": f"{len(reached)}/{len(to)}",
-            "epochs": med([t["epochs"] for t in reached]), "wall_time": med([t["wall_time"] for t in reached])}
 
 
 def summarise(runs: list[dict[str, Any]], targets: dict[str, float | None]) -> dict[str, Any]:
