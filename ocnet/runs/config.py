@@ -353,9 +353,10 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
         what = "a transformer on token sequences" if net == "transformer" else f"a {net} network"
         lines.append(f"--patch has no effect: it is the patch size of a vision transformer "
                      f"(--net transformer on images), and this run trains {what}")
-    if config["head"] != "convex" and any(k.startswith("convex_") for k in keys):
-        lines.append(f"--{next(k for k in sorted(keys) if k.startswith('convex_')).replace('_', '-')} has no "
-                     "effect without --head convex: it configures the convex head's programs")
+    convex = sorted(k for k in keys if k.startswith("convex_"))
+    if config["head"] != "convex" and convex:
+        lines.append(f"--{convex[0].replace('_', '-')} has no effect without --head convex: it configures the "
+                     "convex head's programs")
     if "nested_interpolate" in keys and not config["nested"]:
         lines.append("--nested-interpolate has no effect without --nested: it is how nested iteration "
                      "hands a level's parameters to the next")

@@ -32,7 +32,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from ..model.data import DataError, Dataset, load, vocabulary
-from ..model.problem import from_config, net_kind
+from ..model.problem import Problem, from_config, net_kind
 from ..ranks import comm as comm_mod
 from ..ranks import compress, supervisor, timeline
 from ..ranks.filters import FILTERS
@@ -463,22 +463,25 @@ def _best_test(out: Path, config: dict[str, Any], data: Dataset, records: list[d
         return None
     best = max((r for r in records if r["kind"] == "epoch" and r.get("val_acc") is not None),
                key=lambda r: r["val_acc"], default={})
-    problem = from_config(config, data.input_shape, data.n_classes,
-                          layers=best.get("level")).to(data.x_test.device)
-    problem.load_state_dict(torch.load(out / "best.pt", weights_only=True, map_location=data.x_test.device))
-    model, correct = problem.to_torch().eval(), 0
+    model, correct = _trained(out / "best.pt", config, data, layers=best.get("level")).to_torch().eval(), 0
     with torch.no_grad():
         for i in range(0, len(data.y_test), 1024):
             correct += int((model(data.x_test[i:i + 1024]).argmax(1) == data.y_test[i:i + 1024]).sum())
     return correct / len(data.y_test)
 
 
+def _trained(path: Path, config: dict[str, Any], data: Dataset, layers: int | None = None) -> Problem:
+    """The network of ``config`` (of ``layers`` layers: a level of nested iteration) with the
+    parameters of the file ``path``, on the data's device."""
+    problem = from_config(config, data.input_shape, data.n_classes, layers=layers).to(data.x_test.device)
+    problem.load_state_dict(torch.load(path, weights_only=True, map_location=data.x_test.device))
+    return problem
+
+
 def _convex_head(out: Path, config: dict[str, Any], data: Dataset) -> dict[str, Any]:
     """Rank 0, ``--head convex``: the head fitted on the network of ``model.pt``, saved as
     ``convex_head.pt``; returns the summary's entry."""
-    problem = from_config(config, data.input_shape, data.n_classes).to(data.x_train.device)
-    problem.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location=data.x_train.device))
-    head, entry = convex_head.fit(config, problem, data)
+    head, entry = convex_head.fit(config, _trained(out / "model.pt", config, data), data)
     checkpoint.write_model(out / convex_head.FILE, [head.state_dict()])
     if "max_iter" in entry["convex_head"]["status"]:
         print(f"ocnet: warning: ADMM stopped at its iteration limit before --convex-tol "
