@@ -59,11 +59,14 @@ class Serial(Solver):
     @classmethod
     def partition(cls, n_layers: int, n_ranks: int, config: Mapping[str, Any]) -> Partition:
         """One balanced slice per rank, or ``virtual_stages`` of them for the schedules on
-        virtual stages (two in a V for ``v``).  Raises ``ValueError`` for too few layers, and
-        for checkpoints, which record one slice per rank."""
+        virtual stages (two in a V for ``v``).  Raises ``ValueError`` for too few layers, inside
+        another solver, and for checkpoints, which record one slice per rank."""
         pipeline = config.get("pipeline", "1f1b")
         if pipeline not in VIRTUAL:
             return Partition(n_layers, n_ranks)
+        if config.get("solver", "serial") != "serial":  # MG/Opt's levels read the loss on the last rank
+            raise ValueError(f"--pipeline {pipeline} runs in --solver serial only, not inside "
+                             f"{config['solver']}; use 1f1b or zb there")
         shape = VIRTUAL[pipeline][0]
         chunks = config.get("virtual_stages", 2)
         if shape == "v" and chunks != 2:
