@@ -233,8 +233,8 @@ def interleaved(rank: int, size: int, micro_batches: int, chunks: int = 2) -> li
 
 
 def v_shape(rank: int, size: int, micro_batches: int, chunks: int = 2) -> list[ChunkOp]:
-    """The V-shaped schedule (after ZB-V, Qi et al. 2024, "Pipeline Parallelism with
-    Controllable Memory", §3) on two chunks per rank, rank ``r`` holding stages ``r`` and
+    """The V-shaped schedule (the placement of ZB-V, Qi et al., "Zero Bubble (Almost) Pipeline
+    Parallelism", arXiv:2401.10241) on two chunks per rank, rank ``r`` holding stages ``r`` and
     ``2P - 1 - r``: the first rank runs the opening *and* the classifier.
 
     The order is made by list scheduling under :data:`COSTS`: a rank that is free runs the
