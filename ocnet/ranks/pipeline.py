@@ -233,19 +233,22 @@ def interleaved(rank: int, size: int, micro_batches: int, chunks: int = 2) -> li
 
 
 def v_shape(rank: int, size: int, micro_batches: int, chunks: int = 2) -> list[ChunkOp]:
-    """The V-shaped schedule (the placement of ZB-V, Qi et al., "Zero Bubble (Almost) Pipeline
-    Parallelism", arXiv:2401.10241) on two chunks per rank, rank ``r`` holding stages ``r`` and
-    ``2P - 1 - r``: the first rank runs the opening *and* the classifier.
+    """The V-shaped zero-bubble schedule (the placement of ZB-V, Qi et al., "Zero Bubble
+    (Almost) Pipeline Parallelism", arXiv:2401.10241) on two chunks per rank, rank ``r``
+    holding stages ``r`` and ``2P - 1 - r``: the first rank runs the opening *and* the
+    classifier.
 
     The order is made by list scheduling under :data:`COSTS`: a rank that is free runs the
     first pass that is ready in the order of ``_V_PRIORITY``, a new micro-batch entering its
-    first chunk only while fewer than ``2P`` are in flight on the rank.  Every rank then
-    holds at most ``3P`` chunk activations (1.5 P micro-batches through its layers, against
-    1F1B's ``P - r``), balanced over the ranks, and the bubble is that of interleaved 1F1B
-    with two chunks.  Backwards are not split: on a CPU, where a split backward costs 1.2x
-    the fused one, deferring parameter gradients into the V's few idle slots shortened no
-    simulated makespan at P = 2 … 8.  ``"B"`` thus computes the parameter gradients too,
-    each chunk's in the order of the micro-batches, and the gradient is 1F1B's bit for bit.
+    first chunk only while fewer than ``2P`` are in flight on the rank, and, when none is
+    ready, a deferred ``"W"`` if it has one.  Two lists are made, one with every backward
+    split into ``"B"`` and ``"W"`` (ZB-V's) and one with whole backwards, and the one whose
+    simulated makespan is shorter is taken: a split backward costs 1.2x a whole one on a
+    CPU, which pays where the pipeline has much idle time to fill (few micro-batches per
+    rank) and not where it has little.  Each chunk's backwards and ``"W"`` run in the order
+    of the micro-batches.  A rank holds at most ``3P`` chunk activations with whole
+    backwards (1.5 P micro-batches through its layers, against 1F1B's ``P - r``), balanced
+    over the ranks; deferred ``"W"`` keep theirs longer.
     """
     if chunks != 2:
         raise ValueError(f"the V-shaped schedule holds 2 chunks per rank, not {chunks}")
@@ -260,28 +263,40 @@ VIRTUAL: dict[str, tuple[str, VirtualSchedule]] = {"interleaved": ("interleaved"
 
 #: The order in which a free rank of the V looks for a pass that is ready: the backward of
 #: the later stage (it frees the most), the forward of the later stage (it finishes a
-#: micro-batch), a new micro-batch, the backward of the earlier stage.  Of the 24 orders this
-#: one gives the shortest makespan with the least memory under :data:`COSTS` (P = 2 … 8).
+#: micro-batch), a new micro-batch, the backward of the earlier stage.  Of the 24 orders, with
+#: whole backwards, this one gave the shortest makespan with the least memory under
+#: :data:`COSTS` at (P, m) = (2, 4), (3, 6), (4, 8), (8, 16); at (4, 16) others were 3 %
+#: shorter, holding a third more.
 _V_PRIORITY = (("B", 1), ("F", 1), ("F", 0), ("B", 0))
 
 
 @lru_cache(maxsize=64)
 def _v_shape(size: int, micro_batches: int, costs: Costs) -> tuple[tuple[ChunkOp, ...], ...]:
+    whole, split = (_v_lists(size, micro_batches, costs, s) for s in (False, True))
+    return split[1] if split[0] < whole[0] - 1e-9 else whole[1]
+
+
+def _v_lists(size: int, micro_batches: int, costs: Costs, split: bool
+             ) -> tuple[float, tuple[tuple[ChunkOp, ...], ...]]:
+    """The V's lists by list scheduling, every backward ``split`` or none; and their makespan."""
     P, M, V = size, micro_batches, 2
     where = _placement(P, V, "v")
     stage = {(r, c): s for s, (r, c) in enumerate(where)}
     done: dict[tuple[str, int, int], float] = {}  # (kind, m, stage) ↦ when it ended
     next_f = [[0] * V for _ in range(P)]
     next_b = [[0] * V for _ in range(P)]
+    deferred: list[list[tuple[int, int]]] = [[] for _ in range(P)]  # (m, c) whose W is to come
+    freed = [0] * P  # micro-batches whose first chunk's activations are freed
     free = [0.0] * P
     out: list[list[ChunkOp]] = [[] for _ in range(P)]
-    cost = {"F": costs.forward / V, "B": costs.backward / V}
+    cost = {"F": costs.forward / V, "B": (costs.input_grad if split else costs.backward) / V,
+            "W": costs.weight_grad / V}
     t = 0.0
-    while any(b < M for row in next_b for b in row):
+    while any(b < M for row in next_b for b in row) or any(deferred):
         for r in range(P):
             if free[r] > t:
                 continue
-            in_flight = next_f[r][0] - next_b[r][0]  # micro-batches that entered the first chunk
+            in_flight = next_f[r][0] - freed[r]  # micro-batches that hold the first chunk
             ready = []
             for kind, c in _V_PRIORITY:
                 if kind == "B":
@@ -292,18 +307,26 @@ def _v_shape(size: int, micro_batches: int, costs: Costs) -> tuple[tuple[ChunkOp
                     m, s = next_f[r][c], stage[(r, c)]
                     if m < M and (s == 0 or _ended(done, t, ("F", m, s - 1))) and (c > 0 or in_flight < 2 * P):
                         ready.append(("F", m, c))
-            if not ready:
+            if ready:
+                kind, m, c = ready[0]
+                (next_b if kind == "B" else next_f)[r][c] += 1
+                if kind == "B" and split:
+                    deferred[r].append((m, c))
+                elif kind == "B" and c == 0:
+                    freed[r] += 1
+            elif deferred[r]:  # idle time: a deferred parameter-gradient pass fills it
+                kind, (m, c) = "W", deferred[r].pop(0)
+                freed[r] += c == 0
+            else:
                 continue
-            kind, m, c = ready[0]
-            (next_b if kind == "B" else next_f)[r][c] += 1
             free[r] = t + cost[kind]
             done[(kind, m, stage[(r, c)])] = free[r]
             out[r].append((kind, m, c))
         later = [f for f in free if f > t]
-        if not later:
-            raise RuntimeError("the V-shaped schedule deadlocks")  # not reached: stage 0 can always start
+        if not later:  # not reached: some pass is always ready when no rank is busy
+            raise RuntimeError("the V-shaped schedule deadlocks")
         t = min(later)
-    return tuple(tuple(ops) for ops in out)
+    return max(free), tuple(tuple(ops) for ops in out)
 
 
 def _ended(done: dict[tuple[str, int, int], float], t: float, key: tuple[str, int, int]) -> bool:

@@ -285,16 +285,19 @@ class _Pieces:
     the block runs forward: a split backward needs the adjoint there, so that the parameter
     gradients of each module are one small backward pass of its own nodes."""
 
-    def __init__(self, network: LocalNetwork) -> None:
-        self.network = network
+    def __init__(self, network: LocalNetwork, chunk: int | None = None) -> None:
+        self.network, self.chunk = network, chunk
         self.sink: _Outputs | None = None
         self.complete = True
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
-        block = [] if network.opening is None else [network.opening]
-        self.trainable = {id(q) for part in block + list(network.layers) for q in part.parameters()
+        # the modules the block runs: the whole rank's, or one chunk's (virtual stages)
+        first = chunk is None or network.chunks[chunk][0] == 0
+        block = [network.opening] if network.opening is not None and first else []
+        layers = list(network.layers if chunk is None else network.chunk_layers(chunk))
+        self.trainable = {id(q) for part in block + layers for q in part.parameters()
                           if q.requires_grad}
-        for module in (m for part in [*block, *network.layers] for m in part.modules()):
-            params = [q for q in module.parameters(recurse=False) if q.requires_grad]
+        for module in (m for part in [*block, *layers] for m in part.modules()):
+            params: list[torch.Tensor] = [q for q in module.parameters(recurse=False) if q.requires_grad]
             if params:
                 self.handles.append(module.register_forward_hook(self._hook(params)))
 
@@ -313,7 +316,7 @@ class _Pieces:
         ``None`` when some module's output cannot carry its parameters' gradient."""
         self.sink, self.complete = [], True
         try:
-            u_out = self.network(u)
+            u_out = self.network(u) if self.chunk is None else self.network.chunk(self.chunk, u)
             # Every trainable parameter must sit in a module whose output was recorded, or
             # its gradient would be lost: otherwise this micro-batch is not split.
             seen = {id(q) for params, _ in self.sink for q in params}
@@ -348,10 +351,14 @@ def _train_stages(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: 
                          f"Partition.virtual(…, shape={shape!r}); this network's partition is {partition}")
     chunks = len(network.chunks)
     ops = generate(comm.rank, comm.size, micro_batches, chunks)
-    pipe = _Stages(comm, network, x, y, batch_size, micro_batches, filter, device, stage_tags(chunks, tags))
-    pipe.run(ops)
-    for s in pipe.sends:
-        s.wait()
+    split = {(m, c) for kind, m, c in ops if kind == "W"}
+    pipe = _Stages(comm, network, x, y, batch_size, micro_batches, split, filter, device, stage_tags(chunks, tags))
+    try:
+        pipe.run(ops)
+        for s in pipe.sends:
+            s.wait()
+    finally:
+        pipe.close()
     return pipe.total if network.classifier is not None else None
 
 
@@ -366,9 +373,10 @@ class _Stages:
     message into a chunk is micro-batch ``k``'s."""
 
     def __init__(self, comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Tensor | None,
-                 batch_size: int, micro_batches: int, filter: Filter, device: torch.device | str,
-                 tags: Sequence[int]) -> None:
+                 batch_size: int, micro_batches: int, split: set[tuple[int, int]], filter: Filter,
+                 device: torch.device | str, tags: Sequence[int]) -> None:
         self.comm, self.network, self.batch_size = comm, network, batch_size
+        self.split = split  # (m, c) whose backward is split into B and W
         self.micro_batches, self.filter, self.device = micro_batches, filter, device
         grid = network.partition
         self.stage = grid.stages(comm.rank) if grid.is_virtual else [comm.rank]
@@ -384,6 +392,8 @@ class _Stages:
         self.here: dict[tuple[str, int, int], torch.Tensor] = {}  # handed over between own chunks
         self.sends: list[Request] = []
         self.total = 0.0
+        # a recorder of the parametrised modules' outputs per chunk that has a split backward
+        self.pieces = {c: _Pieces(network, c) for c in {c for _, c in split}}
         self.received = {(kind, c): 0 for kind in "FB" for c in range(chunks)}
         self.posted = {(kind, c): self._post(kind, c) for kind in "FB" for c in range(chunks)}
 
@@ -429,7 +439,7 @@ class _Stages:
             elif kind == "B":
                 self.backward(m, c)
             else:
-                raise ValueError(f"schedules on virtual stages run F and B passes, not {kind!r}")
+                self.weight(m, c)
 
     def forward(self, m: int, c: int) -> None:
         network, s = self.network, self.stage[c]
@@ -437,8 +447,11 @@ class _Stages:
         u_in = self.xs[m] if v is None else self.filter.decode(v)
         steps = len(network.chunk_layers(c))
         with timeline.span("forward_graph", steps=steps, micro_batch=m), dropout.narrow(self.rows[m]):
-            u_out = network.chunk(c, u_in)
-        p = self.live[(m, c)] = _Pass(v, u_out, None)
+            if (m, c) in self.split:
+                u_out, outputs = self.pieces[c].forward(u_in)
+            else:
+                u_out, outputs = network.chunk(c, u_in), None
+        p = self.live[(m, c)] = _Pass(v, u_out, outputs)
         if s == self.last:  # the loss of the micro-batch, as :class:`_Pipe` computes it
             with timeline.span("head", steps=0, micro_batch=m):
                 p.u_head = u_out.detach().requires_grad_(True)
@@ -449,17 +462,39 @@ class _Stages:
             self._give("F", m, c, p.out)
 
     def backward(self, m: int, c: int) -> None:
-        p = self.live.pop((m, c))
+        p = self.live[(m, c)]
         if self.stage[c] == self.last:
             with timeline.span("head", steps=0, micro_batch=m):
                 p.loss.backward()
             g, p.out = p.u_head.grad, p.u_out
         else:
             g = self._take("B", m, c)
-        with timeline.span("backward", steps=len(self.network.chunk_layers(c)), micro_batch=m):
-            torch.autograd.backward(p.out, g)
+        steps = len(self.network.chunk_layers(c))
+        if p.outputs is None:
+            with timeline.span("backward", steps=steps, micro_batch=m):
+                torch.autograd.backward(p.out, g)
+            g_in = None if p.v is None else p.v.grad
+            del self.live[(m, c)]
+        else:  # as :meth:`_Pipe.backward`: the adjoints only, the graph kept for the W
+            inputs = ([] if p.v is None else [p.v]) + [u for _, u in p.outputs]
+            with timeline.span("vjp", steps=steps, micro_batch=m):
+                grads = torch.autograd.grad(p.out, inputs, g, retain_graph=True)
+            g_in = None if p.v is None else grads[0]
+            p.grads = grads[len(inputs) - len(p.outputs):]
         if p.v is not None:  # not the first stage: the adjoint of what came in goes back
-            self._give("B", m, c, _given(p.v.grad, "the input's adjoint"))
+            self._give("B", m, c, _given(g_in, "the input's adjoint"))
+
+    def weight(self, m: int, c: int) -> None:
+        if (m, c) not in self.live:  # its B could not be split and did all the work
+            return
+        p = self.live.pop((m, c))
+        with timeline.span("weight_grad", steps=len(self.network.chunk_layers(c)), micro_batch=m):
+            for (params, u), g in zip(_given_outputs(p.outputs), p.grads):
+                torch.autograd.backward(u, g, inputs=params, retain_graph=True)
+
+    def close(self) -> None:
+        for pieces in self.pieces.values():
+            pieces.close()
 
 
 @torch.no_grad()
