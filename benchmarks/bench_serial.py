@@ -11,8 +11,9 @@
     against P = 1 with 1 thread and with all cores, and against
     ``torch.distributed.pipelining``'s 1F1B schedule on the same ranks (gloo).  Image-sized states (CIFAR shapes,
     synthetic values): on 8×8 digits Python overhead, not arithmetic, would dominate.
-(c) ocnet's pipeline schedules (1F1B, zero-bubble; each as written and running one forward ahead)
-    and every schedule of ``torch.distributed.pipelining`` (:data:`TORCH_SCHEDULES`; the
+(c) ocnet's pipeline schedules (1F1B, zero-bubble, each as written and running one forward ahead;
+    interleaved 1F1B and the V on two stages per rank, as written) and every schedule of
+    ``torch.distributed.pipelining`` (:data:`TORCH_SCHEDULES`; the
     multi-stage ones with two stages per rank) in one job at P = ``--ranks`` (2), on the same
     network, batch and ranks, their repeats interleaved; one table of medians and speeds
     against torch's best, with glibc's allocator as it comes and as ``OCNET_MALLOC=tuned``
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from ocnet.model.grid import Partition  # noqa: E402
 from ocnet.model.problem import build  # noqa: E402
 from ocnet.ranks.comm import SelfComm, world  # noqa: E402
-from ocnet.ranks.pipeline import SCHEDULES  # noqa: E402
+from ocnet.ranks.pipeline import SCHEDULES, VIRTUAL  # noqa: E402
 from ocnet.solvers.serial import Serial  # noqa: E402
 
 SHAPE, CLASSES = (3, 32, 32), 10
@@ -285,6 +286,13 @@ def schedules_step(args) -> dict | None:
             name = f"ocnet_{schedule}_ahead{ahead}"
             steps[name] = lambda solver=solver: solver.step(x, y, index)
             gradients[name] = lambda solver=solver: solver.gradient(x, y, index).get("loss")
+    for schedule in VIRTUAL:  # two stages per rank, as torch's multi-stage schedules hold
+        config = {"pipeline": schedule, "virtual_stages": 2}
+        chunks = problem.local(Serial.partition(problem.n_layers, comm.size, config), comm.rank)
+        solver = Serial(chunks, comm, lambda p: torch.optim.SGD(p, lr=1e-3), micro_batches=args.micro, **config)
+        name = f"ocnet_{schedule}"
+        steps[name] = lambda solver=solver: solver.step(x, y, index)
+        gradients[name] = lambda solver=solver: solver.gradient(x, y, index).get("loss")
     runs, not_run = torch_schedules(comm, problem, x, y, args.micro)
     for name, (step, gradient) in runs.items():
         steps[name], gradients[name] = step, gradient

@@ -1,4 +1,6 @@
 """Pipeline schedules: their properties as pure functions, and exact gradients under each."""
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -190,3 +192,215 @@ def test_a_parameter_outside_any_recorded_module_falls_back_to_a_whole_backward(
     assert "weight_grad" not in [kind for kind, *_ in rec.events]
     for k in grads["1f1b"]:
         torch.testing.assert_close(grads["split"][k], grads["1f1b"][k], rtol=1e-12, atol=1e-15, msg=k)
+
+
+# -- schedules on virtual stages -----------------------------------------------------------
+def _check_chunks(ops, micro_batches, chunks):
+    """Every (micro-batch, chunk) has one F and one B, F before B, at most one W after its B;
+    each chunk's forwards, backwards and W go in micro-batch order (messages match in order,
+    and parameter gradients accumulate micro-batch 0, 1, … as under 1F1B)."""
+    for kind in "FB":
+        assert sorted((m, c) for k, m, c in ops if k == kind) == [
+            (m, c) for m in range(micro_batches) for c in range(chunks)]
+    for kind in "FBW":
+        for c in range(chunks):
+            ms = [m for k, m, cc in ops if k == kind and cc == c]
+            assert ms == sorted(set(ms))
+    where = {op: i for i, op in enumerate(ops)}
+    assert all(where[("F", m, c)] < where[("B", m, c)] for m in range(micro_batches) for c in range(chunks))
+    assert all(where[("B", m, c)] < i for (k, m, c), i in where.items() if k == "W")
+
+
+@settings(max_examples=80, deadline=None)
+@given(size=sizes, micro_batches=counts, chunks=st.integers(1, 4))
+def test_interleaved_is_complete_deadlock_free_and_bounded(size, micro_batches, chunks):
+    """Interleaved 1F1B for any P, M (a multiple of P or not) and V: complete lists that
+    play against each other; rank r holds at most 2(P - 1 - r) + (V - 1) P + 1 chunk
+    activations (Megatron-LM's warm-up plus one), exactly that when P divides M; with one
+    chunk it is 1F1B."""
+    schedules = [pipeline.interleaved(r, size, micro_batches, chunks) for r in range(size)]
+    for ops in schedules:
+        _check_chunks(ops, micro_batches, chunks)
+    pipeline.simulate(schedules)
+    for r, ops in enumerate(schedules):
+        bound = min(2 * (size - 1 - r) + (chunks - 1) * size + 1 if chunks > 1 else size - r,
+                    micro_batches * chunks)
+        assert pipeline.live(ops) <= bound
+        if micro_batches % size == 0:
+            assert pipeline.live(ops) == bound
+        if chunks == 1:
+            assert ops == [(kind, m, 0) for kind, m in pipeline.one_f_one_b(r, size, micro_batches)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=sizes, micro_batches=counts)
+def test_v_shape_is_complete_deadlock_free_and_bounded(size, micro_batches):
+    """The V: complete lists, played on stages r and 2P - 1 - r; every backward split or
+    none, whichever list is shorter under the cost model; never slower than 1F1B; at most
+    3P chunk activations on any rank with whole backwards, 4P with split ones."""
+    schedules = [pipeline.v_shape(r, size, micro_batches) for r in range(size)]
+    for ops in schedules:
+        _check_chunks(ops, micro_batches, 2)
+    span = max(pipeline.simulate(schedules, shape="v"))
+    assert span <= max(pipeline.simulate([pipeline.one_f_one_b(r, size, micro_batches)
+                                          for r in range(size)])) + 1e-9
+    spans = [pipeline._v_lists(size, micro_batches, pipeline.COSTS, split)[0] for split in (False, True)]
+    assert span == pytest.approx(min(spans))
+    split = [sum(k == "W" for k, *_ in ops) for ops in schedules]
+    assert split in ([0] * size, [2 * micro_batches] * size)
+    assert all(pipeline.live(ops) <= min((4 if split[0] else 3) * size, 2 * micro_batches) for ops in schedules)
+
+
+def test_the_v_splits_backwards_where_the_pipeline_idles():
+    """With few micro-batches per rank the V splits every backward and fills the idle time
+    with the parameter gradients (8 ranks, 8 micro-batches: a step of 25.99 forwards against
+    27.37 for interleaved 1F1B on two chunks and 35.70 for 1F1B); with more it keeps them
+    whole (4 ranks, 8 micro-batches)."""
+    c = pipeline.COSTS
+    v = [pipeline.v_shape(r, 8, 8) for r in range(8)]
+    assert all(sum(k == "W" for k, *_ in ops) == 16 for ops in v)
+    assert max(pipeline.simulate(v, shape="v")) == pytest.approx(25.99, abs=0.005)
+    interleaved = [pipeline.interleaved(r, 8, 8, 2) for r in range(8)]
+    assert max(pipeline.simulate(interleaved)) == pytest.approx(27.37, abs=0.005)
+    one = [pipeline.one_f_one_b(r, 8, 8) for r in range(8)]
+    assert max(pipeline.simulate(one)) == pytest.approx(15 * (c.forward + c.backward))
+    assert not any(k == "W" for r in range(4) for k, *_ in pipeline.v_shape(r, 4, 8))
+
+
+def test_interleaved_bubble_follows_the_formula():
+    """With P | M, interleaved 1F1B on V chunks takes M (F + B) + (P - 1)(F + B) / V: the
+    bubble is (P - 1) / (V M) of the ideal time (1F1B's over V).  The V matches V = 2 at
+    P = 2 … 4, M = 2P, and its first rank runs the first and the last stage."""
+    c = pipeline.COSTS
+    step = c.forward + c.backward
+    for size, m, chunks in [(2, 4, 2), (4, 8, 2), (4, 8, 4), (3, 9, 3), (6, 12, 2)]:
+        schedules = [pipeline.interleaved(r, size, m, chunks) for r in range(size)]
+        assert max(pipeline.simulate(schedules)) == pytest.approx(m * step + (size - 1) * step / chunks)
+    for size in (2, 3, 4):
+        v = [pipeline.v_shape(r, size, 2 * size) for r in range(size)]
+        assert max(pipeline.simulate(v, shape="v")) == pytest.approx(2 * size * step + (size - 1) * step / 2)
+    assert Partition.virtual(8, 4, 2, "v").stages(0) == [0, 7]
+
+
+def test_simulate_places_chunks_on_their_stages():
+    """The V's lists play only on the V: at P = 2 rank 0 runs the last stage's backward of
+    micro-batch 0 right after its forward, which dealt interleaved (stage 2, not 3) would
+    wait for a backward of rank 1 that comes after rank 1's wait for rank 0."""
+    v = [pipeline.v_shape(r, 2, 2) for r in range(2)]
+    pipeline.simulate(v, shape="v")
+    with pytest.raises(RuntimeError, match="deadlock"):
+        pipeline.simulate(v, shape="interleaved")
+
+
+def test_virtual_partition():
+    """Stages r, r + P, … (interleaved) or r, 2P - 1 - r (V) of V·P balanced stages; bounds
+    refuses, since a rank holds several slices; the local network names every layer by
+    its global index and holds the opening and classifier where its chunks reach the ends."""
+    grid = Partition.virtual(10, 2, 2)
+    assert [grid.chunks(r) for r in range(2)] == [[(0, 3), (6, 8)], [(3, 6), (8, 10)]]
+    assert grid.sizes() == [5, 5] and grid.owner(5) == 1 and grid.owner(6) == 0
+    v = Partition.virtual(10, 2, 2, "v")
+    assert [v.chunks(r) for r in range(2)] == [[(0, 3), (8, 10)], [(3, 6), (6, 8)]]
+    with pytest.raises(ValueError, match="chunks"):
+        v.bounds(0)
+    with pytest.raises(ValueError, match="at least one layer"):
+        Partition.virtual(5, 3, 2)
+    with pytest.raises(ValueError, match="2 stages per rank"):
+        Partition.virtual(9, 3, 3, "v")
+    problem = build((3, 8, 8), 5, net="conv", layers=8, channels=[4, 8], seed=1)  # 9 layers
+    first, second = (problem.local(Partition.virtual(9, 2, 2, "v"), r) for r in range(2))
+    assert first.opening is not None and first.classifier is not None and second.classifier is None
+    assert len(first.layers) == 3 + 2 and len(second.layers) == 4
+    names = {first.problem_name(k) for k in first.state_dict()} | {second.problem_name(k) for k in second.state_dict()}
+    assert names == set(problem.state_dict()) == set(first.problem_state()) | set(second.problem_state())
+    assert first.problem_state()["layers.8.F.conv.weight"].data_ptr() == problem.layers[8].F.conv.weight.data_ptr()
+    with pytest.raises(ValueError, match="chunk"):
+        first(torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("schedule,chunks", [("interleaved", 2), ("interleaved", 3), ("v", 2)])
+def test_virtual_stages_equal_one_f_one_b_bitwise_on_one_rank(schedule, chunks, device):
+    """P = 1, micro-batches 1, 3, 8: the schedules on virtual stages give 1F1B's loss and
+    gradients bit for bit (float64): each layer's gradient is the same sum of micro-batches
+    in the same order, and a cut between chunks hands the state and its adjoint over
+    unchanged.  Each chunk's spans count its own layers."""
+    problem = build((3, 8, 8), 5, net="conv", layers=6, channels=[4, 8], seed=1, dtype=torch.float64).to(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 3, 8, 8, generator=gen, dtype=torch.float64).to(device)
+    y = torch.randint(0, 5, (12,), generator=gen).to(device)
+    shape = pipeline.VIRTUAL[schedule][0]
+    for micro in (1, 3, 8):
+        results = []
+        for name, grid in (("1f1b", Partition(problem.n_layers, 1)),
+                           (schedule, Partition.virtual(problem.n_layers, 1, chunks, shape))):
+            network = problem.local(grid, 0)
+            network.zero_grad(set_to_none=True)
+            rec = timeline.Recorder()
+            with timeline.recording(rec):
+                loss = sweep.train(SelfComm(), network, x, y, 12, micro_batches=micro, schedule=name, device=device)
+            results.append((loss, {network.problem_name(k): p.grad.clone() for k, p in network.named_parameters()}))
+        steps = sorted(info["steps"] for kind, _, _, info in rec.events if kind == "forward_graph")
+        assert steps == sorted([b - a for a, b in grid.chunks(0)] * micro)
+        (loss0, g0), (loss1, g1) = results
+        assert loss1 == loss0 and g1.keys() == g0.keys()
+        for k in g0:
+            assert torch.equal(g1[k], g0[k]), f"{k}: {schedule}, {micro} micro-batches"
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_virtual_stages_equal_serial_bitwise_on_many_ranks(mpi, tmp_path, ranks):
+    """P = 2, 3; micro-batches 1, 3, 8: interleaved (2 chunks) and v give the loss and the
+    gradients of 1F1B on P ranks and on one, bit for bit (float64).  With a downsampling
+    filter, which acts at every stage boundary, they equal interleaved 1F1B of 2P chunks on
+    one rank (the same cuts), bit for bit: the run is rank-invariant.  The V splits every
+    backward into B and W at one micro-batch (and at three on 3 ranks): the split passes
+    too give the bits of the whole backward (on the CPU; not checked on a GPU)."""
+    assert any(k == "W" for r in range(ranks) for k, *_ in pipeline.v_shape(r, ranks, 1))
+    out = tmp_path / "stages.pt"
+    proc = mpi(ranks, "pipeline_stages.py", str(out), "1,3,8", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    results = torch.load(out)
+    assert len(results) == 3 * (2 + 2 + 1 + 2)
+    for (schedule, name, micro), r in results.items():
+        references = [results[("one", name, micro)]] + ([results[("1f1b", name, micro)]] if name == "identity" else [])
+        for ref in references:
+            assert r["loss"] == ref["loss"], (schedule, name, micro)
+            assert r["grads"].keys() == ref["grads"].keys()
+            for k, g in r["grads"].items():
+                assert torch.equal(g, ref["grads"][k]), f"{k}: {schedule}, {name}, {micro} micro-batches"
+
+
+@pytest.mark.mpi
+def test_run_with_the_v_trains_as_one_f_one_b(mpi, tmp_path):
+    """python -m ocnet.run on 2 ranks: --pipeline v (classifier and loss on rank 0) ends
+    with 1f1b's parameters, bit for bit, and the same accuracy and loss."""
+    models, summaries = {}, {}
+    for schedule in ("1f1b", "v"):
+        out = tmp_path / schedule
+        proc = mpi(2, "ocnet.run", "--out", str(out), "--epochs", "1", "--layers", "4", "--quiet",
+                   "--micro_batches", "4", "--pipeline", schedule, module=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        models[schedule] = torch.load(out / "model.pt", weights_only=True)
+        summaries[schedule] = json.loads((out / "summary.json").read_text())
+    assert models["v"].keys() == models["1f1b"].keys()
+    for k, p in models["1f1b"].items():
+        assert torch.equal(models["v"][k], p), k
+    for key in ("final_test_acc", "final_train_acc", "final_loss"):
+        assert summaries["v"][key] == summaries["1f1b"][key], key
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--layers", "1", "--pipeline", "interleaved"], "2 stages per rank on 1 ranks need at least 2 layers"),
+    (["--solver", "hybrid", "--pipeline", "interleaved"], "only --solver serial"),
+    (["--solver", "mgopt", "--pipeline", "v"], "serial only, not inside mgopt"),
+    (["--pipeline", "v", "--virtual_stages", "3"], "2 stages per rank"),
+    (["--pipeline", "v", "--checkpoint_every", "1"], "checkpoints record one slice"),
+])
+def test_bad_combinations_are_refused(tmp_path, capsys, args, message):
+    """Too few layers for the stages, another solver than serial, a V of other than two
+    chunks, checkpoints: exit 2 with one line that says why."""
+    from ocnet.run import main
+    base = ["--out", str(tmp_path / "run"), "--epochs", "1", "--quiet", "--plots", "none"]
+    assert main(base + (["--layers", "4"] if "--layers" not in args else []) + args) == 2
+    assert message in capsys.readouterr().err

@@ -92,7 +92,7 @@ def test_pipeline_option():
     """``pipeline`` names a schedule; another name fails with a message that lists them."""
     from ocnet.model.options import ConfigError
     option = Serial.options["pipeline"]
-    assert set(option.choices) == {"1f1b", "zb"} and option.default in option.choices
+    assert set(option.choices) == {"1f1b", "zb", "interleaved", "v"} and option.default in option.choices
     assert option.convert("pipeline", "zb") == "zb"
     with pytest.raises(ConfigError, match="1f1b"):
         option.convert("pipeline", "gpipe")

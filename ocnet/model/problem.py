@@ -124,26 +124,40 @@ class Problem(nn.Module):
 
 class LocalNetwork(nn.Module):
     """The part of a :class:`Problem` held by one rank: layers ``start … stop-1``, plus the
-    opening on the first rank and the classifier on the last."""
+    opening on the first rank and the classifier on the last.
+
+    On a partition into virtual stages (:meth:`Partition.virtual`) the rank holds several
+    slices, its :attr:`chunks`: ``layers`` is their layers in order (all of this rank's
+    parameters, for optimisers, gradient exchange and checkpoints), :meth:`chunk` runs one of
+    them, the opening sits with the chunk that starts at layer 0 and the classifier with the
+    one that ends at the last layer.
+    """
 
     problem: Problem
 
     def __init__(self, problem: Problem, partition: Partition, rank: int) -> None:
         super().__init__()
         self.rank, self.size = rank, partition.n_ranks
-        self.start, self.stop = partition.bounds(rank)
+        #: ``[(start, stop), …]``: the slices of layers this rank holds, in layer order
+        self.chunks = partition.chunks(rank)
+        # the first layer held and one past the last (one slice unless virtual)
+        self.start, self.stop = self.chunks[0][0], self.chunks[-1][1]
         self.partition = partition
         self.stages = problem.stages
         self.n_classes, self.input_shape = problem.n_classes, problem.input_shape
         self.state_shapes = problem.state_shapes
-        self.opening = problem.opening if rank == 0 else None
-        self.layers = nn.ModuleList(problem.layers[self.start:self.stop])
-        self.classifier = problem.classifier if rank == self.size - 1 else None
+        self.opening = problem.opening if self.start == 0 else None
+        self.layers = nn.ModuleList([layer for a, b in self.chunks for layer in problem.layers[a:b]])
+        self.classifier = problem.classifier if self.stop == problem.n_layers else None
         self.loss = problem.loss
         self.auxiliary_head = problem.auxiliary_head
         # the whole network this slice is cut from; kept outside the module tree, since its
         # parameters are this slice's and the other ranks' (multilevel methods transfer it)
         self.__dict__["problem"] = problem
+        # where each chunk's layers begin in ``layers``
+        self._offsets = [0]
+        for a, b in self.chunks:
+            self._offsets.append(self._offsets[-1] + b - a)
 
     @property
     def is_first(self) -> bool:
@@ -157,17 +171,29 @@ class LocalNetwork(nn.Module):
         """The block map ``B_k``: the opening (first rank) then the local layers.
 
         ``u`` is the input ``x`` on the first rank, the incoming boundary state elsewhere.
+        A rank of several chunks has no one block map: see :meth:`chunk`.
         """
-        if self.opening is not None:
+        if len(self.chunks) > 1:
+            raise ValueError(f"rank {self.rank} holds {len(self.chunks)} slices of layers (virtual pipeline "
+                             "stages): run them one at a time with chunk(c, u)")
+        return self.chunk(0, u)
+
+    def chunk_layers(self, c: int) -> nn.ModuleList:
+        """The layers of chunk ``c`` (a view into :attr:`layers`)."""
+        return self.layers[self._offsets[c]:self._offsets[c + 1]]
+
+    def chunk(self, c: int, u: torch.Tensor) -> torch.Tensor:
+        """Chunk ``c``'s map: the opening if the chunk starts at layer 0, then its layers."""
+        if self.chunks[c][0] == 0 and self.opening is not None:
             u = self.opening(u)
-        for layer in self.layers:
+        for layer in self.chunk_layers(c):
             u = layer(u)
         return u
 
     def head(self, u: torch.Tensor) -> torch.Tensor:
         """The classifier (last rank only): ``(batch, …) → (batch, n_classes)``."""
         if self.classifier is None:
-            raise RuntimeError(f"rank {self.rank} holds no classifier; only the last rank does")
+            raise RuntimeError(f"rank {self.rank} holds no classifier; only the rank of the last layer does")
         return self.classifier(u)
 
     def problem_state(self) -> dict[str, torch.Tensor]:
@@ -175,20 +201,25 @@ class LocalNetwork(nn.Module):
         out = {}
         if self.opening is not None:
             out.update({f"opening.{k}": v for k, v in self.opening.state_dict().items()})
-        for i, layer in enumerate(self.layers, start=self.start):
-            out.update({f"layers.{i}.{k}": v for k, v in layer.state_dict().items()})
+        for i, layer in enumerate(self.layers):
+            out.update({f"layers.{self._global(i)}.{k}": v for k, v in layer.state_dict().items()})
         if self.classifier is not None:
             out.update({f"classifier.{k}": v for k, v in self.classifier.state_dict().items()})
         return out
 
     def problem_name(self, name: str) -> str:
         """The whole problem's name of this slice's parameter or buffer ``name``
-        (``layers.i.…`` here is ``layers.{start + i}.…`` there)."""
+        (``layers.i.…`` here is ``layers.{start + i}.…`` there, chunk by chunk)."""
         head, _, rest = name.partition(".")
         if head != "layers":
             return name
         i, _, rest = rest.partition(".")
-        return f"layers.{self.start + int(i)}.{rest}"
+        return f"layers.{self._global(int(i))}.{rest}"
+
+    def _global(self, i: int) -> int:
+        """The whole problem's index of local layer ``i``."""
+        c = max(c for c in range(len(self.chunks)) if self._offsets[c] <= i)
+        return self.chunks[c][0] + i - self._offsets[c]
 
 
 # -- builders ---------------------------------------------------------------------------------

@@ -16,6 +16,13 @@ Generators are pure functions ``(rank, size, micro_batches) -> list[(kind, m)]``
 :data:`SCHEDULES`), and :func:`simulate` plays the ranks' lists against each other under a
 cost model: the makespan, and a deadlock if the lists do not fit together.
 
+With virtual stages (:meth:`ocnet.model.grid.Partition.virtual`) a rank holds several
+chunks of layers, and an operation names its chunk: ``(kind, m, c)``.  Chunk ``c`` of rank
+``r`` is pipeline stage ``s``; its ``"F"`` takes its input from stage ``s - 1`` wherever that
+lives, its ``"B"`` the adjoint from stage ``s + 1``.  The :data:`VIRTUAL` generators
+``(rank, size, micro_batches, chunks) -> list[(kind, m, c)]`` make such lists: interleaved
+1F1B (:func:`interleaved`) and the V-shaped schedule (:func:`v_shape`).
+
 Splitting a backward costs extra on a CPU (the convolution's input and weight gradients,
 computed apart, share less work: measured 1.2x the fused backward), so
 :func:`zero_bubble` splits only the backward passes whose deferred ``"W"`` shortens the
@@ -27,8 +34,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable, NamedTuple, Sequence
 
+from ..model.grid import Partition
+
 Op = tuple[str, int]
 Schedule = Callable[[int, int, int], list[Op]]
+#: ``(kind, m, c)``: a pass of micro-batch ``m`` through this rank's chunk ``c``
+ChunkOp = tuple[str, int, int]
+VirtualSchedule = Callable[[int, int, int, int], list[ChunkOp]]
 
 
 class Costs(NamedTuple):
@@ -190,12 +202,156 @@ def _ready(op: Op, r: int, size: int, done: dict[tuple[str, int, int], float]) -
     return max((done[n] for n in needs), default=0.0)
 
 
-def simulate(schedules: Sequence[Sequence[Op]], costs: Costs = COSTS) -> list[float]:
+def interleaved(rank: int, size: int, micro_batches: int, chunks: int = 2) -> list[ChunkOp]:
+    """Interleaved 1F1B (Narayanan et al. 2021, §2.2.2) on ``chunks`` virtual stages per
+    rank, rank ``r`` holding stages ``r, r + P, …``: ``[("F", m, c) | ("B", m, c), …]``.
+
+    The micro-batches go in groups of ``P``: a group's forwards run through chunk 0, then
+    chunk 1, …, its backwards through the chunks in reverse.  Rank ``r`` runs
+    ``2 (P - 1 - r) + (chunks - 1) P`` forwards ahead (Megatron-LM's warm-up), then alternates
+    forward and backward, then drains.  The bubble shrinks ``chunks``-fold against 1F1B,
+    ``(P - 1) / (chunks · M)`` of the ideal time, for ``chunks``-fold more messages.  ``M``
+    need not be a multiple of ``P``: the last group is cut short (a bubble like 1F1B's
+    remains then).  Every chunk's backwards run in the order of the micro-batches, as
+    1F1B's do.
+    """
+    P, M, V = size, micro_batches, chunks
+    # Megatron-LM's order for whole groups; the passes of the micro-batches ``M … `` that
+    # complete the last group are then left out, which keeps the lists deadlock-free (a
+    # pass depends only on passes of its own micro-batch).
+    whole = -(-M // P) * P
+    groups = [range(g, g + P) for g in range(0, whole, P)]
+    forwards = [(m, c) for group in groups for c in range(V) for m in group]
+    backwards = [(m, c) for group in groups for c in reversed(range(V)) for m in group]
+    total = whole * V
+    warm = min(P - 1 - rank if V == 1 else 2 * (P - 1 - rank) + (V - 1) * P, total)
+    ops: list[ChunkOp] = [("F", m, c) for m, c in forwards[:warm]]
+    for i in range(total - warm):
+        ops += [("F", *forwards[warm + i]), ("B", *backwards[i])]
+    ops += [("B", m, c) for m, c in backwards[total - warm:]]
+    return [op for op in ops if op[1] < M]
+
+
+def v_shape(rank: int, size: int, micro_batches: int, chunks: int = 2) -> list[ChunkOp]:
+    """The V-shaped zero-bubble schedule (the placement of ZB-V, Qi et al., "Zero Bubble
+    (Almost) Pipeline Parallelism", arXiv:2401.10241) on two chunks per rank, rank ``r``
+    holding stages ``r`` and ``2P - 1 - r``: the first rank runs the opening *and* the
+    classifier.
+
+    The order is made by list scheduling under :data:`COSTS`: a rank that is free runs the
+    first pass that is ready in the order of ``_V_PRIORITY``, a new micro-batch entering its
+    first chunk only while fewer than ``2P`` are in flight on the rank, and, when none is
+    ready, a deferred ``"W"`` if it has one.  Two lists are made, one with every backward
+    split into ``"B"`` and ``"W"`` (ZB-V's) and one with whole backwards, and the one whose
+    simulated makespan is shorter is taken: a split backward costs 1.2x a whole one on a
+    CPU, which pays where the pipeline has much idle time to fill (few micro-batches per
+    rank) and not where it has little.  Each chunk's backwards and ``"W"`` run in the order
+    of the micro-batches.  A rank holds at most ``3P`` chunk activations with whole
+    backwards (1.5 P micro-batches through its layers, against 1F1B's ``P - r``), balanced
+    over the ranks; deferred ``"W"`` keep theirs longer.
+    """
+    if chunks != 2:
+        raise ValueError(f"the V-shaped schedule holds 2 chunks per rank, not {chunks}")
+    return list(_v_shape(size, micro_batches, COSTS)[rank])
+
+
+#: Schedules on virtual stages: name ↦ (how stages are dealt, :meth:`Partition.virtual`'s
+#: ``shape``; the generator)
+VIRTUAL: dict[str, tuple[str, VirtualSchedule]] = {"interleaved": ("interleaved", interleaved),
+                                                   "v": ("v", v_shape)}
+
+
+#: The order in which a free rank of the V looks for a pass that is ready: the backward of
+#: the later stage (it frees the most), the forward of the later stage (it finishes a
+#: micro-batch), a new micro-batch, the backward of the earlier stage.  Of the 24 orders, with
+#: whole backwards, this one gave the shortest makespan with the least memory under
+#: :data:`COSTS` at (P, m) = (2, 4), (3, 6), (4, 8), (8, 16); at (4, 16) others were 3 %
+#: shorter, holding a third more.
+_V_PRIORITY = (("B", 1), ("F", 1), ("F", 0), ("B", 0))
+
+
+@lru_cache(maxsize=64)
+def _v_shape(size: int, micro_batches: int, costs: Costs) -> tuple[tuple[ChunkOp, ...], ...]:
+    whole, split = (_v_lists(size, micro_batches, costs, s) for s in (False, True))
+    return split[1] if split[0] < whole[0] - 1e-9 else whole[1]
+
+
+def _v_lists(size: int, micro_batches: int, costs: Costs, split: bool
+             ) -> tuple[float, tuple[tuple[ChunkOp, ...], ...]]:
+    """The V's lists by list scheduling, every backward ``split`` or none; and their makespan."""
+    P, M, V = size, micro_batches, 2
+    where = _placement(P, V, "v")
+    stage = {(r, c): s for s, (r, c) in enumerate(where)}
+    done: dict[tuple[str, int, int], float] = {}  # (kind, m, stage) ↦ when it ended
+    next_f = [[0] * V for _ in range(P)]
+    next_b = [[0] * V for _ in range(P)]
+    deferred: list[list[tuple[int, int]]] = [[] for _ in range(P)]  # (m, c) whose W is to come
+    freed = [0] * P  # micro-batches whose first chunk's activations are freed
+    free = [0.0] * P
+    out: list[list[ChunkOp]] = [[] for _ in range(P)]
+    cost = {"F": costs.forward / V, "B": (costs.input_grad if split else costs.backward) / V,
+            "W": costs.weight_grad / V}
+    t = 0.0
+    while any(b < M for row in next_b for b in row) or any(deferred):
+        for r in range(P):
+            if free[r] > t:
+                continue
+            in_flight = next_f[r][0] - freed[r]  # micro-batches that hold the first chunk
+            ready = []
+            for kind, c in _V_PRIORITY:
+                if kind == "B":
+                    m, s = next_b[r][c], stage[(r, c)]
+                    if m < M and _ended(done, t, ("F", m, s)) and (s == V * P - 1 or _ended(done, t, ("B", m, s + 1))):
+                        ready.append(("B", m, c))
+                else:
+                    m, s = next_f[r][c], stage[(r, c)]
+                    if m < M and (s == 0 or _ended(done, t, ("F", m, s - 1))) and (c > 0 or in_flight < 2 * P):
+                        ready.append(("F", m, c))
+            if ready:
+                kind, m, c = ready[0]
+                (next_b if kind == "B" else next_f)[r][c] += 1
+                if kind == "B" and split:
+                    deferred[r].append((m, c))
+                elif kind == "B" and c == 0:
+                    freed[r] += 1
+            elif deferred[r]:  # idle time: a deferred parameter-gradient pass fills it
+                kind, (m, c) = "W", deferred[r].pop(0)
+                freed[r] += c == 0
+            else:
+                continue
+            free[r] = t + cost[kind]
+            done[(kind, m, stage[(r, c)])] = free[r]
+            out[r].append((kind, m, c))
+        later = [f for f in free if f > t]
+        if not later:  # not reached: some pass is always ready when no rank is busy
+            raise RuntimeError("the V-shaped schedule deadlocks")
+        t = min(later)
+    return max(free), tuple(tuple(ops) for ops in out)
+
+
+def _ended(done: dict[tuple[str, int, int], float], t: float, key: tuple[str, int, int]) -> bool:
+    return key in done and done[key] <= t + 1e-12
+
+
+def _placement(size: int, chunks: int, shape: str) -> list[tuple[int, int]]:
+    """``(rank, chunk)`` of every pipeline stage, in stage order."""
+    if chunks == 1:
+        return [(r, 0) for r in range(size)]
+    grid = Partition.virtual(size * chunks, size, chunks, shape)
+    return [grid.stage_rank(s) for s in range(grid.n_stages)]
+
+
+def simulate(schedules: Sequence[Sequence[Op] | Sequence[ChunkOp]], costs: Costs = COSTS,
+             shape: str = "interleaved") -> list[float]:
     """Play the ranks' schedules against each other; return when each rank finishes.
 
     Rank ``r``'s ``("F", m)`` needs ``("F", m)`` on rank ``r - 1``; its ``("B", m)`` needs its
     own ``("F", m)`` and ``("B", m)`` on rank ``r + 1``; its ``("W", m)`` its own ``("B", m)``.
     Each rank runs its list in order, waiting for what it needs (messages take no time).
+
+    Operations ``(kind, m, c)`` on chunks are placed on the pipeline stages as ``shape``
+    deals them (:meth:`ocnet.model.grid.Partition.virtual`); the neighbours above are then
+    stages ``s ± 1``, and one chunk's pass costs ``1 / chunks`` of a rank's.
 
     Raises
     ------
@@ -203,20 +359,37 @@ def simulate(schedules: Sequence[Sequence[Op]], costs: Costs = COSTS) -> list[fl
         If the ranks deadlock: every unfinished rank waits for a pass that never comes.
     """
     size = len(schedules)
-    split = [{m for kind, m in ops if kind == "W"} for ops in schedules]
-    done: dict[tuple[str, int, int], float] = {}
+    chunks = 1 + max((op[2] for ops in schedules for op in ops if len(op) == 3), default=0)
+    stage = {rc: s for s, rc in enumerate(_placement(size, chunks, shape))}
+    last = size * chunks - 1
+    split = [{(op[1], _chunk(op)) for op in ops if op[0] == "W"} for ops in schedules]
+    done: dict[tuple[str, int, int], float] = {}  # (kind, m, stage) ↦ when it ended
     free = [0.0] * size
     position = [0] * size
-    out: list[list[Op]] = [[] for _ in range(size)]
+
+    def ready(op: Op | ChunkOp, r: int) -> float | None:
+        kind, m, c = op[0], op[1], _chunk(op)
+        s = stage[(r, c)]
+        needs = {"F": [("F", m, s - 1)] if s > 0 else [],
+                 "B": [("F", m, s)] + ([("B", m, s + 1)] if s < last else []),
+                 "W": [("B", m, s)]}[kind]
+        if any(n not in done for n in needs):
+            return None
+        return max((done[n] for n in needs), default=0.0)
+
     while any(position[r] < len(schedules[r]) for r in range(size)):
         progressed = False
         for r in range(size):
             while position[r] < len(schedules[r]):
                 op = schedules[r][position[r]]
-                ready = _ready(op, r, size, done)
-                if ready is None:
+                at = ready(op, r)
+                if at is None:
                     break
-                _run(op, r, split[r], costs, free, done, out, ready)
+                kind, m, c = op[0], op[1], _chunk(op)
+                cost = {"F": costs.forward, "W": costs.weight_grad,
+                        "B": costs.input_grad if (m, c) in split[r] else costs.backward}[kind]
+                free[r] = max(free[r], at) + cost / chunks
+                done[(kind, m, stage[(r, c)])] = free[r]
                 position[r] += 1
                 progressed = True
         if not progressed:
@@ -225,16 +398,23 @@ def simulate(schedules: Sequence[Sequence[Op]], costs: Costs = COSTS) -> list[fl
     return free
 
 
-def live(ops: Sequence[Op]) -> int:
+def _chunk(op: Op | ChunkOp) -> int:
+    return op[2] if len(op) == 3 else 0
+
+
+def live(ops: Sequence[Op] | Sequence[ChunkOp]) -> int:
     """The most micro-batches whose activations one rank holds at once under ``ops``: from
     a micro-batch's ``"F"`` until its parameter gradients are done (its ``"W"``, or its
-    ``"B"`` when there is no ``"W"``)."""
-    split = {m for kind, m in ops if kind == "W"}
+    ``"B"`` when there is no ``"W"``).  With chunks, a micro-batch's activations in one
+    chunk count one: ``chunks`` of them weigh what a micro-batch of a whole rank's layers
+    does under an unchunked schedule."""
+    split = {(op[1], _chunk(op)) for op in ops if op[0] == "W"}
     held = peak = 0
-    for kind, m in ops:
+    for op in ops:
+        kind, m, c = op[0], op[1], _chunk(op)
         if kind == "F":
             held += 1
             peak = max(peak, held)
-        elif kind == "W" or (kind == "B" and m not in split):
+        elif kind == "W" or (kind == "B" and (m, c) not in split):
             held -= 1
     return peak

@@ -7,7 +7,10 @@ MGRIT's coarsest level, the hybrid correction and the initialisation of auxiliar
 all run through here.
 
 Conventions: rank ``r`` receives its input from ``r - 1`` and sends its output to ``r + 1``;
-the first rank's input is given, the last rank's output stays.  Every send is nonblocking;
+the first rank's input is given, the last rank's output stays.  On a partition into virtual
+stages (:meth:`ocnet.model.grid.Partition.virtual`) the same holds of stages: stage ``s``
+receives from stage ``s - 1`` wherever it lives, and a rank hands a state between two of its
+own chunks over without a message.  Every send is nonblocking;
 every function waits for its own sends before it returns, so no buffer outlives a call.
 """
 from __future__ import annotations
@@ -21,7 +24,8 @@ from ..model.problem import LocalNetwork
 from . import timeline
 from .comm import Comm, Request
 from .filters import IDENTITY, Filter
-from .pipeline import SCHEDULES, live, one_f_one_b
+from .pipeline import SCHEDULES, VIRTUAL, ChunkOp, live, one_f_one_b
+from .tags import MAX_CHUNKS, SWEEP_STAGES
 from .tags import SWEEP_BACKWARD as BACKWARD_TAG
 from .tags import SWEEP_FORWARD as FORWARD_TAG
 
@@ -87,7 +91,9 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
     Accumulates ``∂J/∂θ`` into the ``.grad`` of this rank's parameters.  The batch is cut into
     ``micro_batches`` chunks that flow through the ranks in a pipeline, so ranks overlap; the
     order of the passes is the ``schedule`` (:data:`ocnet.ranks.pipeline.SCHEDULES`: ``"1f1b"``, or
-    ``"zb"`` that defers some parameter gradients into the pipeline's idle time).
+    ``"zb"`` that defers some parameter gradients into the pipeline's idle time; on a
+    network of virtual stages one of :data:`ocnet.ranks.pipeline.VIRTUAL`, ``"interleaved"``
+    or ``"v"``, whose shape the partition must have).
 
     Parameters
     ----------
@@ -108,14 +114,19 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
         Backwards and parameter gradients keep the schedule's order, so the gradient is
         bitwise the same whatever the timing; only idle time is filled.
     tags : (int, int)
-        The tags of the forward and the backward messages.
+        The tags of the forward and the backward messages; on virtual stages ``2 · chunks``
+        of them, the forward messages into each chunk then the backward ones
+        (default: from :data:`ocnet.ranks.tags.SWEEP_STAGES`).
 
     Returns
     -------
     float or None
-        The mean loss on the last rank, ``None`` elsewhere.
+        The mean loss on the rank that holds the classifier (the last rank, or the first on
+        the V), ``None`` elsewhere.
     """
     micro_batches = min(micro_batches, batch_size)
+    if schedule in VIRTUAL:
+        return _train_stages(comm, network, x, y, batch_size, micro_batches, schedule, filter, device, tags)
     ops = SCHEDULES[schedule](comm.rank, comm.size, micro_batches)
     pipe = _Pipe(comm, network, x, y, batch_size, micro_batches, {m for op, m in ops if op == "W"},
                  filter, device, tags)
@@ -274,16 +285,19 @@ class _Pieces:
     the block runs forward: a split backward needs the adjoint there, so that the parameter
     gradients of each module are one small backward pass of its own nodes."""
 
-    def __init__(self, network: LocalNetwork) -> None:
-        self.network = network
+    def __init__(self, network: LocalNetwork, chunk: int | None = None) -> None:
+        self.network, self.chunk = network, chunk
         self.sink: _Outputs | None = None
         self.complete = True
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
-        block = [] if network.opening is None else [network.opening]
-        self.trainable = {id(q) for part in block + list(network.layers) for q in part.parameters()
+        # the modules the block runs: the whole rank's, or one chunk's (virtual stages)
+        first = chunk is None or network.chunks[chunk][0] == 0
+        block = [network.opening] if network.opening is not None and first else []
+        layers = list(network.layers if chunk is None else network.chunk_layers(chunk))
+        self.trainable = {id(q) for part in block + layers for q in part.parameters()
                           if q.requires_grad}
-        for module in (m for part in [*block, *network.layers] for m in part.modules()):
-            params = [q for q in module.parameters(recurse=False) if q.requires_grad]
+        for module in (m for part in [*block, *layers] for m in part.modules()):
+            params: list[torch.Tensor] = [q for q in module.parameters(recurse=False) if q.requires_grad]
             if params:
                 self.handles.append(module.register_forward_hook(self._hook(params)))
 
@@ -302,7 +316,7 @@ class _Pieces:
         ``None`` when some module's output cannot carry its parameters' gradient."""
         self.sink, self.complete = [], True
         try:
-            u_out = self.network(u)
+            u_out = self.network(u) if self.chunk is None else self.network.chunk(self.chunk, u)
             # Every trainable parameter must sit in a module whose output was recorded, or
             # its gradient would be lost: otherwise this micro-batch is not split.
             seen = {id(q) for params, _ in self.sink for q in params}
@@ -316,11 +330,185 @@ class _Pieces:
             handle.remove()
 
 
+def stage_tags(chunks: int, tags: Sequence[int] = (FORWARD_TAG, BACKWARD_TAG)) -> list[int]:
+    """The ``2 · chunks`` tags of a sweep on virtual stages: ``tags`` when it holds that
+    many, else the defaults of :data:`ocnet.ranks.tags.SWEEP_STAGES`."""
+    if len(tags) == 2 * chunks:
+        return list(tags)
+    if chunks > MAX_CHUNKS:
+        raise ValueError(f"at most {MAX_CHUNKS} chunks per rank, got {chunks}")
+    return [SWEEP_STAGES[c] for c in range(chunks)] + [SWEEP_STAGES[MAX_CHUNKS + c] for c in range(chunks)]
+
+
+def _train_stages(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Tensor | None,
+                  batch_size: int, micro_batches: int, schedule: str, filter: Filter,
+                  device: torch.device | str, tags: Sequence[int]) -> float | None:
+    """:func:`train` on a network of virtual stages."""
+    shape, generate = VIRTUAL[schedule]
+    partition = network.partition
+    if (partition.is_virtual and partition.shape != shape) or (not partition.is_virtual and shape == "v"):
+        raise ValueError(f"pipeline schedule {schedule!r} needs the layers dealt to the ranks as "
+                         f"Partition.virtual(…, shape={shape!r}); this network's partition is {partition}")
+    chunks = len(network.chunks)
+    ops = generate(comm.rank, comm.size, micro_batches, chunks)
+    split = {(m, c) for kind, m, c in ops if kind == "W"}
+    pipe = _Stages(comm, network, x, y, batch_size, micro_batches, split, filter, device, stage_tags(chunks, tags))
+    try:
+        pipe.run(ops)
+        for s in pipe.sends:
+            s.wait()
+    finally:
+        pipe.close()
+    return pipe.total if network.classifier is not None else None
+
+
+class _Stages:
+    """One rank's passes of one mini-batch through its chunks (virtual pipeline stages),
+    with the receives each chunk needs posted ahead.
+
+    Chunk ``c`` is stage ``s``; its input comes from stage ``s - 1`` and its output adjoint
+    from stage ``s + 1``: by a message tagged for chunk ``c`` when that stage is another
+    rank's, so that the messages into two chunks never match each other, else handed over
+    here.  Each chunk's passes run in the order of the micro-batches, so the ``k``-th
+    message into a chunk is micro-batch ``k``'s."""
+
+    def __init__(self, comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Tensor | None,
+                 batch_size: int, micro_batches: int, split: set[tuple[int, int]], filter: Filter,
+                 device: torch.device | str, tags: Sequence[int]) -> None:
+        self.comm, self.network, self.batch_size = comm, network, batch_size
+        self.split = split  # (m, c) whose backward is split into B and W
+        self.micro_batches, self.filter, self.device = micro_batches, filter, device
+        grid = network.partition
+        self.stage = grid.stages(comm.rank) if grid.is_virtual else [comm.rank]
+        self.where = ([grid.stage_rank(s) for s in range(grid.n_stages)] if grid.is_virtual
+                      else [(r, 0) for r in range(comm.size)])
+        self.last = len(self.where) - 1
+        chunks = len(self.stage)
+        self.forward_tags, self.backward_tags = tags[:chunks], tags[chunks:]
+        self.rows = torch.arange(batch_size).tensor_split(micro_batches)
+        self.xs = _given(x, "x").tensor_split(micro_batches) if self.stage[0] == 0 else ()
+        self.ys = _given(y, "y").tensor_split(micro_batches) if self.stage[-1] == self.last else ()
+        self.live: dict[tuple[int, int], _Pass] = {}
+        self.here: dict[tuple[str, int, int], torch.Tensor] = {}  # handed over between own chunks
+        self.sends: list[Request] = []
+        self.total = 0.0
+        # a recorder of the parametrised modules' outputs per chunk that has a split backward
+        self.pieces = {c: _Pieces(network, c) for c in {c for _, c in split}}
+        self.received = {(kind, c): 0 for kind in "FB" for c in range(chunks)}
+        self.posted = {(kind, c): self._post(kind, c) for kind in "FB" for c in range(chunks)}
+
+    def _source(self, kind: str, c: int) -> tuple[int, int] | None:
+        """``(rank, chunk)`` of the stage that feeds chunk ``c``'s ``kind`` pass (``None``:
+        the data or the loss)."""
+        s = self.stage[c] + (-1 if kind == "F" else 1)
+        return self.where[s] if 0 <= s <= self.last else None
+
+    def _post(self, kind: str, c: int) -> Request | None:
+        """The receive of the next message into chunk ``c`` for its ``kind`` passes, posted
+        early so that the transfer proceeds while this rank computes."""
+        source = self._source(kind, c)
+        if self.received[(kind, c)] >= self.micro_batches or source is None or source[0] == self.comm.rank:
+            return None
+        tag = (self.forward_tags if kind == "F" else self.backward_tags)[c]
+        return self.comm.irecv(source[0], tag, self.device)
+
+    def _take(self, kind: str, m: int, c: int) -> torch.Tensor:
+        """What chunk ``c``'s ``kind`` pass of micro-batch ``m`` starts from, from its
+        neighbouring stage."""
+        request = self.posted[(kind, c)]
+        if request is None:
+            return self.here.pop((kind, m, c))
+        self.received[(kind, c)] += 1
+        value = request.wait()
+        self.posted[(kind, c)] = self._post(kind, c)
+        return value
+
+    def _give(self, kind: str, m: int, c: int, value: torch.Tensor) -> None:
+        """Send ``value`` on to the stage after chunk ``c`` (``"F"``) or before it (``"B"``)."""
+        rank, chunk = self.where[self.stage[c] + (1 if kind == "F" else -1)]
+        if rank == self.comm.rank:
+            self.here[(kind, m, chunk)] = value.detach()
+        else:
+            tags = self.forward_tags if kind == "F" else self.backward_tags
+            self.sends.append(self.comm.isend(value, rank, tags[chunk]))
+
+    def run(self, ops: Sequence[ChunkOp]) -> None:
+        for kind, m, c in ops:
+            if kind == "F":
+                self.forward(m, c)
+            elif kind == "B":
+                self.backward(m, c)
+            else:
+                self.weight(m, c)
+
+    def forward(self, m: int, c: int) -> None:
+        network, s = self.network, self.stage[c]
+        v = None if s == 0 else self._take("F", m, c).requires_grad_(True)
+        u_in = self.xs[m] if v is None else self.filter.decode(v)
+        steps = len(network.chunk_layers(c))
+        with timeline.span("forward_graph", steps=steps, micro_batch=m), dropout.narrow(self.rows[m]):
+            if (m, c) in self.split:
+                u_out, outputs = self.pieces[c].forward(u_in)
+            else:
+                u_out, outputs = network.chunk(c, u_in), None
+        p = self.live[(m, c)] = _Pass(v, u_out, outputs)
+        if s == self.last:  # the loss of the micro-batch, as :class:`_Pipe` computes it
+            with timeline.span("head", steps=0, micro_batch=m):
+                p.u_head = u_out.detach().requires_grad_(True)
+                p.loss = network.loss(network.head(p.u_head), self.ys[m], reduction="sum") / self.batch_size
+            self.total += float(p.loss.detach())
+        else:
+            p.out = self.filter.encode(u_out)
+            self._give("F", m, c, p.out)
+
+    def backward(self, m: int, c: int) -> None:
+        p = self.live[(m, c)]
+        if self.stage[c] == self.last:
+            with timeline.span("head", steps=0, micro_batch=m):
+                p.loss.backward()
+            g, p.out = p.u_head.grad, p.u_out
+        else:
+            g = self._take("B", m, c)
+        steps = len(self.network.chunk_layers(c))
+        if p.outputs is None:
+            with timeline.span("backward", steps=steps, micro_batch=m):
+                torch.autograd.backward(p.out, g)
+            g_in = None if p.v is None else p.v.grad
+            del self.live[(m, c)]
+        else:  # as :meth:`_Pipe.backward`: the adjoints only, the graph kept for the W
+            inputs = ([] if p.v is None else [p.v]) + [u for _, u in p.outputs]
+            with timeline.span("vjp", steps=steps, micro_batch=m):
+                grads = torch.autograd.grad(p.out, inputs, g, retain_graph=True)
+            g_in = None if p.v is None else grads[0]
+            p.grads = grads[len(inputs) - len(p.outputs):]
+        if p.v is not None:  # not the first stage: the adjoint of what came in goes back
+            self._give("B", m, c, _given(g_in, "the input's adjoint"))
+
+    def weight(self, m: int, c: int) -> None:
+        if (m, c) not in self.live:  # its B could not be split and did all the work
+            return
+        p = self.live.pop((m, c))
+        with timeline.span("weight_grad", steps=len(self.network.chunk_layers(c)), micro_batch=m):
+            for (params, u), g in zip(_given_outputs(p.outputs), p.grads):
+                torch.autograd.backward(u, g, inputs=params, retain_graph=True)
+
+    def close(self) -> None:
+        for pieces in self.pieces.values():
+            pieces.close()
+
+
 @torch.no_grad()
 def predict(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, *,
             filter: Filter = IDENTITY, device: torch.device | str = "cpu",
             tag: int = FORWARD_TAG) -> torch.Tensor | None:
-    """The logits ``(batch, n_classes)`` on the last rank (``None`` elsewhere)."""
+    """The logits ``(batch, n_classes)`` on the last rank (``None`` elsewhere).
+
+    On virtual stages the state passes the stages in order, each rank running its chunks
+    as the state comes by, and the rank of the classifier sends the logits on to the last
+    rank where it is not the last (the V's first rank)."""
+    if network.partition.is_virtual:
+        return _predict_stages(comm, network, x, filter, device, tag)
+
     def block(u: torch.Tensor) -> torch.Tensor:
         with timeline.span("forward", steps=len(network.layers)):
             return network(u)
@@ -330,3 +518,31 @@ def predict(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, *,
         return None
     with timeline.span("head", steps=0):
         return network.head(u)
+
+
+def _predict_stages(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, filter: Filter,
+                    device: torch.device | str, tag: int) -> torch.Tensor | None:
+    grid, last = network.partition, network.partition.n_stages - 1
+    u: torch.Tensor | None = None
+    for c, s in enumerate(grid.stages(comm.rank)):
+        if s == 0:
+            u = _given(x, "x")
+        elif grid.stage_rank(s - 1)[0] != comm.rank:
+            u = filter.decode(comm.recv(grid.stage_rank(s - 1)[0], tag, device))
+        else:  # the previous stage is this rank's previous chunk
+            u = filter.decode(_given(u, "the previous chunk's output"))
+        with timeline.span("forward", steps=len(network.chunk_layers(c))):
+            u = network.chunk(c, _given(u, "the stage's input"))
+        if s < last:
+            u = filter.encode(u)
+            if grid.stage_rank(s + 1)[0] != comm.rank:
+                comm.send(u, grid.stage_rank(s + 1)[0], tag)
+        else:
+            with timeline.span("head", steps=0):
+                logits = network.head(u)
+            if comm.rank == comm.size - 1:
+                return logits
+            comm.send(logits, comm.size - 1, tag)
+    if comm.rank == comm.size - 1:
+        return comm.recv(grid.stage_rank(last)[0], tag, device)
+    return None

@@ -12,6 +12,10 @@ UPPER = 32767  # the largest tag every MPI library must accept (MPI_TAG_UB ≥ 3
 
 SWEEP_FORWARD = 11  # :mod:`ocnet.ranks.sweep`'s defaults, for sweeps outside a solver
 SWEEP_BACKWARD = 12
+#: :func:`ocnet.ranks.sweep.train`'s defaults on virtual stages: the messages into chunk
+#: ``c`` take ``SWEEP_STAGES[c]`` forward and ``SWEEP_STAGES[MAX_CHUNKS + c]`` backward
+SWEEP_STAGES = range(100, 200)
+MAX_CHUNKS = 50
 MGRIT = range(1000, 2000)  # :func:`ocnet.mgrit.solve`'s default block: 10 tags per level
 SOLVERS = range(2000, 32000)  # handed out to solvers by :class:`Tags`
 GATHER = 32000  # :meth:`ocnet.ranks.comm.Comm.gather`
