@@ -198,6 +198,12 @@ GOOD = {"format": "ocnet-checkpoint-1", "epoch": 0, "batch": None, "ranks": 1, "
     (json.dumps({**GOOD, "starts": "0"}).encode(),
      "'n_layers' must be an integer >= 1 and 'starts' a list of integers, got 4, '0'"),
     (json.dumps({**GOOD, "starts": [1]}).encode(), "starts (1,) do not cut 4 layers into 1 non-empty slices"),
+    (json.dumps({**GOOD, "virtual": [2, "w"]}).encode(),
+     "'virtual' must be [stages per rank >= 2, one of ['interleaved', 'v']], got [2, 'w']"),
+    (json.dumps({**GOOD, "virtual": [2, "v"]}).encode(),
+     "'ranks' is 1 but 'starts' gives the first layers of 1 virtual stages: the file is damaged"),
+    (json.dumps({**GOOD, "virtual": [2, "v"], "starts": [0, 1]}).encode(),
+     "'starts' [0, 1] are not the virtual stages of 4 layers: the file is damaged"),
 ])
 def test_a_bad_latest_json(tmp_path, content, why):
     checkpoint.save(SelfComm(), tmp_path, 0, {"x": 1}, partition=Partition(4, 1))
@@ -210,6 +216,23 @@ def test_a_bad_latest_json(tmp_path, content, why):
             call()
         assert str(e.value) == f"{marker}: {why}"
     assert checkpoint.shard_path(tmp_path, 0, 0).exists()  # nothing removed on a marker it cannot read
+
+
+def test_a_shard_records_each_chunk_of_a_partition_into_virtual_stages(tmp_path):
+    """One rank of two chunks in a V: its shard names both slices and latest.json the layout;
+    the same partition reads its own shard, a misplaced shard is named."""
+    partition = Partition.virtual(6, 1, 2, "v")
+    checkpoint.save(SelfComm(), tmp_path, 0, {"x": 1}, partition=partition)
+    info = checkpoint.latest(tmp_path)
+    assert (info["starts"], info["virtual"]) == ([0, 3], [2, "v"])
+    shard = torch.load(checkpoint.shard_path(tmp_path, 0, 0), weights_only=True)
+    assert shard["layers"] == [[0, 3], [3, 6]]
+    assert checkpoint.load(SelfComm(), tmp_path, "cpu", partition)[1] == {"x": 1}
+    assert checkpoint.load(SelfComm(), tmp_path, "cpu", Partition(6, 1))[1] == {"x": 1}  # read as another's
+    shard["layers"] = [0, 6]
+    torch.save(shard, checkpoint.shard_path(tmp_path, 0, 0))
+    with pytest.raises(CheckpointError, match=r"a shard of layers \[0, 6\] where \[\[0, 3\], \[3, 6\]\] belongs"):
+        checkpoint.load(SelfComm(), tmp_path, "cpu", partition)
 
 
 def _two_ranks(tmp_path, epochs=1):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from ..model.grid import Partition
+from ..model.grid import SHAPES, Partition
 from ..ranks.atomic import atomic_write
 from ..ranks.comm import Comm
 from ..solvers.records import jsonable
@@ -88,7 +88,31 @@ def _marker(run_dir: str | Path) -> Path:
 
 
 def _starts(partition: Partition) -> list[int]:
-    return [partition.bounds(r)[0] for r in range(partition.n_ranks)]
+    """The first layer of each stage: of each rank's slice, or of every virtual stage."""
+    return [partition.stage_bounds(s)[0] for s in range(partition.n_stages)]
+
+
+def _virtual(partition: Partition) -> list[Any] | None:
+    """``[chunks per rank, shape]`` of a partition into virtual stages, else ``None``."""
+    return [partition.chunks_per_rank, partition.shape] if partition.is_virtual else None
+
+
+def _layers(partition: Partition, rank: int) -> list[Any]:
+    """What a shard records of the layers it holds: ``[start, stop]``, or one such pair per
+    chunk on a partition into virtual stages."""
+    if partition.is_virtual:
+        return [list(chunk) for chunk in partition.chunks(rank)]
+    return list(partition.bounds(rank))
+
+
+def _recorded(info: dict[str, Any]) -> Partition | None:
+    """The partition a checkpoint's ``latest.json`` records (``None``: not recorded)."""
+    if info["starts"] is None:
+        return None
+    if info.get("virtual"):
+        chunks, shape = info["virtual"]
+        return Partition.virtual(info["n_layers"], info["ranks"], chunks, shape)
+    return Partition(info["n_layers"], info["ranks"], tuple(info["starts"]))
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -123,7 +147,7 @@ def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, 
     """
     if partition is not None and partition.n_ranks != comm.size:
         raise ValueError(f"a partition over {partition.n_ranks} ranks for a job of {comm.size}")
-    layers = list(partition.bounds(comm.rank)) if partition is not None else None
+    layers = _layers(partition, comm.rank) if partition is not None else None
     group, groups = _group(data)
     path = shard_path(run_dir, epoch, comm.rank, batch, group)
     buf = io.BytesIO()
@@ -144,6 +168,7 @@ def save(comm: Comm, run_dir: str | Path, epoch: int, state: dict[str, Any], *, 
             info = {"format": FORMAT, "epoch": epoch, "batch": batch, "ranks": comm.size,
                     "n_layers": partition.n_layers if partition is not None else None,
                     "starts": _starts(partition) if partition is not None else None,
+                    **({"virtual": _virtual(partition)} if partition is not None and partition.is_virtual else {}),
                     "meta": jsonable(meta or {}), **({"groups": groups} if groups > 1 else {})}
             error = _written(_marker(run_dir), lambda: atomic_write(_marker(run_dir),
                                                                     json.dumps(info, allow_nan=False) + "\n"))
@@ -204,8 +229,10 @@ def latest(run_dir: str | Path) -> dict[str, Any] | None:
     """The parsed and checked ``latest.json`` of the newest complete checkpoint, or ``None``
     when the run has none: ``{"format", "epoch", "batch", "ranks", "n_layers", "starts",
     "meta"}`` and, from a job of several data groups, ``"groups"`` (``ranks`` counts one
-    group's; ``batch`` is ``None`` after a whole epoch; ``n_layers`` and ``starts`` are
-    ``None`` when the partition was not recorded).
+    group's; ``batch`` is ``None`` after a whole epoch; ``n_layers`` and ``starts``, the
+    first layer of each rank's slice, are ``None`` when the partition was not recorded) and,
+    from a partition into virtual stages, ``"virtual": [stages per rank, shape]`` (``starts``
+    then gives the first layer of every stage).
 
     Raises
     ------
@@ -256,17 +283,24 @@ def _check_info(marker: Path, info: Any) -> None:
     if starts is not None:
         if not (_is_int(n, 1) and isinstance(starts, list) and all(_is_int(s) for s in starts)):
             raise bad(f"'n_layers' must be an integer >= 1 and 'starts' a list of integers, got {n!r}, {starts!r}")
+        virtual = info.get("virtual")
+        if virtual is not None and not (isinstance(virtual, list) and len(virtual) == 2 and _is_int(virtual[0], 2)
+                                        and virtual[1] in SHAPES):
+            raise bad(f"'virtual' must be [stages per rank >= 2, one of {list(SHAPES)}], got {virtual!r}")
+        stages = info["ranks"] * (virtual[0] if virtual else 1)
         # fields that disagree: say so, not what a job of that many ranks would need
-        if len(starts) != info["ranks"]:
-            raise bad(f"'ranks' is {info['ranks']} but 'starts' gives the first layers of {len(starts)}: "
-                      "the file is damaged")
-        if info["ranks"] > n:
-            raise bad(f"'ranks' is {info['ranks']} but 'n_layers' is {n}: no job of more ranks than layers "
+        if len(starts) != stages:
+            raise bad(f"'ranks' is {info['ranks']} but 'starts' gives the first layers of {len(starts)} "
+                      f"{'virtual stages' if virtual else 'ranks'}: the file is damaged")
+        if stages > n:
+            raise bad(f"'ranks' is {info['ranks']} but 'n_layers' is {n}: no job of more stages than layers "
                       "wrote it; the file is damaged")
         try:
-            Partition(n, info["ranks"], tuple(starts))
+            recorded = _recorded(info)
         except ValueError as e:
             raise bad(str(e)) from None
+        if virtual and recorded is not None and _starts(recorded) != starts:
+            raise bad(f"'starts' {starts} are not the virtual stages of {n} layers: the file is damaged")
 
 
 def _first_line(error: BaseException) -> str:
@@ -335,8 +369,8 @@ def _read_shard(path: Path, rank: int, info: dict[str, Any], device: torch.devic
                               f"({_first_line(e)})") from None
     if not isinstance(shard, dict) or shard.get("format") != FORMAT or "state" not in shard:
         raise CheckpointError(f"{path}: not an ocnet checkpoint shard")
-    layers = None if info["starts"] is None else list(Partition(info["n_layers"], info["ranks"],
-                                                                tuple(info["starts"])).bounds(rank))
+    recorded = _recorded(info)
+    layers = None if recorded is None else _layers(recorded, rank)
     expected = {"rank": rank, "ranks": info["ranks"], "epoch": info["epoch"], "batch": info["batch"],
                 "layers": layers}
     for key, value in expected.items():
@@ -363,7 +397,8 @@ def _shards(comm: Comm, run_dir: str | Path, device: torch.device | str, partiti
                               f"this job's has {partition.n_layers} (another --layers?)")
     group, groups = _group(data)
     written = info.get("groups", 1)
-    own = written == groups and info["ranks"] == comm.size and info["starts"] in (None, _starts(partition))
+    own = written == groups and info["ranks"] == comm.size and (
+        info["starts"] is None or (info["starts"] == _starts(partition) and info.get("virtual") == _virtual(partition)))
     ranks = [comm.rank] if own else range(info["ranks"])
     # another number of data groups: every group's shards, for the per-sample rows each kept
     paths = [(r, shard_path(run_dir, info["epoch"], r, info["batch"], g))

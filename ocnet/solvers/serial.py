@@ -60,7 +60,7 @@ class Serial(Solver):
     def partition(cls, n_layers: int, n_ranks: int, config: Mapping[str, Any]) -> Partition:
         """One balanced slice per rank, or ``virtual_stages`` of them for the schedules on
         virtual stages (two in a V for ``v``).  Raises ``ValueError`` for too few layers, inside
-        another solver, and for checkpoints, which record one slice per rank."""
+        another solver."""
         pipeline = config.get("pipeline", "1f1b")
         if pipeline not in VIRTUAL:
             return Partition(n_layers, n_ranks)
@@ -71,9 +71,6 @@ class Serial(Solver):
         chunks = config.get("virtual_stages", 2)
         if shape == "v" and chunks != 2:
             raise ValueError(f"--pipeline v holds 2 stages per rank; leave virtual_stages at 2, not {chunks}")
-        if config.get("checkpoint_every") or config.get("resume"):
-            raise ValueError(f"--pipeline {pipeline}: checkpoints record one slice of layers per rank, and "
-                             "this schedule gives each rank several: train without checkpoint_every and resume")
         if chunks * n_ranks > n_layers:
             raise ValueError(f"--pipeline {pipeline}: {chunks} stages per rank on {n_ranks} ranks need at least "
                              f"{chunks * n_ranks} layers, the network has {n_layers}")
