@@ -290,11 +290,11 @@ def _check_info(marker: Path, info: Any) -> None:
         stages = info["ranks"] * (virtual[0] if virtual else 1)
         # fields that disagree: say so, not what a job of that many ranks would need
         if len(starts) != stages:
-            raise bad(f"'ranks' is {info['ranks']} but 'starts' gives the first layers of {len(starts)} "
-                      f"{'virtual stages' if virtual else 'ranks'}: the file is damaged")
+            raise bad(f"'ranks' is {info['ranks']} but 'starts' gives the first layers of {len(starts)}"
+                      f"{' virtual stages' if virtual else ''}: the file is damaged")
         if stages > n:
-            raise bad(f"'ranks' is {info['ranks']} but 'n_layers' is {n}: no job of more stages than layers "
-                      "wrote it; the file is damaged")
+            raise bad(f"'ranks' is {info['ranks']} but 'n_layers' is {n}: no job of more "
+                      f"{'stages' if virtual else 'ranks'} than layers wrote it; the file is damaged")
         try:
             recorded = _recorded(info)
         except ValueError as e:
