@@ -27,7 +27,8 @@ from ocnet.runs.launcher import mpiexec
 from ocnet.runs.train import Interrupt
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--layers", "4", "--width", "8", "--quiet", "--timeline-steps", "0", "--limit-batches", "2"]
+# No figures: no assertion here looks at them, and drawing them is seconds of matplotlib per job.
+TINY = ["--layers", "4", "--width", "8", "--quiet", "--timeline-steps", "0", "--limit-batches", "2", "--plots", "none"]
 TIMEOUT = 300  # catches a hang; no assertion depends on how fast the machine is
 
 
