@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,11 @@ def test_the_public_names_and_entry_points_stay():
                                   "Solver", "SolverError", "check_solver", "load_run", "register", "solve", "sweep"}
     for name in ocnet.__all__:
         assert getattr(ocnet, name) is not None
-    for module in ("ocnet.run", "ocnet.plot", "ocnet.speedup"):
-        proc = run([sys.executable, "-m", module, "--help"], timeout=120, cwd=ROOT)
-        assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr
+    modules = ("ocnet.run", "ocnet.plot", "ocnet.speedup")
+    with ThreadPoolExecutor(len(modules)) as side_by_side:  # each process spends seconds importing torch
+        procs = side_by_side.map(lambda m: run([sys.executable, "-m", m, "--help"], timeout=120, cwd=ROOT), modules)
+        for proc in procs:
+            assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr
 
 
 def test_a_run_written_before_the_parts_loads_and_resumes(tmp_path):

@@ -20,14 +20,15 @@ import pytest
 from ocnet.results.plot import main as plot_main
 from ocnet.results.plot import plot_runs
 from ocnet.run import main
-from ocnet.runs import claim, directory
+from ocnet.runs import claim, directory, launcher
 from ocnet.runs.config import resolve
 from ocnet.runs.job import EXIT_SETUP, EXIT_WRITE
 from ocnet.runs.launcher import mpiexec
 from ocnet.runs.train import Interrupt
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--layers", "4", "--width", "8", "--quiet", "--timeline-steps", "0", "--limit-batches", "2"]
+# No figures: no assertion here looks at them, and drawing them is seconds of matplotlib per job.
+TINY = ["--layers", "4", "--width", "8", "--quiet", "--timeline-steps", "0", "--limit-batches", "2", "--plots", "none"]
 TIMEOUT = 300  # catches a hang; no assertion depends on how fast the machine is
 
 
@@ -57,6 +58,17 @@ def finish(proc: subprocess.Popen, timeout: float = TIMEOUT) -> subprocess.Compl
 
 def run(ranks: int, *args: str, **kw) -> subprocess.CompletedProcess:
     return finish(start(ranks, *args, **kw))
+
+
+def pooled(ranks: int, *args: str) -> subprocess.CompletedProcess:
+    """``mpiexec -n ranks python -m ocnet.run ARGS`` waited for, in the pool of warm ranks where
+    the suite has one: for the jobs whose processes are not what a test studies (a resume after
+    the fault), which then cost no start of their own."""
+    try:
+        return launcher.launch(ranks, [sys.executable, "-m", "ocnet.run", *args], timeout=TIMEOUT, cwd=ROOT,
+                               env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    except TimeoutError as e:
+        pytest.fail(str(e))
 
 
 def wait_for(ready, proc: subprocess.Popen, what: str, timeout: float = TIMEOUT) -> None:
@@ -150,7 +162,7 @@ def test_a_resume_of_a_live_job_is_refused_and_works_once_it_is_killed(tmp_path)
     writing[1].mkdir()
     resume = ["--resume", str(out), *flags]
     rank = json.loads((out / claim.NAME).read_text())["pid"]  # the job's rank 0, which claimed
-    refused = run(1, *resume)
+    refused = pooled(1, *resume)
     assert refused.returncode == EXIT_SETUP
     line = _one_error(refused.stderr)
     assert f"run directory {out} is in use by the job on host {socket.gethostname()}, pid {rank}, " \
@@ -159,7 +171,7 @@ def test_a_resume_of_a_live_job_is_refused_and_works_once_it_is_killed(tmp_path)
     os.kill(rank, signal.SIGKILL)
     finish(live)  # mpiexec ends the job
     assert (out / claim.NAME).exists()  # a stale claim: its flock went with the process
-    resumed = run(1, *resume)
+    resumed = pooled(1, *resume)
     assert resumed.returncode == 0, resumed.stderr
     assert not any(p.exists() for p in writing)  # leftovers of the killed job, cleaned under the claim
     assert _epochs(out) == [0, 1, 2, 3] and not (out / claim.NAME).exists()
@@ -269,7 +281,7 @@ def test_a_full_disk_at_a_checkpoint_ends_with_one_line(tmp_path):
     assert " free there); the checkpoint after epoch 0 is kept; once there is room, continue with: " \
            f"mpirun -n 2 python -m ocnet.run --resume {out}" in line, line
     assert _latest(out)["epoch"] == 0 and not (out / "checkpoints" / "epoch_0001").exists()
-    resumed = run(2, "--resume", str(out), *flags)
+    resumed = pooled(2, "--resume", str(out), *flags)
     assert resumed.returncode == 0, resumed.stderr
     assert _epochs(out) == [0, 1, 2]
 
@@ -285,7 +297,7 @@ def test_a_second_signal_during_the_stop_checkpoint_changes_nothing(tmp_path):
     assert "ocnet: stopped by SIGTERM at epoch 1, step 4 (batch 2 of 2) with a checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
     assert (_latest(out)["epoch"], _latest(out)["batch"]) == (1, 2)
-    resumed = run(2, "--resume", str(out), *flags)
+    resumed = pooled(2, "--resume", str(out), *flags)
     assert resumed.returncode == 0, resumed.stderr
 
 

@@ -80,7 +80,7 @@ class Deadlock(Serial):
 @pytest.mark.parametrize("cls,message,kw", [
     (LossOnEveryRank, "losses on 2 ranks differ from one process", {}),
     (BlocksPerRank, "on 2 ranks differ", {}),
-    (Deadlock, "deadlock on 2 ranks hangs", {"timeout": 8}),  # it hangs whenever the timeout falls
+    (Deadlock, "deadlock on 2 ranks hangs", {"timeout": 4}),  # it hangs whenever the timeout falls
 ])
 @pytest.mark.mpi
 def test_multi_rank_checks_catch_broken_solvers(cls, message, kw):
