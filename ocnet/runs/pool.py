@@ -171,7 +171,9 @@ class Pool:
         proc, d, self._proc = self._proc, self._dir, None
         code, said = None, ""
         if proc is not None:
-            if proc.poll() is None and d is not None and not kill:
+            # ranks still starting would read the stop only once ready (seconds of imports): end them now
+            ready = d is not None and all((d / f"ready-{r}").exists() for r in range(self.size))
+            if proc.poll() is None and d is not None and not kill and ready:
                 _write_atomically(d / f"task-{self._next}.json", json.dumps({"stop": True}))
                 try:
                     proc.wait(10)

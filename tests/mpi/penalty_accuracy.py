@@ -23,7 +23,7 @@ from ocnet.model.grid import Partition
 from ocnet.runs import job
 
 out, root = sys.argv[1], Path(sys.argv[2])
-COMMON = ["--quiet", "--threads", "1", "--seed", "0"]
+COMMON = ["--quiet", "--threads", "1", "--seed", "0", "--plots", "none"]  # figures: python -m ocnet.plot runs/*
 # The convolutional net on the 8×8 images, three stages (8×8×8 → 16×4×4 → 32×2×2; a one-stage
 # net with global average pooling trains slowly even serially: 61 % after 10 epochs at 8
 # channels).  Same epochs for every solver; measurements in docs/layer_parallel.rst.
