@@ -12,11 +12,11 @@ repeats, measured side by side in one process (on P = 2 the plain step runs on r
 rank 1 waits).
 
 (a) one level (the exact sequential sweep), N = 32 and 64: time / plain;
-(b) N = 32 at torchbraid's settings — 3 levels, c = 4, FCF on the coarse levels and F on the
+(b) N = 32 and 64 at torchbraid's settings — 3 levels, c = 4, FCF on the coarse levels and F on the
     fine one, skip, XBraid's ``max_iter = 2`` (the skip cycle and one correction: ocnet's
     ``mgrit_iters = 1`` with ``mgrit_skip``, see docs/mgrit.rst), the final FC-relaxation
     torchbraid asks for (``mgrit_final_fc``) — and FCF everywhere without
-    skip for two and one corrections: step evaluations (forward and adjoint, all ranks), layer
+    skip for two and one corrections (N = 32): step evaluations (forward and adjoint, all ranks), layer
     forward evaluations (forward steps, and adjoint steps that re-run a layer: the count that
     torchbraid's 148 is) and time / plain, storage graph and states;
 (c) relative errors of u_N and of the gradient against the exact ones, for (b)'s settings and
@@ -166,12 +166,13 @@ def main() -> None:
         result["one_level"] = rows
     if "b" in args.part:
         rows = []
-        for base in (TORCHBRAID, dict(TB, mgrit_iters=2), dict(TB, mgrit_iters=1)):
+        cases = [(N, TORCHBRAID) for N in (32, 64)] + [(32, dict(TB, mgrit_iters=k)) for k in (2, 1)]
+        for N, base in cases:
             for storage in ("graph", "states"):
                 opts = dict(base, mgrit_storage=storage)
-                row = compare(comm, 32, opts, args.repeats)
+                row = compare(comm, N, opts, args.repeats)
                 rows.append(row)
-                say(f"(b) {opts}: {row['step_evals']} step evals, {row['forward_evals']} layer forwards, "
+                say(f"(b) N={N} {opts}: {row['step_evals']} step evals, {row['forward_evals']} layer forwards, "
                     f"{row.get('ratio', 0):.3f}x plain")
         result["torchbraid_settings"] = rows
     if "c" in args.part:
