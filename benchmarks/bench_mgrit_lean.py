@@ -12,13 +12,16 @@ repeats, measured side by side in one process (on P = 2 the plain step runs on r
 rank 1 waits).
 
 (a) one level (the exact sequential sweep), N = 32 and 64: time / plain;
-(b) N = 32 at torchbraid's settings — 3 levels, c = 4, FCF on the coarse levels and F on the
+(b) N = 32 and 64 at torchbraid's settings — 3 levels, c = 4, FCF on the coarse levels and F on the
     fine one, skip, XBraid's ``max_iter = 2`` (the skip cycle and one correction: ocnet's
     ``mgrit_iters = 1`` with ``mgrit_skip``, see docs/mgrit.rst), the final FC-relaxation
     torchbraid asks for (``mgrit_final_fc``) — and FCF everywhere without
-    skip for two and one corrections: step evaluations (forward and adjoint, all ranks), layer
+    skip for two and one corrections (N = 32): step evaluations (forward and adjoint, all ranks), layer
     forward evaluations (forward steps, and adjoint steps that re-run a layer: the count that
     torchbraid's 148 is) and time / plain, storage graph and states;
+(r) torchbraid's settings at N = 32 and 64, ``graph`` storage: the plain step and the MGRIT
+    step without and with ``mgrit_reuse`` interleaved in each repeat, layer forwards and
+    time / plain of each (``--part r``; not in the default ``abc``);
 (c) relative errors of u_N and of the gradient against the exact ones, for (b)'s settings and
     cheaper ones; the fastest with errors within torchbraid's (4.6 %, 2 %).
 Figures go to stdout and to benchmarks/results/bench_mgrit_lean[_pP].json (or --out).
@@ -107,6 +110,46 @@ def compare(comm, N: int, options: dict, repeats: int) -> dict:
     return out
 
 
+def compare_reuse(comm, N: int, options: dict, repeats: int) -> dict:
+    """The plain step, the MGRIT step without and with ``mgrit_reuse``, interleaved in each
+    repeat (so that a load that comes and goes falls on all three alike): median times, the
+    ratios to plain, and the layer forwards of each."""
+    solvers = {reuse: make_solver(comm, N, **options, mgrit_reuse=reuse)[2] for reuse in (False, True)}
+    model = problem(N).to_torch()
+    x, y = batch()
+    idx = torch.arange(BATCH)
+    times: dict = {"plain": [], False: [], True: []}
+    for r in range(repeats + 1):  # the first round warms up
+        comm.barrier()
+        if comm.rank == 0:
+            t = time.perf_counter()
+            plain_step(model, x, y)
+            tp = time.perf_counter() - t
+        for reuse, solver in solvers.items():
+            comm.barrier()
+            t = time.perf_counter()
+            solver.step(x, y, idx)
+            comm.barrier()
+            if r > 0:
+                times[reuse].append(time.perf_counter() - t)
+        if r > 0 and comm.rank == 0:
+            times["plain"].append(tp)
+    out: dict = {"N": N, "options": options}
+    for reuse, solver in solvers.items():
+        rec = timeline.Recorder()
+        with timeline.recording(rec):
+            solver.step(x, y, idx)
+        steps = sum(e[3].get("steps", 0) for e in rec.events if e[0] in FORWARD_KINDS)
+        key = "reuse" if reuse else "no_reuse"
+        out[f"forward_evals_{key}"] = int(comm.allreduce(float(steps)))
+        if comm.rank == 0:
+            out[f"ratio_{key}"] = statistics.median(times[reuse]) / statistics.median(times["plain"])
+    if comm.rank == 0:
+        out["plain_s"] = statistics.median(times["plain"])
+        out["reuse_speedup"] = statistics.median(times[False]) / statistics.median(times[True])
+    return out
+
+
 def errors(comm, N: int, options: dict) -> dict:
     """Relative errors of u_N and of the gradient (all parameters) against the exact ones."""
     prob, network, solver = make_solver(comm, N, **options)
@@ -166,14 +209,24 @@ def main() -> None:
         result["one_level"] = rows
     if "b" in args.part:
         rows = []
-        for base in (TORCHBRAID, dict(TB, mgrit_iters=2), dict(TB, mgrit_iters=1)):
+        cases = [(N, TORCHBRAID) for N in (32, 64)] + [(32, dict(TB, mgrit_iters=k)) for k in (2, 1)]
+        for N, base in cases:
             for storage in ("graph", "states"):
                 opts = dict(base, mgrit_storage=storage)
-                row = compare(comm, 32, opts, args.repeats)
+                row = compare(comm, N, opts, args.repeats)
                 rows.append(row)
-                say(f"(b) {opts}: {row['step_evals']} step evals, {row['forward_evals']} layer forwards, "
+                say(f"(b) N={N} {opts}: {row['step_evals']} step evals, {row['forward_evals']} layer forwards, "
                     f"{row.get('ratio', 0):.3f}x plain")
         result["torchbraid_settings"] = rows
+    if "r" in args.part:
+        rows = []
+        for N in (32, 64):
+            row = compare_reuse(comm, N, dict(TORCHBRAID, mgrit_storage="graph"), args.repeats)
+            rows.append(row)
+            say(f"(r) N={N} torchbraid's settings, graph: without reuse {row['forward_evals_no_reuse']} layer "
+                f"forwards, {row.get('ratio_no_reuse', 0):.3f}x plain; with reuse {row['forward_evals_reuse']}, "
+                f"{row.get('ratio_reuse', 0):.3f}x plain; {row.get('reuse_speedup', 0):.3f}x faster")
+        result["reuse"] = rows
     if "c" in args.part:
         rows = []
         T = TORCHBRAID

@@ -131,16 +131,19 @@ def test_graph_storage_on_three_ranks(tmp_path):
     _check_storage(json.loads(path.read_text()))
 
 
-def test_torchbraids_settings_evaluate_its_steps():
+@pytest.mark.parametrize("reuse,per_solve", [(False, 106), (True, 89)])
+def test_torchbraids_settings_evaluate_its_steps(reuse, per_solve):
     # skip, F on the fine level, FCF on the coarse ones, one correction (XBraid's max_iter 2):
-    # 106 forward steps per solve at N = 32, c = 4, 3 levels; the adjoint's 106 steps are
-    # input-gradients of the stored graphs, so no layer runs forward again.
+    # 106 forward steps per solve at N = 32, c = 4, 3 levels, 89 when no coarse step is
+    # evaluated twice from the same state (tests/test_mgrit_work.py counts which); the
+    # adjoint's steps are input-gradients of the stored graphs, so no layer runs forward again.
     from ocnet.ranks import timeline
     problem = build((8,), 3, net="dense", layers=32, width=4, seed=0, dtype=torch.float64)
     cfg = {"coarsening": 4, "mgrit_levels": 3}
     network = problem.local(MGRIT.partition(32, 1, cfg), 0)
     solver = MGRIT(network, SelfComm(), lambda p: torch.optim.SGD(p, lr=0.0), mgrit_mode="one_shot",
-                   mgrit_warm_start="none", mgrit_iters=1, mgrit_skip=True, mgrit_fine_relax="F", **cfg)
+                   mgrit_warm_start="none", mgrit_iters=1, mgrit_skip=True, mgrit_fine_relax="F",
+                   mgrit_reuse=reuse, **cfg)
     x, y = torch.randn(16, 8, dtype=torch.float64), torch.randint(0, 3, (16,))
     rec = timeline.Recorder()
     with timeline.recording(rec):
@@ -148,9 +151,9 @@ def test_torchbraids_settings_evaluate_its_steps():
     steps: dict[str, int] = {}
     for kind, _, _, info in rec.events:
         steps[kind] = steps.get(kind, 0) + info.get("steps", 0)
-    assert steps.get("forward", 0) + steps.get("forward_graph", 0) == 106
+    assert steps.get("forward", 0) + steps.get("forward_graph", 0) == per_solve
     # the fine adjoint's last pass ("backward") adds the parameter gradients in the same call
-    assert steps.get("vjp", 0) + steps.get("backward", 0) == 106 and steps.get("backward", 0) == 32
+    assert steps.get("vjp", 0) + steps.get("backward", 0) == per_solve and steps.get("backward", 0) == 32
     assert "vjp_recompute" not in steps
 
 

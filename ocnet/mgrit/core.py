@@ -130,7 +130,8 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
           levels: int = 2, relaxation: str = "FCF", cf_sweeps: int = 1, cycle: str = "V",
           fine_relaxation: str | None = None, tol: float = 1e-10, max_iter: int = 100, skip: bool = False,
           final_fc: bool = False, layout: Layout | None = None, guess: Sequence[torch.Tensor] | None = None,
-          device: torch.device | str | None = None, tags: range = tag_blocks.MGRIT) -> MGRITResult:
+          device: torch.device | str | None = None, tags: range = tag_blocks.MGRIT, reuse: bool = False
+          ) -> MGRITResult:
     """Solve ``u_{i+1} = Φ_i(u_i)``, ``i = 0 … N-1``, from ``u0`` by MGRIT.
 
     Parameters
@@ -179,6 +180,11 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
     tags : range
         The message tags the solve may use, ten per level (default :data:`ocnet.ranks.tags.MGRIT`;
         a solver passes a block of its own, see :class:`ocnet.ranks.tags.Tags`).
+    reuse : bool
+        Evaluate no coarse step twice from the same input tensor (see
+        :class:`~ocnet.mgrit.levels.Context`): the same states bit for bit with fewer step
+        evaluations (``step_evals`` counts those made), at the memory of one kept input and
+        output per coarse point.
 
     Returns
     -------
@@ -212,7 +218,7 @@ def solve(propagator: Propagator, u0: torch.Tensor | None, N: int, comm: Comm | 
 
     t0 = time.perf_counter()
     bytes0 = comm.bytes_sent
-    ctx = Context(propagator, comm, layout, c, torch.device(device), tags)
+    ctx = Context(propagator, comm, layout, c, torch.device(device), tags, reuse)
     fine = _initial_level(ctx, u0 if first else None, guess)
     res = MGRITResult(u=fine.u, points=fine.points() if not fine.empty else range(0), levels=L)
     announce = getattr(propagator, "fine_pass", None)

@@ -52,11 +52,9 @@ def restrict(ctx: Context, fine: Level, build_coarse: bool = True, c_relax: bool
     points.sort(key=lambda j: j == fine.a)
     for j in points:
         prev = ctx.recv_prev(fine, PREV_FINE) if j == fine.a else fine.get(j - 1)
-        t = ctx.phi(fine.index, j - 1, prev)
-        g = fine.rhs(j)
-        t = t if g is None else t + g
-        r = (t - fine.get(j)).detach()
-        res_sq += torch.sum(r.double() * r.double()).cpu()
+        t = ctx.advance(fine, j, prev)
+        r = (t - fine.get(j)).detach().double()
+        res_sq += torch.sum(r * r).cpu()
         tau[j] = t
     ctx.note_nonfinite(fine.index, res_sq)
     if c_relax:

@@ -138,10 +138,17 @@ class Context:
     work, wraps ``Φ^ℓ_j`` in level indices, and keeps ``nonfinite``: the first level on
     which a sum of squares (a residual's, or the coarsest level's values') was nan or inf
     since the solver last reset it to -1, once per iteration — where a divergence began.
+
+    With ``reuse`` a coarse step (ℓ ≥ 1) whose input is the very tensor it was last
+    evaluated from is not evaluated again: :meth:`phi` returns the value it gave then, and
+    :meth:`advance` the whole update ``Φ(u_{j-1}) + g_j`` when ``g_j`` is the same tensor too.
+    The values are those a new evaluation would give, bit for bit (a step is a function of
+    its input and MGRIT never changes a state in place); ``steps`` counts evaluations only.
+    Fine steps are always evaluated: a propagator may keep something from them (a graph).
     """
 
     def __init__(self, propagator: Propagator, comm: Comm, layout: Layout, c: int,
-                 device: torch.device, tags: range = tag_blocks.MGRIT) -> None:
+                 device: torch.device, tags: range = tag_blocks.MGRIT, reuse: bool = False) -> None:
         self.propagator = propagator
         self.comm = comm
         self.layout = layout
@@ -150,6 +157,10 @@ class Context:
         self.device = device
         self.steps = 0
         self.nonfinite = -1
+        self.reuse = reuse
+        # (ℓ, j) ↦ the latest (u, Φ^ℓ_j(u)), and (ℓ, j) ↦ the latest (u_{j-1}, g_j, u_j) of an update
+        self._phi: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._update: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
 
     def note_nonfinite(self, level: int, sum_sq: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Note ``level`` unless a level was noted already or ``sum_sq`` is finite.
@@ -162,14 +173,37 @@ class Context:
         if not isinstance(sum_sq, torch.Tensor):
             if not sum_sq:
                 return
-            sum_sq = torch.stack([torch.sum(v.double() * v.double()) for v in sum_sq]).sum()
+            sum_sq = torch.stack([torch.sum(w * w) for w in (v.double() for v in sum_sq)]).sum()
         if not bool(torch.isfinite(sum_sq)):
             self.nonfinite = level
 
     def phi(self, level: int, j: int, u: torch.Tensor) -> torch.Tensor:
         """``Φ^ℓ_j(u)``: from level point ``j`` to ``j + 1`` on level ``level``."""
+        memo = self.reuse and level > 0
+        if memo:
+            seen = self._phi.get((level, j))
+            if seen is not None and seen[0] is u:
+                return seen[1]
         self.steps += 1
-        return self.propagator.step(level, j * self.c ** level, u)
+        value = self.propagator.step(level, j * self.c ** level, u)
+        if memo:
+            self._phi[level, j] = (u, value)
+        return value
+
+    def advance(self, lvl: Level, j: int, prev: torch.Tensor) -> torch.Tensor:
+        """``Φ^ℓ_{j-1}(u_{j-1}) + g_j`` on ``lvl`` for ``prev = u_{j-1}`` (a relaxation's update,
+        or the restriction's ``τ_j``)."""
+        g = lvl.rhs(j)
+        memo = self.reuse and lvl.index > 0
+        if memo:
+            seen = self._update.get((lvl.index, j))
+            if seen is not None and seen[0] is prev and seen[1] is g:
+                return seen[2]
+        value = self.phi(lvl.index, j - 1, prev)
+        value = value if g is None else value + g
+        if memo:
+            self._update[lvl.index, j] = (prev, g, value)
+        return value
 
     def level(self, index: int) -> Level:
         """An empty container for this rank's points of level ``index``."""

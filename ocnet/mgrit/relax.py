@@ -43,7 +43,7 @@ def update(ctx: Context, lvl: Level, which: Callable[[int], bool], kind: int = R
 
     def run(points: list[int], prev: torch.Tensor) -> None:
         for j in points:
-            prev = _next(ctx, lvl, j, prev)
+            prev = ctx.advance(lvl, j, prev)
             lvl.set(j, prev)
 
     if tail is None:
@@ -60,12 +60,6 @@ def update(ctx: Context, lvl: Level, which: Callable[[int], bool], kind: int = R
             send()
     for s in sends:
         s.wait()
-
-
-def _next(ctx: Context, lvl: Level, j: int, prev: torch.Tensor) -> torch.Tensor:
-    value = ctx.phi(lvl.index, j - 1, prev)
-    g = lvl.rhs(j)
-    return value if g is None else value + g
 
 
 def f_relax(ctx: Context, lvl: Level) -> None:

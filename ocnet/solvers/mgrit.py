@@ -91,6 +91,9 @@ class MGRIT(ParallelSolver):
                              "carried up)"),
         "mgrit_final_fc": Option(bool, False, "XBraid's final FC-relaxation: the last iteration's C-points take "
                                  "the steps its residual evaluated (u_N one fine step from u_N-1, no step more)"),
+        "mgrit_reuse": Option(bool, True, "evaluate no coarse step twice from the same state (the same "
+                              "states bit for bit, fewer layer steps; memory: one input and output per coarse "
+                              "point)", resumable=True),
         "mgrit_control": Option(str, "off", "one-shot mode: raise mgrit_iters by one after an epoch whose mean "
                                 "gradient inexactness (relative residual) exceeded mgrit_control_tol (iters), or "
                                 "keep it fixed (off)", choices=("off", "iters")),
@@ -231,7 +234,8 @@ class MGRIT(ParallelSolver):
         return dict(levels=self.levels, relaxation=cfg["mgrit_relax"],
                     fine_relaxation=fine, cf_sweeps=cfg["mgrit_cf_sweeps"],
                     cycle=cfg["mgrit_cycle"], max_iter=cfg["mgrit_max_iter"] if exact else self.iters,
-                    skip=cfg["mgrit_skip"], final_fc=cfg["mgrit_final_fc"], tags=self.mgrit_tags)
+                    skip=cfg["mgrit_skip"], final_fc=cfg["mgrit_final_fc"], reuse=cfg["mgrit_reuse"],
+                    tags=self.mgrit_tags)
 
     def _c_norms(self, *solves: MGRITResult) -> list[float]:
         """The 2-norm of each solve's states over the fine C-points, where its residual is

@@ -1,6 +1,7 @@
 """MGRIT's step counts under mpiexec (tests/test_mgrit_work.py): the cumulative ``step_evals``
 of forward and adjoint solves of u' = λu over a grid of options, which must be the work
-formula's whatever the rank count.  Rank 0 writes JSON to argv[1]."""
+formula's whatever the rank count, and with ``reuse`` the same states with no more steps.
+Rank 0 writes JSON to argv[1]."""
 import json
 import sys
 
@@ -26,8 +27,14 @@ def run(comm):
         fwd = solve(prop, u0, N, comm, **opts)
         lam_N = torch.ones((), dtype=torch.float64) if comm.rank == comm.size - 1 else None
         adj = solve_adjoint(prop, fwd.u, lam_N, N, comm, **opts)
+        # reuse: the same states bit for bit (each rank's), at most the steps without it
+        lean = solve(prop, u0, N, comm, reuse=True, **opts)
+        lean_adj = solve_adjoint(prop, lean.u, lam_N, N, comm, reuse=True, **opts)
+        same = all(torch.equal(a, b) for a, b in zip(fwd.u + adj.mgrit.u, lean.u + lean_adj.mgrit.u))
+        same = comm.allreduce(float(same), op="min") == 1.0
         out.append({"case": [N, c, levels, relaxation, sweeps, cycle, skip, max_iter, fine],
-                    "forward": fwd.step_evals, "adjoint": adj.mgrit.step_evals})
+                    "forward": fwd.step_evals, "adjoint": adj.mgrit.step_evals, "same_with_reuse": same,
+                    "reuse": [lean.step_evals[-1], lean_adj.mgrit.step_evals[-1]]})
     return out
 
 
