@@ -100,7 +100,11 @@ def main() -> None:
     batches = {speedup.compute_batch(c) for c in configs.values()}
     mgrit = {(c["coarsening"], c["mgrit_levels"]) for c in configs.values() if c["solver"] == "mgrit"}
     # each variant's own real steps at P = 1: time outside spans, exact MGRIT's iterations
+    busy0, own0, t0 = busy_seconds(), own_seconds(), time.perf_counter()
     calibration = cal.calibrate(config, batches, sorted(mgrit), profiles=configs)
+    if busy0 is not None and (busy1 := busy_seconds()) is not None:
+        calibration["other_load"] = max(0.0, (busy1 - busy0) - (own_seconds() - own0)) / (time.perf_counter() - t0)
+        print(f"calibrated in {time.perf_counter() - t0:.1f} s, other load {calibration['other_load']:.2f}", flush=True)
     prediction = speedup.predict(values, calibration, max_ranks=max(ranks), cores=cores, variants=names,
                                  recommend=False)
 
