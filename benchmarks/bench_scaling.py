@@ -100,11 +100,17 @@ def main() -> None:
     batches = {speedup.compute_batch(c) for c in configs.values()}
     mgrit = {(c["coarsening"], c["mgrit_levels"]) for c in configs.values() if c["solver"] == "mgrit"}
     # each variant's own real steps at P = 1: time outside spans, exact MGRIT's iterations
-    busy0, own0, t0 = busy_seconds(), own_seconds(), time.perf_counter()
-    calibration = cal.calibrate(config, batches, sorted(mgrit), profiles=configs)
-    if busy0 is not None and (busy1 := busy_seconds()) is not None:
-        calibration["other_load"] = max(0.0, (busy1 - busy0) - (own_seconds() - own0)) / (time.perf_counter() - t0)
-        print(f"calibrated in {time.perf_counter() - t0:.1f} s, other load {calibration['other_load']:.2f}", flush=True)
+    # (repeated like a run when other jobs loaded the machine: its costs would be theirs too)
+    calibrations: list[dict] = []
+    while not calibrations or ((calibrations[-1].get("other_load") or 0.0) > args.max_other_load
+                               and len(calibrations) <= args.retries):
+        busy0, own0, t0 = busy_seconds(), own_seconds(), time.perf_counter()
+        calibrations.append(cal.calibrate(config, batches, sorted(mgrit), profiles=configs))
+        if busy0 is not None and (busy1 := busy_seconds()) is not None:
+            other = max(0.0, (busy1 - busy0) - (own_seconds() - own0)) / (time.perf_counter() - t0)
+            calibrations[-1]["other_load"] = other
+            print(f"calibrated in {time.perf_counter() - t0:.1f} s, other load {other:.2f}", flush=True)
+    calibration = min(calibrations, key=lambda c: c.get("other_load") or 0.0)
     prediction = speedup.predict(values, calibration, max_ranks=max(ranks), cores=cores, variants=names,
                                  recommend=False)
 
