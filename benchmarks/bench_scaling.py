@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--max-other-load", type=float, default=0.15,
                         help="repeat a run during which other processes kept more cores busy than this")
     parser.add_argument("--retries", type=int, default=2)
+    parser.add_argument("--calibration", default=None,
+                        help="a calibration this benchmark wrote before (its JSON's 'calibration'), instead of a new one")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     tuned = tune_malloc() if allocator() == "tuned" else False
@@ -101,7 +103,7 @@ def main() -> None:
     mgrit = {(c["coarsening"], c["mgrit_levels"]) for c in configs.values() if c["solver"] == "mgrit"}
     # each variant's own real steps at P = 1: time outside spans, exact MGRIT's iterations
     # (repeated like a run when other jobs loaded the machine: its costs would be theirs too)
-    calibrations: list[dict] = []
+    calibrations: list[dict] = [json.loads(Path(args.calibration).read_text())["calibration"]] if args.calibration else []
     while not calibrations or ((calibrations[-1].get("other_load") or 0.0) > args.max_other_load
                                and len(calibrations) <= args.retries):
         busy0, own0, t0 = busy_seconds(), own_seconds(), time.perf_counter()
