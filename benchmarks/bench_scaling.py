@@ -86,7 +86,7 @@ def main() -> None:
                         help="repeat a run during which other processes kept more cores busy than this")
     parser.add_argument("--retries", type=int, default=2)
     parser.add_argument("--calibration", default=None,
-                        help="a calibration this benchmark wrote before (its JSON's 'calibration'), instead of a new one")
+                        help="the JSON of an earlier run of this benchmark: its calibration, instead of a new one")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     tuned = tune_malloc() if allocator() == "tuned" else False
@@ -103,7 +103,9 @@ def main() -> None:
     mgrit = {(c["coarsening"], c["mgrit_levels"]) for c in configs.values() if c["solver"] == "mgrit"}
     # each variant's own real steps at P = 1: time outside spans, exact MGRIT's iterations
     # (repeated like a run when other jobs loaded the machine: its costs would be theirs too)
-    calibrations: list[dict] = [json.loads(Path(args.calibration).read_text())["calibration"]] if args.calibration else []
+    calibrations: list[dict] = []
+    if args.calibration:
+        calibrations.append(json.loads(Path(args.calibration).read_text())["calibration"])
     while not calibrations or ((calibrations[-1].get("other_load") or 0.0) > args.max_other_load
                                and len(calibrations) <= args.retries):
         busy0, own0, t0 = busy_seconds(), own_seconds(), time.perf_counter()
