@@ -200,3 +200,12 @@ def test_a_test_answers_by_the_virtual_clocks_not_the_threads(sender_lags):
 
     replay = run(2, rank_fn, {"forward": 1e-3}, link=FREE)
     assert replay.results[0] == [False, True, False]
+
+
+@pytest.mark.parametrize("P,n", [(1, 2), (3, 4)])
+def test_time_outside_spans_lengthens_each_span_on_the_critical_path(P, n):
+    """``costs["outside"]`` is charged once per compute span: the 1F1B path becomes
+    (n + P − 1)(f + b + 2 o)."""
+    f, b, o = 0.003, 0.005, 0.0007
+    replay = run(P, pipeline(n), {"forward_graph": f, "backward": b, "outside": o}, link=FREE)
+    assert replay.time == pytest.approx((n + P - 1) * (f + b + 2 * o), rel=1e-12)

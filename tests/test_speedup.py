@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ocnet.perf import calibrate, speedup
-from ocnet.perf.replay import Link
+from ocnet.perf.replay import COMPUTE, Link
 from ocnet.ranks.compress import INDEX_BYTES, message_bytes
 from ocnet.runs.config import given
 
@@ -232,3 +232,61 @@ def test_coverage_of_a_solver_without_a_one_rank_partition_is_none():
              "--solver", "local"]
     assert calibrate.coverage(resolve([*flags, "--local-overlap", "1"]), steps=1) is None
     assert 0 < calibrate.coverage(resolve(flags), steps=1) <= 1
+
+
+def exact_mgrit(*flags: str) -> dict:
+    return speedup.variant_config(given(["--problem", "digits", *CONV, "--layers", "16", "--batch-size", "8",
+                                         *flags]), speedup.VARIANTS["mgrit-exact"])
+
+
+def test_exact_mgrit_is_replayed_for_the_measured_iterations_of_each_solve():
+    """The profile's [forward, adjoint] iterations: one forward iteration more adds the same
+    forward steps each time and no adjoint step; one adjoint iteration more adds vjps only."""
+    cfg = exact_mgrit("--mgrit-tol", "1e-300")
+
+    def counts(iterations):
+        events = speedup.replay_step(cfg, 2, COSTS, FREE, iterations=iterations)["events"]
+        kinds = [e[0] for ev in events for e in ev]
+        return kinds.count("forward"), kinds.count("vjp")
+
+    (f2, v2), (f3, v3), (f4, v4), (f3b, v3b) = counts([2, 2]), counts([3, 2]), counts([4, 2]), counts([3, 3])
+    assert f4 - f3 == f3 - f2 > 0 and v2 == v3 == v4
+    assert f3b == f3 and v3b > v3
+
+
+def test_time_outside_the_spans_is_charged_per_span():
+    """With every kind free but the time outside spans, a step of exact MGRIT on one rank
+    costs that time × its compute spans (its norms, levels and warm starts between them)."""
+    outside = 3e-5
+    free = {**dict.fromkeys(COSTS, 0.0), "outside": outside}
+    r = speedup.replay_step(exact_mgrit(), 1, free, FREE, iterations=[3, 2])
+    spans = sum(1 for ev in r["events"] for e in ev if e[0] in COMPUTE)
+    assert spans > 100
+    assert r["step"] == pytest.approx(outside * spans, rel=1e-9)
+    charged = speedup.replay_step(exact_mgrit(), 1, COSTS, FREE, iterations=[3, 2])["step"]
+    both = speedup.replay_step(exact_mgrit(), 1, {**COSTS, "outside": outside}, FREE, iterations=[3, 2])["step"]
+    assert both == pytest.approx(charged + outside * spans, rel=1e-9)
+
+
+def test_neighbours_slow_every_kind_from_two_ranks_on():
+    costs = {"forward": 1.0, "vjp": 2.0, "outside": 0.5}
+    beside = {"forward": 1.5, "vjp": 1.1, "head": 1.2}
+    assert speedup.stretched(costs, 1, 2, beside) == costs
+    assert speedup.stretched(costs, 2, 2, beside) == pytest.approx({"forward": 1.5, "vjp": 2.2, "outside": 0.6})
+    # oversubscribed: P / cores on top
+    assert speedup.stretched(costs, 4, 2, beside) == pytest.approx({"forward": 3.0, "vjp": 4.4, "outside": 1.2})
+
+
+def test_profile_measures_exact_mgrits_iterations_as_the_solver_records_them():
+    """The profile's iterations are the real solves' (len(residual) - 1 each, the median
+    over its steps), and its time outside spans is what the spans leave of the steps."""
+    from ocnet.runs.config import resolve
+    flags = ["--problem", "digits", "--net", "conv", "--channels", "4", "--layers", "8", "--batch-size", "8",
+             "--solver", "mgrit", "--mgrit-mode", "exact", "--mgrit-tol", "1e-4"]
+    p = calibrate.profile(resolve(flags), steps=2)
+    assert p is not None
+    forward, adjoint = p["iterations"]
+    assert 1 <= forward <= 30 and 1 <= adjoint <= 30
+    assert 0 < p["coverage"] <= 1 and p["outside"] >= 0 and p["spans"] > 0
+    loose = calibrate.profile(resolve([*flags[:-1], "1e-1"]), steps=2)
+    assert loose is not None and loose["iterations"][0] < forward  # a looser tolerance: fewer iterations

@@ -36,6 +36,8 @@ from .replay import Link
 
 #: Layers of the configured network timed for the compute costs.
 SAMPLE_LAYERS = 16
+#: Most layers of the configured network a solver's real steps are profiled on (:func:`profile`).
+PROFILE_LAYERS = 64
 #: Measured on the 2-core development machine (``link_costs`` on 2 ranks, shared memory):
 #: the latency is that of :mod:`ocnet.ranks.comm`'s polite waits, which sleep between polls.
 DEFAULT_LINK = Link(latency=150e-6, bandwidth=1.2e10, reduction=5e-6)
@@ -159,15 +161,29 @@ def compute_costs(config: Mapping[str, Any], batch: int, repeats: int = 5) -> di
     return per_step
 
 
-def coverage(config: Mapping[str, Any], steps: int = 3) -> float | None:
-    """The fraction of a real step's time (P = 1, one thread) that compute spans cover: what
-    the replay charges of what a step costs (``None`` when no span was recorded, or when the
-    solver has no partition on one rank: local parallelism with an overlap needs two blocks)."""
+def profile(config: Mapping[str, Any], steps: int = 4) -> dict[str, Any] | None:
+    """A few real steps of the configured solver on one rank (one thread), each on a batch of
+    its own, as in training (a warm start then starts from another batch's states), after
+    one step of warm-up; on the configured network, cut to at most :data:`PROFILE_LAYERS`
+    layers.  ``None`` when the solver has no partition on one rank (local parallelism with
+    an overlap needs two blocks) or records no compute span.
+
+    Returns
+    -------
+    dict
+        ``coverage``: the fraction of the steps' time that compute spans cover;
+        ``outside``: the seconds outside every compute span per compute span (the solver's
+        bookkeeping between them, which the replay charges per span,
+        :data:`ocnet.perf.replay.OUTSIDE`); ``spans``: compute spans per step;
+        ``iterations`` (exact MGRIT only): the median iterations ``[forward, adjoint]`` the
+        solves took to their tolerance, each ``len(residual) - 1``.
+    """
     from ..ranks import timeline
     from ..ranks.comm import SelfComm
     from ..runs.job import build_solver
     from ..solvers import get
-    problem = build_problem(config)
+    from .replay import COMPUTE
+    problem = build_problem(config, min(config["layers"], PROFILE_LAYERS))
     cls = get(config["solver"])
     try:
         partition = cls.partition(problem.n_layers, 1, config)
@@ -176,21 +192,93 @@ def coverage(config: Mapping[str, Any], steps: int = 3) -> float | None:
     network = problem.local(partition, 0)
     solver = build_solver(cls, network, SelfComm(), dict(config), torch.device("cpu"))
     b = config["batch_size"]
-    x = problem.examples(b)
-    y = torch.randint(0, problem.n_classes, (b,))
-    index = torch.arange(b)
+    g = torch.Generator().manual_seed(0)
+
+    def batch(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (problem.examples(b, g), torch.randint(0, problem.n_classes, (b,), generator=g),
+                torch.arange(k * b, (k + 1) * b))
+
+    x, y, index = batch(0)
     solver.begin_epoch(0, x, y)
     solver.step(x, y, index)  # warm-up
-    covered, total = 0.0, 0.0
-    for _ in range(steps):
+    covered, total, spans = 0.0, 0.0, 0
+    iterations: list[tuple[int, int]] = []
+    for k in range(1, steps + 1):
+        x, y, index = batch(k)
         rec = timeline.Recorder()
         with timeline.recording(rec):
             t = time.perf_counter()
-            solver.step(x, y, index)
+            record = solver.step(x, y, index)
             total += time.perf_counter() - t
-        covered += sum(e - s for kind, s, e, _ in rec.events if kind in timeline.KINDS and
-                       kind not in ("send", "wait", "reduce"))
-    return covered / total if covered > 0 else None
+        compute = [e - s for kind, s, e, _ in rec.events if kind in COMPUTE]
+        covered, spans = covered + sum(compute), spans + len(compute)
+        residual = record.get("residual") if config.get("mgrit_mode") == "exact" else None
+        if isinstance(residual, dict):
+            iterations.append((len(residual["forward"]) - 1, len(residual["adjoint"]) - 1))
+    if not spans:
+        return None
+    out: dict[str, Any] = {"coverage": covered / total, "outside": max(0.0, total - covered) / spans,
+                           "spans": spans / steps}
+    if iterations:
+        out["iterations"] = [round(statistics.median(it[i] for it in iterations)) for i in (0, 1)]
+    return out
+
+
+def coverage(config: Mapping[str, Any], steps: int = 3) -> float | None:
+    """The fraction of a real step's time (P = 1, one thread) that compute spans cover:
+    :func:`profile`'s ``coverage``."""
+    p = profile(config, steps)
+    return None if p is None else float(p["coverage"])
+
+
+#: A second process that waits as a rank waits for a message (:mod:`ocnet.ranks.comm`'s
+#: polite wait: 50 polls, then sleeps growing from 20 µs to 200 µs between polls) while it
+#: is told to: a byte on its input starts a wait, the next ends it, the end of input ends it.
+_WAITING_NEIGHBOUR = """
+import os, select, sys, time
+fd = sys.stdin.fileno()
+def ready():
+    return bool(select.select([fd], [], [], 0)[0])
+while os.read(fd, 1):
+    for _ in range(50):
+        if ready():
+            break
+    else:
+        sleep = 2e-5
+        while not ready():
+            time.sleep(sleep)
+            sleep = min(2 * sleep, 2e-4)
+    if not os.read(fd, 1):
+        break
+"""
+
+
+def neighbour_factors(config: Mapping[str, Any], batch: int, rounds: int = 5,
+                      repeats: int = 3) -> dict[str, float]:
+    """Per compute kind: its cost while another process waits politely for a message (as a
+    neighbouring rank does between its own spans), over its cost alone; medians over
+    ``rounds`` that alternate the two, so that the machine's other load hits both alike.
+
+    On a machine whose cores wake each other (a virtual machine's idle cores, a scheduler
+    that moves a waking process onto a busy core) the factor exceeds 1: with P ≥ 2 ranks
+    every rank computes beside others that wait, and the replay charges its spans so."""
+    import subprocess
+    alone: list[dict[str, float]] = []
+    beside: list[dict[str, float]] = []
+    neighbour = subprocess.Popen([sys.executable, "-c", _WAITING_NEIGHBOUR], stdin=subprocess.PIPE)
+    assert neighbour.stdin is not None
+    try:
+        for _ in range(rounds):
+            alone.append(compute_costs(config, batch, repeats))
+            neighbour.stdin.write(b"g")
+            neighbour.stdin.flush()
+            beside.append(compute_costs(config, batch, repeats))
+            neighbour.stdin.write(b"s")
+            neighbour.stdin.flush()
+    finally:
+        neighbour.stdin.close()
+        neighbour.wait()
+    return {k: statistics.median(b[k] / a[k] for a, b in zip(alone, beside) if a[k] > 0) for k in alone[0]}
 
 
 def mgrit_factor(config: Mapping[str, Any], c: int, levels: int, iterations: int = 4, batch: int = 8) -> float:
@@ -240,10 +328,13 @@ def link_costs(comm: Any, repeats: int = 50) -> Link:
 
 
 def calibrate(config: Mapping[str, Any], batches: Iterable[int] = (), mgrit: Iterable[tuple[int, int]] = (),
-              comm: Any = None, repeats: int = 5, with_coverage: bool = True) -> dict[str, Any]:
+              comm: Any = None, repeats: int = 5, with_coverage: bool = True,
+              profiles: Mapping[str, Mapping[str, Any]] | None = None, neighbours: bool = True) -> dict[str, Any]:
     """Everything the model needs, as a JSON-ready dict (see the module docstring).  The
     costs are measured under the allocator setting the runs of ``config`` would use
-    (``--malloc``), which ``malloc`` records."""
+    (``--malloc``), which ``malloc`` records.  ``profiles``: name ↦ configuration of each
+    solver variant to :func:`profile` (default, with ``with_coverage``: ``config``'s own
+    solver under its name); ``neighbours``: measure :func:`neighbour_factors` at every batch."""
     torch.set_num_threads(1)
     malloc = allocator.apply(config.get("malloc", "auto"))
     link = link_costs(comm) if comm is not None and comm.size > 1 else None
@@ -254,8 +345,10 @@ def calibrate(config: Mapping[str, Any], batches: Iterable[int] = (), mgrit: Ite
     out["malloc"] = malloc
     out["link"] = vars(link if link is not None else DEFAULT_LINK) | {"measured": link is not None}
     out["mgrit_factors"] = {f"{c},{L}": mgrit_factor(config, c, L) for c, L in mgrit}
-    if with_coverage:
-        out["coverage"] = {config["solver"]: coverage(config)}
+    if neighbours:
+        out["neighbours"] = {str(b): neighbour_factors(config, b) for b in sizes}
+    named = dict(profiles or ({config["solver"]: config} if with_coverage else {}))
+    out["profiles"] = {name: profile(c) for name, c in named.items()}
     return out
 
 

@@ -73,6 +73,11 @@ class Link:
         return rounds * self.reduction + self.transfer((size - 1) * nbytes)
 
 
+#: The key of ``costs`` for the seconds a real step spends outside its compute spans, per
+#: span (the solver's bookkeeping between them: residual norms, levels, warm starts, Python).
+OUTSIDE = "outside"
+
+
 class ChargingRecorder(timeline.Recorder):
     """A :class:`~ocnet.ranks.timeline.Recorder` on a virtual clock: a compute span advances the
     clock by its cost (:meth:`charge`) and records the event.  A kind without a cost is
@@ -89,12 +94,15 @@ class ChargingRecorder(timeline.Recorder):
 
     def charge(self, kind: str, info: dict[str, Any]) -> float:
         """Seconds a span costs: ``costs[kind] × steps`` (``steps`` absent: 1); a ``head``
-        span, which covers no layer step, costs ``costs["head"]`` per span."""
+        span, which covers no layer step, costs ``costs["head"]`` per span.  Every compute
+        span adds ``costs["outside"]`` (:data:`OUTSIDE`; 0 when absent): the work a real step
+        does between its spans, counted per span."""
         cost = self.costs.get(kind)
+        between = self.costs.get(OUTSIDE, 0.0)
         if cost is None:
             self.uncharged[kind] = self.uncharged.get(kind, 0) + 1
-            return 0.0
-        return cost if kind == "head" else cost * float(info.get("steps", 1))
+            return between
+        return between + (cost if kind == "head" else cost * float(info.get("steps", 1)))
 
 
 class _Charge:

@@ -21,12 +21,13 @@ into ``--out`` and prints a table.  Its own flags (the rest is ``ocnet.run``'s c
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -36,7 +37,7 @@ from ..runs import nested
 from ..runs.config import COMMON, ConfigError, given, resolve
 from ..solvers import get as get_solver
 from . import calibrate as cal
-from .replay import Link, VirtualReplicas, make_comms, run
+from .replay import OUTSIDE, Link, VirtualReplicas, make_comms, run
 
 #: The solver variants predicted: name ↦ configuration keys that make it.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -116,7 +117,8 @@ class Miniature:
 
 
 def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], link: Link,
-                mini: Miniature | None = None, steps: int = 1) -> dict[str, Any]:
+                mini: Miniature | None = None, steps: int = 1,
+                iterations: Sequence[int] | None = None) -> dict[str, Any]:
     """Predict one optimiser step of ``config``'s solver on ``P`` ranks.
 
     Runs ``steps`` steps of the real solver on :class:`Miniature` virtual ranks (set-up and
@@ -127,7 +129,9 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
     average is a collective over D ranks of the configured network's gradient
     (:class:`~ocnet.perf.replay.VirtualReplicas`), where the solver's own schedule takes it.
     With ``nested`` levels, the step is the mean of the levels' steps weighted by their
-    epochs (an epoch of every level has the same batches).
+    epochs (an epoch of every level has the same batches).  ``iterations`` ``[forward,
+    adjoint]``: an exact MGRIT solver's solves take that many iterations each
+    (:func:`iterate_as_measured`).
 
     Raises
     ------
@@ -158,6 +162,8 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
     def setup(comm: Any) -> None:
         net = mini.problem.local(partition, comm.rank)
         solver = solvers[comm.rank] = build_solver(cls, net, comm, dict(config), torch.device("cpu"))
+        if iterations is not None:
+            iterate_as_measured(solver, iterations)
         if D > 1:  # the configured compressor on the miniature's gradients, its bytes scaled up
             scale = gradient_bytes[comm.rank] / max(reduction_bytes(net), 1)
             compressor = compress.make(config.get("compress", "none"), config.get("compress_ratio", 0.01),
@@ -192,6 +198,17 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
     return {"step": step, "events": events, "uncharged": replay.uncharged}
 
 
+def iterate_as_measured(solver: Any, iterations: Sequence[int]) -> None:
+    """Make an exact MGRIT ``solver`` stop its forward solve after ``iterations[0]`` and its
+    adjoint solve after ``iterations[1]`` iterations (the miniature converges otherwise than
+    the configured network, whose iterations :func:`ocnet.perf.calibrate.profile` measured).
+    Each step asks for the forward solve's options, then the adjoint's; the configuration's
+    tolerance must be one the solves never meet (:func:`_mgrit_iterations`)."""
+    options = solver._solve_options
+    turn = itertools.cycle(iterations)
+    solver._solve_options = lambda exact: {**options(exact), "max_iter": next(turn)}
+
+
 def group_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` as one of its ``data_parallel`` groups sees it: its share of the batch."""
     return {**config, "batch_size": -(-config["batch_size"] // int(config.get("data_parallel", 1)))}
@@ -207,10 +224,17 @@ def compute_batch(config: Mapping[str, Any]) -> int:
     return max(1, config["batch_size"] // int(config.get("micro_batches", 1)))
 
 
-def stretched(costs: Mapping[str, float], P: int, cores: int) -> dict[str, float]:
-    """Compute costs with P ranks sharing ``cores`` cores: ``× P / cores`` when P > cores."""
+def stretched(costs: Mapping[str, float], P: int, cores: int,
+              neighbours: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Compute costs with P ranks sharing ``cores`` cores: ``× P / cores`` when P > cores,
+    and with P ≥ 2 each kind × its factor beside a waiting neighbour (``neighbours``, from
+    :func:`ocnet.perf.calibrate.neighbour_factors`; the time outside spans takes the
+    median factor)."""
     f = max(1.0, P / cores)
-    return {k: v * f for k, v in costs.items()}
+    beside = dict(neighbours or {}) if P > 1 else {}
+    if beside:
+        beside.setdefault(OUTSIDE, sorted(beside.values())[len(beside) // 2])
+    return {k: v * f * beside.get(k, 1.0) for k, v in costs.items()}
 
 
 def exact_iterations(factor: float | None, tol: float, max_iter: int) -> int | None:
@@ -238,23 +262,32 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
                            "layers": base["layers"], "data_parallel": base["data_parallel"], "solvers": {}}
     if base["data_parallel"] > 1:  # the speedups' reference: serial on one rank in one group
         serial = variant_config({**values, "data_parallel": 1}, VARIANTS["serial"])
-        out["reference_step"] = replay_step(serial, 1, _costs(calibration, compute_batch(serial)), link)["step"]
+        costs = _costs(calibration, compute_batch(serial))
+        costs[OUTSIDE] = float((calibration.get("profiles", {}).get("serial") or {}).get("outside", 0.0))
+        out["reference_step"] = replay_step(serial, 1, costs, link)["step"]
     for name in variants or list(VARIANTS):
         try:
             config = variant_config(values, VARIANTS[name])
         except ConfigError as e:
             out["solvers"][name] = {"error": str(e)}
             continue
+        measured = calibration.get("profiles", {}).get(name) or {}
+        iterations = None
         if config["solver"] == "mgrit":
-            config = _mgrit_iterations(config, calibration)
-        costs = _costs(calibration, compute_batch(group_config(config)))
+            if config["mgrit_mode"] == "exact":
+                iterations = measured.get("iterations")
+            config = _mgrit_iterations(config, calibration, iterations)
+        batch = compute_batch(group_config(config))
+        costs = _costs(calibration, batch)
+        costs[OUTSIDE] = float(measured.get("outside", 0.0))
+        neighbours = _nearest(calibration.get("neighbours") or {}, batch)
         mini = Miniature(group_config(config), cal_batch(config))
         rows: dict[str, Any] = {}
         uncharged: dict[str, int] = {}
         for P in ranks:
             try:
-                r = replay_step(config, P, stretched(costs, P, cores), link, mini,
-                                steps=2 if get_solver(config["solver"]).overlaps_steps else 1)
+                r = replay_step(config, P, stretched(costs, P, cores, neighbours), link, mini,
+                                steps=2 if get_solver(config["solver"]).overlaps_steps else 1, iterations=iterations)
             except ValueError as e:  # the solver's partition (or the data groups) admit no P ranks here
                 rows[str(P)] = {"skipped": str(e).splitlines()[0]}
                 continue
@@ -262,7 +295,8 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
                 uncharged[k] = uncharged.get(k, 0) + n
             rows[str(P)] = {"step": r["step"], "epoch": r["step"] * steps_per_epoch, "oversubscribed": P > cores}
         out["solvers"][name] = {"per_rank_count": rows, "uncharged": uncharged,
-                                "coverage": calibration.get("coverage", {}).get(config["solver"]),
+                                "coverage": measured.get("coverage"), "outside": costs[OUTSIDE],
+                                "iterations": iterations,
                                 "options": {k: config[k] for k in get_solver(config["solver"]).options}}
     _speedups(out)
     if recommend and any(VARIANTS[n]["solver"] == "mgrit" for n in out["solvers"]):
@@ -277,14 +311,31 @@ def _costs(calibration: Mapping[str, Any], batch: int) -> dict[str, float]:
     return {k: v * batch / near for k, v in table[near].items()}
 
 
-def _mgrit_iterations(config: dict[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
-    """For the replay: an exact solve runs the iterations the real network's convergence
-    factor asks for (the miniature converges otherwise), with a tolerance it never meets."""
+def _nearest(by_batch: Mapping[str, Mapping[str, float]], batch: int) -> dict[str, float]:
+    """The entry of ``by_batch`` (batch ↦ numbers) calibrated at the batch nearest ``batch``
+    (empty when there is none)."""
+    if not by_batch:
+        return {}
+    near = min(by_batch, key=lambda b: abs(math.log(int(b) / batch)))
+    return dict(by_batch[near])
+
+
+def _mgrit_iterations(config: dict[str, Any], calibration: Mapping[str, Any],
+                      measured: Sequence[int] | None = None) -> dict[str, Any]:
+    """For the replay: an exact solve runs the iterations the real network takes (the
+    miniature converges otherwise), with a tolerance it never meets: ``measured`` (from
+    :func:`ocnet.perf.calibrate.profile`, set by :func:`iterate_as_measured`), else those
+    its calibrated convergence factor asks for.  Without either the miniature's own
+    convergence decides (the configuration is left as it is)."""
     if config["mgrit_mode"] != "exact":
         return config
+    if measured:
+        return {**config, "mgrit_tol": 1e-300, "mgrit_max_iter": max(measured)}
     key = f"{config['coarsening']},{config['mgrit_levels']}"
     factor = calibration.get("mgrit_factors", {}).get(key)
-    k = exact_iterations(factor, config["mgrit_tol"], config["mgrit_max_iter"]) if factor is not None else None
+    if factor is None:
+        return config
+    k = exact_iterations(factor, config["mgrit_tol"], config["mgrit_max_iter"])
     return {**config, "mgrit_tol": 1e-300, "mgrit_max_iter": k or config["mgrit_max_iter"]}
 
 
@@ -319,11 +370,13 @@ def recommend_mgrit(values: Mapping[str, Any], calibration: Mapping[str, Any], r
         if k is None:
             continue
         costs = _costs(calibration, group_config(config)["batch_size"])
+        costs[OUTSIDE] = float((calibration.get("profiles", {}).get("mgrit-exact") or {}).get("outside", 0.0))
+        neighbours = _nearest(calibration.get("neighbours") or {}, group_config(config)["batch_size"])
         mini = Miniature(group_config(config), 2)
         for P in ranks:
             try:
-                t = [replay_step({**config, "mgrit_tol": 1e-300, "mgrit_max_iter": i}, P, stretched(costs, P, cores),
-                                 link, mini, steps=1)["step"] for i in (1, 2)]
+                t = [replay_step({**config, "mgrit_tol": 1e-300, "mgrit_max_iter": i}, P,
+                                 stretched(costs, P, cores, neighbours), link, mini, steps=1)["step"] for i in (1, 2)]
             except ValueError:
                 continue
             step = t[0] + (k - 1) * (t[1] - t[0])
@@ -420,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = [variant_config(values, VARIANTS[n]) for n in names]
         batches = {compute_batch(c) for c in configs} | {compute_batch(group_config(c)) for c in configs}
         mgrit = MGRIT_CANDIDATES if not own["no_recommend"] and len(base["channels"]) == 1 else []
-        calibration = cal.calibrate(base, batches, mgrit, with_coverage=False)
+        calibration = cal.calibrate(base, batches, mgrit, profiles=dict(zip(names, configs)))
     prediction = predict(values, calibration, max_ranks=own["max_ranks"], cores=own["cores"] or None,
                          variants=names, recommend=not own["no_recommend"])
     out = Path(own["out"])

@@ -144,7 +144,7 @@ class MGRIT(ParallelSolver):
     # -- one optimiser step ---------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Record:
         record = self.gradient(x, y, index)
-        with timeline.span("update"):
+        with timeline.span("update", steps=len(self.network.layers)):
             self.optimizer.step()
         return record
 
