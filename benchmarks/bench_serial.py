@@ -374,6 +374,7 @@ def launch(ranks: int, threads: int, micro: int, args, baseline: bool = False, c
     result records the load average before and after the job."""
     kind = ("torch" if baseline else "") + ("compare" if compare else "") + (malloc or "")
     out = Path(args.tmp) / f"p{ranks}t{threads}m{micro}{kind}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--worker",
            *(["--torch-baseline"] if baseline else []),
            "--threads", str(threads), "--micro", str(micro), "--layers", str(args.layers),
