@@ -208,13 +208,7 @@ class _Pipe:
                 u_out, outputs = network(u_in), None
         p = self.live[m] = _Pass(v, u_out, outputs)
         if self.last:
-            # Each chunk's loss is a sum scaled by the whole batch size: the chunks add
-            # up to the batch mean exactly as one pass would compute it.  The head
-            # gets a graph of its own, so that its time is told apart.
-            with timeline.span("head", steps=0, micro_batch=m):
-                p.u_head = u_out.detach().requires_grad_(True)
-                p.loss = network.loss(network.head(p.u_head), self.ys[m], reduction="sum") / self.batch_size
-            self.total += float(p.loss.detach())
+            self.total += p.head_loss(network, self.ys[m], self.batch_size, m)
         else:
             p.out = self.filter.encode(u_out)
             self.sends.append(self.comm.isend(p.out, self.comm.rank + 1, self.forward_tag))
@@ -271,6 +265,16 @@ class _Pass:
         self.u_head: torch.Tensor = u_out  # the classifier's own input (last rank)
         self.loss: torch.Tensor = u_out
         self.grads: Sequence[torch.Tensor] = ()
+
+    def head_loss(self, network: LocalNetwork, y: torch.Tensor, batch_size: int, m: int) -> float:
+        """The classifier and the loss of micro-batch ``m`` (labels ``y``), kept for its
+        backward; returns the loss.  It is a sum scaled by the whole batch size, so that the
+        micro-batches add up to the batch mean exactly as one pass would compute it.  The
+        head gets a graph of its own, so that its time is told apart."""
+        with timeline.span("head", steps=0, micro_batch=m):
+            self.u_head = self.u_out.detach().requires_grad_(True)
+            self.loss = network.loss(network.head(self.u_head), y, reduction="sum") / batch_size
+        return float(self.loss.detach())
 
 
 def _given_outputs(outputs: _Outputs | None
@@ -452,11 +456,8 @@ class _Stages:
             else:
                 u_out, outputs = network.chunk(c, u_in), None
         p = self.live[(m, c)] = _Pass(v, u_out, outputs)
-        if s == self.last:  # the loss of the micro-batch, as :class:`_Pipe` computes it
-            with timeline.span("head", steps=0, micro_batch=m):
-                p.u_head = u_out.detach().requires_grad_(True)
-                p.loss = network.loss(network.head(p.u_head), self.ys[m], reduction="sum") / self.batch_size
-            self.total += float(p.loss.detach())
+        if s == self.last:
+            self.total += p.head_loss(network, self.ys[m], self.batch_size, m)
         else:
             p.out = self.filter.encode(u_out)
             self._give("F", m, c, p.out)
