@@ -76,77 +76,67 @@ def plain_step(model, x, y):
     loss.backward()
 
 
-def compare(comm, N: int, options: dict, repeats: int) -> dict:
-    """Median times of the MGRIT step and the plain step, interleaved, and the step count."""
-    prob, network, solver = make_solver(comm, N, **options)
-    model = prob.to_torch()
-    x, y = batch()
-    idx = torch.arange(BATCH)
-    t_plain, t_mgrit = [], []
-    for r in range(repeats + 1):  # the first round warms up
-        comm.barrier()
-        if comm.rank == 0:
-            t = time.perf_counter()
-            plain_step(model, x, y)
-            tp = time.perf_counter() - t
-        comm.barrier()
-        t = time.perf_counter()
-        solver.step(x, y, idx)
-        comm.barrier()
-        tm = time.perf_counter() - t
-        if r > 0 and comm.rank == 0:
-            t_plain.append(tp)
-            t_mgrit.append(tm)
-    rec = timeline.Recorder()
-    with timeline.recording(rec):
-        solver.step(x, y, idx)
-    def count(kinds):
-        return int(comm.allreduce(float(sum(e[3].get("steps", 0) for e in rec.events if e[0] in kinds))))
-
-    out = {"N": N, "options": options, "step_evals": count(STEP_KINDS), "forward_evals": count(FORWARD_KINDS)}
-    if comm.rank == 0:
-        out.update(plain_s=statistics.median(t_plain), mgrit_s=statistics.median(t_mgrit),
-                   ratio=statistics.median(t_mgrit) / statistics.median(t_plain))
-    return out
-
-
-def compare_reuse(comm, N: int, options: dict, repeats: int) -> dict:
-    """The plain step, the MGRIT step without and with ``mgrit_reuse``, interleaved in each
-    repeat (so that a load that comes and goes falls on all three alike): median times, the
-    ratios to plain, and the layer forwards of each."""
-    solvers = {reuse: make_solver(comm, N, **options, mgrit_reuse=reuse)[2] for reuse in (False, True)}
+def timed(comm, N: int, solvers: dict, repeats: int) -> tuple[dict, dict]:
+    """The plain step and each of ``solvers``' MGRIT steps, interleaved in each repeat (so
+    that a load that comes and goes falls on all alike): their times (rank 0's; the first
+    round warms up), and each solver's layer forwards in one more step (all ranks)."""
     model = problem(N).to_torch()
     x, y = batch()
     idx = torch.arange(BATCH)
-    times: dict = {"plain": [], False: [], True: []}
-    for r in range(repeats + 1):  # the first round warms up
+    times: dict = {"plain": [], **{key: [] for key in solvers}}
+    for r in range(repeats + 1):
         comm.barrier()
         if comm.rank == 0:
             t = time.perf_counter()
             plain_step(model, x, y)
             tp = time.perf_counter() - t
-        for reuse, solver in solvers.items():
+        for key, solver in solvers.items():
             comm.barrier()
             t = time.perf_counter()
             solver.step(x, y, idx)
             comm.barrier()
             if r > 0:
-                times[reuse].append(time.perf_counter() - t)
+                times[key].append(time.perf_counter() - t)
         if r > 0 and comm.rank == 0:
             times["plain"].append(tp)
-    out: dict = {"N": N, "options": options}
-    for reuse, solver in solvers.items():
+    counts = {}
+    for key, solver in solvers.items():
         rec = timeline.Recorder()
         with timeline.recording(rec):
             solver.step(x, y, idx)
-        steps = sum(e[3].get("steps", 0) for e in rec.events if e[0] in FORWARD_KINDS)
-        key = "reuse" if reuse else "no_reuse"
-        out[f"forward_evals_{key}"] = int(comm.allreduce(float(steps)))
+        counts[key] = rec.events
+    return times, counts
+
+
+def count(comm, events: list, kinds: tuple) -> int:
+    """The layer steps of ``kinds`` in ``events``, over all ranks."""
+    return int(comm.allreduce(float(sum(e[3].get("steps", 0) for e in events if e[0] in kinds))))
+
+
+def compare(comm, N: int, options: dict, repeats: int) -> dict:
+    """Median times of the MGRIT step and the plain step, interleaved, and the step count."""
+    times, events = timed(comm, N, {"mgrit": make_solver(comm, N, **options)[2]}, repeats)
+    out = {"N": N, "options": options, "step_evals": count(comm, events["mgrit"], STEP_KINDS),
+           "forward_evals": count(comm, events["mgrit"], FORWARD_KINDS)}
+    if comm.rank == 0:
+        plain, mgrit = statistics.median(times["plain"]), statistics.median(times["mgrit"])
+        out.update(plain_s=plain, mgrit_s=mgrit, ratio=mgrit / plain)
+    return out
+
+
+def compare_reuse(comm, N: int, options: dict, repeats: int) -> dict:
+    """The plain step, the MGRIT step without and with ``mgrit_reuse``, interleaved in each
+    repeat: median times, the ratios to plain, and the layer forwards of each."""
+    solvers = {key: make_solver(comm, N, **options, mgrit_reuse=key == "reuse")[2] for key in ("no_reuse", "reuse")}
+    times, events = timed(comm, N, solvers, repeats)
+    out: dict = {"N": N, "options": options}
+    for key in solvers:
+        out[f"forward_evals_{key}"] = count(comm, events[key], FORWARD_KINDS)
         if comm.rank == 0:
-            out[f"ratio_{key}"] = statistics.median(times[reuse]) / statistics.median(times["plain"])
+            out[f"ratio_{key}"] = statistics.median(times[key]) / statistics.median(times["plain"])
     if comm.rank == 0:
         out["plain_s"] = statistics.median(times["plain"])
-        out["reuse_speedup"] = statistics.median(times[False]) / statistics.median(times[True])
+        out["reuse_speedup"] = statistics.median(times["no_reuse"]) / statistics.median(times["reuse"])
     return out
 
 
