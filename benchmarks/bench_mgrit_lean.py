@@ -79,7 +79,7 @@ def plain_step(model, x, y):
 def timed(comm, N: int, solvers: dict, repeats: int) -> tuple[dict, dict]:
     """The plain step and each of ``solvers``' MGRIT steps, interleaved in each repeat (so
     that a load that comes and goes falls on all alike): their times (rank 0's; the first
-    round warms up), and each solver's layer forwards in one more step (all ranks)."""
+    round warms up), and each solver's layer steps by span kind in one more step (this rank's)."""
     model = problem(N).to_torch()
     x, y = batch()
     idx = torch.arange(BATCH)
@@ -104,20 +104,20 @@ def timed(comm, N: int, solvers: dict, repeats: int) -> tuple[dict, dict]:
         rec = timeline.Recorder()
         with timeline.recording(rec):
             solver.step(x, y, idx)
-        counts[key] = rec.events
+        counts[key] = rec.steps()
     return times, counts
 
 
-def count(comm, events: list, kinds: tuple) -> int:
-    """The layer steps of ``kinds`` in ``events``, over all ranks."""
-    return int(comm.allreduce(float(sum(e[3].get("steps", 0) for e in events if e[0] in kinds))))
+def count(comm, steps: dict, kinds: tuple) -> int:
+    """The layer steps of ``kinds`` (``steps``: by kind, this rank's), over all ranks."""
+    return int(comm.allreduce(float(sum(steps.get(kind, 0) for kind in kinds))))
 
 
 def compare(comm, N: int, options: dict, repeats: int) -> dict:
     """Median times of the MGRIT step and the plain step, interleaved, and the step count."""
-    times, events = timed(comm, N, {"mgrit": make_solver(comm, N, **options)[2]}, repeats)
-    out = {"N": N, "options": options, "step_evals": count(comm, events["mgrit"], STEP_KINDS),
-           "forward_evals": count(comm, events["mgrit"], FORWARD_KINDS)}
+    times, steps = timed(comm, N, {"mgrit": make_solver(comm, N, **options)[2]}, repeats)
+    out = {"N": N, "options": options, "step_evals": count(comm, steps["mgrit"], STEP_KINDS),
+           "forward_evals": count(comm, steps["mgrit"], FORWARD_KINDS)}
     if comm.rank == 0:
         plain, mgrit = statistics.median(times["plain"]), statistics.median(times["mgrit"])
         out.update(plain_s=plain, mgrit_s=mgrit, ratio=mgrit / plain)
@@ -128,10 +128,10 @@ def compare_reuse(comm, N: int, options: dict, repeats: int) -> dict:
     """The plain step, the MGRIT step without and with ``mgrit_reuse``, interleaved in each
     repeat: median times, the ratios to plain, and the layer forwards of each."""
     solvers = {key: make_solver(comm, N, **options, mgrit_reuse=key == "reuse")[2] for key in ("no_reuse", "reuse")}
-    times, events = timed(comm, N, solvers, repeats)
+    times, steps = timed(comm, N, solvers, repeats)
     out: dict = {"N": N, "options": options}
     for key in solvers:
-        out[f"forward_evals_{key}"] = count(comm, events[key], FORWARD_KINDS)
+        out[f"forward_evals_{key}"] = count(comm, steps[key], FORWARD_KINDS)
         if comm.rank == 0:
             out[f"ratio_{key}"] = statistics.median(times[key]) / statistics.median(times["plain"])
     if comm.rank == 0:

@@ -148,9 +148,7 @@ def test_torchbraids_settings_evaluate_its_steps(reuse, per_solve):
     rec = timeline.Recorder()
     with timeline.recording(rec):
         solver.step(x, y, torch.arange(16))
-    steps: dict[str, int] = {}
-    for kind, _, _, info in rec.events:
-        steps[kind] = steps.get(kind, 0) + info.get("steps", 0)
+    steps = rec.steps()
     assert steps.get("forward", 0) + steps.get("forward_graph", 0) == per_solve
     # the fine adjoint's last pass ("backward") adds the parameter gradients in the same call
     assert steps.get("vjp", 0) + steps.get("backward", 0) == per_solve and steps.get("backward", 0) == 32

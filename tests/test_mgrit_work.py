@@ -193,9 +193,7 @@ def _step(N: int, reuse: bool) -> tuple[dict[str, int], torch.Tensor, dict[str, 
     rec = timeline.Recorder()
     with timeline.recording(rec):
         solver.step(x, y, torch.arange(16))
-    steps: dict[str, int] = {}
-    for kind, _, _, info in rec.events:
-        steps[kind] = steps.get(kind, 0) + info.get("steps", 0)
+    steps = rec.steps()
     fwd = solve(solver.prop, network.opening(x).detach(), N, **solver._solve_options(False))
     solver.prop.release()
     return steps, fwd.at(N), {k: p.grad.clone() for k, p in network.named_parameters()}

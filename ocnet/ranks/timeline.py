@@ -91,6 +91,13 @@ class Recorder:
         """A context manager that records one event of ``kind`` around its body."""
         return _Span(self, kind, info)
 
+    def steps(self) -> dict[str, int]:
+        """The layer steps the recorded spans covered, by kind: ``{kind: Σ steps}``."""
+        out: dict[str, int] = {}
+        for kind, _, _, info in self.events:
+            out[kind] = out.get(kind, 0) + info.get("steps", 0)
+        return out
+
     def restart(self, origin: float | None = None) -> None:
         """Drop the events so far and count time from ``origin`` (a reading of the clock;
         now when ``None``)."""
