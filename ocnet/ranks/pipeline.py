@@ -131,9 +131,7 @@ def _place(base: list[list[Op]], split: list[frozenset[int]], costs: Costs) -> t
     out: list[list[Op]] = [[] for _ in range(size)]
 
     def cost(r: int, op: Op) -> float:
-        kind, m = op
-        return {"F": costs.forward, "W": costs.weight_grad,
-                "B": costs.input_grad if m in split[r] else costs.backward}[kind]
+        return _cost(costs, op[0], op[1] in split[r])
 
     def fill(r: int) -> None:
         _run(("W", pending[r].pop(0)), r, split[r], costs, free, done, out)
@@ -149,7 +147,7 @@ def _place(base: list[list[Op]], split: list[frozenset[int]], costs: Costs) -> t
                 decided = True
                 break
             op = base[r][position[r]]
-            ready = _ready(op, r, size, done)
+            ready = _ready(op[0], op[1], r, size - 1, done)
             if ready is None:  # nothing that ends before the others' next passes can feed it
                 others = [free[q] + cost(q, base[q][position[q]]) for q in active
                           if q != r and position[q] < len(base[q])]
@@ -178,25 +176,23 @@ def _place(base: list[list[Op]], split: list[frozenset[int]], costs: Costs) -> t
 def _run(op: Op, r: int, split: frozenset[int] | set[int], costs: Costs, free: list[float],
          done: dict[tuple[str, int, int], float], out: list[list[Op]], ready: float = 0.0) -> None:
     kind, m = op
-    cost = {"F": costs.forward, "W": costs.weight_grad,
-            "B": costs.input_grad if m in split else costs.backward}[kind]
-    free[r] = max(free[r], ready) + cost
+    free[r] = max(free[r], ready) + _cost(costs, kind, m in split)
     done[(kind, m, r)] = free[r]
     out[r].append(op)
 
 
-def _ready(op: Op, r: int, size: int, done: dict[tuple[str, int, int], float]) -> float | None:
-    """When the inputs of ``op`` on rank ``r`` are there (``None``: not computed yet)."""
-    kind, m = op
-    needs = []
-    if kind == "F" and r > 0:
-        needs.append(("F", m, r - 1))
-    if kind == "B":
-        needs.append(("F", m, r))
-        if r < size - 1:
-            needs.append(("B", m, r + 1))
-    if kind == "W":
-        needs.append(("B", m, r))
+def _cost(costs: Costs, kind: str, split: bool) -> float:
+    """What one pass of ``kind`` costs (a ``"B"`` that is ``split`` computes the input adjoint only)."""
+    return {"F": costs.forward, "W": costs.weight_grad, "B": costs.input_grad if split else costs.backward}[kind]
+
+
+def _ready(kind: str, m: int, s: int, last: int, done: dict[tuple[str, int, int], float]) -> float | None:
+    """When the inputs of the pass ``kind`` of micro-batch ``m`` on pipeline stage ``s`` (of
+    stages ``0 … last``) are there, from ``done``: ``(kind, m, stage) ↦ when it ended``
+    (``None``: not computed yet)."""
+    needs = {"F": [("F", m, s - 1)] if s > 0 else [],
+             "B": [("F", m, s)] + ([("B", m, s + 1)] if s < last else []),
+             "W": [("B", m, s)]}[kind]
     if any(n not in done for n in needs):
         return None
     return max((done[n] for n in needs), default=0.0)
@@ -367,28 +363,16 @@ def simulate(schedules: Sequence[Sequence[Op] | Sequence[ChunkOp]], costs: Costs
     free = [0.0] * size
     position = [0] * size
 
-    def ready(op: Op | ChunkOp, r: int) -> float | None:
-        kind, m, c = op[0], op[1], _chunk(op)
-        s = stage[(r, c)]
-        needs = {"F": [("F", m, s - 1)] if s > 0 else [],
-                 "B": [("F", m, s)] + ([("B", m, s + 1)] if s < last else []),
-                 "W": [("B", m, s)]}[kind]
-        if any(n not in done for n in needs):
-            return None
-        return max((done[n] for n in needs), default=0.0)
-
     while any(position[r] < len(schedules[r]) for r in range(size)):
         progressed = False
         for r in range(size):
             while position[r] < len(schedules[r]):
                 op = schedules[r][position[r]]
-                at = ready(op, r)
+                kind, m, c = op[0], op[1], _chunk(op)
+                at = _ready(kind, m, stage[(r, c)], last, done)
                 if at is None:
                     break
-                kind, m, c = op[0], op[1], _chunk(op)
-                cost = {"F": costs.forward, "W": costs.weight_grad,
-                        "B": costs.input_grad if (m, c) in split[r] else costs.backward}[kind]
-                free[r] = max(free[r], at) + cost / chunks
+                free[r] = max(free[r], at) + _cost(costs, kind, (m, c) in split[r]) / chunks
                 done[(kind, m, stage[(r, c)])] = free[r]
                 position[r] += 1
                 progressed = True
