@@ -230,8 +230,8 @@ def test_coverage_of_a_solver_without_a_one_rank_partition_is_none():
     from ocnet.runs.config import resolve
     flags = ["--problem", "digits", "--net", "conv", "--channels", "4", "--layers", "2", "--batch-size", "8",
              "--solver", "local"]
-    assert calibrate.coverage(resolve([*flags, "--local-overlap", "1"]), steps=1) is None
-    assert 0 < calibrate.coverage(resolve(flags), steps=1) <= 1
+    assert calibrate.profile(resolve([*flags, "--local-overlap", "1"]), steps=1) is None
+    assert 0 < calibrate.profile(resolve(flags), steps=1)["coverage"] <= 1
 
 
 def exact_mgrit(*flags: str) -> dict:

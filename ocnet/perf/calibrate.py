@@ -224,13 +224,6 @@ def profile(config: Mapping[str, Any], steps: int = 4) -> dict[str, Any] | None:
     return out
 
 
-def coverage(config: Mapping[str, Any], steps: int = 3) -> float | None:
-    """The fraction of a real step's time (P = 1, one thread) that compute spans cover:
-    :func:`profile`'s ``coverage``."""
-    p = profile(config, steps)
-    return None if p is None else float(p["coverage"])
-
-
 #: A second process that waits as a rank waits for a message (:mod:`ocnet.ranks.comm`'s
 #: polite wait: 50 polls, then sleeps growing from 20 µs to 200 µs between polls) while it
 #: is told to: a byte on its input starts a wait, the next ends it, the end of input ends it.

@@ -262,9 +262,8 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
                            "layers": base["layers"], "data_parallel": base["data_parallel"], "solvers": {}}
     if base["data_parallel"] > 1:  # the speedups' reference: serial on one rank in one group
         serial = variant_config({**values, "data_parallel": 1}, VARIANTS["serial"])
-        costs = _costs(calibration, compute_batch(serial))
-        costs[OUTSIDE] = float((calibration.get("profiles", {}).get("serial") or {}).get("outside", 0.0))
-        out["reference_step"] = replay_step(serial, 1, costs, link)["step"]
+        out["reference_step"] = replay_step(serial, 1, _costs(calibration, compute_batch(serial), "serial"),
+                                            link)["step"]
     for name in variants or list(VARIANTS):
         try:
             config = variant_config(values, VARIANTS[name])
@@ -278,8 +277,7 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
                 iterations = measured.get("iterations")
             config = _mgrit_iterations(config, calibration, iterations)
         batch = compute_batch(group_config(config))
-        costs = _costs(calibration, batch)
-        costs[OUTSIDE] = float(measured.get("outside", 0.0))
+        costs = _costs(calibration, batch, name)
         neighbours = _nearest(calibration.get("neighbours") or {}, batch)
         mini = Miniature(group_config(config), cal_batch(config))
         rows: dict[str, Any] = {}
@@ -304,11 +302,14 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
     return out
 
 
-def _costs(calibration: Mapping[str, Any], batch: int) -> dict[str, float]:
-    """The calibrated costs at ``batch`` (the nearest batch calibrated, scaled linearly)."""
+def _costs(calibration: Mapping[str, Any], batch: int, variant: str) -> dict[str, float]:
+    """The calibrated costs at ``batch`` (the nearest batch calibrated, scaled linearly), and
+    :data:`~ocnet.perf.replay.OUTSIDE`: the time outside spans per span of ``variant``'s
+    profile (0 without one)."""
     table = {int(b): c for b, c in calibration["compute"].items()}
     near = min(table, key=lambda b: abs(math.log(b / batch)))
-    return {k: v * batch / near for k, v in table[near].items()}
+    outside = (calibration.get("profiles", {}).get(variant) or {}).get("outside", 0.0)
+    return {**{k: v * batch / near for k, v in table[near].items()}, OUTSIDE: float(outside)}
 
 
 def _nearest(by_batch: Mapping[str, Mapping[str, float]], batch: int) -> dict[str, float]:
@@ -369,8 +370,7 @@ def recommend_mgrit(values: Mapping[str, Any], calibration: Mapping[str, Any], r
         k = exact_iterations(factor, config["mgrit_tol"], config["mgrit_max_iter"])
         if k is None:
             continue
-        costs = _costs(calibration, group_config(config)["batch_size"])
-        costs[OUTSIDE] = float((calibration.get("profiles", {}).get("mgrit-exact") or {}).get("outside", 0.0))
+        costs = _costs(calibration, group_config(config)["batch_size"], "mgrit-exact")
         neighbours = _nearest(calibration.get("neighbours") or {}, group_config(config)["batch_size"])
         mini = Miniature(group_config(config), 2)
         for P in ranks:
