@@ -5,14 +5,15 @@
 The drawing of the package's parts (docs/architecture.rst) comes from the imports of the code
 as it is, read by grimp, and the order of the layers contract in pyproject.toml.
 
-Four runs on the digits (one process, a few seconds each): the serial solver with a
-validation split, MGRIT in exact mode, the hybrid (penalty epochs, then serial ones) and
-one-shot MGRIT under accuracy control; then ``ocnet.results.plot`` draws each run's figures, and a
-comparison of them all.
+Five runs on the digits (one process, a few seconds each): the serial solver with a
+validation split, MGRIT in exact mode, the hybrid (penalty epochs, then serial ones), local
+parallelism and one-shot MGRIT under accuracy control; then ``ocnet.results.plot`` draws those of
+each run's figures, and of the comparison of them all, that a page shows (``_figures/NAME.png``
+in ``docs/*.rst``).
 """
 from __future__ import annotations
 
-import shutil
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -27,7 +28,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ocnet.results.plot import plot_runs  # noqa: E402
+from ocnet.results.plot import figures  # noqa: E402
 from ocnet.run import main  # noqa: E402
 
 try:  # Python >= 3.11
@@ -111,19 +112,34 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + [line.rstrip()]
 
 
+def shown() -> set[str]:
+    """The figures the pages show: each ``_figures/NAME.png`` in ``docs/*.rst``."""
+    return {m for page in (ROOT / "docs").glob("*.rst") for m in re.findall(r"_figures/(\w+\.png)", page.read_text())}
+
+
 def draw(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
+    wanted = shown()
     written = [draw_parts(out / "architecture_parts.png")]
+
+    def save(figs: dict, name: str) -> None:
+        for kind, fig in figs.items():
+            path = out / name.format(kind)
+            if path.name in wanted:
+                fig.savefig(path, dpi=110)
+                written.append(path)
+
     with tempfile.TemporaryDirectory() as tmp:
         dirs = []
         for name, flags in RUNS.items():
             run = Path(tmp) / name
-            if main([*flags, "--quiet", "--timeline-steps", "4", "--plots", "false", "--out", str(run)]) != 0:
+            if main([*flags, "--quiet", "--plots", "false", "--out", str(run)]) != 0:
                 raise SystemExit(f"docs/figures.py: the {name} run failed")
-            for path in plot_runs([run]):
-                written.append(Path(shutil.copy(path, out / f"{name}_{path.name}")))
+            save(figures([run]), name + "_{}.png")
             dirs.append(run)
-        written += plot_runs(dirs, out)
+        comparison = figures(dirs)
+        save({"": comparison.pop("convergence")}, "comparison{}.png")
+        save(comparison, "comparison_{}.png")
     return written
 
 
