@@ -124,7 +124,7 @@ def main() -> None:
         for name in names:
             variant = speedup.VARIANTS[name]
             flags = base + [f"--{k.replace('_', '-')}={v}" for k, v in variant.items()]
-            if variant["solver"] == "serial":
+            if "micro_batches" in configs[name]:  # as the prediction has them (serial, AMP, MG/Opt on serial)
                 flags += ["--micro-batches", str(args.micro_batches)]
             for P in ranks:
                 tries = [measure(flags, P, Path(tmp) / f"{name}-{P}-0")]
