@@ -19,6 +19,8 @@
     against torch's best, with glibc's allocator as it comes and as ``OCNET_MALLOC=tuned``
     sets it, both sides alike.  Each contender's loss and gradient are checked against a
     plain forward and backward first; a torch schedule that cannot run is listed with the reason.
+    The bound: the same micro-batches forward and backward on one rank (plain torch), divided
+    by the ranks; each schedule's fraction of it is its ``efficiency``.
 
 Both sides of (a) and (b) run under the allocator setting ocnet's runs take (``--malloc auto``: glibc's
 thresholds raised unless ``OCNET_MALLOC=glibc``).
@@ -300,6 +302,18 @@ def schedules_step(args) -> dict | None:
     for name, why in check.pop("failed").items():
         not_run[name] = why
         del steps[name]
+    # The bound no schedule can beat: the same micro-batches' forwards and backwards on one
+    # rank (plain torch, gradients accumulated), divided by the ranks.  Rank 0 runs it in the
+    # rounds below while the other ranks wait.
+    model = problem.to_torch()
+
+    def one_rank() -> None:
+        if comm.rank == 0:
+            model.zero_grad(set_to_none=True)
+            for xb, yb in zip(x.chunk(args.micro), y.chunk(args.micro)):
+                (torch.nn.functional.cross_entropy(model(xb), yb) / args.micro).backward()
+
+    steps[ONE_RANK] = one_rank
     # Rounds: each contender runs three steps in a row and the last two count, so that each
     # is timed in its own steady state (its allocator pattern) while noise still hits all; the
     # order turns round every round, so that a load that changes within one hits all alike.
@@ -317,16 +331,20 @@ def schedules_step(args) -> dict | None:
     dist.destroy_process_group()
     if comm.rank != 0:
         return None
+    bound = statistics.median(times.pop(ONE_RANK)) / comm.size
     med = {k: statistics.median(v) for k, v in times.items()}
     torch_best = min((k for k in med if k.startswith("torch_")), key=med.__getitem__, default=None)
     ocnet_best = min((k for k in med if k.startswith("ocnet_")), key=med.__getitem__)
     return {"ranks": comm.size, "threads": torch.get_num_threads(), "micro_batches": args.micro,
-            "step_s": med, "times": times, "not_run": not_run, **check,
+            "step_s": med, "times": times, "not_run": not_run, **check, "bound_s": bound,
+            "efficiency": {k: bound / v for k, v in med.items()},
             "torch_best": torch_best, "ocnet_best": ocnet_best,
             "speed_vs_torch_best": {k: med[torch_best] / v for k, v in med.items()} if torch_best else {},
             "ocnet_best_vs_torch_best": med[torch_best] / med[ocnet_best] if torch_best else None}
 
 
+#: (c)'s one-rank step: every micro-batch forward and backward in turn, plain torch.
+ONE_RANK = "one_rank"
 #: The allocators (c) runs under: glibc's own thresholds (``OCNET_MALLOC=default``), and ``OCNET_MALLOC=tuned``'s.
 ALLOCATORS = ("default", "tuned")
 #: Largest relative differences from a plain forward and backward counted as the same network
@@ -354,6 +372,11 @@ def table(schedules: dict, ranks: int, micro: int) -> str:
         lines.append(f"ocnet best / torch best, allocator {m}: {c['ocnet_best_vs_torch_best']:.3f}x "
                      f"({c['ocnet_best']} against {c['torch_best']}; load {c['load_before'][0]:.2f} before, "
                      f"{c['load_after'][0]:.2f} after)")
+    for m, c in schedules.items():
+        best = max(c["efficiency"].values())
+        lines.append(f"allocator {m}: one rank takes {c['bound_s'] * ranks * 1e3:.0f} ms for the same micro-batches, "
+                     f"so no schedule on {ranks} ranks beats {c['bound_s'] * 1e3:.0f} ms; the best reaches "
+                     f"{best:.3f} of that bound, and torch's best {c['efficiency'].get(c['torch_best'], 0):.3f}")
     for name, why in {k: v for c in schedules.values() for k, v in c["not_run"].items()}.items():
         lines.append(f"not run: {name}: {why}")
     checks = [ch for c in schedules.values() for ch in c["checks"].values()]
