@@ -162,7 +162,7 @@ def errors(comm, N: int, options: dict) -> dict:
     num, den = comm.allreduce(num), comm.allreduce(den)
     with torch.no_grad():
         u0 = network.opening(x) if network.opening is not None else None
-        fwd = solve(solver.prop, u0, N, comm, layout=solver.layout, tol=0.0, **solver._solve_options(False))
+        fwd = solve(solver.prop, u0, N, comm, layout=solver.layout, tol=0.0, **solver.solve_options())
     solver.prop.release()
     err_u = 0.0
     if N in fwd.points:

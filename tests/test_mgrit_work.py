@@ -194,7 +194,7 @@ def _step(N: int, reuse: bool) -> tuple[dict[str, int], torch.Tensor, dict[str, 
     with timeline.recording(rec):
         solver.step(x, y, torch.arange(16))
     steps = rec.steps()
-    fwd = solve(solver.prop, network.opening(x).detach(), N, **solver._solve_options(False))
+    fwd = solve(solver.prop, network.opening(x).detach(), N, **solver.solve_options())
     solver.prop.release()
     return steps, fwd.at(N), {k: p.grad.clone() for k, p in network.named_parameters()}
 

@@ -21,7 +21,6 @@ into ``--out`` and prints a table.  Its own flags (the rest is ``ocnet.run``'s c
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -201,12 +200,9 @@ def replay_step(config: Mapping[str, Any], P: int, costs: Mapping[str, float], l
 def iterate_as_measured(solver: Any, iterations: Sequence[int]) -> None:
     """Make an exact MGRIT ``solver`` stop its forward solve after ``iterations[0]`` and its
     adjoint solve after ``iterations[1]`` iterations (the miniature converges otherwise than
-    the configured network, whose iterations :func:`ocnet.perf.calibrate.profile` measured).
-    Each step asks for the forward solve's options, then the adjoint's; the configuration's
-    tolerance must be one the solves never meet (:func:`_mgrit_iterations`)."""
-    options = solver._solve_options
-    turn = itertools.cycle(iterations)
-    solver._solve_options = lambda exact: {**options(exact), "max_iter": next(turn)}
+    the configured network, whose iterations :func:`ocnet.perf.calibrate.profile` measured);
+    the configuration's tolerance must be one the solves never meet (:func:`_mgrit_iterations`)."""
+    solver.max_iter = dict(zip(("forward", "adjoint"), iterations))
 
 
 def group_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -120,6 +120,10 @@ class MGRIT(ParallelSolver):
         self.points = {what: range(lo, hi + 1) for what, (lo, hi) in
                        (("u", self.layout.bounds[comm.rank]), ("lam", self.layout.mirror().bounds[comm.rank]))}
         self.iters = cfg["mgrit_iters"]  # one-shot iterations; the accuracy control raises them
+        #: Caps on an exact solve's iterations below ``mgrit_max_iter``, by solve (``"forward"``,
+        #: ``"adjoint"``); the performance model's replay sets them to the iterations the
+        #: configured network's solves take, which its miniature would not (:mod:`ocnet.perf.speedup`).
+        self.max_iter: dict[str, int] = {}
         self._inexactness, self._steps = 0.0, 0  # this epoch's sum and count
 
     @classmethod
@@ -160,7 +164,7 @@ class MGRIT(ParallelSolver):
         tol = {"forward": cfg["mgrit_tol"] * self._norm(u0_value) if exact else 0.0}
         try:
             fwd = solve(self.prop, u0_value, self.N, comm, layout=self.layout,
-                        guess=warm.guess("u", index, points["u"]), tol=tol["forward"], **self._solve_options(exact))
+                        guess=warm.guess("u", index, points["u"]), tol=tol["forward"], **self.solve_options("forward"))
         except MGRITDivergence as e:
             self.prop.release()
             raise SolverError(f"mgrit: the forward solve diverged: {e}") from e
@@ -181,7 +185,7 @@ class MGRIT(ParallelSolver):
             adj = solve_adjoint(self.prop, fwd.u, lam_N, self.N, comm, layout=self.layout,
                                 guess=None if lam_guess is None else [g / n for g in lam_guess],
                                 tol=tol["adjoint"], device=self.device,
-                                **self._solve_options(exact))
+                                **self.solve_options("adjoint"))
         except MGRITDivergence as e:
             self.prop.release()
             raise SolverError(f"mgrit: the adjoint solve diverged: {e}") from e
@@ -226,14 +230,20 @@ class MGRIT(ParallelSolver):
                 self.iters += 1  # the next step's record shows it
         return {}
 
-    def _solve_options(self, exact: bool) -> dict[str, Any]:
+    def solve_options(self, solve: str = "forward") -> dict[str, Any]:
+        """The keyword arguments this step gives :func:`ocnet.mgrit.solve` for ``solve``
+        (``"forward"`` or ``"adjoint"``, which :func:`~ocnet.mgrit.solve_adjoint` passes on):
+        levels, relaxation, cycle, iterations and tags."""
         cfg = self.config
+        exact = cfg["mgrit_mode"] == "exact"
         fine = cfg["mgrit_fine_relax"]
         if fine == "auto":
             fine = "F" if exact else cfg["mgrit_relax"]
         return dict(levels=self.levels, relaxation=cfg["mgrit_relax"],
                     fine_relaxation=fine, cf_sweeps=cfg["mgrit_cf_sweeps"],
-                    cycle=cfg["mgrit_cycle"], max_iter=cfg["mgrit_max_iter"] if exact else self.iters,
+                    cycle=cfg["mgrit_cycle"],
+                    max_iter=min(cfg["mgrit_max_iter"], self.max_iter.get(solve, cfg["mgrit_max_iter"])) if exact
+                    else self.iters,
                     skip=cfg["mgrit_skip"], final_fc=cfg["mgrit_final_fc"], reuse=cfg["mgrit_reuse"],
                     tags=self.mgrit_tags)
 
