@@ -125,133 +125,30 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
         the V), ``None`` elsewhere.
     """
     micro_batches = min(micro_batches, batch_size)
+    partition, chunks = network.partition, len(network.chunks)
+    most: int | None = None  # run-ahead's bound on the micro-batches held (one slice per rank)
     if schedule in VIRTUAL:
-        return _train_stages(comm, network, x, y, batch_size, micro_batches, schedule, filter, device, tags)
-    ops = SCHEDULES[schedule](comm.rank, comm.size, micro_batches)
-    pipe = _Pipe(comm, network, x, y, batch_size, micro_batches, {m for op, m in ops if op == "W"},
-                 filter, device, tags)
+        shape, generate = VIRTUAL[schedule]
+        if (partition.is_virtual and partition.shape != shape) or (not partition.is_virtual and shape == "v"):
+            raise ValueError(f"pipeline schedule {schedule!r} needs the layers dealt to the ranks as "
+                             f"Partition.virtual(…, shape={shape!r}); this network's partition is {partition}")
+        ops = generate(comm.rank, comm.size, micro_batches, chunks)
+    else:
+        if chunks > 1:
+            raise ValueError(f"pipeline schedule {schedule!r} runs one slice of layers per rank; this "
+                             f"network's partition is {partition}: use one of {', '.join(VIRTUAL)}")
+        plain = SCHEDULES[schedule](comm.rank, comm.size, micro_batches)
+        ops = [(kind, m, 0) for kind, m in plain]
+        most = live(plain) + ahead
+    split = {(m, c) for kind, m, c in ops if kind == "W"}
+    pipe = _Stages(comm, network, x, y, batch_size, micro_batches, split, filter, device, stage_tags(chunks, tags))
     try:
-        pipe.run(ops, live(ops) + ahead)
+        pipe.run(ops, most)
         for s in pipe.sends:
             s.wait()
     finally:
         pipe.close()
-    return pipe.total if comm.rank == comm.size - 1 else None
-
-
-class _Pipe:
-    """One rank's passes of one mini-batch: forwards, backwards and parameter-gradient passes
-    of its micro-batches, with the receives each needs posted ahead."""
-
-    def __init__(self, comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Tensor | None,
-                 batch_size: int, micro_batches: int, split: set[int], filter: Filter,
-                 device: torch.device | str, tags: Sequence[int]) -> None:
-        self.comm, self.network, self.batch_size = comm, network, batch_size
-        self.first, self.last = comm.rank == 0, comm.rank == comm.size - 1
-        self.micro_batches, self.split = micro_batches, split
-        self.filter, self.device = filter, device
-        self.forward_tag, self.backward_tag = tags
-        self.rows = torch.arange(batch_size).tensor_split(micro_batches)  # each micro-batch's samples
-        self.xs = _given(x, "x").tensor_split(micro_batches) if self.first else ()
-        self.ys = _given(y, "y").tensor_split(micro_batches) if self.last else ()
-        self.steps = len(network.layers)
-        self.live: dict[int, _Pass] = {}
-        self.sends: list[Request] = []
-        self.total = 0.0
-        self.pieces = _Pieces(network) if split else None
-        self.forwards = 0  # micro-batches whose forward has run
-        self.backwards = 0  # ... whose backward has run
-        self.inputs = self._post(self.forwards, forward=True)
-        self.adjoints = self._post(self.backwards, forward=False)
-
-    def _post(self, m: int, forward: bool) -> Request | None:
-        """The receive of micro-batch ``m``'s input (``forward``) or output adjoint, posted
-        early so that the transfer proceeds while this rank computes."""
-        if m >= self.micro_batches or (self.first if forward else self.last):
-            return None
-        if forward:
-            return self.comm.irecv(self.comm.rank - 1, self.forward_tag, self.device)
-        return self.comm.irecv(self.comm.rank + 1, self.backward_tag, self.device)
-
-    def run(self, ops: Sequence[tuple[str, int]], most: int) -> None:
-        """Run ``ops`` in order; while a backward waits for its adjoint, run the next forward
-        instead if its input is there and fewer than ``most`` micro-batches are held."""
-        for op, m in ops:
-            if op == "F":
-                if m >= self.forwards:
-                    self.forward()
-            elif op == "W":
-                self.weight(m)
-            else:  # a schedule runs F before B, so micro-batch m's forward has run
-                while self.adjoints is not None and not self.adjoints.test():
-                    ahead = self.forwards < self.micro_batches and len(self.live) < most
-                    if ahead and (self.inputs is None or self.inputs.test()):
-                        self.forward()
-                    else:
-                        self.comm.wait_any([r for r in (self.adjoints, self.inputs if ahead else None)
-                                            if r is not None])
-                self.backward(m)
-
-    def forward(self) -> None:
-        m, network = self.forwards, self.network
-        self.forwards += 1
-        if self.inputs is None:
-            v = None
-        else:
-            v = self.inputs.wait().requires_grad_(True)
-            self.inputs = self._post(self.forwards, forward=True)
-        u_in = self.xs[m] if v is None else self.filter.decode(v)
-        with timeline.span("forward_graph", steps=self.steps, micro_batch=m), dropout.narrow(self.rows[m]):
-            if self.pieces is not None and m in self.split:
-                u_out, outputs = self.pieces.forward(u_in)
-            else:
-                u_out, outputs = network(u_in), None
-        p = self.live[m] = _Pass(v, u_out, outputs)
-        if self.last:
-            self.total += p.head_loss(network, self.ys[m], self.batch_size, m)
-        else:
-            p.out = self.filter.encode(u_out)
-            self.sends.append(self.comm.isend(p.out, self.comm.rank + 1, self.forward_tag))
-
-    def backward(self, m: int) -> None:
-        p = self.live[m]
-        self.backwards += 1
-        if self.last:
-            with timeline.span("head", steps=0, micro_batch=m):
-                p.loss.backward()
-            g, p.out = p.u_head.grad, p.u_out
-        else:
-            assert self.adjoints is not None  # posted for every micro-batch but on the last rank
-            g = self.adjoints.wait()
-            self.adjoints = self._post(self.backwards, forward=False)
-        if p.outputs is None:
-            with timeline.span("backward", steps=self.steps, micro_batch=m):
-                torch.autograd.backward(p.out, g)
-            g_in = None if p.v is None else p.v.grad
-            del self.live[m]
-        else:
-            inputs = ([] if p.v is None else [p.v]) + [u for _, u in p.outputs]
-            with timeline.span("vjp", steps=self.steps, micro_batch=m):
-                # The adjoints of the block's input and of every parametrised
-                # module's output, keeping the graph for the parameter gradients.
-                grads = torch.autograd.grad(p.out, inputs, g, retain_graph=True)
-            g_in = None if p.v is None else grads[0]
-            p.grads = grads[len(inputs) - len(p.outputs):]
-        if g_in is not None:  # not the first rank: the adjoint of what came in goes back
-            self.sends.append(self.comm.isend(g_in, self.comm.rank - 1, self.backward_tag))
-
-    def weight(self, m: int) -> None:
-        if m not in self.live:  # its B could not be split and did all the work
-            return
-        p = self.live.pop(m)
-        with timeline.span("weight_grad", steps=self.steps, micro_batch=m):
-            for (params, u), g in zip(_given_outputs(p.outputs), p.grads):
-                # Pruned to the module's own nodes: ``inputs`` reach no further back.
-                torch.autograd.backward(u, g, inputs=params, retain_graph=True)
-
-    def close(self) -> None:
-        if self.pieces is not None:
-            self.pieces.close()
+    return pipe.total if network.classifier is not None else None
 
 
 class _Pass:
@@ -289,15 +186,15 @@ class _Pieces:
     the block runs forward: a split backward needs the adjoint there, so that the parameter
     gradients of each module are one small backward pass of its own nodes."""
 
-    def __init__(self, network: LocalNetwork, chunk: int | None = None) -> None:
+    def __init__(self, network: LocalNetwork, chunk: int) -> None:
         self.network, self.chunk = network, chunk
         self.sink: _Outputs | None = None
         self.complete = True
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
-        # the modules the block runs: the whole rank's, or one chunk's (virtual stages)
-        first = chunk is None or network.chunks[chunk][0] == 0
+        # the modules chunk ``chunk`` runs
+        first = network.chunks[chunk][0] == 0
         block = [network.opening] if network.opening is not None and first else []
-        layers = list(network.layers if chunk is None else network.chunk_layers(chunk))
+        layers = list(network.chunk_layers(chunk))
         self.trainable = {id(q) for part in block + layers for q in part.parameters()
                           if q.requires_grad}
         for module in (m for part in [*block, *layers] for m in part.modules()):
@@ -320,7 +217,7 @@ class _Pieces:
         ``None`` when some module's output cannot carry its parameters' gradient."""
         self.sink, self.complete = [], True
         try:
-            u_out = self.network(u) if self.chunk is None else self.network.chunk(self.chunk, u)
+            u_out = self.network.chunk(self.chunk, u)
             # Every trainable parameter must sit in a module whose output was recorded, or
             # its gradient would be lost: otherwise this micro-batch is not split.
             seen = {id(q) for params, _ in self.sink for q in params}
@@ -344,31 +241,10 @@ def stage_tags(chunks: int, tags: Sequence[int] = (FORWARD_TAG, BACKWARD_TAG)) -
     return [SWEEP_STAGES[c] for c in range(chunks)] + [SWEEP_STAGES[MAX_CHUNKS + c] for c in range(chunks)]
 
 
-def _train_stages(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Tensor | None,
-                  batch_size: int, micro_batches: int, schedule: str, filter: Filter,
-                  device: torch.device | str, tags: Sequence[int]) -> float | None:
-    """:func:`train` on a network of virtual stages."""
-    shape, generate = VIRTUAL[schedule]
-    partition = network.partition
-    if (partition.is_virtual and partition.shape != shape) or (not partition.is_virtual and shape == "v"):
-        raise ValueError(f"pipeline schedule {schedule!r} needs the layers dealt to the ranks as "
-                         f"Partition.virtual(…, shape={shape!r}); this network's partition is {partition}")
-    chunks = len(network.chunks)
-    ops = generate(comm.rank, comm.size, micro_batches, chunks)
-    split = {(m, c) for kind, m, c in ops if kind == "W"}
-    pipe = _Stages(comm, network, x, y, batch_size, micro_batches, split, filter, device, stage_tags(chunks, tags))
-    try:
-        pipe.run(ops)
-        for s in pipe.sends:
-            s.wait()
-    finally:
-        pipe.close()
-    return pipe.total if network.classifier is not None else None
-
-
 class _Stages:
-    """One rank's passes of one mini-batch through its chunks (virtual pipeline stages),
-    with the receives each chunk needs posted ahead.
+    """One rank's passes of one mini-batch through its chunks (one slice of layers, or
+    several virtual pipeline stages): forwards, backwards and parameter-gradient passes of
+    its micro-batches, with the receives each chunk needs posted ahead.
 
     Chunk ``c`` is stage ``s``; its input comes from stage ``s - 1`` and its output adjoint
     from stage ``s + 1``: by a message tagged for chunk ``c`` when that stage is another
@@ -399,6 +275,7 @@ class _Stages:
         # a recorder of the parametrised modules' outputs per chunk that has a split backward
         self.pieces = {c: _Pieces(network, c) for c in {c for _, c in split}}
         self.received = {(kind, c): 0 for kind in "FB" for c in range(chunks)}
+        self.forwards = [0] * chunks  # micro-batches whose forward through each chunk has run
         self.posted = {(kind, c): self._post(kind, c) for kind in "FB" for c in range(chunks)}
 
     def _source(self, kind: str, c: int) -> tuple[int, int] | None:
@@ -436,17 +313,34 @@ class _Stages:
             tags = self.forward_tags if kind == "F" else self.backward_tags
             self.sends.append(self.comm.isend(value, rank, tags[chunk]))
 
-    def run(self, ops: Sequence[ChunkOp]) -> None:
+    def run(self, ops: Sequence[ChunkOp], most: int | None = None) -> None:
+        """Run ``ops`` in order.  With ``most``: while a backward waits for its adjoint, run
+        the chunk's next forward instead if its input is there and fewer than ``most``
+        micro-batches are held; backwards and parameter gradients keep their order."""
         for kind, m, c in ops:
             if kind == "F":
-                self.forward(m, c)
+                if m >= self.forwards[c]:  # not run ahead already
+                    self.forward(m, c)
             elif kind == "B":
+                if most is not None:
+                    self._run_ahead(c, most)
                 self.backward(m, c)
             else:
                 self.weight(m, c)
 
+    def _run_ahead(self, c: int, most: int) -> None:
+        adjoint = self.posted[("B", c)]
+        while adjoint is not None and not adjoint.test():
+            inputs = self.posted[("F", c)]
+            ahead = self.forwards[c] < self.micro_batches and len(self.live) < most
+            if ahead and (inputs is None or inputs.test()):
+                self.forward(self.forwards[c], c)
+            else:
+                self.comm.wait_any([r for r in (adjoint, inputs if ahead else None) if r is not None])
+
     def forward(self, m: int, c: int) -> None:
         network, s = self.network, self.stage[c]
+        self.forwards[c] += 1
         v = None if s == 0 else self._take("F", m, c).requires_grad_(True)
         u_in = self.xs[m] if v is None else self.filter.decode(v)
         steps = len(network.chunk_layers(c))
@@ -476,9 +370,11 @@ class _Stages:
                 torch.autograd.backward(p.out, g)
             g_in = None if p.v is None else p.v.grad
             del self.live[(m, c)]
-        else:  # as :meth:`_Pipe.backward`: the adjoints only, the graph kept for the W
+        else:
             inputs = ([] if p.v is None else [p.v]) + [u for _, u in p.outputs]
             with timeline.span("vjp", steps=steps, micro_batch=m):
+                # The adjoints of the chunk's input and of every parametrised module's
+                # output, keeping the graph for the parameter gradients (the W).
                 grads = torch.autograd.grad(p.out, inputs, g, retain_graph=True)
             g_in = None if p.v is None else grads[0]
             p.grads = grads[len(inputs) - len(p.outputs):]
@@ -491,6 +387,7 @@ class _Stages:
         p = self.live.pop((m, c))
         with timeline.span("weight_grad", steps=len(self.network.chunk_layers(c)), micro_batch=m):
             for (params, u), g in zip(_given_outputs(p.outputs), p.grads):
+                # Pruned to the module's own nodes: ``inputs`` reach no further back.
                 torch.autograd.backward(u, g, inputs=params, retain_graph=True)
 
     def close(self) -> None:
