@@ -316,6 +316,13 @@ def test_virtual_partition():
     assert first.problem_state()["layers.8.F.conv.weight"].data_ptr() == problem.layers[8].F.conv.weight.data_ptr()
     with pytest.raises(ValueError, match="chunk"):
         first(torch.zeros(1, 3, 8, 8))
+    # a schedule of one slice per rank would run chunk 0 alone: refused, as the V on slices is
+    x, y = torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)
+    alone = problem.local(Partition.virtual(9, 1, 2), 0)
+    with pytest.raises(ValueError, match="'1f1b' runs one slice of layers per rank"):
+        sweep.train(SelfComm(), alone, x, y, 2, schedule="1f1b")
+    with pytest.raises(ValueError, match="shape='v'"):
+        sweep.train(SelfComm(), problem.local(Partition(9, 1), 0), x, y, 2, schedule="v")
 
 
 @pytest.mark.parametrize("schedule,chunks", [("interleaved", 2), ("interleaved", 3), ("v", 2)])
