@@ -290,3 +290,22 @@ def test_profile_measures_exact_mgrits_iterations_as_the_solver_records_them():
     assert 0 < p["coverage"] <= 1 and p["outside"] >= 0 and p["spans"] > 0
     loose = calibrate.profile(resolve([*flags[:-1], "1e-1"]), steps=2)
     assert loose is not None and loose["iterations"][0] < forward  # a looser tolerance: fewer iterations
+
+
+def test_a_variant_is_charged_its_own_steps_costs_at_their_batch():
+    """The profile times each kind inside the variant's real steps, per layer step (the head
+    per span), at the batch of one span (a micro-batch's); the replay charges those at that
+    batch, and the calibrated costs scaled to any other batch."""
+    from ocnet.runs.config import resolve
+    flags = ["--problem", "digits", "--net", "conv", "--channels", "4", "--layers", "8", "--batch-size", "8",
+             "--micro-batches", "2"]
+    p = calibrate.profile(resolve(flags), steps=2)
+    assert p is not None and p["batch"] == 4
+    assert {"forward_graph", "backward", "head", "update"} <= p["costs"].keys()
+    assert all(v > 0 for v in p["costs"].values())
+    calibration = {**CALIBRATION, "profiles": {"serial": p}}
+    own = speedup._costs(calibration, 4, "serial")
+    assert own["backward"] == p["costs"]["backward"] and own["outside"] == p["outside"]
+    assert own["vjp"] == COSTS["vjp"] * 4 / 16  # a kind its steps never ran: calibrated
+    other = speedup._costs(calibration, 8, "serial")
+    assert other["backward"] == COSTS["backward"] * 8 / 16

@@ -176,7 +176,10 @@ def profile(config: Mapping[str, Any], steps: int = 4) -> dict[str, Any] | None:
         bookkeeping between them, which the replay charges per span,
         :data:`ocnet.perf.replay.OUTSIDE`); ``spans``: compute spans per step;
         ``iterations`` (exact MGRIT only): the median iterations ``[forward, adjoint]`` the
-        solves took to their tolerance, each ``len(residual) - 1``.
+        solves took to their tolerance, each ``len(residual) - 1``; ``costs``: each compute
+        kind's seconds per layer step (``head``: per span) as the spans of these steps
+        took them, and ``batch``: the samples of one span (a micro-batch's where the solver
+        cuts the batch), the batch those costs hold at.
     """
     from ..ranks import timeline
     from ..ranks.comm import SelfComm
@@ -203,6 +206,8 @@ def profile(config: Mapping[str, Any], steps: int = 4) -> dict[str, Any] | None:
     solver.step(x, y, index)  # warm-up
     covered, total, spans = 0.0, 0.0, 0
     iterations: list[tuple[int, int]] = []
+    seconds: dict[str, float] = {}
+    steps_of: dict[str, float] = {}
     for k in range(1, steps + 1):
         x, y, index = batch(k)
         rec = timeline.Recorder()
@@ -212,13 +217,19 @@ def profile(config: Mapping[str, Any], steps: int = 4) -> dict[str, Any] | None:
             total += time.perf_counter() - t
         compute = [e - s for kind, s, e, _ in rec.events if kind in COMPUTE]
         covered, spans = covered + sum(compute), spans + len(compute)
+        for kind, s, e, info in rec.events:
+            if kind in COMPUTE:
+                seconds[kind] = seconds.get(kind, 0.0) + e - s
+                steps_of[kind] = steps_of.get(kind, 0.0) + (1 if kind == "head" else info.get("steps", 1))
         residual = record.get("residual") if config.get("mgrit_mode") == "exact" else None
         if isinstance(residual, dict):
             iterations.append((len(residual["forward"]) - 1, len(residual["adjoint"]) - 1))
     if not spans:
         return None
     out: dict[str, Any] = {"coverage": covered / total, "outside": max(0.0, total - covered) / spans,
-                           "spans": spans / steps}
+                           "spans": spans / steps,
+                           "costs": {k: seconds[k] / n for k, n in steps_of.items() if n > 0},
+                           "batch": max(1, b // int(config.get("micro_batches", 1)))}
     if iterations:
         out["iterations"] = [round(statistics.median(it[i] for it in iterations)) for i in (0, 1)]
     return out

@@ -299,13 +299,17 @@ def predict(values: Mapping[str, Any], calibration: Mapping[str, Any], *, max_ra
 
 
 def _costs(calibration: Mapping[str, Any], batch: int, variant: str) -> dict[str, float]:
-    """The calibrated costs at ``batch`` (the nearest batch calibrated, scaled linearly), and
-    :data:`~ocnet.perf.replay.OUTSIDE`: the time outside spans per span of ``variant``'s
-    profile (0 without one)."""
+    """The costs of ``variant``'s spans at ``batch``: where its profile's real steps ran at
+    that batch, each kind as they took it (:func:`ocnet.perf.calibrate.profile`), else
+    the calibrated cost at the nearest batch calibrated, scaled linearly; and
+    :data:`~ocnet.perf.replay.OUTSIDE`, the time outside spans per span of the profile (0
+    without one)."""
     table = {int(b): c for b, c in calibration["compute"].items()}
     near = min(table, key=lambda b: abs(math.log(b / batch)))
-    outside = (calibration.get("profiles", {}).get(variant) or {}).get("outside", 0.0)
-    return {**{k: v * batch / near for k, v in table[near].items()}, OUTSIDE: float(outside)}
+    measured = calibration.get("profiles", {}).get(variant) or {}
+    own = measured.get("costs", {}) if measured.get("batch") == batch else {}
+    return {**{k: v * batch / near for k, v in table[near].items()}, **own,
+            OUTSIDE: float(measured.get("outside", 0.0))}
 
 
 def _nearest(by_batch: Mapping[str, Mapping[str, float]], batch: int) -> dict[str, float]:
