@@ -112,7 +112,8 @@ def train(comm: Comm, network: LocalNetwork, x: torch.Tensor | None, y: torch.Te
         How many micro-batches a rank may hold beyond the schedule's most (:func:`ocnet.ranks.pipeline.live`)
         by running a later forward while the adjoint its next backward needs has not arrived.
         Backwards and parameter gradients keep the schedule's order, so the gradient is
-        bitwise the same whatever the timing; only idle time is filled.
+        bitwise the same whatever the timing; only idle time is filled.  Schedules of one
+        slice per rank only (:data:`ocnet.ranks.pipeline.SCHEDULES`); ignored on virtual stages.
     tags : (int, int)
         The tags of the forward and the backward messages; on virtual stages ``2 · chunks``
         of them, the forward messages into each chunk then the backward ones
