@@ -88,6 +88,13 @@ def test_options_that_act_do_not_warn(tmp_path):
     assert warned(["--epoch-test", "false"], "dense", True) == []
     assert warned(["--cuda-aware", "on"], "dense", True, device="cuda") == []
     assert warned([], "dense", True) == []  # defaults: nothing given, nothing to say
+    assert warned(["--ahead", "2"], "dense", True) == []  # 1f1b, the default schedule, runs ahead
+    assert warned(["--pipeline", "interleaved", "--virtual-stages", "3"], "dense", True) == []
+    assert warned(["--pipeline", "v", "--ahead", "2"], "dense", True) == [
+        "--ahead has no effect with --pipeline v: running forwards ahead is for the schedules of one slice of "
+        "layers per rank (1f1b, zb)"]
+    assert warned(["--pipeline", "zb", "--virtual-stages", "3"], "dense", True) == [
+        "--virtual-stages has no effect with --pipeline zb: it is the stages per rank of --pipeline interleaved"]
     assert without_effect({**resolve(["--norm", "batch"])}, net="dense", image=True, device="cpu") == []  # a plain dict
 
 

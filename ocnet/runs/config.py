@@ -380,6 +380,13 @@ def without_effect(config: Mapping[str, Any], *, net: str, image: bool, device: 
     if "compress_exchange" in keys and config["compress"] == "none":
         lines.append("--compress-exchange has no effect with --compress none: without compression every exchange "
                      "is the dense allreduce")
+    pipeline = config.get("pipeline")
+    if "ahead" in keys and pipeline in ("interleaved", "v"):
+        lines.append(f"--ahead has no effect with --pipeline {pipeline}: running forwards ahead is for the "
+                     "schedules of one slice of layers per rank (1f1b, zb)")
+    if "virtual_stages" in keys and pipeline in ("1f1b", "zb"):
+        lines.append(f"--virtual-stages has no effect with --pipeline {pipeline}: it is the stages per rank of "
+                     "--pipeline interleaved")
     for item in idle_plugins(config["plugin"]):
         lines.append(f"--plugin {item}: importing it registered no solver, data set or step kind")
     return lines
