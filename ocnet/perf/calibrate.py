@@ -161,6 +161,11 @@ def compute_costs(config: Mapping[str, Any], batch: int, repeats: int = 5) -> di
     return per_step
 
 
+def compute_batch(config: Mapping[str, Any]) -> int:
+    """The batch one compute span works on (a micro-batch for the pipelined serial solver)."""
+    return max(1, config["batch_size"] // int(config.get("micro_batches", 1)))
+
+
 def profile(config: Mapping[str, Any], steps: int = 4) -> dict[str, Any] | None:
     """A few real steps of the configured solver on one rank (one thread), each on a batch of
     its own, as in training (a warm start then starts from another batch's states), after
@@ -229,7 +234,7 @@ def profile(config: Mapping[str, Any], steps: int = 4) -> dict[str, Any] | None:
     out: dict[str, Any] = {"coverage": covered / total, "outside": max(0.0, total - covered) / spans,
                            "spans": spans / steps,
                            "costs": {k: seconds[k] / n for k, n in steps_of.items() if n > 0},
-                           "batch": max(1, b // int(config.get("micro_batches", 1)))}
+                           "batch": compute_batch(config)}
     if iterations:
         out["iterations"] = [round(statistics.median(it[i] for it in iterations)) for i in (0, 1)]
     return out

@@ -36,6 +36,7 @@ from ..runs import nested
 from ..runs.config import COMMON, ConfigError, given, resolve
 from ..solvers import get as get_solver
 from . import calibrate as cal
+from .calibrate import compute_batch
 from .replay import OUTSIDE, Link, VirtualReplicas, make_comms, run
 
 #: The solver variants predicted: name ↦ configuration keys that make it.
@@ -213,11 +214,6 @@ def group_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def cal_batch(config: Mapping[str, Any]) -> int:
     """The miniature's batch: enough samples for every micro-batch."""
     return max(2, int(config.get("micro_batches", 1)))
-
-
-def compute_batch(config: Mapping[str, Any]) -> int:
-    """The batch one compute span works on (a micro-batch for the pipelined serial solver)."""
-    return max(1, config["batch_size"] // int(config.get("micro_batches", 1)))
 
 
 def stretched(costs: Mapping[str, float], P: int, cores: int,

@@ -278,6 +278,7 @@ def _v_lists(size: int, micro_batches: int, costs: Costs, split: bool
     P, M, V = size, micro_batches, 2
     where = _placement(P, V, "v")
     stage = {(r, c): s for s, (r, c) in enumerate(where)}
+    last = V * P - 1
     done: dict[tuple[str, int, int], float] = {}  # (kind, m, stage) ↦ when it ended
     next_f = [[0] * V for _ in range(P)]
     next_b = [[0] * V for _ in range(P)]
@@ -285,9 +286,12 @@ def _v_lists(size: int, micro_batches: int, costs: Costs, split: bool
     freed = [0] * P  # micro-batches whose first chunk's activations are freed
     free = [0.0] * P
     out: list[list[ChunkOp]] = [[] for _ in range(P)]
-    cost = {"F": costs.forward / V, "B": (costs.input_grad if split else costs.backward) / V,
-            "W": costs.weight_grad / V}
     t = 0.0
+
+    def ready_now(kind: str, m: int, s: int) -> bool:
+        at = _ready(kind, m, s, last, done)
+        return at is not None and at <= t + 1e-12
+
     while any(b < M for row in next_b for b in row) or any(deferred):
         for r in range(P):
             if free[r] > t:
@@ -295,14 +299,9 @@ def _v_lists(size: int, micro_batches: int, costs: Costs, split: bool
             in_flight = next_f[r][0] - freed[r]  # micro-batches that hold the first chunk
             ready = []
             for kind, c in _V_PRIORITY:
-                if kind == "B":
-                    m, s = next_b[r][c], stage[(r, c)]
-                    if m < M and _ended(done, t, ("F", m, s)) and (s == V * P - 1 or _ended(done, t, ("B", m, s + 1))):
-                        ready.append(("B", m, c))
-                else:
-                    m, s = next_f[r][c], stage[(r, c)]
-                    if m < M and (s == 0 or _ended(done, t, ("F", m, s - 1))) and (c > 0 or in_flight < 2 * P):
-                        ready.append(("F", m, c))
+                m = (next_b if kind == "B" else next_f)[r][c]
+                if m < M and ready_now(kind, m, stage[(r, c)]) and (kind == "B" or c > 0 or in_flight < 2 * P):
+                    ready.append((kind, m, c))
             if ready:
                 kind, m, c = ready[0]
                 (next_b if kind == "B" else next_f)[r][c] += 1
@@ -315,7 +314,7 @@ def _v_lists(size: int, micro_batches: int, costs: Costs, split: bool
                 freed[r] += c == 0
             else:
                 continue
-            free[r] = t + cost[kind]
+            free[r] = t + _cost(costs, kind, split) / V
             done[(kind, m, stage[(r, c)])] = free[r]
             out[r].append((kind, m, c))
         later = [f for f in free if f > t]
@@ -325,14 +324,8 @@ def _v_lists(size: int, micro_batches: int, costs: Costs, split: bool
     return max(free), tuple(tuple(ops) for ops in out)
 
 
-def _ended(done: dict[tuple[str, int, int], float], t: float, key: tuple[str, int, int]) -> bool:
-    return key in done and done[key] <= t + 1e-12
-
-
 def _placement(size: int, chunks: int, shape: str) -> list[tuple[int, int]]:
     """``(rank, chunk)`` of every pipeline stage, in stage order."""
-    if chunks == 1:
-        return [(r, 0) for r in range(size)]
     grid = Partition.virtual(size * chunks, size, chunks, shape)
     return [grid.stage_rank(s) for s in range(grid.n_stages)]
 

@@ -259,10 +259,9 @@ class _Stages:
         self.comm, self.network, self.batch_size = comm, network, batch_size
         self.split = split  # (m, c) whose backward is split into B and W
         self.micro_batches, self.filter, self.device = micro_batches, filter, device
-        grid = network.partition
-        self.stage = grid.stages(comm.rank) if grid.is_virtual else [comm.rank]
-        self.where = ([grid.stage_rank(s) for s in range(grid.n_stages)] if grid.is_virtual
-                      else [(r, 0) for r in range(comm.size)])
+        grid = network.partition  # one slice per rank is one stage per rank
+        self.stage = grid.stages(comm.rank)
+        self.where = [grid.stage_rank(s) for s in range(grid.n_stages)]  # (rank, chunk) of each stage
         self.last = len(self.where) - 1
         chunks = len(self.stage)
         self.forward_tags, self.backward_tags = tags[:chunks], tags[chunks:]
