@@ -133,7 +133,8 @@ class Comm:
     Parameters
     ----------
     mpi_comm : mpi4py.MPI.Comm
-        The communicator; library code receives it, only ``run.py`` picks ``COMM_WORLD``.
+        The communicator; library code receives it, only the entry point
+        (:mod:`ocnet.runs.job`, through :func:`world`) picks ``COMM_WORLD``.
     cuda_aware : bool or None
         Whether the MPI library takes device pointers.  ``None`` detects it (MPICH and
         Open MPI report it); otherwise GPU tensors are staged through pinned host buffers.
