@@ -323,10 +323,78 @@ def test_stored_graphs_are_at_the_final_states(levels, relaxation, cycle, tol, m
     res = solve(prop, u0, N, levels=levels, relaxation=relaxation, cycle=cycle, tol=tol,
                 max_iter=max_iter, skip=skip)
     assert sorted(prop.graphs) == list(range(N))
-    for i, (x, z) in prop.graphs.items():
+    for i, (x, z, _, _) in prop.graphs.items():
         assert torch.equal(x, res.at(i))
         assert torch.equal(res.at(i) + prop.layers[i].h * z.detach(), prop.step(0, i, res.at(i)))
     assert not prop._record  # the solve said it was done
+
+
+def _dense_propagator(N, seed=0):
+    from ocnet.mgrit.network import NetworkPropagator
+    from ocnet.model.grid import Partition
+    from ocnet.model.problem import build
+    problem = build((4,), 2, net="dense", layers=N, width=4, seed=seed, dtype=torch.float64)
+    return problem, NetworkPropagator(problem.local(Partition(N, 1), 0), c=2)
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_the_last_adjoint_pass_differentiates_each_chain_once_as_backpropagation(levels):
+    # One level: the sweep records one chain of N steps, and the adjoint's last pass takes it in
+    # one backward whose λ_0 and parameter gradients are autograd's through u_N bit for bit.
+    # Three levels: the chains are the intervals C → F → C of the last pass.
+    from ocnet.ranks import timeline
+    N = 16
+    problem, prop = _dense_propagator(N)
+    u0 = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    lam_N = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    rec = timeline.Recorder()
+    with timeline.recording(rec):
+        fwd = solve(prop, u0, N, levels=levels, max_iter=2, final_fc=True)
+        adj = solve_adjoint(prop, fwd.u, lam_N, N, levels=levels, max_iter=2)
+        prop.finish_gradients(adj.states, adj.lam)
+    backwards = [info["steps"] for kind, _, _, info in rec.events if kind == "backward"]
+    assert backwards == ([N] if levels == 1 else [2] * (N // 2))
+    assert "weight_grad" not in {kind for kind, *_ in rec.events}  # every layer's gradient came with its chain
+    if levels == 1:
+        layers = [prop.layers[i] for i in range(N)]
+        x = u0.clone().requires_grad_(True)
+        u = x
+        for layer in layers:
+            u = layer(u)
+        params = [p for layer in layers for p in layer.parameters()]
+        want = torch.autograd.grad(u, [x, *params], lam_N)
+        assert torch.equal(adj.lam[0], want[0])
+        assert all(torch.equal(p.grad, g) for p, g in zip(params, want[1:]))
+
+
+def test_a_chain_result_is_refused_for_another_adjoint():
+    # A step reached with an adjoint other than the one its chain's backward used gets its vjp
+    # from a forward run afresh, and finish_gradients its parameter gradient from λ given then.
+    from ocnet.mgrit.levels import DONE, LAST
+    N = 4
+    problem, prop = _dense_propagator(N, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    u = [torch.randn(2, 4, dtype=torch.float64, generator=gen)]
+    prop.fine_pass(LAST)
+    for i in range(N):
+        u.append(prop.step(0, i, u[i]))
+    prop.fine_pass(DONE)
+    lam = torch.randn(2, 4, dtype=torch.float64, generator=gen)
+    other = torch.randn(2, 4, dtype=torch.float64, generator=gen)
+    prop.adjoint_pass(LAST)
+    # λ_4 = lam, then λ_3 = other instead of step 3's result: steps 2, 1, 0 from other on
+    out = {4: lam, 3: other}
+    got = {3: prop.vjp(0, 3, u[3], lam)}
+    for k in (2, 1, 0):
+        got[k] = out[k] = prop.vjp(0, k, u[k], out[k + 1])
+    prop.adjoint_pass(DONE)
+    prop.finish_gradients({k: u[k] for k in range(N)}, {k + 1: out[k + 1] for k in range(N)})
+    for k in range(N):
+        layer = prop.layers[k]
+        x = u[k].clone().requires_grad_(True)
+        want = torch.autograd.grad(layer(x), [x, *layer.parameters()], out[k + 1])
+        assert torch.allclose(got[k], want[0], rtol=1e-14, atol=0)
+        assert all(torch.allclose(p.grad, g, rtol=1e-14, atol=0) for p, g in zip(layer.parameters(), want[1:]))
 
 
 def test_skip_starts_from_the_coarse_solution():

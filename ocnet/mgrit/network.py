@@ -14,9 +14,14 @@ per layer.  ``"graph"`` keeps, for each fine step ``i``, ``x_i`` (the input, det
 adjoint step on any level ℓ from fine point ``n`` (one substep) is then
 ``μ + c^ℓ h (∂F_n/∂u)^T μ``, one input-gradient of the stored graph; the parameter gradient
 ``h (∂F_n/∂θ_n)^T λ_{n+1}`` comes from the same graph, fused into the adjoint's last fine
-pass when that pass is known to take each step once.
+pass when that pass is known to take each step once.  A step taken from the previous
+recorded step's result links its graph to that step's (:class:`Record`), so that the last
+pass differentiates each run of consecutive steps — a rank's whole sweep on one level, an
+interval C → F … F → C on several — in one autograd call, as plain back-propagation does.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -27,6 +32,28 @@ from .layout import Layout
 from .levels import DONE, LAST, MAY_BE_LAST, NOT_LAST
 
 STORAGES = ("graph", "states")
+
+
+class Record(NamedTuple):
+    """Fine step ``i``'s recorded evaluation: ``y = x + h z`` with ``z = F_i(x)``.
+
+    ``x`` is a leaf (``u_i`` detached), or the ``y`` of step ``i - 1``'s record when the step
+    was taken from that record's ``out``: consecutive recorded steps form one autograd graph (a
+    chain), which the adjoint's last pass differentiates in one call.
+    """
+
+    x: torch.Tensor
+    z: torch.Tensor
+    y: torch.Tensor
+    out: torch.Tensor  # y detached: the state the solve saw
+
+
+class _Pending(NamedTuple):
+    """A chain backward's result for fine step ``i``, handed out when the adjoint reaches it."""
+
+    mu: torch.Tensor  # λ_{i+1}: the adjoint the solve must pass for this result to be its step's
+    lam: torch.Tensor  # λ_i
+    grads: tuple  # h (∂F_i/∂θ_i)^T λ_{i+1}, per trainable parameter
 
 
 class NetworkPropagator:
@@ -67,8 +94,9 @@ class NetworkPropagator:
         self.N = network.stages[0].N
         self.c, self.substeps, self.storage = c, substeps, storage
         #: fine step i ↦ (x_i, z_i = F_i(x_i) with its graph): the latest recorded evaluation
-        self.graphs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.graphs: dict[int, Record] = {}
         self._record = False  # the forward solve's current fine pass may be its last
+        self._pending: dict[int, _Pending] = {}  # the current chain backward's results
         self._fuse = False  # the adjoint's current fine pass is its last and takes each step once
         self._done: set[int] = set()  # layers whose parameter gradients are accumulated
 
@@ -90,14 +118,18 @@ class NetworkPropagator:
 
     def step(self, level: int, i: int, u: torch.Tensor) -> torch.Tensor:
         """``Φ^ℓ_i(u)`` for a state ``(batch, …)``; the result carries no graph.  In a fine pass
-        that may be the forward solve's last (``storage="graph"``) the step's graph is kept."""
+        that may be the forward solve's last (``storage="graph"``) the step's graph is kept, as
+        a link of the previous step's chain when ``u`` is that step's result."""
         if self._record and level == 0:
             layer = self._layer(i)
+            prev = self.graphs.get(i - 1)
             with timeline.span("forward_graph", steps=1, level=0), torch.enable_grad():
-                x = u.detach().requires_grad_(True)
+                x = prev.y if prev is not None and prev.out is u else u.detach().requires_grad_(True)
                 z = layer.rhs(x)
-                self.graphs[i] = (x, z)  # replaces (frees) an earlier evaluation's graph
-                return u + layer.h * z.detach()
+                y = x + layer.h * z
+                # replaces (frees) an earlier evaluation's graph, unless a later step's chain holds it
+                self.graphs[i] = Record(x, z, y, y.detach())
+                return self.graphs[i].out
         with timeline.span("forward", steps=1, level=level), torch.no_grad():
             return self._apply(level, i, u)
 
@@ -110,41 +142,74 @@ class NetworkPropagator:
 
     def adjoint_pass(self, last: str) -> None:
         """The adjoint solve's announcement: in its ``LAST`` pass each fine adjoint step also
-        gives its layer's parameter gradient (one autograd call), and frees the graph."""
+        gives its layer's parameter gradient, from one autograd call per chain of recorded
+        steps, and frees the graphs."""
         self._fuse = last == LAST
         if last == DONE:
             self._fuse = False
 
-    def _graph(self, level: int, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _graph(self, level: int, i: int) -> Record | None:
         if level > 0 and self.substeps > 1:
             return None  # several Euler substeps: not a function of F_i(u_i) alone
         return self.graphs.get(i)
+
+    def _chain(self, i: int) -> list[int]:
+        """The recorded steps ``k … i`` whose graphs end in step ``i``'s, latest first (no
+        parameter in two of them: each layer's gradient is its own)."""
+        run, seen = [i], {id(p) for p in _trainable(self.layers[i])}
+        while True:
+            k = run[-1] - 1
+            prev = self.graphs.get(k)
+            if prev is None or self.graphs[k + 1].x is not prev.y:
+                return run
+            ids = {id(p) for p in _trainable(self.layers[k])}
+            if ids & seen:
+                return run
+            run.append(k)
+            seen |= ids
+
+    def _backward_chain(self, i: int, mu: torch.Tensor) -> None:
+        """Differentiate the chain ending in step ``i`` at ``λ_{i+1} = mu`` in one autograd call
+        (as plain back-propagation does) and keep each step's ``λ_k`` and parameter gradient
+        until the adjoint's last pass reaches it (:meth:`vjp`)."""
+        run = self._chain(i)
+        params = [_trainable(self.layers[k]) for k in run]
+        with timeline.span("backward", steps=len(run), level=0):
+            grads = torch.autograd.grad(self.graphs[i].y, [self.graphs[k].x for k in run]
+                                        + [p for ps in params for p in ps], mu, allow_unused=True)
+        lams, rest = grads[:len(run)], list(grads[len(run):])
+        for k, lam_k, ps in zip(run, lams, params):
+            del self.graphs[k]  # consumed: a step the adjoint takes again is run afresh
+            self._pending[k] = _Pending(mu, lam_k, tuple(rest[:len(ps)]))
+            mu, rest = lam_k, rest[len(ps):]
 
     def vjp(self, level: int, i: int, u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """``(∂Φ^ℓ_i/∂u)(u)^T lam``, from the stored graph of fine step ``i`` where there is one
         (it is at the final forward state, the ``u`` given); otherwise the layer's forward is
         run again.  In the adjoint's last pass the fine step also adds its layer's parameter
-        gradient ``h (∂F_i/∂θ_i)^T lam`` to ``.grad``."""
+        gradient ``h (∂F_i/∂θ_i)^T lam`` to ``.grad``: the first step of that pass to reach a
+        chain differentiates the whole chain at once, and the chain's other steps take their
+        results when the pass reaches them with the adjoint it gave."""
         layer = self._layer(i)
         H = self.c ** level * layer.h
+        if self._fuse and level == 0:
+            if i in self.graphs:
+                self._backward_chain(i, lam)
+            pending = self._pending.pop(i, None)
+            if pending is not None and pending.mu is lam:
+                _accumulate(_trainable(layer), pending.grads)
+                self._done.add(i)
+                return pending.lam
         graph = self._graph(level, i)
         if graph is None:
             with timeline.span("vjp_recompute", steps=1, level=level), torch.enable_grad():
                 x = u.detach().requires_grad_(True)
                 (g,) = torch.autograd.grad(self._apply(level, i, x), x, lam)
             return g
-        x, z = graph
-        if self._fuse and level == 0:
-            params = _trainable(layer)
-            with timeline.span("backward", steps=1, level=0):
-                grads = torch.autograd.grad(z, [x, *params], H * lam, allow_unused=True)
-                _accumulate(params, grads[1:])
-            del self.graphs[i]
-            self._done.add(i)
-            return lam + grads[0]
         with timeline.span("vjp", steps=1, level=level):
-            (g,) = torch.autograd.grad(z, x, H * lam, retain_graph=True)
-            return lam + g
+            # λ + H (∂F/∂u)^T λ in one pass over the state, not a scaled copy of λ and a sum
+            (g,) = torch.autograd.grad(graph.z, graph.x, lam, retain_graph=True)
+            return torch.add(lam, g, alpha=H)
 
     def finish_gradients(self, states: dict[int, torch.Tensor], lam: dict[int, torch.Tensor]) -> None:
         """Add ``∂J/∂θ_k = h (∂F/∂θ)(u_k; θ_k)^T λ_{k+1}`` to the ``.grad`` of every layer ``k``
@@ -162,10 +227,9 @@ class NetworkPropagator:
         if stored:
             with timeline.span("weight_grad", steps=len(stored)), torch.enable_grad():
                 for k in stored:
-                    x, z = self.graphs.pop(k)
                     params = _trainable(self.layers[k])
-                    _accumulate(params, torch.autograd.grad(z, params, self.layers[k].h * lam[k + 1],
-                                                            allow_unused=True))
+                    _accumulate(params, torch.autograd.grad(self.graphs.pop(k).z, params,
+                                                            self.layers[k].h * lam[k + 1], allow_unused=True))
         for k in todo:
             if k not in stored:
                 layer = self.layers[k]
@@ -178,6 +242,7 @@ class NetworkPropagator:
     def release(self) -> None:
         """Drop the stored graphs and the record of finished gradients."""
         self.graphs.clear()
+        self._pending.clear()
         self._done.clear()
         self._record = self._fuse = False
 
