@@ -1,13 +1,14 @@
 """Every solver at P = 1, 2, 4, 8 ranks, measured against the performance model's prediction.
 
     OCNET_MALLOC=tuned python benchmarks/bench_scaling.py [--ranks 1,2,4,8] [--solvers serial,...]
-        [--epochs 2] [--target 0.8] [--out FILE.json]
+        [--epochs 2] [--repeats 3] [--target 0.8] [--out FILE.json]
 
 Each solver variant of :data:`ocnet.perf.speedup.VARIANTS` runs as ``mpiexec -n P python -m
 ocnet.run`` on a small convolutional problem (digits as 8×8 images, ``--layers`` conv layers
-of ``--channels`` channels), one thread per rank.  Measured: the median time per step (from
-the iteration records' wall times), the time per epoch, and the time to the target test
-accuracy.  P above this machine's core count is flagged as oversubscribed.  The model is
+of ``--channels`` channels), one thread per rank, ``--repeats`` times, in rounds.  Measured:
+the median time per step (from the iteration records' wall times), then the job whose step
+is the median over the rounds gives the step, the time per epoch and the time to the target
+test accuracy.  P above this machine's core count is flagged as oversubscribed.  The model is
 calibrated here, in this process (one thread), and predicts the same configurations; the
 benchmark prints the model's error per P and draws the predictions over the measurements
 (``<out>.png``).
@@ -85,8 +86,11 @@ def main() -> None:
     parser.add_argument("--max-other-load", type=float, default=0.15,
                         help="repeat a run during which other processes kept more cores busy than this")
     parser.add_argument("--retries", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of a calibration and every job (each solver at each P); the model's costs "
+                             "and a job's figures are the medians over them")
     parser.add_argument("--calibration", default=None,
-                        help="the JSON of an earlier run of this benchmark: its calibration, instead of a new one")
+                        help="the JSON of an earlier run of this benchmark: its calibration, instead of new ones")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     tuned = tune_malloc() if allocator() == "tuned" else False
@@ -101,50 +105,61 @@ def main() -> None:
     configs = {n: speedup.variant_config(values, speedup.VARIANTS[n]) for n in names}
     batches = {speedup.compute_batch(c) for c in configs.values()}
     mgrit = {(c["coarsening"], c["mgrit_levels"]) for c in configs.values() if c["solver"] == "mgrit"}
-    # each variant's own real steps at P = 1: time outside spans, exact MGRIT's iterations
-    # (repeated like a run when other jobs loaded the machine: its costs would be theirs too)
+    # Every job once per round, the rounds one after the other, each round after a calibration
+    # of its own: a load that comes and goes (other machines' jobs on the same host are not
+    # seen in this one's /proc/stat) falls on one round's calibration or job, and the medians
+    # over the rounds leave it out.
+    given_calibration = json.loads(Path(args.calibration).read_text())["calibration"] if args.calibration else None
     calibrations: list[dict] = []
-    if args.calibration:
-        calibrations.append(json.loads(Path(args.calibration).read_text())["calibration"])
-    while not calibrations or ((calibrations[-1].get("other_load") or 0.0) > args.max_other_load
-                               and len(calibrations) <= args.retries):
-        busy0, own0, t0 = busy_seconds(), own_seconds(), time.perf_counter()
-        calibrations.append(cal.calibrate(config, batches, sorted(mgrit), profiles=configs))
-        if busy0 is not None and (busy1 := busy_seconds()) is not None:
-            other = max(0.0, (busy1 - busy0) - (own_seconds() - own0)) / (time.perf_counter() - t0)
-            calibrations[-1]["other_load"] = other
-            print(f"calibrated in {time.perf_counter() - t0:.1f} s, other load {other:.2f}", flush=True)
-    calibration = min(calibrations, key=lambda c: c.get("other_load") or 0.0)
+    jobs = {}
+    for name in names:
+        variant = speedup.VARIANTS[name]
+        flags = base + [f"--{k.replace('_', '-')}={v}" for k, v in variant.items()]
+        if "micro_batches" in configs[name]:  # as the prediction has them (serial, AMP, MG/Opt on serial)
+            flags += ["--micro-batches", str(args.micro_batches)]
+        for P in ranks:
+            jobs[name, P] = flags
+    runs: dict[tuple[str, int], list[dict]] = {key: [] for key in jobs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            if given_calibration is None:
+                # each variant's own real steps at P = 1: time outside spans, exact MGRIT's iterations
+                t0 = time.perf_counter()
+                calibrations.append(cal.calibrate(config, batches, sorted(mgrit), profiles=configs))
+                print(f"round {r + 1}/{args.repeats}: calibrated in {time.perf_counter() - t0:.1f} s", flush=True)
+            for (name, P), flags in jobs.items():
+                tries = [measure(flags, P, Path(tmp) / f"{name}-{P}-{r}-0")]
+                while (tries[-1].get("other_load") or 0.0) > args.max_other_load and len(tries) <= args.retries:
+                    tries.append(measure(flags, P, Path(tmp) / f"{name}-{P}-{r}-{len(tries)}"))
+                m = min(tries, key=lambda t: t.get("other_load") or 0.0)
+                m["tries"] = len(tries)
+                runs[name, P].append(m)
+                print(f"round {r + 1}/{args.repeats} {name:<15} P={P}: step {_s(m.get('step'))}"
+                      f"{'  ' + m['error'] if 'error' in m else ''}", flush=True)
+    calibration = given_calibration or cal.median(calibrations)
     prediction = speedup.predict(values, calibration, max_ranks=max(ranks), cores=cores, variants=names,
                                  recommend=False)
 
     rows = []
     measured: dict[str, dict[int, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            variant = speedup.VARIANTS[name]
-            flags = base + [f"--{k.replace('_', '-')}={v}" for k, v in variant.items()]
-            if "micro_batches" in configs[name]:  # as the prediction has them (serial, AMP, MG/Opt on serial)
-                flags += ["--micro-batches", str(args.micro_batches)]
-            for P in ranks:
-                tries = [measure(flags, P, Path(tmp) / f"{name}-{P}-0")]
-                while (tries[-1].get("other_load") or 0.0) > args.max_other_load and len(tries) <= args.retries:
-                    tries.append(measure(flags, P, Path(tmp) / f"{name}-{P}-{len(tries)}"))
-                m = min(tries, key=lambda t: t.get("other_load") or 0.0)
-                m["tries"] = len(tries)
-                pred = prediction["solvers"][name]["per_rank_count"].get(str(P), {})
-                row = {"solver": name, "P": P, "oversubscribed": P > cores, **m, "predicted_step": pred.get("step"),
-                       "predicted_epoch": pred.get("epoch"), "skipped": pred.get("skipped")}
-                if m.get("step") and pred.get("step"):
-                    row["model_error"] = pred["step"] / m["step"] - 1  # "error" is a failed run's message
-                hit = [t for t, acc in m.get("accuracy", []) if acc is not None and acc >= args.target]
-                row["time_to_target"] = hit[0] if hit else None
-                rows.append(row)
-                over = " (oversubscribed)" if P > cores else ""
-                print(f"{name:<15} P={P}: measured step {_s(m.get('step'))}, predicted {_s(pred.get('step'))}, "
-                      f"error {_pct(row.get('model_error'))}, epoch {_s(m.get('epoch'))}, to {args.target:.0%} "
-                      f"{_s(row['time_to_target'])}, other load {_f(m.get('other_load'))} ({m['tries']} tries)"
-                      f"{over}{'  ' + m['error'] if 'error' in m else ''}", flush=True)
+    for (name, P), ms in runs.items():
+        ok = sorted((m for m in ms if m.get("step")), key=lambda m: m["step"])
+        m = ok[(len(ok) - 1) // 2] if ok else ms[0]  # the median round's job (the lower of two)
+        m = {**m, "steps": [x["step"] for x in ok], "tries": sum(x["tries"] for x in ms)}
+        pred = prediction["solvers"][name]["per_rank_count"].get(str(P), {})
+        row = {"solver": name, "P": P, "oversubscribed": P > cores, **m, "predicted_step": pred.get("step"),
+               "predicted_epoch": pred.get("epoch"), "skipped": pred.get("skipped")}
+        if m.get("step") and pred.get("step"):
+            row["model_error"] = pred["step"] / m["step"] - 1  # "error" is a failed run's message
+        hit = [t for t, acc in m.get("accuracy", []) if acc is not None and acc >= args.target]
+        row["time_to_target"] = hit[0] if hit else None
+        rows.append(row)
+        over = " (oversubscribed)" if P > cores else ""
+        spread = "/".join(f"{x:.3g}" for x in m["steps"])
+        print(f"{name:<15} P={P}: measured step {_s(m.get('step'))} ({spread}), predicted {_s(pred.get('step'))}, "
+              f"error {_pct(row.get('model_error'))}, epoch {_s(m.get('epoch'))}, to {args.target:.0%} "
+              f"{_s(row['time_to_target'])}, other load {_f(m.get('other_load'))} ({m['tries']} jobs)"
+              f"{over}{'  ' + m['error'] if 'error' in m else ''}", flush=True)
     t1 = next((r["step"] for r in rows if r["solver"] == "serial" and r["P"] == 1 and r.get("step")), None)
     for r in rows:
         if t1 and r.get("step"):

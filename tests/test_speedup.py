@@ -309,3 +309,44 @@ def test_a_variant_is_charged_its_own_steps_costs_at_their_batch():
     assert own["vjp"] == COSTS["vjp"] * 4 / 16  # a kind its steps never ran: calibrated
     other = speedup._costs(calibration, 8, "serial")
     assert other["backward"] == COSTS["backward"] * 8 / 16
+
+
+def test_profiles_take_their_steps_in_rounds_and_report_medians(monkeypatch):
+    """Variants' steps alternate (a load that comes and goes falls on all alike), and each
+    figure is the median over the steps, so one disturbed step does not move it."""
+    from ocnet.runs.config import resolve
+    flags = ["--problem", "digits", "--net", "conv", "--channels", "4", "--layers", "2", "--batch-size", "8"]
+    order = []
+    step = calibrate._Profile.step
+    monkeypatch.setattr(calibrate._Profile, "step", lambda self: (order.append(self.config["solver"]), step(self)))
+    got = calibrate.profile_all({"a": resolve(flags), "b": resolve([*flags, "--solver", "penalty"]),
+                                 "none": resolve([*flags, "--solver", "local", "--local-overlap", "1"])}, steps=3)
+    assert order == ["serial", "penalty"] * 3 and got["none"] is None
+    assert got["a"] is not None and got["b"] is not None
+
+    p = object.__new__(calibrate._Profile)
+    p.config = resolve(flags)
+    p.taken = [{"total": t, "covered": c, "spans": 2, "seconds": {"forward": f}, "layer_steps": {"forward": 2},
+                "iterations": None} for t, c, f in ((1.0, 0.8, 0.8), (9.0, 4.0, 4.0), (1.2, 1.0, 1.0))]
+    r = p.result()
+    assert r["costs"]["forward"] == 0.5  # the median of 0.4, 2.0 and 0.5 s per layer step
+    assert r["outside"] == pytest.approx(0.1) and r["coverage"] == pytest.approx(0.8)
+
+
+def test_the_median_of_calibrations_takes_each_figure_from_the_middle_one():
+    slow = {"compute": {"16": {"forward": 3.0}}, "profiles": {"serial": {"iterations": [4, 9], "outside": 0.9},
+                                                               "local-1": None},
+            "malloc": "tuned", "link": {"measured": False, "latency": 1e-5}}
+    quiet = {"compute": {"16": {"forward": 1.0}}, "profiles": {"serial": {"iterations": [2, 3], "outside": 0.1},
+                                                                "local-1": None},
+             "malloc": "tuned", "link": {"measured": False, "latency": 3e-5}}
+    mid = {"compute": {"16": {"forward": 1.2}}, "profiles": {"serial": {"iterations": [3, 3], "outside": 0.2},
+                                                              "local-1": None},
+           "malloc": "tuned", "link": {"measured": False, "latency": 2e-5}}
+    got = calibrate.median([slow, quiet, mid])
+    assert got == {"compute": {"16": {"forward": 1.2}}, "profiles": {"serial": {"iterations": [3, 3], "outside": 0.2},
+                                                                      "local-1": None},
+                   "malloc": "tuned", "link": {"measured": False, "latency": 2e-5}}
+    assert calibrate.median([slow, quiet])["profiles"]["serial"]["iterations"] == [2, 3]  # measured counts
+    with pytest.raises(ValueError, match="no calibration"):
+        calibrate.median([])

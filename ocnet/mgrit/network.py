@@ -93,7 +93,7 @@ class NetworkPropagator:
                                             if isinstance(layer, Residual)}
         self.N = network.stages[0].N
         self.c, self.substeps, self.storage = c, substeps, storage
-        #: fine step i ↦ (x_i, z_i = F_i(x_i) with its graph): the latest recorded evaluation
+        #: fine step i ↦ its latest recorded evaluation (x_i, z_i = F_i(x_i) with its graph, y_i, out)
         self.graphs: dict[int, Record] = {}
         self._record = False  # the forward solve's current fine pass may be its last
         self._pending: dict[int, _Pending] = {}  # the current chain backward's results

@@ -166,78 +166,120 @@ def compute_batch(config: Mapping[str, Any]) -> int:
     return max(1, config["batch_size"] // int(config.get("micro_batches", 1)))
 
 
+class _Profile:
+    """One solver variant's real steps on one rank, one at a time (see :func:`profile_all`)."""
+
+    @classmethod
+    def make(cls, config: Mapping[str, Any]) -> _Profile | None:
+        """``None`` where the solver has no partition on one rank."""
+        from ..solvers import get
+        problem = build_problem(config, min(config["layers"], PROFILE_LAYERS))
+        try:
+            partition = get(config["solver"]).partition(problem.n_layers, 1, config)
+        except ValueError:
+            return None
+        return cls(config, problem, partition)
+
+    def __init__(self, config: Mapping[str, Any], problem: Any, partition: Any) -> None:
+        from ..ranks.comm import SelfComm
+        from ..runs.job import build_solver
+        from ..solvers import get
+        self.config, self.problem = config, problem
+        network = problem.local(partition, 0)
+        cls = get(config["solver"])
+        self.solver = build_solver(cls, network, SelfComm(), dict(config), torch.device("cpu"))
+        self.generator = torch.Generator().manual_seed(0)
+        self.taken: list[dict[str, Any]] = []  # per timed step: time, compute spans, kinds
+        self.batches = 0
+        x, y, index = self._batch()
+        self.solver.begin_epoch(0, x, y)
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next batch of its own (a warm start then starts from another batch's states,
+        as in training)."""
+        b, k = self.config["batch_size"], self.batches
+        self.batches += 1
+        return (self.problem.examples(b, self.generator),
+                torch.randint(0, self.problem.n_classes, (b,), generator=self.generator),
+                torch.arange(k * b, (k + 1) * b))
+
+    def step(self) -> None:
+        """Time one step, after one untimed step that brings the solver's memory back into
+        the caches (as a training run's steps follow each other)."""
+        from ..ranks import timeline
+        from .replay import COMPUTE
+        self.solver.step(*self._batch())
+        x, y, index = self._batch()
+        rec = timeline.Recorder()
+        with timeline.recording(rec):
+            t = time.perf_counter()
+            record = self.solver.step(x, y, index)
+            total = time.perf_counter() - t
+        seconds: dict[str, float] = {}
+        layer_steps: dict[str, float] = {}
+        for kind, start, end, info in rec.events:
+            if kind in COMPUTE:
+                seconds[kind] = seconds.get(kind, 0.0) + end - start
+                layer_steps[kind] = layer_steps.get(kind, 0.0) + (1 if kind == "head" else info.get("steps", 1))
+        residual = record.get("residual") if self.config.get("mgrit_mode") == "exact" else None
+        self.taken.append({"total": total, "covered": sum(seconds.values()),
+                           "spans": sum(1 for e in rec.events if e[0] in COMPUTE), "seconds": seconds,
+                           "layer_steps": layer_steps,
+                           "iterations": ((len(residual["forward"]) - 1, len(residual["adjoint"]) - 1)
+                                          if isinstance(residual, dict) else None)})
+
+    def result(self) -> dict[str, Any] | None:
+        """Each figure the median over the steps taken; ``None`` without a compute span."""
+        taken = [t for t in self.taken if t["spans"]]
+        if not taken:
+            return None
+        med = statistics.median
+        kinds = {kind for t in taken for kind, n in t["layer_steps"].items() if n > 0}
+        out: dict[str, Any] = {
+            "coverage": med(t["covered"] / t["total"] for t in taken),
+            "outside": med(max(0.0, t["total"] - t["covered"]) / t["spans"] for t in taken),
+            "spans": med(t["spans"] for t in taken),
+            "costs": {kind: med(t["seconds"][kind] / t["layer_steps"][kind] for t in taken
+                                if t["layer_steps"].get(kind)) for kind in sorted(kinds)},
+            "batch": compute_batch(self.config)}
+        iterations = [t["iterations"] for t in taken if t["iterations"] is not None]
+        if iterations:
+            out["iterations"] = [round(med(it[i] for it in iterations)) for i in (0, 1)]
+        return out
+
+
+def profile_all(named: Mapping[str, Mapping[str, Any]], steps: int = 4) -> dict[str, dict[str, Any] | None]:
+    """:func:`profile` for each named configuration, their steps taken in rounds (in each, an
+    untimed and a timed step of each configuration), so that a load that comes and goes while
+    they run falls on all alike, and the medians over the rounds leave it out."""
+    made = {name: p for name, p in ((name, _Profile.make(c)) for name, c in named.items()) if p is not None}
+    for _ in range(steps):
+        for p in made.values():
+            p.step()
+    return {name: made[name].result() if name in made else None for name in named}
+
+
 def profile(config: Mapping[str, Any], steps: int = 4) -> dict[str, Any] | None:
     """A few real steps of the configured solver on one rank (one thread), each on a batch of
-    its own, as in training (a warm start then starts from another batch's states), after
-    one step of warm-up; on the configured network, cut to at most :data:`PROFILE_LAYERS`
+    its own, as in training (a warm start then starts from another batch's states), each
+    after an untimed one; on the configured network, cut to at most :data:`PROFILE_LAYERS`
     layers.  ``None`` when the solver has no partition on one rank (local parallelism with
     an overlap needs two blocks) or records no compute span.
 
     Returns
     -------
     dict
-        ``coverage``: the fraction of the steps' time that compute spans cover;
-        ``outside``: the seconds outside every compute span per compute span (the solver's
-        bookkeeping between them, which the replay charges per span,
-        :data:`ocnet.perf.replay.OUTSIDE`); ``spans``: compute spans per step;
-        ``iterations`` (exact MGRIT only): the median iterations ``[forward, adjoint]`` the
-        solves took to their tolerance, each ``len(residual) - 1``; ``costs``: each compute
-        kind's seconds per layer step (``head``: per span) as the spans of these steps
-        took them, and ``batch``: the samples of one span (a micro-batch's where the solver
-        cuts the batch), the batch those costs hold at.
+        Medians over the steps: ``coverage``, the fraction of a step's time that compute spans
+        cover; ``outside``, the seconds outside every compute span per compute span (the
+        solver's bookkeeping between them, which the replay charges per span,
+        :data:`ocnet.perf.replay.OUTSIDE`); ``spans``, compute spans per step;
+        ``iterations`` (exact MGRIT only), the iterations ``[forward, adjoint]`` the solves
+        took to their tolerance, each ``len(residual) - 1``; ``costs``, each compute kind's
+        seconds per layer step (``head``: per span) as the spans of a step took them.  And
+        ``batch``: the samples of one span (a micro-batch's where the solver cuts the batch),
+        the batch those costs hold at.
     """
-    from ..ranks import timeline
-    from ..ranks.comm import SelfComm
-    from ..runs.job import build_solver
-    from ..solvers import get
-    from .replay import COMPUTE
-    problem = build_problem(config, min(config["layers"], PROFILE_LAYERS))
-    cls = get(config["solver"])
-    try:
-        partition = cls.partition(problem.n_layers, 1, config)
-    except ValueError:
-        return None
-    network = problem.local(partition, 0)
-    solver = build_solver(cls, network, SelfComm(), dict(config), torch.device("cpu"))
-    b = config["batch_size"]
-    g = torch.Generator().manual_seed(0)
-
-    def batch(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (problem.examples(b, g), torch.randint(0, problem.n_classes, (b,), generator=g),
-                torch.arange(k * b, (k + 1) * b))
-
-    x, y, index = batch(0)
-    solver.begin_epoch(0, x, y)
-    solver.step(x, y, index)  # warm-up
-    covered, total, spans = 0.0, 0.0, 0
-    iterations: list[tuple[int, int]] = []
-    seconds: dict[str, float] = {}
-    steps_of: dict[str, float] = {}
-    for k in range(1, steps + 1):
-        x, y, index = batch(k)
-        rec = timeline.Recorder()
-        with timeline.recording(rec):
-            t = time.perf_counter()
-            record = solver.step(x, y, index)
-            total += time.perf_counter() - t
-        compute = [e - s for kind, s, e, _ in rec.events if kind in COMPUTE]
-        covered, spans = covered + sum(compute), spans + len(compute)
-        for kind, s, e, info in rec.events:
-            if kind in COMPUTE:
-                seconds[kind] = seconds.get(kind, 0.0) + e - s
-                steps_of[kind] = steps_of.get(kind, 0.0) + (1 if kind == "head" else info.get("steps", 1))
-        residual = record.get("residual") if config.get("mgrit_mode") == "exact" else None
-        if isinstance(residual, dict):
-            iterations.append((len(residual["forward"]) - 1, len(residual["adjoint"]) - 1))
-    if not spans:
-        return None
-    out: dict[str, Any] = {"coverage": covered / total, "outside": max(0.0, total - covered) / spans,
-                           "spans": spans / steps,
-                           "costs": {k: seconds[k] / n for k, n in steps_of.items() if n > 0},
-                           "batch": compute_batch(config)}
-    if iterations:
-        out["iterations"] = [round(statistics.median(it[i] for it in iterations)) for i in (0, 1)]
-    return out
+    return profile_all({"": config}, steps)[""]
 
 
 #: A second process that waits as a rank waits for a message (:mod:`ocnet.ranks.comm`'s
@@ -357,8 +399,37 @@ def calibrate(config: Mapping[str, Any], batches: Iterable[int] = (), mgrit: Ite
     if neighbours:
         out["neighbours"] = {str(b): neighbour_factors(config, b) for b in sizes}
     named = dict(profiles or ({config["solver"]: config} if with_coverage else {}))
-    out["profiles"] = {name: profile(c) for name, c in named.items()}
+    out["profiles"] = profile_all(named)
     return out
+
+
+def median(calibrations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The calibration whose every measured figure is the median of ``calibrations``'
+    (of the same configuration, measured one after the other): a load that slowed one of
+    them is left out.  Integers stay integers (the lower median: a count that was measured);
+    anything not a number (a string, ``None``, a flag) is the first calibration's.
+
+    Raises
+    ------
+    ValueError
+        For no calibration.
+    """
+    if not calibrations:
+        raise ValueError("the median of no calibration")
+
+    def med(values: list[Any]) -> Any:
+        first = values[0]
+        if isinstance(first, Mapping):
+            return {k: med([v[k] for v in values if isinstance(v, Mapping) and k in v]) for k in first}
+        if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+            return [med(list(column)) for column in zip(*values)]
+        if isinstance(first, bool) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return first
+        if all(isinstance(v, int) for v in values):
+            return statistics.median_low(values)
+        return statistics.median(values)
+
+    return med(list(calibrations))
 
 
 def save(calibration: Mapping[str, Any], path: str | Path) -> None:
