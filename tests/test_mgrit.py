@@ -436,3 +436,22 @@ def test_final_fc_relaxation_moves_the_c_points_to_their_steps(levels):
     assert moved ** 0.5 == pytest.approx(plain.residual[-1], rel=1e-9) and moved > 0
     exact = (1 + lam / N) ** N
     assert abs(float(final.at(N)) - exact) < abs(float(plain.at(N)) - exact)
+
+
+def test_a_float32_residual_is_measured_to_float32_round_off():
+    # each C-point's sum of squares in float32 (a cascade sum), the points' sums in float64:
+    # the norm agrees with the float64 measure of the same float32 states to ~1e-7
+    from ocnet.mgrit.fas import restrict
+    from ocnet.mgrit.levels import Context
+    from ocnet.ranks.comm import SelfComm
+    N, c = 8, 2
+    prop = LinearODE(-0.5, h=0.1, c=c)
+    ctx = Context(prop, SelfComm(), Layout.balanced(N, 1), c, torch.device("cpu"))
+    fine = ctx.level(0)
+    gen = torch.Generator().manual_seed(0)
+    fine.u = [torch.randn(64, 512, generator=gen) * 1e3 for _ in range(N + 1)]
+    fine.g = [fine.u[0]] + [None] * N
+    _, res_sq = restrict(ctx, fine, build_coarse=False)
+    want = sum(float(((prop.step(0, 0, fine.u[j - 1]) - fine.u[j]).double() ** 2).sum()) for j in range(c, N + 1, c))
+    assert res_sq.dtype == torch.float64
+    assert float(res_sq) == pytest.approx(want, rel=1e-6)

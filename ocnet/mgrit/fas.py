@@ -6,7 +6,8 @@ Restriction (injection at the C-points).  With ``τ_j = Φ^ℓ_{j-1}(u_{j-1}) + 
     v_J = u_{Jc},    g^{ℓ+1}_J = v_J − Φ^{ℓ+1}_{J-1}(v_{J-1}) + r_{Jc} = τ_{Jc} − Φ^{ℓ+1}_{J-1}(v_{J-1}),
 
 so that its solution is ``v`` itself when the fine residual vanishes.  The residual's 2-norm
-over the fine C-points is the convergence measure (XBraid's convention).
+over the fine C-points is the convergence measure (XBraid's convention): each point's sum of
+squares in the states' dtype, their sum in float64.
 
 Correction: the C-points take the coarse solution, ``u_{Jc} ← v_J`` (FAS with injection:
 ``u + (v − v_restricted) = v``); on coarse levels an F-relaxation then carries it to the
@@ -53,8 +54,10 @@ def restrict(ctx: Context, fine: Level, build_coarse: bool = True, c_relax: bool
     for j in points:
         prev = ctx.recv_prev(fine, PREV_FINE) if j == fine.a else fine.get(j - 1)
         t = ctx.advance(fine, j, prev)
-        r = (t - fine.get(j)).detach().double()
-        res_sq += torch.sum(r * r).cpu()
+        # each point's sum of squares in the states' dtype (a cascade sum: float32 to about
+        # 1e-7 relative, with no float64 copy of the state), the points' sums in float64
+        r = (t - fine.get(j)).detach()
+        res_sq += torch.sum(r * r).double().cpu()
         tau[j] = t
     ctx.note_nonfinite(fine.index, res_sq)
     if c_relax:

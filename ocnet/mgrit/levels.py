@@ -165,15 +165,16 @@ class Context:
     def note_nonfinite(self, level: int, sum_sq: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Note ``level`` unless a level was noted already or ``sum_sq`` is finite.
 
-        ``sum_sq`` is a sum of squares, or states whose float64 squares are summed: a value
-        that overflows the residual's measure counts as non-finite like a nan or an inf.
+        ``sum_sq`` is a sum of squares, or states whose squares are summed as the residual's
+        are (each state's in its dtype, then in float64): a value that overflows the
+        residual's measure counts as non-finite like a nan or an inf.
         """
         if self.nonfinite >= 0:
             return
         if not isinstance(sum_sq, torch.Tensor):
             if not sum_sq:
                 return
-            sum_sq = torch.stack([torch.sum(w * w) for w in (v.double() for v in sum_sq)]).sum()
+            sum_sq = torch.stack([torch.sum(v * v).double() for v in sum_sq]).sum()
         if not bool(torch.isfinite(sum_sq)):
             self.nonfinite = level
 
