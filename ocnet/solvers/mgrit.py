@@ -249,10 +249,11 @@ class MGRIT(ParallelSolver):
 
     def _c_norms(self, *solves: MGRITResult) -> list[float]:
         """The 2-norm of each solve's states over the fine C-points, where its residual is
-        taken; the same numbers on every rank (one reduction for all)."""
+        taken, measured as the residual is (each point's sum of squares in the states' dtype);
+        the same numbers on every rank (one reduction for all)."""
         c = self.config["coarsening"]
-        local = torch.tensor([sum(float(torch.linalg.vector_norm(u, dtype=torch.float64)) ** 2
-                                  for n, u in zip(s.points, s.u) if n % c == 0) for s in solves], dtype=torch.float64)
+        local = torch.tensor([sum(float(torch.sum(u * u)) for n, u in zip(s.points, s.u) if n % c == 0)
+                              for s in solves], dtype=torch.float64)
         return [math.sqrt(float(v)) for v in self.comm.allreduce(local)]
 
     def _norm(self, v_on_owner: torch.Tensor | None) -> float:
