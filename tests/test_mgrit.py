@@ -323,9 +323,17 @@ def test_stored_graphs_are_at_the_final_states(levels, relaxation, cycle, tol, m
     res = solve(prop, u0, N, levels=levels, relaxation=relaxation, cycle=cycle, tol=tol,
                 max_iter=max_iter, skip=skip)
     assert sorted(prop.graphs) == list(range(N))
+    linked = [i for i, record in prop.graphs.items() if record.x.grad_fn is not None]
     for i, (x, z, _, _) in prop.graphs.items():
         assert torch.equal(x, res.at(i))
         assert torch.equal(res.at(i) + prop.layers[i].h * z.detach(), prop.step(0, i, res.at(i)))
+    # only a pass known to be the last links its steps (one level: the whole sweep); a pass
+    # that may be the last keeps each step's graph apart, so that the next pass frees it
+    # (several levels, c = 2: the last pass's restriction steps from the F-points it relaxed)
+    if levels == 1:
+        assert linked == list(range(1, N))
+    else:
+        assert linked == (list(range(1, N, 2)) if tol == 0 and max_iter > 0 else [])
     assert not prop._record  # the solve said it was done
 
 

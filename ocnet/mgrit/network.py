@@ -37,9 +37,10 @@ STORAGES = ("graph", "states")
 class Record(NamedTuple):
     """Fine step ``i``'s recorded evaluation: ``y = x + h z`` with ``z = F_i(x)``.
 
-    ``x`` is a leaf (``u_i`` detached), or the ``y`` of step ``i - 1``'s record when the step
-    was taken from that record's ``out``: consecutive recorded steps form one autograd graph (a
-    chain), which the adjoint's last pass differentiates in one call.
+    ``x`` is a leaf (``u_i`` detached), or, in the solve's last pass, the ``y`` of step
+    ``i - 1``'s record when the step was taken from that record's ``out``: consecutive
+    recorded steps form one autograd graph (a chain), which the adjoint's last pass
+    differentiates in one call.
     """
 
     x: torch.Tensor
@@ -96,6 +97,7 @@ class NetworkPropagator:
         #: fine step i ↦ its latest recorded evaluation (x_i, z_i = F_i(x_i) with its graph, y_i, out)
         self.graphs: dict[int, Record] = {}
         self._record = False  # the forward solve's current fine pass may be its last
+        self._link = False  # ... and is: only the last pass's chains are differentiated whole
         self._pending: dict[int, _Pending] = {}  # the current chain backward's results
         self._fuse = False  # the adjoint's current fine pass is its last and takes each step once
         self._done: set[int] = set()  # layers whose parameter gradients are accumulated
@@ -118,13 +120,15 @@ class NetworkPropagator:
 
     def step(self, level: int, i: int, u: torch.Tensor) -> torch.Tensor:
         """``Φ^ℓ_i(u)`` for a state ``(batch, …)``; the result carries no graph.  In a fine pass
-        that may be the forward solve's last (``storage="graph"``) the step's graph is kept, as
-        a link of the previous step's chain when ``u`` is that step's result."""
+        that may be the forward solve's last (``storage="graph"``) the step's graph is kept, in
+        the pass that is the last as a link of the previous step's chain when ``u`` is that
+        step's result."""
         if self._record and level == 0:
             layer = self._layer(i)
             prev = self.graphs.get(i - 1)
             with timeline.span("forward_graph", steps=1, level=0), torch.enable_grad():
-                x = prev.y if prev is not None and prev.out is u else u.detach().requires_grad_(True)
+                linked = self._link and prev is not None and prev.out is u
+                x = prev.y if linked else u.detach().requires_grad_(True)
                 z = layer.rhs(x)
                 y = x + layer.h * z
                 # replaces (frees) an earlier evaluation's graph, unless a later step's chain holds it
@@ -135,10 +139,13 @@ class NetworkPropagator:
 
     def fine_pass(self, last: str) -> None:
         """The forward solve's announcement (:class:`~ocnet.mgrit.levels.Announced`): record
-        graphs in passes that may be the last; a pass that cannot be drops the stale ones."""
+        graphs in passes that may be the last; a pass that cannot be drops the stale ones.
+        Only the last pass links its steps into chains: in a pass that may be the last, a
+        step's new graph must free the previous pass's, which a later step's link would hold."""
         if last == NOT_LAST:
             self.graphs.clear()
         self._record = self.storage == "graph" and last in (MAY_BE_LAST, LAST)
+        self._link = self._record and last == LAST
 
     def adjoint_pass(self, last: str) -> None:
         """The adjoint solve's announcement: in its ``LAST`` pass each fine adjoint step also
@@ -244,7 +251,7 @@ class NetworkPropagator:
         self.graphs.clear()
         self._pending.clear()
         self._done.clear()
-        self._record = self._fuse = False
+        self._record = self._link = self._fuse = False
 
 
 def _trainable(layer: Residual) -> list[torch.Tensor]:
