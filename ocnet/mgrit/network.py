@@ -127,8 +127,7 @@ class NetworkPropagator:
             layer = self._layer(i)
             prev = self.graphs.get(i - 1)
             with timeline.span("forward_graph", steps=1, level=0), torch.enable_grad():
-                linked = self._link and prev is not None and prev.out is u
-                x = prev.y if linked else u.detach().requires_grad_(True)
+                x = prev.y if self._link and prev is not None and prev.out is u else u.detach().requires_grad_(True)
                 z = layer.rhs(x)
                 y = x + layer.h * z
                 # replaces (frees) an earlier evaluation's graph, unless a later step's chain holds it
