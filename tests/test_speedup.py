@@ -350,3 +350,13 @@ def test_the_median_of_calibrations_takes_each_figure_from_the_middle_one():
     assert calibrate.median([slow, quiet])["profiles"]["serial"]["iterations"] == [2, 3]  # measured counts
     with pytest.raises(ValueError, match="no calibration"):
         calibrate.median([])
+
+
+def test_a_variant_without_a_one_rank_profile_takes_its_solvers_other_variants():
+    # local parallelism with an overlap has no partition on one rank, so no profile of its own:
+    # it is charged the costs local parallelism's steps took without the overlap
+    kin = {"costs": {"backward": 7e-4, "forward_graph": 3e-4}, "outside": 5e-5, "batch": 16}
+    calibration = {**CALIBRATION, "profiles": {"local-0": kin, "local-1": None, "penalty": {**kin, "outside": 1.0}}}
+    got = speedup._costs(calibration, 16, "local-1")
+    assert got["backward"] == 7e-4 and got["forward_graph"] == 3e-4 and got["outside"] == 5e-5
+    assert speedup._costs({**CALIBRATION, "profiles": {"local-1": None}}, 16, "local-1")["outside"] == 0.0

@@ -299,10 +299,15 @@ def _costs(calibration: Mapping[str, Any], batch: int, variant: str) -> dict[str
     that batch, each kind as they took it (:func:`ocnet.perf.calibrate.profile`), else
     the calibrated cost at the nearest batch calibrated, scaled linearly; and
     :data:`~ocnet.perf.replay.OUTSIDE`, the time outside spans per span of the profile (0
-    without one)."""
+    without one).  A variant without a profile of its own (one that has no partition on one
+    rank, such as local parallelism with an overlap) takes that of another variant of the
+    same solver."""
     table = {int(b): c for b, c in calibration["compute"].items()}
     near = min(table, key=lambda b: abs(math.log(b / batch)))
-    measured = calibration.get("profiles", {}).get(variant) or {}
+    profiles = calibration.get("profiles", {})
+    solver = VARIANTS.get(variant, {}).get("solver")
+    kin = [profiles[v] for v in VARIANTS if VARIANTS[v]["solver"] == solver and profiles.get(v)]
+    measured = profiles.get(variant) or (kin[0] if kin else {})
     own = measured.get("costs", {}) if measured.get("batch") == batch else {}
     return {**{k: v * batch / near for k, v in table[near].items()}, **own,
             OUTSIDE: float(measured.get("outside", 0.0))}
