@@ -410,7 +410,8 @@ def plot(prediction: Mapping[str, Any], path: str | Path,
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     ax_s.set_yscale("log", base=2)
-    ax_s.legend(fontsize=8)
+    if ax_s.get_legend_handles_labels()[0]:  # no curve without the serial solver to compare with
+        ax_s.legend(fontsize=8)
     what = "lines predicted, points measured" if measured else "predicted"
     fig.suptitle(f"{what}: N = {prediction['layers']} layers, {prediction['cores']} cores")
     fig.tight_layout()
