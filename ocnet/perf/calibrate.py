@@ -172,22 +172,20 @@ class _Profile:
     @classmethod
     def make(cls, config: Mapping[str, Any]) -> _Profile | None:
         """``None`` where the solver has no partition on one rank."""
-        from ..solvers import get
-        problem = build_problem(config, min(config["layers"], PROFILE_LAYERS))
-        try:
-            partition = get(config["solver"]).partition(problem.n_layers, 1, config)
-        except ValueError:
-            return None
-        return cls(config, problem, partition)
-
-    def __init__(self, config: Mapping[str, Any], problem: Any, partition: Any) -> None:
         from ..ranks.comm import SelfComm
         from ..runs.job import build_solver
         from ..solvers import get
-        self.config, self.problem = config, problem
-        network = problem.local(partition, 0)
-        cls = get(config["solver"])
-        self.solver = build_solver(cls, network, SelfComm(), dict(config), torch.device("cpu"))
+        problem = build_problem(config, min(config["layers"], PROFILE_LAYERS))
+        solver_cls = get(config["solver"])
+        try:
+            partition = solver_cls.partition(problem.n_layers, 1, config)
+        except ValueError:
+            return None
+        solver = build_solver(solver_cls, problem.local(partition, 0), SelfComm(), dict(config), torch.device("cpu"))
+        return cls(config, problem, solver)
+
+    def __init__(self, config: Mapping[str, Any], problem: Any, solver: Any) -> None:
+        self.config, self.problem, self.solver = config, problem, solver
         self.generator = torch.Generator().manual_seed(0)
         self.taken: list[dict[str, Any]] = []  # per timed step: time, compute spans, kinds
         self.batches = 0
