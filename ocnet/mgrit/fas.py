@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .levels import PREV_COARSE, PREV_FINE, Context, Level
+from .levels import PREV_COARSE, PREV_FINE, Context, Level, square_norm
 from .relax import f_relax
 
 
@@ -54,10 +54,7 @@ def restrict(ctx: Context, fine: Level, build_coarse: bool = True, c_relax: bool
     for j in points:
         prev = ctx.recv_prev(fine, PREV_FINE) if j == fine.a else fine.get(j - 1)
         t = ctx.advance(fine, j, prev)
-        # each point's sum of squares in the states' dtype (a cascade sum: float32 to about
-        # 1e-7 relative, with no float64 copy of the state), the points' sums in float64
-        r = (t - fine.get(j)).detach()
-        res_sq += torch.sum(r * r).double().cpu()
+        res_sq += square_norm((t - fine.get(j)).detach()).cpu()
         tau[j] = t
     ctx.note_nonfinite(fine.index, res_sq)
     if c_relax:

@@ -81,6 +81,13 @@ class Differentiable(Propagator, Protocol):
     def vjp(self, level: int, i: int, u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor: ...
 
 
+def square_norm(v: torch.Tensor) -> torch.Tensor:
+    """``‖v‖²`` as MGRIT measures its residuals: the sum of squares in ``v``'s dtype (a cascade
+    sum: float32 to about 1e-7 relative, with no float64 copy of the state), as a float64
+    scalar, so that the sums over points and ranks are taken in float64."""
+    return torch.sum(v * v).double()
+
+
 def coarsening(propagator: Propagator) -> int:
     """The propagator's coarsening factor ``c`` (an integer of at least 2).
 
@@ -166,15 +173,15 @@ class Context:
         """Note ``level`` unless a level was noted already or ``sum_sq`` is finite.
 
         ``sum_sq`` is a sum of squares, or states whose squares are summed as the residual's
-        are (each state's in its dtype, then in float64): a value that overflows the
-        residual's measure counts as non-finite like a nan or an inf.
+        are (:func:`square_norm`): a value that overflows the residual's measure counts as
+        non-finite like a nan or an inf.
         """
         if self.nonfinite >= 0:
             return
         if not isinstance(sum_sq, torch.Tensor):
             if not sum_sq:
                 return
-            sum_sq = torch.stack([torch.sum(v * v).double() for v in sum_sq]).sum()
+            sum_sq = torch.stack([square_norm(v) for v in sum_sq]).sum()
         if not bool(torch.isfinite(sum_sq)):
             self.nonfinite = level
 

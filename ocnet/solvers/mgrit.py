@@ -34,6 +34,7 @@ import torch
 
 from ..mgrit import Layout, MGRITDivergence, solve, solve_adjoint
 from ..mgrit.core import MGRITResult, n_levels
+from ..mgrit.levels import square_norm
 from ..mgrit.network import STORAGES, NetworkPropagator, check_layout
 from ..model.grid import Partition
 from ..model.options import Option
@@ -249,10 +250,10 @@ class MGRIT(ParallelSolver):
 
     def _c_norms(self, *solves: MGRITResult) -> list[float]:
         """The 2-norm of each solve's states over the fine C-points, where its residual is
-        taken, measured as the residual is (each point's sum of squares in the states' dtype);
-        the same numbers on every rank (one reduction for all)."""
+        taken, measured as the residual is (:func:`~ocnet.mgrit.levels.square_norm`); the same
+        numbers on every rank (one reduction for all)."""
         c = self.config["coarsening"]
-        local = torch.tensor([sum(float(torch.sum(u * u)) for n, u in zip(s.points, s.u) if n % c == 0)
+        local = torch.tensor([sum(float(square_norm(u)) for n, u in zip(s.points, s.u) if n % c == 0)
                               for s in solves], dtype=torch.float64)
         return [math.sqrt(float(v)) for v in self.comm.allreduce(local)]
 
