@@ -306,7 +306,7 @@ def _costs(calibration: Mapping[str, Any], batch: int, variant: str) -> dict[str
     near = min(table, key=lambda b: abs(math.log(b / batch)))
     profiles = calibration.get("profiles", {})
     solver = VARIANTS.get(variant, {}).get("solver")
-    measured = profiles.get(variant) or next(
+    measured: Mapping[str, Any] = profiles.get(variant) or next(
         (profiles[v] for v in VARIANTS if VARIANTS[v]["solver"] == solver and profiles.get(v)), {})
     own = measured.get("costs", {}) if measured.get("batch") == batch else {}
     return {**{k: v * batch / near for k, v in table[near].items()}, **own,
