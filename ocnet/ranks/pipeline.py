@@ -237,14 +237,16 @@ def v_shape(rank: int, size: int, micro_batches: int, chunks: int = 2) -> list[C
     The order is made by list scheduling under :data:`COSTS`: a rank that is free runs the
     first pass that is ready in the order of ``_V_PRIORITY``, a new micro-batch entering its
     first chunk only while fewer than ``2P`` are in flight on the rank, and, when none is
-    ready, a deferred ``"W"`` if it has one.  Two lists are made, one with every backward
-    split into ``"B"`` and ``"W"`` (ZB-V's) and one with whole backwards, and the one whose
-    simulated makespan is shorter is taken: a split backward costs 1.2x a whole one on a
-    CPU, which pays where the pipeline has much idle time to fill (few micro-batches per
-    rank) and not where it has little.  Each chunk's backwards and ``"W"`` run in the order
-    of the micro-batches.  A rank holds at most ``3P`` chunk activations with whole
-    backwards (1.5 P micro-batches through its layers, against 1F1B's ``P - r``), balanced
-    over the ranks; deferred ``"W"`` keep theirs longer.
+    ready, a deferred ``"W"`` if it has one.  Which backwards are split into ``"B"`` and
+    ``"W"`` is searched as :func:`zero_bubble` does: from the shorter of every backward split
+    (ZB-V's) and none, one backward of a chunk's first or last ``P`` micro-batches is split
+    or joined while the simulated makespan shortens.  A split backward costs 1.2x a whole
+    one on a CPU, which pays only where its ``"W"`` fills idle time: nearly everywhere with
+    few micro-batches per rank, while the pipeline drains with many.  Each chunk's backwards
+    run in the order of the micro-batches, and so do the passes that add into its parameter
+    gradients (whole backwards and ``"W"``).  A rank holds at most ``3P`` chunk activations
+    with whole backwards (1.5 P micro-batches through its layers, against 1F1B's ``P - r``),
+    balanced over the ranks; deferred ``"W"`` keep theirs longer.
     """
     if chunks != 2:
         raise ValueError(f"the V-shaped schedule holds 2 chunks per rank, not {chunks}")
@@ -266,15 +268,40 @@ VIRTUAL: dict[str, tuple[str, VirtualSchedule]] = {"interleaved": ("interleaved"
 _V_PRIORITY = (("B", 1), ("F", 1), ("F", 0), ("B", 0))
 
 
+#: What :func:`v_shape`'s search may spend: simulations times ``P · m`` (one simulation costs
+#: about 35 µs per rank and micro-batch, so the search stays near a second at any size).
+_V_WORK = 30_000
+
+
 @lru_cache(maxsize=64)
 def _v_shape(size: int, micro_batches: int, costs: Costs) -> tuple[tuple[ChunkOp, ...], ...]:
-    whole, split = (_v_lists(size, micro_batches, costs, s) for s in (False, True))
-    return split[1] if split[0] < whole[0] - 1e-9 else whole[1]
+    P, M = size, micro_batches
+    every = frozenset((r, m, c) for r in range(P) for m in range(M) for c in range(2))
+    split, (best, lists) = min(((s, _v_lists(P, M, costs, s)) for s in (frozenset(), every)),
+                               key=lambda found: found[1][0])
+    # Local search, as zero_bubble's: split or unsplit one backward while the step shortens.
+    # Idle time arises while the pipeline fills and drains, so only the first and last P
+    # micro-batches of a chunk are candidates; the last ranks, where deferral pays most, first.
+    ms = sorted(set(range(min(P, M))) | set(range(max(0, M - P), M)))
+    candidates = [(r, m, c) for r in reversed(range(P)) for m in ms for c in range(2)]
+    budget = _V_WORK // (P * M)
+    improved = True
+    while improved and budget > 0:
+        improved = False
+        for op in candidates[:budget]:
+            budget -= 1
+            span, trial = _v_lists(P, M, costs, split ^ {op})
+            if span < best - 1e-9:
+                best, lists, split, improved = span, trial, split ^ {op}, True
+    return lists
 
 
-def _v_lists(size: int, micro_batches: int, costs: Costs, split: bool
+def _v_lists(size: int, micro_batches: int, costs: Costs, split: frozenset[tuple[int, int, int]]
              ) -> tuple[float, tuple[tuple[ChunkOp, ...], ...]]:
-    """The V's lists by list scheduling, every backward ``split`` or none; and their makespan."""
+    """The V's lists by list scheduling, the backward of micro-batch ``m`` through chunk ``c``
+    of rank ``r`` split for each ``(r, m, c)`` in ``split``; and their makespan.  A whole
+    backward of a chunk runs after the chunk's deferred ``"W"`` (the earliest first, in its
+    place), so that each parameter's gradient is summed in the order of the micro-batches."""
     P, M, V = size, micro_batches, 2
     where = _placement(P, V, "v")
     stage = {(r, c): s for s, (r, c) in enumerate(where)}
@@ -302,19 +329,27 @@ def _v_lists(size: int, micro_batches: int, costs: Costs, split: bool
                 m = (next_b if kind == "B" else next_f)[r][c]
                 if m < M and ready_now(kind, m, stage[(r, c)]) and (kind == "B" or c > 0 or in_flight < 2 * P):
                     ready.append((kind, m, c))
+            deferring = False
             if ready:
                 kind, m, c = ready[0]
-                (next_b if kind == "B" else next_f)[r][c] += 1
-                if kind == "B" and split:
-                    deferred[r].append((m, c))
-                elif kind == "B" and c == 0:
-                    freed[r] += 1
+                deferring = kind == "B" and (r, m, c) in split
+                owed = [d for d in deferred[r] if d[1] == c]
+                if kind == "B" and not deferring and owed:  # the chunk's earlier W goes first
+                    deferred[r].remove(owed[0])
+                    kind, (m, c) = "W", owed[0]
+                    freed[r] += c == 0
+                else:
+                    (next_b if kind == "B" else next_f)[r][c] += 1
+                    if deferring:
+                        deferred[r].append((m, c))
+                    elif kind == "B" and c == 0:
+                        freed[r] += 1
             elif deferred[r]:  # idle time: a deferred parameter-gradient pass fills it
                 kind, (m, c) = "W", deferred[r].pop(0)
                 freed[r] += c == 0
             else:
                 continue
-            free[r] = t + _cost(costs, kind, split) / V
+            free[r] = t + _cost(costs, kind, deferring) / V
             done[(kind, m, stage[(r, c)])] = free[r]
             out[r].append((kind, m, c))
         later = [f for f in free if f > t]
