@@ -20,7 +20,10 @@
     sets it, both sides alike.  Each contender's loss and gradient are checked against a
     plain forward and backward first; a torch schedule that cannot run is listed with the reason.
     The bound: the same micro-batches forward and backward on one rank (plain torch), divided
-    by the ranks; each schedule's fraction of it is its ``efficiency``.
+    by the ranks; each schedule's fraction of it is its ``efficiency``.  The concurrent bound:
+    every rank its own stage's forwards and backwards at the same time, no bubble and no
+    messages (:func:`concurrent_stages`), which charges what the ranks' sharing of one machine
+    costs: a schedule's work without its bubble and its messages.
 
 Both sides of (a) and (b) run under the allocator setting ocnet's runs take (``--malloc auto``: glibc's
 thresholds raised unless ``OCNET_MALLOC=glibc``).
@@ -266,6 +269,38 @@ def same_network(comm, problem, x, y, micro: int, contenders: dict) -> dict:
     return {"reference_loss": ref_loss, "checks": checks, "failed": failed}
 
 
+def concurrent_stages(comm, problem, x, y, micro: int):
+    """A step that no schedule on this partition can beat where the ranks share a machine:
+    every rank runs its own stage (:func:`stage_module`, the ranks' contiguous slices) forward
+    and backward on all ``micro`` micro-batches at the same time as the others, with no
+    bubble and no message.  The inputs of a stage are the previous stages' outputs, computed
+    once here; a stage before the last back-propagates a fixed output gradient.  Timed
+    between barriers, its time is the slowest rank's, so it charges the stages' imbalance
+    and the ranks' sharing of cores and memory bandwidth, which one rank's loop halved does not."""
+    stages = [stage_module(problem, comm.size, s) for s in range(comm.rank + 1)]
+    inputs = list(x.tensor_split(micro))
+    with torch.no_grad():
+        for stage in stages[:-1]:
+            inputs = [stage(h) for h in inputs]
+    stage, last = stages[-1], comm.rank == comm.size - 1
+    gen = torch.Generator().manual_seed(comm.rank)
+    with torch.no_grad():
+        grads = None if last else [torch.randn(stage(h).shape, generator=gen) for h in inputs]
+    targets = y.tensor_split(micro)
+
+    def step() -> None:
+        stage.zero_grad(set_to_none=True)
+        for k, h in enumerate(inputs):
+            h = h.requires_grad_(comm.rank > 0)  # a later stage sends its input's gradient back
+            out = stage(h)
+            if last:
+                (cross_entropy(out, targets[k]) / micro).backward()
+            else:
+                out.backward(grads[k])
+
+    return step
+
+
 def schedules_step(args) -> dict | None:
     """ocnet's pipeline schedules and every schedule of ``torch.distributed.pipelining`` in one
     job, on the same network, batch and ranks, their repeats interleaved so that machine noise
@@ -314,6 +349,7 @@ def schedules_step(args) -> dict | None:
                 (torch.nn.functional.cross_entropy(model(xb), yb) / args.micro).backward()
 
     steps[ONE_RANK] = one_rank
+    steps[CONCURRENT] = concurrent_stages(comm, problem, x, y, args.micro)
     # Rounds: each contender runs three steps in a row and the last two count, so that each
     # is timed in its own steady state (its allocator pattern) while noise still hits all; the
     # order turns round every round, so that a load that changes within one hits all alike.
@@ -332,11 +368,13 @@ def schedules_step(args) -> dict | None:
     if comm.rank != 0:
         return None
     bound = statistics.median(times.pop(ONE_RANK)) / comm.size
+    concurrent = statistics.median(times.pop(CONCURRENT))
     med = {k: statistics.median(v) for k, v in times.items()}
     torch_best = min((k for k in med if k.startswith("torch_")), key=med.__getitem__, default=None)
     ocnet_best = min((k for k in med if k.startswith("ocnet_")), key=med.__getitem__)
     return {"ranks": comm.size, "threads": torch.get_num_threads(), "micro_batches": args.micro,
             "step_s": med, "times": times, "not_run": not_run, **check, "bound_s": bound,
+            "concurrent_s": concurrent,
             "efficiency": {k: bound / v for k, v in med.items()},
             "torch_best": torch_best, "ocnet_best": ocnet_best,
             "speed_vs_torch_best": {k: med[torch_best] / v for k, v in med.items()} if torch_best else {},
@@ -345,6 +383,8 @@ def schedules_step(args) -> dict | None:
 
 #: (c)'s one-rank step: every micro-batch forward and backward in turn, plain torch.
 ONE_RANK = "one_rank"
+#: (c)'s concurrent stages: every rank its stage's forwards and backwards at once, no messages.
+CONCURRENT = "concurrent_stages"
 #: The allocators (c) runs under: glibc's own thresholds (``OCNET_MALLOC=default``), and ``OCNET_MALLOC=tuned``'s.
 ALLOCATORS = ("default", "tuned")
 #: Largest relative differences from a plain forward and backward counted as the same network
@@ -377,6 +417,11 @@ def table(schedules: dict, ranks: int, micro: int) -> str:
         lines.append(f"allocator {m}: one rank takes {c['bound_s'] * ranks * 1e3:.0f} ms for the same micro-batches, "
                      f"so no schedule on {ranks} ranks beats {c['bound_s'] * 1e3:.0f} ms; the best reaches "
                      f"{best:.3f} of that bound, and torch's best {c['efficiency'].get(c['torch_best'], 0):.3f}")
+        if "concurrent_s" in c and c["torch_best"] is not None:
+            lines.append(f"allocator {m}: the ranks' stages computed at once, no bubble, no messages: "
+                         f"{c['concurrent_s'] * 1e3:.0f} ms ({c['bound_s'] / c['concurrent_s']:.3f} of the bound), "
+                         f"a schedule that fast would be {c['step_s'][c['torch_best']] / c['concurrent_s']:.3f}x "
+                         "torch's best")
     for name, why in {k: v for c in schedules.values() for k, v in c["not_run"].items()}.items():
         lines.append(f"not run: {name}: {why}")
     checks = [ch for c in schedules.values() for ch in c["checks"].values()]
