@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from ..model.problem import from_config
+from ..ranks import timeline
 from ..runs import allocator
-from .replay import Link
+from .replay import COMPUTE, Link
 
 #: Layers of the configured network timed for the compute costs.
 SAMPLE_LAYERS = 16
@@ -204,8 +205,6 @@ class _Profile:
     def step(self) -> None:
         """Time one step, after one untimed step that brings the solver's memory back into
         the caches (as a training run's steps follow each other)."""
-        from ..ranks import timeline
-        from .replay import COMPUTE
         self.solver.step(*self._batch())
         x, y, index = self._batch()
         rec = timeline.Recorder()
