@@ -270,23 +270,21 @@ def same_network(comm, problem, x, y, micro: int, contenders: dict) -> dict:
 
 
 def concurrent_stages(comm, problem, x, y, micro: int):
-    """A step that no schedule on this partition can beat where the ranks share a machine:
-    every rank runs its own stage (:func:`stage_module`, the ranks' contiguous slices) forward
-    and backward on all ``micro`` micro-batches at the same time as the others, with no
-    bubble and no message.  The inputs of a stage are the previous stages' outputs, computed
+    """The step a schedule on this partition would take without bubble or messages, where
+    the ranks share a machine: every rank runs its own stage (:func:`stage_module`, the
+    ranks' contiguous slices) forward and backward on all ``micro`` micro-batches at the
+    same time as the others.  The inputs of a stage are the previous stages' outputs, computed
     once here; a stage before the last back-propagates a fixed output gradient.  Timed
     between barriers, its time is the slowest rank's, so it charges the stages' imbalance
     and the ranks' sharing of cores and memory bandwidth, which one rank's loop halved does not."""
     stages = [stage_module(problem, comm.size, s) for s in range(comm.rank + 1)]
-    inputs = list(x.tensor_split(micro))
-    with torch.no_grad():
-        for stage in stages[:-1]:
-            inputs = [stage(h) for h in inputs]
     stage, last = stages[-1], comm.rank == comm.size - 1
+    inputs, targets = list(x.tensor_split(micro)), y.tensor_split(micro)
     gen = torch.Generator().manual_seed(comm.rank)
     with torch.no_grad():
+        for earlier in stages[:-1]:
+            inputs = [earlier(h) for h in inputs]
         grads = None if last else [torch.randn(stage(h).shape, generator=gen) for h in inputs]
-    targets = y.tensor_split(micro)
 
     def step() -> None:
         stage.zero_grad(set_to_none=True)
