@@ -61,6 +61,7 @@ docs: setup
 # Each benchmark prints its figures and writes JSON to benchmarks/results/.
 bench: setup
 	$(BIN)/python benchmarks/bench_serial.py
+	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_v_split.py
 	$(BIN)/python benchmarks/bench_mgrit.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_mgrit.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_layer_parallel.py
