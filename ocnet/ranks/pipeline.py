@@ -190,13 +190,14 @@ def _cost(costs: Costs, kind: str, split: bool) -> float:
 def _ready(kind: str, m: int, s: int, last: int, done: dict[tuple[str, int, int], float]) -> float | None:
     """When the inputs of the pass ``kind`` of micro-batch ``m`` on pipeline stage ``s`` (of
     stages ``0 … last``) are there, from ``done``: ``(kind, m, stage) ↦ when it ended``
-    (``None``: not computed yet)."""
-    needs = {"F": [("F", m, s - 1)] if s > 0 else [],
-             "B": [("F", m, s)] + ([("B", m, s + 1)] if s < last else []),
-             "W": [("B", m, s)]}[kind]
-    if any(n not in done for n in needs):
-        return None
-    return max((done[n] for n in needs), default=0.0)
+    (``None``: not computed yet).  The schedules' searches call this most of their time."""
+    if kind == "F":
+        at = done.get(("F", m, s - 1), inf) if s > 0 else 0.0
+    elif kind == "B":
+        at = max(done.get(("F", m, s), inf), done.get(("B", m, s + 1), inf) if s < last else 0.0)
+    else:
+        at = done.get(("B", m, s), inf)
+    return None if at == inf else at
 
 
 def interleaved(rank: int, size: int, micro_batches: int, chunks: int = 2) -> list[ChunkOp]:
@@ -317,12 +318,8 @@ def _v_lists(size: int, micro_batches: int, costs: Costs, split: frozenset[tuple
     t = 0.0
 
     def ready_now(kind: str, m: int, s: int) -> bool:
-        # _ready's rule for "F" and "B", written out: the search runs this most of its time
-        if kind == "F":
-            at = done.get(("F", m, s - 1), inf) if s > 0 else 0.0
-        else:
-            at = max(done.get(("F", m, s), inf), done.get(("B", m, s + 1), inf) if s < last else 0.0)
-        return at <= t + 1e-12
+        at = _ready(kind, m, s, last, done)
+        return at is not None and at <= t + 1e-12
 
     left = 2 * P * M + len(split)  # the backwards and the W still to run
     while left:
