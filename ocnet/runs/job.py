@@ -2,7 +2,10 @@
 
 Builds everything from the configuration — communicator, device, data, network, partition,
 solver — trains, and writes the run directory (config.toml, history.jsonl, summary.json,
-plots, checkpoints).  This is the only module that reaches for ``COMM_WORLD``.
+plots, checkpoints).  Like the other entry points (``python -m ocnet.perf.calibrate``, the
+multi-rank solver checks, a user's :class:`~ocnet.runs.loop.Training` given no communicator) it
+takes the communicator of all ranks from :func:`ocnet.ranks.comm.world`, the one place that
+reaches for ``COMM_WORLD``; library code takes the communicator as an argument.
 
 A run directory belongs to one run, and to one job at a time: before set-up rank 0 claims it
 (:mod:`ocnet.runs.directory`, :mod:`ocnet.runs.claim`), and the job holds the claim until it
