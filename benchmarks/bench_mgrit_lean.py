@@ -22,6 +22,9 @@ rank 1 waits).
 (r) torchbraid's settings at N = 32 and 64, ``graph`` storage: the plain step and the MGRIT
     step without and with ``mgrit_reuse`` interleaved in each repeat, layer forwards and
     time / plain of each (``--part r``; not in the default ``abc``);
+(w) where the time of the step at torchbraid's settings goes, N = 32 and 64: the plain step's
+    forward and backward, the MGRIT step's spans by kind (rank 0's layer steps and time) and
+    the time between spans, interleaved in each repeat (``--part w``; not in the default ``abc``);
 (c) relative errors of u_N and of the gradient against the exact ones, for (b)'s settings and
     cheaper ones; the fastest with errors within torchbraid's (4.6 %, 2 %).
 Figures go to stdout and to benchmarks/results/bench_mgrit_lean[_pP].json (or --out).
@@ -140,6 +143,47 @@ def compare_reuse(comm, N: int, options: dict, repeats: int) -> dict:
     return out
 
 
+def where(comm, N: int, options: dict, repeats: int) -> dict:
+    """Where the time of a step goes: the plain step's forward and backward, and the MGRIT
+    step's spans by kind (this rank's layer steps and seconds) and the time between them,
+    interleaved in each repeat; medians (the first round warms up)."""
+    model = problem(N).to_torch()
+    solver = make_solver(comm, N, **options)[2]
+    x, y = batch()
+    idx = torch.arange(BATCH)
+    runs: dict = {"plain_forward": [], "plain_backward": [], "mgrit": [], "between": []}
+    spans: dict = {}
+    for r in range(repeats + 1):
+        comm.barrier()
+        t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        comm.barrier()
+        rec = timeline.Recorder()
+        t3 = time.perf_counter()
+        with timeline.recording(rec):
+            solver.step(x, y, idx)
+        wall = time.perf_counter() - t3
+        if r == 0:
+            continue
+        runs["plain_forward"].append(t1 - t0)
+        runs["plain_backward"].append(t2 - t1)
+        runs["mgrit"].append(wall)
+        this: dict = {}
+        for kind, a, b, info in rec.events:
+            steps, secs = this.get(kind, (0, 0.0))
+            this[kind] = (steps + info.get("steps", 0), secs + b - a)
+        runs["between"].append(wall - sum(s for _, s in this.values()))
+        for kind, (steps, secs) in this.items():
+            spans.setdefault(kind, (steps, []))[1].append(secs)
+    out = {k: statistics.median(v) for k, v in runs.items()}
+    out["spans"] = {k: {"steps": n, "s": statistics.median(v)} for k, (n, v) in spans.items()}
+    return {"N": N, "options": options, **out}
+
+
 def errors(comm, N: int, options: dict) -> dict:
     """Relative errors of u_N and of the gradient (all parameters) against the exact ones."""
     prob, network, solver = make_solver(comm, N, **options)
@@ -217,6 +261,19 @@ def main() -> None:
                 f"forwards, {row.get('ratio_no_reuse', 0):.3f}x plain; with reuse {row['forward_evals_reuse']}, "
                 f"{row.get('ratio_reuse', 0):.3f}x plain; {row.get('reuse_speedup', 0):.3f}x faster")
         result["reuse"] = rows
+    if "w" in args.part:
+        rows = []
+        for N in (32, 64):
+            row = where(comm, N, dict(TORCHBRAID, mgrit_storage="graph"), args.repeats)
+            rows.append(row)
+            plain = row["plain_forward"] + row["plain_backward"]
+            kinds = ", ".join(f"{k} {v['steps']} steps {v['s'] * 1e3:.0f} ms" for k, v in
+                              sorted(row["spans"].items(), key=lambda kv: -kv[1]["s"]))
+            say(f"(w) N={N} torchbraid's settings, rank 0: plain {plain * 1e3:.0f} ms (forward "
+                f"{row['plain_forward'] * 1e3:.0f}, backward {row['plain_backward'] * 1e3:.0f}); MGRIT "
+                f"{row['mgrit'] * 1e3:.0f} ms ({row['mgrit'] / plain:.3f}x): {kinds}; between spans "
+                f"{row['between'] * 1e3:.0f} ms ({row['between'] / row['mgrit'] * 100:.1f} %)")
+        result["where"] = rows
     if "c" in args.part:
         rows = []
         T = TORCHBRAID
