@@ -17,7 +17,9 @@
     multi-stage ones with two stages per rank) in one job at P = ``--ranks`` (2), on the same
     network, batch and ranks, their repeats interleaved; one table of medians and speeds
     against torch's best, with glibc's allocator as it comes and as ``OCNET_MALLOC=tuned``
-    sets it, both sides alike.  Each contender's loss and gradient are checked against a
+    sets it, both sides alike, and across the two jobs ocnet's best tuned (as its ranks run by
+    default) against torch's best under glibc's thresholds (as a torch script runs).  Each
+    contender's loss and gradient are checked against a
     plain forward and backward first; a torch schedule that cannot run is listed with the reason.
     The bound: the same micro-batches forward and backward on one rank (plain torch), divided
     by the ranks; each schedule's fraction of it is its ``efficiency``.  The concurrent bound:
