@@ -59,6 +59,7 @@ docs: setup
 	$(BIN)/python -m sphinx -b html -W --keep-going -q docs docs/_build/html
 
 # Each benchmark prints its figures and writes JSON to benchmarks/results/.
+# Not here: bench_torchbraid.py, which needs torchbraid built (its docstring says how).
 bench: setup
 	$(BIN)/python benchmarks/bench_serial.py
 	$(BIN)/mpiexec -n 2 $(BIN)/python -m mpi4py benchmarks/bench_v_split.py
