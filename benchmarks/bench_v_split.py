@@ -37,9 +37,7 @@ ALL_OR_NONE = "v_all_or_none"
 
 def all_or_none(rank: int, size: int, micro_batches: int, chunks: int = 2) -> list[pipeline.ChunkOp]:
     """The V's lists with every backward split or none, whichever is predicted shorter."""
-    every = frozenset((r, m, c) for r in range(size) for m in range(micro_batches) for c in range(2))
-    found = [pipeline._v_lists(size, micro_batches, pipeline.COSTS, s) for s in (frozenset(), every)]
-    return list(min(found, key=lambda f: f[0])[1][rank])
+    return list(pipeline._v_all_or_none(size, micro_batches, pipeline.COSTS)[1][1][rank])
 
 
 def main() -> None:

@@ -246,7 +246,7 @@ def test_v_shape_is_complete_deadlock_free_and_bounded(size, micro_batches):
     span = max(pipeline.simulate(schedules, shape="v"))
     assert span <= max(pipeline.simulate([pipeline.one_f_one_b(r, size, micro_batches)
                                           for r in range(size)])) + 1e-9
-    every = frozenset((r, m, c) for r in range(size) for m in range(micro_batches) for c in range(2))
+    every = pipeline._all_backwards(size, micro_batches)
     assert span <= min(pipeline._v_lists(size, micro_batches, pipeline.COSTS, s)[0]
                        for s in (frozenset(), every)) + 1e-9
     for ops in schedules:
@@ -261,8 +261,7 @@ def test_the_v_splits_backwards_where_the_pipeline_idles():
     and 35.70 for 1F1B), with more only a few while the pipeline drains (2 ranks,
     8 micro-batches: the last micro-batch on the last rank, 19.81 against 20.23 whole)."""
     c = pipeline.COSTS
-    every = frozenset((r, m, k) for r in range(8) for m in range(8) for k in range(2))
-    assert pipeline._v_lists(8, 8, c, every)[0] == pytest.approx(25.99, abs=0.005)
+    assert pipeline._v_lists(8, 8, c, pipeline._all_backwards(8, 8))[0] == pytest.approx(25.99, abs=0.005)
     assert pipeline._v_lists(8, 8, c, frozenset())[0] == pytest.approx(29.13, abs=0.005)
     v = [pipeline.v_shape(r, 8, 8) for r in range(8)]
     assert max(pipeline.simulate(v, shape="v")) == pytest.approx(25.01, abs=0.005)

@@ -278,9 +278,7 @@ _V_WORK = 30_000
 @lru_cache(maxsize=64)
 def _v_shape(size: int, micro_batches: int, costs: Costs) -> tuple[tuple[ChunkOp, ...], ...]:
     P, M = size, micro_batches
-    every = frozenset((r, m, c) for r in range(P) for m in range(M) for c in range(2))
-    split, (best, lists) = min(((s, _v_lists(P, M, costs, s)) for s in (frozenset(), every)),
-                               key=lambda found: found[1][0])
+    split, (best, lists) = _v_all_or_none(P, M, costs)
     # Local search, as zero_bubble's: split or unsplit one backward while the step shortens.
     # Idle time arises while the pipeline fills and drains, so only the first and last P
     # micro-batches of a chunk are candidates; the last ranks, where deferral pays most, first.
@@ -296,6 +294,20 @@ def _v_shape(size: int, micro_batches: int, costs: Costs) -> tuple[tuple[ChunkOp
             if span < best - 1e-9:
                 best, lists, split, improved = span, trial, split ^ {op}, True
     return lists
+
+
+def _all_backwards(size: int, micro_batches: int) -> frozenset[tuple[int, int, int]]:
+    """Every backward of the V, ``(rank, micro-batch, chunk)``: the set that splits them all."""
+    return frozenset((r, m, c) for r in range(size) for m in range(micro_batches) for c in range(2))
+
+
+def _v_all_or_none(size: int, micro_batches: int, costs: Costs
+                   ) -> tuple[frozenset[tuple[int, int, int]], tuple[float, tuple[tuple[ChunkOp, ...], ...]]]:
+    """The V with every backward split (ZB-V's) or none, whichever is predicted shorter: its
+    split set, makespan and lists (where :func:`v_shape`'s search starts)."""
+    none: frozenset[tuple[int, int, int]] = frozenset()
+    every = _all_backwards(size, micro_batches)
+    return min(((s, _v_lists(size, micro_batches, costs, s)) for s in (none, every)), key=lambda found: found[1][0])
 
 
 def _v_lists(size: int, micro_batches: int, costs: Costs, split: frozenset[tuple[int, int, int]]
